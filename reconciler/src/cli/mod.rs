@@ -1,0 +1,159 @@
+//! The `cairn` command line: argument parsing, output (text or JSON, colour or not) and
+//! exit codes, all in one place. The library returns typed results; this module decides
+//! how they look.
+//!
+//! Exit codes: 0 ok / no changes, 1 error (invalid manifests, policy deny, failure),
+//! 2 changes present (`plan --detailed-exitcode`, `drift`).
+
+mod render;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Cairn: GitOps for ML infrastructure. Plans and applies TOML manifests of workspaces,
+/// compute, datasets, training jobs, models and endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// When to use colour: auto (a terminal and NO_COLOR unset), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check manifests without touching anything live: syntax, fields, references,
+    /// traffic maps, GPU quotas, paths. Reports every problem at once.
+    Validate(validate::Args),
+}
+
+/// Where the manifests come from, shared by every command that reads them.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// The manifests root: a folder with one subfolder per workspace. Defaults to
+    /// `manifests` when that folder exists, else the current folder.
+    pub path: Option<PathBuf>,
+
+    /// Read the manifests as of this Git revision (branch, tag or commit) instead of the
+    /// working tree. The working copy is not touched.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+}
+
+impl SourceArgs {
+    fn root(&self) -> PathBuf {
+        match &self.path {
+            Some(p) => p.clone(),
+            None if std::path::Path::new("manifests").is_dir() => PathBuf::from("manifests"),
+            None => PathBuf::from("."),
+        }
+    }
+
+    /// Reads the manifests from the folder or the revision.
+    pub fn load(&self) -> Result<cairn::manifest::Snapshot, CommandError> {
+        let root = self.root();
+        let snapshot = match &self.rev {
+            Some(rev) => cairn::manifest::load_revision(&root, rev),
+            None => cairn::manifest::load_folder(&root),
+        };
+        snapshot.map_err(|e| {
+            let hint = e.hint();
+            CommandError::new(error_chain(&e)).hint_opt(hint)
+        })
+    }
+}
+
+/// How output should look, decided once from flags and the environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub color_stdout: bool,
+    pub color_stderr: bool,
+}
+
+/// A failure the CLI reports: a message, hints, and the exit code.
+#[derive(Debug)]
+pub struct CommandError {
+    pub message: String,
+    pub hints: Vec<String>,
+    pub exit: u8,
+}
+
+impl CommandError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CommandError {
+            message: message.into(),
+            hints: Vec::new(),
+            exit: 1,
+        }
+    }
+
+    pub fn hint_opt(mut self, hint: Option<String>) -> Self {
+        self.hints.extend(hint);
+        self
+    }
+}
+
+/// Joins an error with its sources: "cannot read x: permission denied".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let auto = |tty: bool| tty && !no_color;
+    let output = match cli.color {
+        ColorChoice::Always => Output {
+            color_stdout: true,
+            color_stderr: true,
+        },
+        ColorChoice::Never => Output {
+            color_stdout: false,
+            color_stderr: false,
+        },
+        ColorChoice::Auto => Output {
+            color_stdout: auto(std::io::stdout().is_terminal()),
+            color_stderr: auto(std::io::stderr().is_terminal()),
+        },
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args, output),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            render::command_error(&err, output);
+            ExitCode::from(err.exit)
+        }
+    }
+}

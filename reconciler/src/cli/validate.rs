@@ -1,0 +1,42 @@
+//! `cairn validate`: load, resolve and check the manifests; print a summary or every
+//! finding.
+
+use super::{CommandError, Format, Output, SourceArgs, render};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Output format: text for people, json for tools.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let snapshot = match args.source.load() {
+        Ok(s) => s,
+        Err(err) if args.format == Format::Json => {
+            render::json_failure(&err);
+            return Ok(err.exit);
+        }
+        Err(err) => return Err(err),
+    };
+    let result = cairn::desired::resolve(&snapshot);
+    match args.format {
+        Format::Json => {
+            render::validate_json(&snapshot, &result);
+        }
+        Format::Text => match &result {
+            Ok(resolved) => {
+                render::diagnostics(&snapshot, &resolved.warnings, output);
+                render::validate_summary(&snapshot, &resolved.state.summary(), &resolved.warnings, output);
+            }
+            Err(diagnostics) => {
+                render::diagnostics(&snapshot, diagnostics, output);
+                render::failure_line(&snapshot, diagnostics, output);
+            }
+        },
+    }
+    Ok(if result.is_ok() { 0 } else { 1 })
+}

@@ -1,0 +1,23 @@
+//! Cairn: a GitOps reconciler for machine-learning infrastructure.
+//!
+//! The library follows the pipeline, one module per stage:
+//!
+//! ```text
+//! manifest (read files from a folder or a Git revision, parse TOML, keep spans)
+//!   → desired (resolve references, validate, build the dependency graph)
+//! ```
+//!
+//! Later stages (observe, diff, plan, apply, rollout) build on [`desired::DesiredState`].
+//!
+//! The library never talks to the terminal and never reads the environment on its own:
+//! it returns typed results ([`desired::DesiredState`], [`diagnostics::Diagnostics`]) and
+//! the `cairn` binary decides how to show them and which exit code to use.
+
+pub mod address;
+pub mod desired;
+pub mod diagnostics;
+pub mod manifest;
+
+pub use address::{Address, Kind, Reference};
+pub use desired::DesiredState;
+pub use diagnostics::{Diagnostic, Diagnostics, Severity};

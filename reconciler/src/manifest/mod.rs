@@ -1,0 +1,15 @@
+//! Manifests as written: reading files (from a folder or a Git revision), the TOML model
+//! of every kind, units, and parsing with spans.
+//!
+//! This stage knows nothing about other resources: whether a reference resolves or a
+//! traffic map adds up is checked in [`crate::desired`].
+
+pub mod model;
+pub mod parse;
+pub mod source;
+pub mod units;
+
+pub use model::*;
+pub use parse::{Declared, ParsedFile, Spec, parse_file};
+pub use source::{EntryKind, Error, Origin, Snapshot, SourceFile, load_folder, load_revision};
+pub use units::{Duration, Quantity};

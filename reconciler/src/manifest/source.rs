@@ -1,0 +1,550 @@
+//! Reading manifest files, from a folder on disk or from a Git revision.
+//!
+//! A manifests root holds one folder per workspace: `<root>/<workspace>/workspace.toml`
+//! plus any number of `*.toml` files beside it (not in subfolders, which hold data).
+//! Loading from a revision reads blobs straight from the commit's tree through git2; the
+//! working copy is never touched, so a dirty working tree and `--rev HEAD` can differ.
+//!
+//! This module owns file discovery and the size and encoding checks. It does not parse.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::diagnostics::{Diagnostic, Location};
+
+/// Manifest files larger than this are refused: a desired-state file is never that big,
+/// and reading one should never take the machine's memory.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Errors that stop loading altogether. Problems with the content of a file are
+/// [`Diagnostic`]s instead.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the manifests folder `{path}`")]
+    ReadRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not inside a Git repository, so `--rev` cannot be used")]
+    NotARepository {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("revision `{rev}` was not found in the repository at `{repo}`")]
+    RevisionNotFound {
+        rev: String,
+        repo: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("`{path}` does not exist in revision `{rev}`")]
+    NotInRevision { path: String, rev: String },
+    #[error("reading revision `{rev}` failed")]
+    Git {
+        rev: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+impl Error {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::ReadRoot { .. } => Some(
+                "pass the folder that holds one subfolder per workspace, e.g. `cairn validate manifests/`"
+                    .into(),
+            ),
+            Error::NotARepository { .. } => {
+                Some("run inside a Git checkout, or drop `--rev` to read the folder as it is".into())
+            }
+            Error::RevisionNotFound { .. } => Some(
+                "use a branch, tag or commit that exists locally (`git log --oneline` lists commits)"
+                    .into(),
+            ),
+            Error::NotInRevision { .. } => {
+                Some("the folder may have been added after that revision; try a later one".into())
+            }
+            Error::Git { .. } => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a snapshot was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A folder on disk, as it is now.
+    Folder { root: PathBuf },
+    /// A folder inside a commit.
+    Revision {
+        /// The repository's working directory (or git dir, for a bare repository).
+        repo: PathBuf,
+        /// The revision as the user wrote it.
+        rev: String,
+        /// The full commit id it resolved to.
+        commit: String,
+        /// The manifests root inside the commit's tree (`""` for the top).
+        subdir: String,
+    },
+}
+
+impl Origin {
+    /// A short human description: `manifests/` or `main (3f9a2c1) manifests/`.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Folder { root } => root.display().to_string(),
+            Origin::Revision {
+                rev,
+                commit,
+                subdir,
+                ..
+            } => {
+                let short = &commit[..commit.len().min(7)];
+                let dir = if subdir.is_empty() { "." } else { subdir.as_str() };
+                if rev.starts_with(short) {
+                    format!("{dir} at {short}")
+                } else {
+                    format!("{dir} at {rev} ({short})")
+                }
+            }
+        }
+    }
+}
+
+/// One manifest file.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path relative to the manifests root, with `/` separators: `credit-risk/data.toml`.
+    pub path: String,
+    /// The workspace folder it belongs to.
+    pub workspace: String,
+    pub text: String,
+}
+
+/// What a path inside the manifests root is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// It exists, but a symbolic link leads outside the root.
+    Outside,
+}
+
+/// Read access to the files under the manifests root, wherever they come from.
+pub trait Tree: Send + Sync {
+    /// Returns what `path` (relative to the root, already normalised) is, if it exists and
+    /// stays inside the root.
+    fn entry(&self, path: &str) -> Option<EntryKind>;
+}
+
+/// All manifest files of one root, read at one moment or one revision.
+pub struct Snapshot {
+    pub origin: Origin,
+    /// Manifest files, sorted by path.
+    pub files: Vec<SourceFile>,
+    /// Workspace folders found (holding a `workspace.toml`), sorted.
+    pub workspaces: Vec<String>,
+    /// Problems with files that could not be read as manifests.
+    pub problems: Vec<Diagnostic>,
+    tree: Box<dyn Tree>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("origin", &self.origin)
+            .field("files", &self.files.len())
+            .field("workspaces", &self.workspaces)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Returns the text of a manifest file, for rendering snippets.
+    pub fn text(&self, path: &str) -> Option<&str> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| self.files[i].text.as_str())
+    }
+
+    /// Returns what a path relative to the root is, if it exists inside the root.
+    pub fn entry(&self, path: &str) -> Option<EntryKind> {
+        self.tree.entry(path)
+    }
+
+    /// Returns the Git commit the snapshot was read at, if any.
+    pub fn commit(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Revision { commit, .. } => Some(commit),
+            Origin::Folder { .. } => None,
+        }
+    }
+}
+
+/// Joins `base` (a folder relative to the root) and a user-written relative `path`, and
+/// normalises the result. Returns `None` when the result would leave the root or the
+/// path is absolute.
+pub fn join_inside(base: &str, path: &str) -> Option<String> {
+    let candidate = Path::new(path);
+    if candidate.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
+        return None;
+    }
+    let mut parts: Vec<String> = base
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    for component in candidate.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_str()?.to_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn is_manifest_name(name: &str) -> bool {
+    name.ends_with(".toml") && !name.starts_with('.')
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Collects file bytes into a [`SourceFile`], or a diagnostic if they can't be one.
+fn accept_file(
+    files: &mut Vec<SourceFile>,
+    problems: &mut Vec<Diagnostic>,
+    path: String,
+    workspace: &str,
+    bytes: Vec<u8>,
+) {
+    match String::from_utf8(bytes) {
+        Ok(text) => files.push(SourceFile {
+            path,
+            workspace: workspace.to_string(),
+            text,
+        }),
+        Err(err) => {
+            let valid = err.utf8_error().valid_up_to();
+            let bytes = err.into_bytes();
+            // Only the valid prefix is needed to compute where the bad byte is.
+            let prefix = String::from_utf8_lossy(&bytes[..valid]);
+            problems.push(
+                Diagnostic::error("encoding", "manifest file is not valid UTF-8")
+                    .at(Location::new(&path, &prefix, valid..valid))
+                    .label(format!("byte 0x{:02x} here", bytes[valid]))
+                    .help("TOML files must be UTF-8; re-save the file as UTF-8"),
+            );
+        }
+    }
+}
+
+fn too_large(path: &str, size: u64) -> Diagnostic {
+    Diagnostic::error(
+        "file-too-large",
+        format!(
+            "manifest file is {:.1} MiB, over the {} MiB limit",
+            size as f64 / (1024.0 * 1024.0),
+            MAX_MANIFEST_BYTES / (1024 * 1024)
+        ),
+    )
+    .at(Location::file(path))
+    .help("split it into several files in the same workspace folder; data belongs in a dataset folder, not in a manifest")
+}
+
+/// Loads every manifest under `root` as it is on disk now.
+pub fn load_folder(root: &Path) -> Result<Snapshot> {
+    let read_root = |source| Error::ReadRoot {
+        path: root.to_path_buf(),
+        source,
+    };
+    let mut dirs = Vec::new();
+    let mut problems = Vec::new();
+    let mut stray = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(read_root)? {
+        let entry = entry.map_err(read_root)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if is_hidden(&name) {
+            continue;
+        }
+        let file_type = entry.file_type().map_err(read_root)?;
+        if file_type.is_dir() {
+            dirs.push(name);
+        } else if is_manifest_name(&name) {
+            stray.push(name);
+        }
+    }
+    dirs.sort();
+    stray.sort();
+
+    let mut files = Vec::new();
+    let mut workspaces = Vec::new();
+    for dir in &dirs {
+        let mut names = Vec::new();
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if is_manifest_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push((name, entry.path()));
+            }
+        }
+        names.sort();
+        if names.is_empty() {
+            continue;
+        }
+        if names.iter().any(|(n, _)| n == "workspace.toml") {
+            workspaces.push(dir.clone());
+        }
+        for (name, path) in names {
+            let rel = format!("{dir}/{name}");
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if size > MAX_MANIFEST_BYTES {
+                problems.push(too_large(&rel, size));
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            match std::fs::File::open(&path).and_then(|f| {
+                f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)
+            }) {
+                Ok(_) if bytes.len() as u64 > MAX_MANIFEST_BYTES => {
+                    problems.push(too_large(&rel, bytes.len() as u64))
+                }
+                Ok(_) => accept_file(&mut files, &mut problems, rel, dir, bytes),
+                Err(err) => problems.push(
+                    Diagnostic::error("unreadable", format!("cannot read manifest file: {err}"))
+                        .at(Location::file(&rel)),
+                ),
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
+    add_layout_problems(&mut problems, &stray, root_is_workspace);
+    let canonical = root.canonicalize().map_err(read_root)?;
+    Ok(Snapshot {
+        origin: Origin::Folder {
+            root: root.to_path_buf(),
+        },
+        files,
+        workspaces,
+        problems,
+        tree: Box::new(FolderTree { root: canonical }),
+    })
+}
+
+fn add_layout_problems(problems: &mut Vec<Diagnostic>, stray: &[String], root_is_workspace: bool) {
+    if root_is_workspace {
+        problems.push(
+            Diagnostic::error(
+                "layout",
+                "this folder is a workspace; Cairn expects the folder that holds the workspaces",
+            )
+            .at(Location::file("workspace.toml"))
+            .help("point Cairn at the parent folder, e.g. `cairn validate manifests/`"),
+        );
+        return;
+    }
+    for name in stray {
+        problems.push(
+            Diagnostic::warning(
+                "stray-file",
+                "manifest file outside any workspace folder is ignored",
+            )
+            .at(Location::file(name))
+            .help("move it into a workspace folder (`<workspace>/…toml`)"),
+        );
+    }
+}
+
+struct FolderTree {
+    root: PathBuf,
+}
+
+impl Tree for FolderTree {
+    fn entry(&self, path: &str) -> Option<EntryKind> {
+        let full = self.root.join(path);
+        // Resolve symbolic links so a link can't lead outside the root.
+        let real = full.canonicalize().ok()?;
+        if !real.starts_with(&self.root) {
+            return Some(EntryKind::Outside);
+        }
+        let meta = std::fs::metadata(&real).ok()?;
+        Some(if meta.is_dir() {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        })
+    }
+}
+
+/// Loads every manifest under `path` as it was in revision `rev` (a branch, tag or commit)
+/// of the Git repository that contains `path`.
+pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
+    let repo = git2::Repository::discover(path).map_err(|source| Error::NotARepository {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let git = |source| Error::Git {
+        rev: rev.to_string(),
+        source,
+    };
+    let repo_dir = repo
+        .workdir()
+        .unwrap_or_else(|| repo.path())
+        .to_path_buf();
+    let subdir = subdir_in_repo(path, &repo_dir);
+    let (commit_id, tree_id, files, workspaces, problems) = {
+    let commit = repo
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|source| Error::RevisionNotFound {
+            rev: rev.to_string(),
+            repo: repo_dir.clone(),
+            source,
+        })?;
+    let commit_id = commit.id().to_string();
+    let root_tree = commit.tree().map_err(git)?;
+    let tree = if subdir.is_empty() {
+        root_tree
+    } else {
+        root_tree
+            .get_path(Path::new(&subdir))
+            .and_then(|e| e.to_object(&repo))
+            .and_then(|o| o.peel_to_tree())
+            .map_err(|_| Error::NotInRevision {
+                path: subdir.clone(),
+                rev: rev.to_string(),
+            })?
+    };
+
+    let mut files = Vec::new();
+    let mut workspaces = Vec::new();
+    let mut problems = Vec::new();
+    let mut stray = Vec::new();
+    for entry in tree.iter() {
+        let Some(name) = entry.name().map(str::to_string) else {
+            continue;
+        };
+        if is_hidden(&name) {
+            continue;
+        }
+        match entry.kind() {
+            Some(git2::ObjectType::Tree) => {
+                let dir = entry
+                    .to_object(&repo)
+                    .and_then(|o| o.peel_to_tree())
+                    .map_err(git)?;
+                for file in dir.iter() {
+                    let Some(file_name) = file.name() else { continue };
+                    if !is_manifest_name(file_name) || file.kind() != Some(git2::ObjectType::Blob) {
+                        continue;
+                    }
+                    if file_name == "workspace.toml" {
+                        workspaces.push(name.clone());
+                    }
+                    let rel = format!("{name}/{file_name}");
+                    let blob = file.to_object(&repo).and_then(|o| o.peel_to_blob()).map_err(git)?;
+                    if blob.size() as u64 > MAX_MANIFEST_BYTES {
+                        problems.push(too_large(&rel, blob.size() as u64));
+                        continue;
+                    }
+                    accept_file(&mut files, &mut problems, rel, &name, blob.content().to_vec());
+                }
+            }
+            Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
+            _ => {}
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    workspaces.sort();
+    stray.sort();
+    let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
+    add_layout_problems(&mut problems, &stray, root_is_workspace);
+
+    (commit_id, tree.id(), files, workspaces, problems)
+    };
+    Ok(Snapshot {
+        origin: Origin::Revision {
+            repo: repo_dir,
+            rev: rev.to_string(),
+            commit: commit_id,
+            subdir,
+        },
+        files,
+        workspaces,
+        problems,
+        tree: Box::new(GitTree {
+            repo: Mutex::new(repo),
+            tree: tree_id,
+        }),
+    })
+}
+
+/// Returns `path` relative to the repository's working directory, with `/` separators.
+fn subdir_in_repo(path: &Path, repo_dir: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let repo_dir = repo_dir
+        .canonicalize()
+        .unwrap_or_else(|_| repo_dir.to_path_buf());
+    canonical
+        .strip_prefix(&repo_dir)
+        .map(|p| {
+            p.components()
+                .filter_map(|c| c.as_os_str().to_str())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
+struct GitTree {
+    repo: Mutex<git2::Repository>,
+    tree: git2::Oid,
+}
+
+impl Tree for GitTree {
+    fn entry(&self, path: &str) -> Option<EntryKind> {
+        let repo = self.repo.lock().ok()?;
+        let tree = repo.find_tree(self.tree).ok()?;
+        if path.is_empty() {
+            return Some(EntryKind::Dir);
+        }
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        match entry.kind()? {
+            git2::ObjectType::Tree => Some(EntryKind::Dir),
+            git2::ObjectType::Blob => Some(EntryKind::File),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_inside_the_root() {
+        assert_eq!(join_inside("ws", "data/loans/").as_deref(), Some("ws/data/loans"));
+        assert_eq!(join_inside("ws", "./a/../b").as_deref(), Some("ws/b"));
+        assert_eq!(join_inside("ws", "../other/x").as_deref(), Some("other/x"));
+        assert_eq!(join_inside("ws", "../../etc"), None);
+        assert_eq!(join_inside("ws", "/etc/passwd"), None);
+    }
+}

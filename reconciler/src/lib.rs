@@ -14,9 +14,15 @@
 //! the `cairn` binary decides how to show them and which exit code to use.
 
 pub mod address;
+pub mod apply;
+pub mod backend;
+pub mod content;
 pub mod desired;
 pub mod diagnostics;
+pub mod events;
 pub mod manifest;
+pub mod plan;
+pub mod render;
 
 pub use address::{Address, Kind, Reference};
 pub use desired::DesiredState;

@@ -5,6 +5,12 @@
 //! Exit codes: 0 ok / no changes, 1 error (invalid manifests, policy deny, failure),
 //! 2 changes present (`plan --detailed-exitcode`, `drift`).
 
+mod apply;
+mod context;
+mod history;
+mod lock;
+mod plan;
+mod progress;
 mod render;
 mod validate;
 
@@ -40,11 +46,27 @@ pub enum Format {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check manifests without touching anything live: syntax, fields, references,
     /// traffic maps, GPU quotas, paths. Reports every problem at once.
     Validate(validate::Args),
+    /// Show what `apply` would change, and why: dataset versions, job runs, model
+    /// versions, in dependency order.
+    Plan(plan::Args),
+    /// Carry out a plan: a fresh one after confirmation, or a saved one exactly.
+    Apply(apply::Args),
+    /// List past applies from the journal.
+    History(history::Args),
+    /// Release a store lock left behind by an apply that died.
+    Unlock(lock::Args),
 }
 
 /// Where the manifests come from, shared by every command that reads them.
@@ -61,7 +83,7 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         match &self.path {
             Some(p) => p.clone(),
             None if std::path::Path::new("manifests").is_dir() => PathBuf::from("manifests"),
@@ -88,6 +110,8 @@ impl SourceArgs {
 pub struct Output {
     pub color_stdout: bool,
     pub color_stderr: bool,
+    /// Draw progress bars (stderr is a terminal); otherwise print plain lines.
+    pub progress: bool,
 }
 
 /// A failure the CLI reports: a message, hints, and the exit code.
@@ -111,6 +135,33 @@ impl CommandError {
         self.hints.extend(hint);
         self
     }
+
+    /// An error with its whole chain of causes as the message.
+    pub fn from_error(error: &dyn std::error::Error) -> Self {
+        CommandError::new(error_chain(error))
+    }
+}
+
+/// The async runtime for commands that talk to stores and processes.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::new(format!("cannot start the async runtime: {e}")))
+}
+
+/// `user@host`, for locks and the journal.
+pub fn user() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
 }
 
 /// Joins an error with its sources: "cannot read x: permission denied".
@@ -136,18 +187,25 @@ pub fn main() -> ExitCode {
         ColorChoice::Always => Output {
             color_stdout: true,
             color_stderr: true,
+            progress: std::io::stderr().is_terminal(),
         },
         ColorChoice::Never => Output {
             color_stdout: false,
             color_stderr: false,
+            progress: std::io::stderr().is_terminal(),
         },
         ColorChoice::Auto => Output {
             color_stdout: auto(std::io::stdout().is_terminal()),
             color_stderr: auto(std::io::stderr().is_terminal()),
+            progress: std::io::stderr().is_terminal(),
         },
     };
     let result = match cli.command {
         Command::Validate(args) => validate::run(args, output),
+        Command::Plan(args) => plan::run(args, output),
+        Command::Apply(args) => apply::run(args, output),
+        Command::History(args) => history::run(args, output),
+        Command::Unlock(args) => lock::run(args, output),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -105,7 +105,11 @@ impl Origin {
                 ..
             } => {
                 let short = &commit[..commit.len().min(7)];
-                let dir = if subdir.is_empty() { "." } else { subdir.as_str() };
+                let dir = if subdir.is_empty() {
+                    "."
+                } else {
+                    subdir.as_str()
+                };
                 if rev.starts_with(short) {
                     format!("{dir} at {short}")
                 } else {
@@ -135,11 +139,39 @@ pub enum EntryKind {
     Outside,
 }
 
+/// A file under the manifests root, as listed by [`Tree::files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeFile {
+    /// Path relative to the listed folder, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// What identifies this exact content without reading it.
+    pub fingerprint: Fingerprint,
+}
+
+/// Identifies a file's content cheaply: on disk by size, modification time and inode; in
+/// Git by the blob id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Fingerprint {
+    Disk { mtime_ns: u128, inode: u64 },
+    Blob(String),
+}
+
 /// Read access to the files under the manifests root, wherever they come from.
 pub trait Tree: Send + Sync {
     /// Returns what `path` (relative to the root, already normalised) is, if it exists and
     /// stays inside the root.
     fn entry(&self, path: &str) -> Option<EntryKind>;
+
+    /// Lists every file under `dir` (or `dir` itself if it is a file), recursively,
+    /// sorted by path. Symbolic links leading outside the root are refused.
+    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>>;
+
+    /// Reads a file (`path` relative to the root).
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
+
+    /// Returns the file's path on disk, if the tree is a folder (for streaming reads).
+    fn disk_path(&self, path: &str) -> Option<PathBuf>;
 }
 
 /// All manifest files of one root, read at one moment or one revision.
@@ -178,11 +210,40 @@ impl Snapshot {
         self.tree.entry(path)
     }
 
+    /// Lists the files under a folder of the root; see [`Tree::files`].
+    pub fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
+        self.tree.files(dir)
+    }
+
+    /// Reads a file under the root.
+    pub fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        self.tree.read(path)
+    }
+
+    /// Returns the file's path on disk when reading from a folder.
+    pub fn disk_path(&self, path: &str) -> Option<PathBuf> {
+        self.tree.disk_path(path)
+    }
+
     /// Returns the Git commit the snapshot was read at, if any.
     pub fn commit(&self) -> Option<&str> {
         match &self.origin {
             Origin::Revision { commit, .. } => Some(commit),
             Origin::Folder { .. } => None,
+        }
+    }
+
+    /// Returns the commit the snapshot stands for: the revision read, or for a folder the
+    /// commit `HEAD` points at in the enclosing repository (the folder may hold
+    /// uncommitted changes on top of it).
+    pub fn head_commit(&self) -> Option<String> {
+        match &self.origin {
+            Origin::Revision { commit, .. } => Some(commit.clone()),
+            Origin::Folder { root } => {
+                let repo = git2::Repository::discover(root).ok()?;
+                let head = repo.head().ok()?.peel_to_commit().ok()?;
+                Some(head.id().to_string())
+            }
         }
     }
 }
@@ -320,9 +381,9 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
                 continue;
             }
             let mut bytes = Vec::with_capacity(size as usize);
-            match std::fs::File::open(&path).and_then(|f| {
-                f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)
-            }) {
+            match std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
+            {
                 Ok(_) if bytes.len() as u64 > MAX_MANIFEST_BYTES => {
                     problems.push(too_large(&rel, bytes.len() as u64))
                 }
@@ -392,6 +453,87 @@ impl Tree for FolderTree {
             EntryKind::File
         })
     }
+
+    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
+        let start = self.root.join(dir);
+        let real = start.canonicalize()?;
+        if !real.starts_with(&self.root) {
+            return Err(outside(dir));
+        }
+        let mut out = Vec::new();
+        let meta = std::fs::metadata(&real)?;
+        if meta.is_file() {
+            let name = real
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("file")
+                .to_string();
+            out.push(disk_file(name, &meta));
+            return Ok(out);
+        }
+        let mut stack = vec![(real, String::new())];
+        while let Some((folder, prefix)) = stack.pop() {
+            for entry in std::fs::read_dir(&folder)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let rel = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let mut file_type = entry.file_type()?;
+                let mut path = entry.path();
+                if file_type.is_symlink() {
+                    path = path.canonicalize()?;
+                    if !path.starts_with(&self.root) {
+                        return Err(outside(&format!("{dir}/{rel}")));
+                    }
+                    file_type = std::fs::metadata(&path)?.file_type();
+                }
+                if file_type.is_dir() {
+                    stack.push((path, rel));
+                } else if file_type.is_file() {
+                    out.push(disk_file(rel, &std::fs::metadata(&path)?));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.root.join(path))
+    }
+
+    fn disk_path(&self, path: &str) -> Option<PathBuf> {
+        Some(self.root.join(path))
+    }
+}
+
+fn outside(path: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("`{path}` leads outside the manifests root"),
+    )
+}
+
+fn disk_file(path: String, meta: &std::fs::Metadata) -> TreeFile {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    TreeFile {
+        path,
+        size: meta.len(),
+        fingerprint: Fingerprint::Disk { mtime_ns, inode },
+    }
 }
 
 /// Loads every manifest under `path` as it was in revision `rev` (a branch, tag or commit)
@@ -405,80 +547,90 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
         rev: rev.to_string(),
         source,
     };
-    let repo_dir = repo
-        .workdir()
-        .unwrap_or_else(|| repo.path())
-        .to_path_buf();
+    let repo_dir = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
     let subdir = subdir_in_repo(path, &repo_dir);
     let (commit_id, tree_id, files, workspaces, problems) = {
-    let commit = repo
-        .revparse_single(rev)
-        .and_then(|o| o.peel_to_commit())
-        .map_err(|source| Error::RevisionNotFound {
-            rev: rev.to_string(),
-            repo: repo_dir.clone(),
-            source,
-        })?;
-    let commit_id = commit.id().to_string();
-    let root_tree = commit.tree().map_err(git)?;
-    let tree = if subdir.is_empty() {
-        root_tree
-    } else {
-        root_tree
-            .get_path(Path::new(&subdir))
-            .and_then(|e| e.to_object(&repo))
-            .and_then(|o| o.peel_to_tree())
-            .map_err(|_| Error::NotInRevision {
-                path: subdir.clone(),
+        let commit = repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| Error::RevisionNotFound {
                 rev: rev.to_string(),
-            })?
-    };
-
-    let mut files = Vec::new();
-    let mut workspaces = Vec::new();
-    let mut problems = Vec::new();
-    let mut stray = Vec::new();
-    for entry in tree.iter() {
-        let Some(name) = entry.name().map(str::to_string) else {
-            continue;
+                repo: repo_dir.clone(),
+                source,
+            })?;
+        let commit_id = commit.id().to_string();
+        let root_tree = commit.tree().map_err(git)?;
+        let tree = if subdir.is_empty() {
+            root_tree
+        } else {
+            root_tree
+                .get_path(Path::new(&subdir))
+                .and_then(|e| e.to_object(&repo))
+                .and_then(|o| o.peel_to_tree())
+                .map_err(|_| Error::NotInRevision {
+                    path: subdir.clone(),
+                    rev: rev.to_string(),
+                })?
         };
-        if is_hidden(&name) {
-            continue;
-        }
-        match entry.kind() {
-            Some(git2::ObjectType::Tree) => {
-                let dir = entry
-                    .to_object(&repo)
-                    .and_then(|o| o.peel_to_tree())
-                    .map_err(git)?;
-                for file in dir.iter() {
-                    let Some(file_name) = file.name() else { continue };
-                    if !is_manifest_name(file_name) || file.kind() != Some(git2::ObjectType::Blob) {
-                        continue;
-                    }
-                    if file_name == "workspace.toml" {
-                        workspaces.push(name.clone());
-                    }
-                    let rel = format!("{name}/{file_name}");
-                    let blob = file.to_object(&repo).and_then(|o| o.peel_to_blob()).map_err(git)?;
-                    if blob.size() as u64 > MAX_MANIFEST_BYTES {
-                        problems.push(too_large(&rel, blob.size() as u64));
-                        continue;
-                    }
-                    accept_file(&mut files, &mut problems, rel, &name, blob.content().to_vec());
-                }
-            }
-            Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
-            _ => {}
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    workspaces.sort();
-    stray.sort();
-    let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
-    add_layout_problems(&mut problems, &stray, root_is_workspace);
 
-    (commit_id, tree.id(), files, workspaces, problems)
+        let mut files = Vec::new();
+        let mut workspaces = Vec::new();
+        let mut problems = Vec::new();
+        let mut stray = Vec::new();
+        for entry in tree.iter() {
+            let Some(name) = entry.name().map(str::to_string) else {
+                continue;
+            };
+            if is_hidden(&name) {
+                continue;
+            }
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    let dir = entry
+                        .to_object(&repo)
+                        .and_then(|o| o.peel_to_tree())
+                        .map_err(git)?;
+                    for file in dir.iter() {
+                        let Some(file_name) = file.name() else {
+                            continue;
+                        };
+                        if !is_manifest_name(file_name)
+                            || file.kind() != Some(git2::ObjectType::Blob)
+                        {
+                            continue;
+                        }
+                        if file_name == "workspace.toml" {
+                            workspaces.push(name.clone());
+                        }
+                        let rel = format!("{name}/{file_name}");
+                        let blob = file
+                            .to_object(&repo)
+                            .and_then(|o| o.peel_to_blob())
+                            .map_err(git)?;
+                        if blob.size() as u64 > MAX_MANIFEST_BYTES {
+                            problems.push(too_large(&rel, blob.size() as u64));
+                            continue;
+                        }
+                        accept_file(
+                            &mut files,
+                            &mut problems,
+                            rel,
+                            &name,
+                            blob.content().to_vec(),
+                        );
+                    }
+                }
+                Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
+                _ => {}
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        workspaces.sort();
+        stray.sort();
+        let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
+        add_layout_problems(&mut problems, &stray, root_is_workspace);
+
+        (commit_id, tree.id(), files, workspaces, problems)
     };
     Ok(Snapshot {
         origin: Origin::Revision {
@@ -533,6 +685,85 @@ impl Tree for GitTree {
             _ => None,
         }
     }
+
+    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
+        let repo = self
+            .repo
+            .lock()
+            .map_err(|_| git_io("repository lock poisoned"))?;
+        let root = repo.find_tree(self.tree).map_err(|e| git_io(e.message()))?;
+        let entry = root
+            .get_path(Path::new(dir))
+            .map_err(|e| git_io(e.message()))?;
+        let mut out = Vec::new();
+        match entry.kind() {
+            Some(git2::ObjectType::Blob) => {
+                let blob = repo
+                    .find_blob(entry.id())
+                    .map_err(|e| git_io(e.message()))?;
+                out.push(TreeFile {
+                    path: entry.name().unwrap_or("file").to_string(),
+                    size: blob.size() as u64,
+                    fingerprint: Fingerprint::Blob(entry.id().to_string()),
+                });
+            }
+            Some(git2::ObjectType::Tree) => {
+                let tree = repo
+                    .find_tree(entry.id())
+                    .map_err(|e| git_io(e.message()))?;
+                let mut failed = None;
+                tree.walk(git2::TreeWalkMode::PreOrder, |prefix, e| {
+                    if e.kind() == Some(git2::ObjectType::Blob) {
+                        let Some(name) = e.name() else {
+                            return git2::TreeWalkResult::Ok;
+                        };
+                        match repo.find_blob(e.id()) {
+                            Ok(blob) => out.push(TreeFile {
+                                path: format!("{prefix}{name}"),
+                                size: blob.size() as u64,
+                                fingerprint: Fingerprint::Blob(e.id().to_string()),
+                            }),
+                            Err(err) => {
+                                failed = Some(err);
+                                return git2::TreeWalkResult::Abort;
+                            }
+                        }
+                    }
+                    git2::TreeWalkResult::Ok
+                })
+                .map_err(|e| git_io(e.message()))?;
+                if let Some(err) = failed {
+                    return Err(git_io(err.message()));
+                }
+            }
+            _ => return Err(git_io("not a file or folder")),
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        let repo = self
+            .repo
+            .lock()
+            .map_err(|_| git_io("repository lock poisoned"))?;
+        let root = repo.find_tree(self.tree).map_err(|e| git_io(e.message()))?;
+        let entry = root
+            .get_path(Path::new(path))
+            .map_err(|e| git_io(e.message()))?;
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(|e| git_io(e.message()))?;
+        Ok(blob.content().to_vec())
+    }
+
+    fn disk_path(&self, _path: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+fn git_io(message: &str) -> std::io::Error {
+    std::io::Error::other(message.to_string())
 }
 
 #[cfg(test)]
@@ -541,7 +772,10 @@ mod tests {
 
     #[test]
     fn joins_paths_inside_the_root() {
-        assert_eq!(join_inside("ws", "data/loans/").as_deref(), Some("ws/data/loans"));
+        assert_eq!(
+            join_inside("ws", "data/loans/").as_deref(),
+            Some("ws/data/loans")
+        );
         assert_eq!(join_inside("ws", "./a/../b").as_deref(), Some("ws/b"));
         assert_eq!(join_inside("ws", "../other/x").as_deref(), Some("other/x"));
         assert_eq!(join_inside("ws", "../../etc"), None);

@@ -1,0 +1,1057 @@
+//! Applying a plan: take each affected workspace's lock, check the plan isn't stale, then
+//! carry out the changes in dependency order with bounded parallelism.
+//!
+//! Guarantees:
+//! - A change starts only after every change it depends on has succeeded. A failure
+//!   skips its dependents (transitively); independent changes go on. The report lists
+//!   every change with its outcome.
+//! - Nothing half-done is ever visible: dataset and model versions become visible only
+//!   when their marker is written, after all their files. Re-running apply after a crash
+//!   or a kill converges: uploads resume (files already stored are skipped), runs without
+//!   a successful record run again.
+//! - `state.json` is written with compare-and-swap under the lock; one journal record per
+//!   workspace is appended at the end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::address::Kind;
+use crate::backend::local::{Exit, Launch, Runner};
+use crate::backend::store::{
+    self, now_rfc3339, DatasetVersion, FileEntry, JournalOutcome, JournalRecord, LockGuard,
+    ModelRecord, RunRecord, RunStatus, StateEntry, Store, VersionedState,
+};
+use crate::content::{self, HashCache};
+use crate::events::Events;
+use crate::manifest::source::join_inside;
+use crate::manifest::Snapshot;
+use crate::plan::{Action, Plan, ResourceChange};
+
+/// How many files of one dataset are transferred at once.
+const TRANSFER_CONCURRENCY: usize = 8;
+
+/// Errors that stop an apply before (or instead of) running changes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{source}")]
+    Locked {
+        #[source]
+        source: store::Error,
+        waited: Duration,
+    },
+    #[error("the plan is stale: the state of workspace `{workspace}` changed since it was made")]
+    Stale { workspace: String },
+    #[error("the store of workspace `{workspace}` failed")]
+    Store {
+        workspace: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("no store is open for workspace `{0}`")]
+    NoStore(String),
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// The outcome of one change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub address: String,
+    pub action: Action,
+    pub status: Status,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub outcomes: Vec<Outcome>,
+    /// Journal keys written, one per workspace.
+    pub journal: Vec<String>,
+    pub duration_ms: u64,
+}
+
+impl ApplyReport {
+    pub fn success(&self) -> bool {
+        self.outcomes.iter().all(|o| o.status == Status::Succeeded)
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+}
+
+/// Knobs for an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Changes carried out at once.
+    pub parallelism: usize,
+    /// How long to wait for a store lock held by someone else.
+    pub lock_timeout: Duration,
+    /// How long a lock stays valid without a heartbeat.
+    pub lock_lease: Duration,
+    /// `user@host`, recorded in the lock and the journal.
+    pub holder: String,
+    pub user: String,
+    /// The command line, recorded in the lock.
+    pub command: String,
+    /// Scratch space for job runs (`<root>/.cairn/work`).
+    pub work_dir: PathBuf,
+}
+
+/// Everything an apply needs.
+pub struct Applier<'a> {
+    pub snapshot: &'a Snapshot,
+    pub stores: &'a BTreeMap<String, Store>,
+    pub runner: &'a dyn Runner,
+    pub cache: &'a HashCache,
+    pub events: &'a dyn Events,
+    pub options: ApplyOptions,
+}
+
+/// What a successful change leaves in the state (`None` removes the entry).
+struct Done {
+    value: Option<Value>,
+    message: Option<String>,
+}
+
+impl Applier<'_> {
+    /// Applies `plan`. Returns an error only if nothing could be started (lock, stale
+    /// plan, unreachable store); failures of single changes are in the report.
+    pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, Error> {
+        let started = Instant::now();
+        let started_at = now_rfc3339();
+        let changes: Vec<&ResourceChange> = plan.changes().collect();
+        let touched: BTreeSet<&str> = changes.iter().map(|c| c.workspace.as_str()).collect();
+
+        // Locks, in name order so two applies can't wait on each other.
+        let mut guards: Vec<(String, LockGuard)> = Vec::new();
+        for ws in &touched {
+            let store = self
+                .stores
+                .get(*ws)
+                .ok_or_else(|| Error::NoStore(ws.to_string()))?;
+            match self.lock(store).await {
+                Ok(guard) => guards.push((ws.to_string(), guard)),
+                Err(e) => {
+                    self.release(guards).await;
+                    return Err(e);
+                }
+            }
+        }
+        let heartbeat = self.heartbeat(&guards);
+
+        let result = self.run_changes(plan, &changes, &touched).await;
+        heartbeat.abort();
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.release(guards).await;
+                return Err(e);
+            }
+        };
+
+        let mut journal = Vec::new();
+        let plan_hash = plan.hash();
+        for ws in &touched {
+            let store = &self.stores[*ws];
+            let mine: Vec<JournalOutcome> = outcomes
+                .iter()
+                .filter(|o| o.address.split('/').next() == Some(*ws))
+                .map(|o| JournalOutcome {
+                    address: o.address.clone(),
+                    action: o.action.as_str().to_string(),
+                    status: o.status.as_str().to_string(),
+                    duration_ms: o.duration_ms,
+                    message: o.message.clone(),
+                })
+                .collect();
+            let record = JournalRecord {
+                id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+                workspace: ws.to_string(),
+                started_at: started_at.clone(),
+                finished_at: now_rfc3339(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                revision: plan.revision.clone(),
+                user: self.options.user.clone(),
+                plan_hash: plan_hash.clone(),
+                success: mine.iter().all(|o| o.status == "succeeded"),
+                outcomes: mine,
+            };
+            match store.append_journal(&record).await {
+                Ok(key) => journal.push(key),
+                Err(e) => self
+                    .events
+                    .note(ws, &format!("could not write the journal: {e}")),
+            }
+        }
+        self.release(guards).await;
+        Ok(ApplyReport {
+            outcomes,
+            journal,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn lock(&self, store: &Store) -> Result<LockGuard, Error> {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            match store
+                .try_lock(
+                    &self.options.holder,
+                    &self.options.command,
+                    self.options.lock_lease,
+                )
+                .await
+            {
+                Ok(guard) => return Ok(guard),
+                Err(store::Error::Locked { holder, .. })
+                    if started.elapsed() < self.options.lock_timeout =>
+                {
+                    if !announced {
+                        self.events.waiting_for_lock(&store.url(), &holder);
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source @ store::Error::Locked { .. }) => {
+                    return Err(Error::Locked {
+                        source,
+                        waited: started.elapsed(),
+                    });
+                }
+                Err(store::Error::PreconditionFailed { .. }) => {
+                    // Someone else took it between our read and write: wait like a lock.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Store {
+                        workspace: store.url(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&self, guards: &[(String, LockGuard)]) -> tokio::task::JoinHandle<()> {
+        let mut held: Vec<(Store, LockGuard)> = guards
+            .iter()
+            .map(|(ws, g)| (self.stores[ws].clone(), g.clone()))
+            .collect();
+        let every = (self.options.lock_lease / 3).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for (store, guard) in &mut held {
+                    let _ = store.renew_lock(guard).await;
+                }
+            }
+        })
+    }
+
+    async fn release(&self, guards: Vec<(String, LockGuard)>) {
+        for (ws, guard) in guards {
+            let store = &self.stores[&ws];
+            // The heartbeat renewed the lock, so its etag moved on: release by id.
+            let _ = store.force_unlock(&guard.info.id).await;
+        }
+    }
+
+    async fn run_changes(
+        &self,
+        plan: &Plan,
+        changes: &[&ResourceChange],
+        touched: &BTreeSet<&str>,
+    ) -> Result<Vec<Outcome>, Error> {
+        // The plan must still describe the store as it is.
+        let mut states: HashMap<String, VersionedState> = HashMap::new();
+        for ws in touched {
+            let store = &self.stores[*ws];
+            let state = store.state().await.map_err(|source| Error::Store {
+                workspace: ws.to_string(),
+                source,
+            })?;
+            let planned = plan.workspaces.iter().find(|w| w.name == *ws);
+            if planned.map(|w| &w.state_etag) != Some(&state.etag) {
+                return Err(Error::Stale {
+                    workspace: ws.to_string(),
+                });
+            }
+            states.insert(ws.to_string(), state);
+        }
+        let states = Mutex::new(states);
+
+        let index: HashMap<&str, usize> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.address.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = changes
+            .iter()
+            .map(|c| {
+                c.depends_on
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let mut status: Vec<Option<Status>> = vec![None; changes.len()];
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+        let mut started = vec![false; changes.len()];
+        let mut in_flight = FuturesUnordered::new();
+        let mut last_save = Instant::now();
+        let parallelism = self.options.parallelism.max(1);
+
+        loop {
+            // Skip what can no longer run; start what is ready.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for i in 0..changes.len() {
+                    if started[i] {
+                        continue;
+                    }
+                    if let Some(bad) = deps[i]
+                        .iter()
+                        .find(|&&d| matches!(status[d], Some(Status::Failed | Status::Skipped)))
+                    {
+                        started[i] = true;
+                        status[i] = Some(Status::Skipped);
+                        let message =
+                            format!("skipped because {} did not succeed", changes[*bad].address);
+                        self.events
+                            .finished(&changes[i].address, "skipped", Some(&message));
+                        outcomes[i] = Some(Outcome {
+                            address: changes[i].address.clone(),
+                            action: changes[i].action(),
+                            status: Status::Skipped,
+                            duration_ms: 0,
+                            message: Some(message),
+                        });
+                        progressed = true;
+                    }
+                }
+            }
+            for i in 0..changes.len() {
+                if in_flight.len() >= parallelism {
+                    break;
+                }
+                if started[i]
+                    || !deps[i]
+                        .iter()
+                        .all(|&d| status[d] == Some(Status::Succeeded))
+                {
+                    continue;
+                }
+                started[i] = true;
+                let change = changes[i];
+                self.events.started(&change.address, change.action());
+                in_flight.push(async move {
+                    let t = Instant::now();
+                    let result = self.execute(plan, change).await;
+                    (i, result, t.elapsed())
+                });
+            }
+            let Some((i, result, elapsed)) = in_flight.next().await else {
+                break;
+            };
+            let change = changes[i];
+            let (s, message) = match result {
+                Ok(done) => {
+                    let mut states = states.lock().expect("state lock");
+                    let state = states.get_mut(&change.workspace).expect("state loaded");
+                    match done.value {
+                        Some(value) => {
+                            state.state.resources.insert(
+                                change.address.clone(),
+                                StateEntry {
+                                    kind: change.kind,
+                                    value,
+                                    revision: plan.revision.clone(),
+                                    applied_at: now_rfc3339(),
+                                },
+                            );
+                        }
+                        None => {
+                            state.state.resources.remove(&change.address);
+                        }
+                    }
+                    (Status::Succeeded, done.message)
+                }
+                Err(message) => (Status::Failed, Some(message)),
+            };
+            status[i] = Some(s);
+            self.events
+                .finished(&change.address, s.as_str(), message.as_deref());
+            outcomes[i] = Some(Outcome {
+                address: change.address.clone(),
+                action: change.action(),
+                status: s,
+                duration_ms: elapsed.as_millis() as u64,
+                message,
+            });
+            // Save progress now and then, so a crash loses little; always after a run.
+            if change.action() == Action::Run || last_save.elapsed() > Duration::from_secs(1) {
+                self.save_states(&states).await?;
+                last_save = Instant::now();
+            }
+        }
+        self.save_states(&states).await?;
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    async fn save_states(
+        &self,
+        states: &Mutex<HashMap<String, VersionedState>>,
+    ) -> Result<(), Error> {
+        let snapshot: Vec<(String, VersionedState)> = states
+            .lock()
+            .expect("state lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (ws, mut state) in snapshot {
+            let store = &self.stores[&ws];
+            store
+                .save_state(&mut state)
+                .await
+                .map_err(|source| Error::Store {
+                    workspace: ws.clone(),
+                    source,
+                })?;
+            states.lock().expect("state lock").insert(ws, state);
+        }
+        Ok(())
+    }
+
+    /// Carries out one change. Errors are messages for the report.
+    async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, String> {
+        let store = &self.stores[&change.workspace];
+        let after = change.after.clone();
+        match (change.kind, change.action()) {
+            (_, Action::Delete) => Ok(Done {
+                value: None,
+                message: Some("removed from the state; stored versions are kept".into()),
+            }),
+            (Kind::Dataset, Action::Create | Action::Update) => {
+                let after = after.ok_or("the plan has no value for this dataset")?;
+                self.upload_source(plan, change, store, &after, SourceKind::Dataset)
+                    .await?;
+                Ok(Done {
+                    value: Some(after),
+                    message: None,
+                })
+            }
+            (Kind::Model, Action::Create | Action::Update) => {
+                let after = after.ok_or("the plan has no value for this model")?;
+                if after.get("from_job").is_some_and(|j| !j.is_null()) {
+                    let version = str_field(&after, "version")?;
+                    let present = store
+                        .has_model_version(&change.name, &version)
+                        .await
+                        .map_err(|e| chain(&e))?;
+                    if !present {
+                        return Err(format!(
+                            "model version {version} is not in the store: the job that produces it did not record it"
+                        ));
+                    }
+                } else {
+                    self.upload_source(plan, change, store, &after, SourceKind::Model)
+                        .await?;
+                }
+                Ok(Done {
+                    value: Some(after),
+                    message: None,
+                })
+            }
+            (Kind::Job, Action::Run) => {
+                let after = after.ok_or("the plan has no value for this job")?;
+                let message = self.run_job(plan, change, store, &after).await?;
+                Ok(Done {
+                    value: Some(after),
+                    message: Some(message),
+                })
+            }
+            (_, Action::Create | Action::Update | Action::Replace) => Ok(Done {
+                value: after,
+                message: None,
+            }),
+            (kind, action) => Err(format!(
+                "{} of a {kind} is not supported yet",
+                action.as_str()
+            )),
+        }
+    }
+
+    /// Uploads a dataset version (or an imported model version) from the manifests'
+    /// source folder, storing only files no earlier version holds.
+    async fn upload_source(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+        store: &Store,
+        after: &Value,
+        kind: SourceKind,
+    ) -> Result<(), String> {
+        let version = str_field(after, "version")?;
+        let source = str_field(after, "source")?;
+        let path = join_inside(&change.workspace, &source)
+            .ok_or("the source leads outside the manifests root")?;
+        let address = change.address.clone();
+        let on_bytes = |_n: u64| {};
+        let content = tokio::task::block_in_place(|| {
+            content::hash_source(self.snapshot, &path, self.cache, &on_bytes)
+        })
+        .map_err(|e| chain(&e))?;
+        if content.version != version {
+            return Err(format!(
+                "the content changed since the plan was made (planned version {version}, found {}); run `cairn plan` again",
+                content.version
+            ));
+        }
+        let name = &change.name;
+        let already = match kind {
+            SourceKind::Dataset => store.has_dataset_version(name, &version).await,
+            SourceKind::Model => store.has_model_version(name, &version).await,
+        }
+        .map_err(|e| chain(&e))?;
+        if already {
+            return Ok(());
+        }
+        // Files an earlier version already stores are referenced, not copied.
+        let mut known: HashMap<String, String> = HashMap::new();
+        if kind == SourceKind::Dataset {
+            if let Some(old) = change
+                .before
+                .as_ref()
+                .and_then(|b| b.get("version"))
+                .and_then(Value::as_str)
+            {
+                if let Ok(Some(previous)) = store.dataset_version(name, old).await {
+                    known.extend(previous.files.into_iter().map(|f| (f.sha256, f.key)));
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(content.files.len());
+        let mut uploads = Vec::new();
+        for file in &content.files {
+            let key = match known.get(&file.sha256) {
+                Some(key) => key.clone(),
+                None => {
+                    let key = match kind {
+                        SourceKind::Dataset => Store::dataset_file_key(name, &version, &file.path),
+                        SourceKind::Model => Store::model_file_key(name, &version, &file.path),
+                    };
+                    let rel = if content.files.len() == 1
+                        && self.snapshot.entry(&path) == Some(crate::manifest::EntryKind::File)
+                    {
+                        path.clone()
+                    } else {
+                        format!("{path}/{}", file.path)
+                    };
+                    uploads.push((key.clone(), rel, file.size));
+                    key
+                }
+            };
+            entries.push(FileEntry {
+                path: file.path.clone(),
+                size: file.size,
+                sha256: file.sha256.clone(),
+                key,
+            });
+        }
+        if !uploads.is_empty() {
+            self.events.note(
+                &address,
+                &format!(
+                    "uploading {} file(s), {}",
+                    uploads.len(),
+                    crate::plan::human_bytes(uploads.iter().map(|u| u.2).sum())
+                ),
+            );
+        }
+        let objects = store.objects().clone();
+        let results: Vec<Result<(), String>> =
+            futures::stream::iter(uploads.into_iter().map(|(key, rel, size)| {
+                let objects = objects.clone();
+                let address = address.clone();
+                async move {
+                    // Resume: a file stored by an interrupted apply is not sent again.
+                    if let Ok(Some(meta)) = objects.head(&key).await {
+                        if meta.size == size {
+                            return Ok(());
+                        }
+                    }
+                    let result = match self.snapshot.disk_path(&rel) {
+                        Some(disk) => objects.put_file(&key, &disk).await.map(|_| ()),
+                        None => {
+                            let bytes = self.snapshot.read(&rel).map_err(|e| e.to_string())?;
+                            objects
+                                .put(&key, bytes.into(), store::Condition::None)
+                                .await
+                                .map(|_| ())
+                        }
+                    };
+                    self.events.bytes(&address, size);
+                    result.map_err(|e| chain(&e))
+                }
+            }))
+            .buffer_unordered(TRANSFER_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, String>>()?;
+
+        let total_bytes = content.total_bytes;
+        match kind {
+            SourceKind::Dataset => store
+                .commit_dataset_version(&DatasetVersion {
+                    dataset: name.clone(),
+                    version,
+                    files: entries,
+                    total_bytes,
+                    created_at: now_rfc3339(),
+                    commit: plan.revision.clone(),
+                })
+                .await
+                .map_err(|e| chain(&e)),
+            SourceKind::Model => store
+                .commit_model_version(&ModelRecord {
+                    model: name.clone(),
+                    version,
+                    format: after
+                        .get("format")
+                        .and_then(Value::as_str)
+                        .unwrap_or("custom")
+                        .to_string(),
+                    job: None,
+                    run_id: None,
+                    inputs: BTreeMap::new(),
+                    commit: plan.revision.clone(),
+                    metrics: None,
+                    files: entries,
+                    created_at: now_rfc3339(),
+                })
+                .await
+                .map_err(|e| chain(&e)),
+        }
+    }
+
+    /// Runs a job on the local target with retries; on success stores its outputs as
+    /// model versions with lineage, and the run record.
+    async fn run_job(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+        store: &Store,
+        after: &Value,
+    ) -> Result<String, String> {
+        let job = change.name.clone();
+        let run_id = str_field(after, "run_id")?;
+        let work = self.options.work_dir.join("runs").join(&job).join(&run_id);
+        let inputs: BTreeMap<String, String> =
+            serde_json::from_value(after.get("inputs").cloned().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        let outputs: BTreeMap<String, String> =
+            serde_json::from_value(after.get("outputs").cloned().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        let command: Vec<String> =
+            serde_json::from_value(after.get("command").cloned().unwrap_or_default())
+                .map_err(|_| "the job has no command".to_string())?;
+        let env: BTreeMap<String, String> =
+            serde_json::from_value(after.get("env").cloned().unwrap_or_default())
+                .unwrap_or_default();
+        let retries = after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let timeout = after
+            .get("timeout")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
+            .map(|d| d.as_std());
+        let gpus = after.get("gpus").and_then(Value::as_u64).unwrap_or(0) as usize;
+
+        // Inputs: each version's files, fetched into the run's folder.
+        let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut env_vars = env.clone();
+        for (name, reference) in &inputs {
+            let dest = work.join("inputs").join(name);
+            self.fetch_input(store, reference, &dest).await?;
+            env_vars.insert(
+                format!("CAIRN_INPUT_{}", env_name(name)),
+                dest.display().to_string(),
+            );
+            paths.insert(format!("inputs.{name}"), dest);
+        }
+        for name in outputs.keys() {
+            let dest = work.join("outputs").join(name);
+            env_vars.insert(
+                format!("CAIRN_OUTPUT_{}", env_name(name)),
+                dest.display().to_string(),
+            );
+            paths.insert(format!("outputs.{name}"), dest);
+        }
+        env_vars.insert("CAIRN_RUN_ID".into(), run_id.clone());
+        env_vars.insert("CAIRN_JOB".into(), change.address.clone());
+        let command: Vec<String> = command
+            .iter()
+            .map(|arg| expand(arg, &paths, &run_id))
+            .collect();
+        let gpu_ids: Vec<u32> = self
+            .runner
+            .gpus()
+            .iter()
+            .take(gpus)
+            .map(|g| g.index)
+            .collect();
+
+        let started_at = now_rfc3339();
+        let t = Instant::now();
+        let mut logs = Vec::new();
+        let mut last: Option<Exit> = None;
+        let mut spawn_error = None;
+        let attempts = retries + 1;
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                self.events
+                    .note(&change.address, &format!("attempt {attempt} of {attempts}"));
+            }
+            for name in outputs.keys() {
+                let dir = work.join("outputs").join(name);
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let log = work.join(format!("attempt-{attempt}.log"));
+            let launch = Launch {
+                command: command.clone(),
+                env: env_vars.clone(),
+                workdir: work.clone(),
+                log: log.clone(),
+                timeout,
+                gpus: gpu_ids.clone(),
+            };
+            let result = self.runner.run(&launch).await;
+            let key = Store::run_log_key(&job, &run_id, attempt);
+            if log.exists() && store.objects().put_file(&key, &log).await.is_ok() {
+                logs.push(key);
+            }
+            match result {
+                Ok(exit) => {
+                    let ok = exit.success();
+                    last = Some(exit);
+                    if ok {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    spawn_error = Some(chain(&e));
+                    break;
+                }
+            }
+        }
+        let finished_at = now_rfc3339();
+        let duration_ms = t.elapsed().as_millis() as u64;
+        let succeeded = last.as_ref().is_some_and(Exit::success);
+        let attempts_made = logs.len().max(1) as u32;
+        let metrics = read_metrics(&work, &outputs);
+
+        let mut error = spawn_error;
+        let mut produced = BTreeMap::new();
+        if succeeded {
+            for (name, reference) in &outputs {
+                let model = reference
+                    .split('@')
+                    .next()
+                    .unwrap_or(reference)
+                    .trim_start_matches("model.")
+                    .to_string();
+                let dir = work.join("outputs").join(name);
+                match self
+                    .store_output(
+                        plan,
+                        store,
+                        &model,
+                        &run_id,
+                        &job,
+                        &dir,
+                        &inputs,
+                        metrics.clone(),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        produced.insert(name.clone(), reference.clone());
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+        } else if error.is_none() {
+            let exit = last.as_ref();
+            let tail = last_lines(&work.join(format!("attempt-{attempts_made}.log")), 5);
+            error = Some(match exit {
+                Some(e) if e.timed_out => format!(
+                    "timed out after {} (attempt {attempts_made} of {attempts}){tail}",
+                    humantime::format_duration(Duration::from_secs(e.duration.as_secs()))
+                ),
+                Some(e) => format!(
+                    "exited with code {} (attempt {attempts_made} of {attempts}){tail}",
+                    e.code
+                        .map_or("none (killed by a signal)".into(), |c| c.to_string())
+                ),
+                None => "did not run".into(),
+            });
+        }
+        let record = RunRecord {
+            job: job.clone(),
+            run_id: run_id.clone(),
+            status: if error.is_none() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
+            attempts: attempts_made,
+            started_at,
+            finished_at,
+            duration_ms,
+            exit_code: last.as_ref().and_then(|e| e.code),
+            inputs: inputs.clone(),
+            outputs: produced,
+            metrics,
+            logs,
+            error: error.clone(),
+            commit: plan.revision.clone(),
+        };
+        store.put_run(&record).await.map_err(|e| chain(&e))?;
+        match error {
+            None => Ok(format!(
+                "run {run_id} succeeded in {}",
+                humantime::format_duration(Duration::from_secs(duration_ms / 1000))
+            )),
+            Some(e) => Err(e),
+        }
+    }
+
+    async fn fetch_input(&self, store: &Store, reference: &str, dest: &Path) -> Result<(), String> {
+        let (what, version) = reference
+            .split_once('@')
+            .ok_or_else(|| format!("input `{reference}` has no version"))?;
+        let (kind, name) = what
+            .split_once('.')
+            .ok_or_else(|| format!("input `{reference}` is malformed"))?;
+        let files = match kind {
+            "dataset" => store
+                .dataset_version(name, version)
+                .await
+                .map_err(|e| chain(&e))?
+                .map(|v| v.files),
+            "model" => store
+                .model_version(name, version)
+                .await
+                .map_err(|e| chain(&e))?
+                .map(|v| v.files),
+            _ => None,
+        }
+        .ok_or_else(|| format!("input {reference} is not in the store"))?;
+        let _ = std::fs::remove_dir_all(dest);
+        std::fs::create_dir_all(dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        for f in files {
+            let target = dest.join(&f.path);
+            store
+                .objects()
+                .get_file(&f.key, &target)
+                .await
+                .map_err(|e| chain(&e))?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_output(
+        &self,
+        plan: &Plan,
+        store: &Store,
+        model: &str,
+        run_id: &str,
+        job: &str,
+        dir: &Path,
+        inputs: &BTreeMap<String, String>,
+        metrics: Option<Value>,
+    ) -> Result<(), String> {
+        let content = content::hash_folder(dir).map_err(|e| chain(&e))?;
+        if content.files.is_empty() {
+            return Err(format!(
+                "the job wrote nothing to its output folder for model.{model}"
+            ));
+        }
+        let mut files = Vec::new();
+        for f in &content.files {
+            let key = Store::model_file_key(model, run_id, &f.path);
+            store
+                .objects()
+                .put_file(&key, &dir.join(&f.path))
+                .await
+                .map_err(|e| chain(&e))?;
+            files.push(FileEntry {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                key,
+            });
+        }
+        let format = plan
+            .resource_changes
+            .iter()
+            .find(|c| c.kind == Kind::Model && c.name == model)
+            .and_then(|c| c.after.as_ref())
+            .and_then(|a| a.get("format"))
+            .and_then(Value::as_str)
+            .unwrap_or("custom")
+            .to_string();
+        store
+            .commit_model_version(&ModelRecord {
+                model: model.to_string(),
+                version: run_id.to_string(),
+                format,
+                job: Some(job.to_string()),
+                run_id: Some(run_id.to_string()),
+                inputs: inputs.clone(),
+                commit: plan.revision.clone(),
+                metrics,
+                files,
+                created_at: now_rfc3339(),
+            })
+            .await
+            .map_err(|e| chain(&e))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    Dataset,
+    Model,
+}
+
+fn str_field(value: &Value, field: &str) -> Result<String, String> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("the plan has no `{field}`"))
+}
+
+/// `train-data` → `TRAIN_DATA`.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Replaces `{{ inputs.x }}`, `{{ outputs.y }}` and `{{ run_id }}` in one argument.
+fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        let inner = rest[start + 2..start + end].trim();
+        out.push_str(&rest[..start]);
+        match paths.get(inner) {
+            Some(path) => out.push_str(&path.display().to_string()),
+            None if inner == "run_id" => out.push_str(run_id),
+            None => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Reads `metrics.json` from the first output folder that has one, or the run folder.
+fn read_metrics(work: &Path, outputs: &BTreeMap<String, String>) -> Option<Value> {
+    outputs
+        .keys()
+        .map(|name| work.join("outputs").join(name).join("metrics.json"))
+        .chain(std::iter::once(work.join("metrics.json")))
+        .find_map(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+fn last_lines(path: &Path, n: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    format!("; last lines of the log:\n{}", tail.join("\n"))
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_placeholders() {
+        let paths = BTreeMap::from([("inputs.loans".to_string(), PathBuf::from("/w/in/loans"))]);
+        assert_eq!(
+            expand("--data={{ inputs.loans }}", &paths, "r1"),
+            "--data=/w/in/loans"
+        );
+        assert_eq!(expand("{{run_id}}-x", &paths, "r1"), "r1-x");
+        assert_eq!(expand("{{ other }}", &paths, "r1"), "{{ other }}");
+        assert_eq!(env_name("train-data"), "TRAIN_DATA");
+    }
+}

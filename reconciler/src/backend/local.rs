@@ -1,0 +1,228 @@
+//! The `local` compute target: this machine. Owns GPU discovery (through cudarc, loaded
+//! at run time so machines without CUDA work) and running job processes with a timeout,
+//! captured logs and `CUDA_VISIBLE_DEVICES`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// A GPU found on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+/// Returns the NVIDIA GPUs the CUDA driver reports, or none when no driver is installed.
+pub fn detect_gpus() -> Vec<Gpu> {
+    // The other cudarc calls panic when the driver library is missing; check first.
+    // SAFETY: only probes whether the shared library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Vec::new();
+    }
+    use cudarc::driver::result;
+    if result::init().is_err() {
+        return Vec::new();
+    }
+    let count = result::device::get_count().unwrap_or(0).max(0);
+    (0..count)
+        .filter_map(|ordinal| {
+            let dev = result::device::get(ordinal).ok()?;
+            let name = result::device::get_name(dev).unwrap_or_else(|_| "NVIDIA GPU".into());
+            // SAFETY: `dev` was returned by `device::get`.
+            let memory = unsafe { result::device::total_mem(dev) }.unwrap_or(0);
+            Some(Gpu {
+                index: ordinal as u32,
+                name,
+                memory_bytes: memory as u64,
+            })
+        })
+        .collect()
+}
+
+/// Errors from running work on this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the log file `{path}`")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for `{program}` failed")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the job's command is empty")]
+    EmptyCommand,
+}
+
+/// A process to run for a job attempt.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub log: PathBuf,
+    pub timeout: Option<Duration>,
+    /// GPU indexes to expose; an empty list hides all GPUs.
+    pub gpus: Vec<u32>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub duration: Duration,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.code == Some(0)
+    }
+}
+
+/// Runs job attempts. The local target implements it with processes; the Kubernetes
+/// target with Jobs.
+#[async_trait]
+pub trait Runner: Send + Sync {
+    /// GPUs that jobs can be given.
+    fn gpus(&self) -> &[Gpu];
+
+    /// Runs one attempt to completion (or timeout), writing its output to `launch.log`.
+    async fn run(&self, launch: &Launch) -> Result<Exit, Error>;
+}
+
+/// This machine.
+#[derive(Debug, Clone, Default)]
+pub struct LocalTarget {
+    gpus: Vec<Gpu>,
+}
+
+impl LocalTarget {
+    /// Looks for GPUs once.
+    pub fn detect() -> LocalTarget {
+        LocalTarget {
+            gpus: detect_gpus(),
+        }
+    }
+
+    pub fn with_gpus(gpus: Vec<Gpu>) -> LocalTarget {
+        LocalTarget { gpus }
+    }
+}
+
+#[async_trait]
+impl Runner for LocalTarget {
+    fn gpus(&self) -> &[Gpu] {
+        &self.gpus
+    }
+
+    async fn run(&self, launch: &Launch) -> Result<Exit, Error> {
+        let (program, args) = launch.command.split_first().ok_or(Error::EmptyCommand)?;
+        if let Some(parent) = launch.log.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| Error::Log {
+                    path: launch.log.clone(),
+                    source,
+                })?;
+        }
+        let log = std::fs::File::create(&launch.log).map_err(|source| Error::Log {
+            path: launch.log.clone(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| Error::Log {
+            path: launch.log.clone(),
+            source,
+        })?;
+        let visible = launch
+            .gpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = tokio::process::Command::new(resolve_program(program, &launch.workdir));
+        command
+            .args(args)
+            .current_dir(&launch.workdir)
+            .envs(&launch.env)
+            .env("CUDA_VISIBLE_DEVICES", visible)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        command.process_group(0);
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let waited = match launch.timeout {
+            Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        match waited {
+            Some(status) => {
+                let status = status.map_err(|source| Error::Wait {
+                    program: program.clone(),
+                    source,
+                })?;
+                Ok(Exit {
+                    code: status.code(),
+                    timed_out: false,
+                    duration: started.elapsed(),
+                })
+            }
+            None => {
+                kill_group(&mut child).await;
+                Ok(Exit {
+                    code: None,
+                    timed_out: true,
+                    duration: started.elapsed(),
+                })
+            }
+        }
+    }
+}
+
+/// `cairn` in a job's command means this very binary, so the example works without
+/// installing Cairn on the PATH.
+fn resolve_program(program: &str, _workdir: &Path) -> PathBuf {
+    if program == "cairn" {
+        if let Ok(me) = std::env::current_exe() {
+            if me.file_stem().is_some_and(|s| s == "cairn") {
+                return me;
+            }
+        }
+    }
+    PathBuf::from(program)
+}
+
+async fn kill_group(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        // The job runs in its own process group: end the whole group, not just the
+        // leader, so no grandchild outlives its timeout.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &format!("-{pid}")])
+            .status();
+    }
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+}

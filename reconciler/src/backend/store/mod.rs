@@ -1,0 +1,586 @@
+//! The store: where dataset versions, model versions, run records, the apply lock, the
+//! journal and the workspace state live. One store per workspace.
+//!
+//! ```text
+//! datasets/<name>/<version>/…files…   + _version.json  (written last: the commit marker)
+//! models/<name>/<version>/…files…     + _model.json    (lineage)
+//! runs/<job>/<run-id>/…logs…          + _run.json      (status, metrics)
+//! .cairn/state.json                   what Cairn applied, per resource address
+//! .cairn/lock                         lease lock (conditional put, expiry, holder)
+//! .cairn/journal/<time>-<rev>-<id>.json   one record per apply
+//! ```
+//!
+//! The layout is written once, here, over the [`ObjectStore`] trait; backends (folder,
+//! S3) only move bytes. Readers trust a version only once its marker exists, so a version
+//! whose upload was interrupted is never seen. A dataset version lists its files with
+//! their SHA-256 and the key holding their bytes, which may belong to an earlier version:
+//! unchanged files are never stored twice.
+
+mod file;
+mod object;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use file::FileStore;
+pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
+
+use crate::address::Kind;
+
+/// Errors from any store backend. Messages name the store by URL, never by credential.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} `{key}` in {store} failed")]
+    Io {
+        op: &'static str,
+        key: String,
+        store: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{key}` in {store} was changed by someone else")]
+    PreconditionFailed { key: String, store: String },
+    #[error("`{0}` is not a valid store key")]
+    InvalidKey(String),
+    #[error("`{key}` in {store} is not a valid record")]
+    Corrupt {
+        key: String,
+        store: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("unsupported store URL `{0}`")]
+    Unsupported(String),
+    #[error(
+        "the store at {store} is locked by {holder} ({command}, since {started_at}, lock id {id})"
+    )]
+    Locked {
+        store: String,
+        id: String,
+        holder: String,
+        command: String,
+        started_at: String,
+    },
+    #[error("no lock with id `{id}` is held on {store}")]
+    NoSuchLock { id: String, store: String },
+    #[error("{0}")]
+    Backend(String),
+    #[error("a store task stopped unexpectedly")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+impl Error {
+    fn from_join(e: tokio::task::JoinError) -> Error {
+        Error::Join(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Returns the current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One file of a dataset or model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the version, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The store key holding the bytes (possibly in an earlier version).
+    pub key: String,
+}
+
+/// `_version.json`: a committed dataset version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetVersion {
+    pub dataset: String,
+    pub version: String,
+    pub files: Vec<FileEntry>,
+    pub total_bytes: u64,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+}
+
+/// `_run.json`: the outcome of a job run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub job: String,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub attempts: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Input name → `dataset.<name>@<version>` or `model.<name>@<version>`.
+    pub inputs: BTreeMap<String, String>,
+    /// Output name → `model.<name>@<version>`.
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    /// Store keys of the attempts' logs.
+    pub logs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// `_model.json`: a model version and its lineage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub model: String,
+    pub version: String,
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Input name → `dataset.<name>@<version>` (or model) the run read.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    pub files: Vec<FileEntry>,
+    pub created_at: String,
+}
+
+/// `.cairn/lock`: who holds the store, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub id: String,
+    pub holder: String,
+    pub command: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Unix seconds after which the lease may be taken over.
+    pub expires_at: u64,
+}
+
+/// A held lock. Renew it before the lease runs out; release it when done.
+#[derive(Debug, Clone)]
+pub struct LockGuard {
+    pub info: LockInfo,
+    etag: String,
+    lease: Duration,
+}
+
+/// `.cairn/state.json`: what Cairn last applied for each resource of a workspace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    /// Incremented on every write.
+    pub serial: u64,
+    pub resources: BTreeMap<String, StateEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateEntry {
+    pub kind: Kind,
+    /// The applied value, as the plan showed it (`after`).
+    pub value: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub applied_at: String,
+}
+
+/// A state with the etag it was read at, for a conditional write back.
+#[derive(Debug, Clone, Default)]
+pub struct VersionedState {
+    pub state: State,
+    pub etag: Option<String>,
+}
+
+/// `.cairn/journal/…json`: one apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub id: String,
+    pub workspace: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub user: String,
+    pub plan_hash: String,
+    pub success: bool,
+    pub outcomes: Vec<JournalOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalOutcome {
+    pub address: String,
+    pub action: String,
+    pub status: String,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+const STATE_KEY: &str = ".cairn/state.json";
+const LOCK_KEY: &str = ".cairn/lock";
+const JOURNAL_PREFIX: &str = ".cairn/journal/";
+
+/// A workspace's store: the layout above, over any [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Store {
+    pub fn new(objects: Arc<dyn ObjectStore>) -> Store {
+        Store { objects }
+    }
+
+    /// Opens the store a workspace names. `file://` paths are relative to `base` (the
+    /// manifests root) unless absolute.
+    pub fn open(url: &str, base: &Path) -> Result<Store> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let path = Path::new(path);
+            let root = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base.join(path)
+            };
+            // An absolute path, so the URL in a saved plan means the same from anywhere.
+            let root = std::path::absolute(&root).unwrap_or(root);
+            return Ok(Store::new(Arc::new(FileStore::new(root))));
+        }
+        Err(Error::Unsupported(url.to_string()))
+    }
+
+    pub fn url(&self) -> String {
+        self.objects.url()
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, String)>> {
+        let Some((bytes, meta)) = self.objects.get(key).await? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+            key: key.to_string(),
+            store: self.url(),
+            source,
+        })?;
+        Ok(Some((value, meta.etag)))
+    }
+
+    async fn put_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        condition: Condition,
+    ) -> Result<ObjectMeta> {
+        let bytes = serde_json::to_vec_pretty(value).expect("records serialize");
+        self.objects.put(key, Bytes::from(bytes), condition).await
+    }
+
+    // ---- state ----------------------------------------------------------------------
+
+    pub async fn state(&self) -> Result<VersionedState> {
+        Ok(match self.get_json::<State>(STATE_KEY).await? {
+            Some((state, etag)) => VersionedState {
+                state,
+                etag: Some(etag),
+            },
+            None => VersionedState::default(),
+        })
+    }
+
+    /// Writes the state back if nobody changed it since it was read; updates the etag.
+    pub async fn save_state(&self, versioned: &mut VersionedState) -> Result<()> {
+        versioned.state.format_version = 1;
+        versioned.state.serial += 1;
+        let condition = match &versioned.etag {
+            Some(etag) => Condition::IfMatch(etag.clone()),
+            None => Condition::IfAbsent,
+        };
+        let meta = self
+            .put_json(STATE_KEY, &versioned.state, condition)
+            .await?;
+        versioned.etag = Some(meta.etag);
+        Ok(())
+    }
+
+    // ---- datasets -------------------------------------------------------------------
+
+    fn dataset_marker(name: &str, version: &str) -> String {
+        format!("datasets/{name}/{version}/_version.json")
+    }
+
+    /// Returns the committed version, if its marker exists.
+    pub async fn dataset_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<DatasetVersion>> {
+        Ok(self
+            .get_json(&Self::dataset_marker(name, version))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    /// Returns whether the version's marker exists, without reading it.
+    pub async fn has_dataset_version(&self, name: &str, version: &str) -> Result<bool> {
+        Ok(self
+            .objects
+            .head(&Self::dataset_marker(name, version))
+            .await?
+            .is_some())
+    }
+
+    /// Returns every committed version of a dataset, oldest first.
+    pub async fn dataset_versions(&self, name: &str) -> Result<Vec<DatasetVersion>> {
+        let mut out = Vec::new();
+        for meta in self.objects.list(&format!("datasets/{name}/")).await? {
+            if meta.key.ends_with("/_version.json") {
+                if let Some((v, _)) = self.get_json::<DatasetVersion>(&meta.key).await? {
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.version.cmp(&b.version))
+        });
+        Ok(out)
+    }
+
+    /// The key a new file of a dataset version is stored at.
+    pub fn dataset_file_key(name: &str, version: &str, path: &str) -> String {
+        format!("datasets/{name}/{version}/{path}")
+    }
+
+    /// Commits a dataset version whose files are already stored.
+    pub async fn commit_dataset_version(&self, version: &DatasetVersion) -> Result<()> {
+        self.put_json(
+            &Self::dataset_marker(&version.dataset, &version.version),
+            version,
+            Condition::None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- runs -----------------------------------------------------------------------
+
+    fn run_marker(job: &str, run_id: &str) -> String {
+        format!("runs/{job}/{run_id}/_run.json")
+    }
+
+    pub async fn run(&self, job: &str, run_id: &str) -> Result<Option<RunRecord>> {
+        Ok(self
+            .get_json(&Self::run_marker(job, run_id))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    pub fn run_log_key(job: &str, run_id: &str, attempt: u32) -> String {
+        format!("runs/{job}/{run_id}/attempt-{attempt}.log")
+    }
+
+    pub async fn put_run(&self, record: &RunRecord) -> Result<()> {
+        self.put_json(
+            &Self::run_marker(&record.job, &record.run_id),
+            record,
+            Condition::None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- models ---------------------------------------------------------------------
+
+    fn model_marker(name: &str, version: &str) -> String {
+        format!("models/{name}/{version}/_model.json")
+    }
+
+    pub async fn model_version(&self, name: &str, version: &str) -> Result<Option<ModelRecord>> {
+        Ok(self
+            .get_json(&Self::model_marker(name, version))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    pub async fn has_model_version(&self, name: &str, version: &str) -> Result<bool> {
+        Ok(self
+            .objects
+            .head(&Self::model_marker(name, version))
+            .await?
+            .is_some())
+    }
+
+    pub fn model_file_key(name: &str, version: &str, path: &str) -> String {
+        format!("models/{name}/{version}/{path}")
+    }
+
+    /// Commits a model version whose files are already stored.
+    pub async fn commit_model_version(&self, record: &ModelRecord) -> Result<()> {
+        self.put_json(
+            &Self::model_marker(&record.model, &record.version),
+            record,
+            Condition::None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- lock -----------------------------------------------------------------------
+
+    /// Returns the current lock, if any, and whether its lease has run out.
+    pub async fn lock_info(&self) -> Result<Option<(LockInfo, bool)>> {
+        Ok(self.get_json::<LockInfo>(LOCK_KEY).await?.map(|(info, _)| {
+            let expired = info.expires_at < unix_now();
+            (info, expired)
+        }))
+    }
+
+    /// Takes the lock once: creates it if absent, or takes over a lease that has run out
+    /// (conditional on the old lock's etag, so two takers can't both win). Fails with
+    /// [`Error::Locked`] if someone holds a live lease.
+    pub async fn try_lock(
+        &self,
+        holder: &str,
+        command: &str,
+        lease: Duration,
+    ) -> Result<LockGuard> {
+        let now = now_rfc3339();
+        let info = LockInfo {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            holder: holder.to_string(),
+            command: command.to_string(),
+            pid: std::process::id(),
+            started_at: now.clone(),
+            heartbeat_at: now,
+            expires_at: unix_now() + lease.as_secs().max(1),
+        };
+        let condition = match self.get_json::<LockInfo>(LOCK_KEY).await? {
+            None => Condition::IfAbsent,
+            Some((current, etag)) if current.expires_at < unix_now() => Condition::IfMatch(etag),
+            Some((current, _)) => return Err(self.locked(current)),
+        };
+        match self.put_json(LOCK_KEY, &info, condition).await {
+            Ok(meta) => Ok(LockGuard {
+                info,
+                etag: meta.etag,
+                lease,
+            }),
+            Err(Error::PreconditionFailed { .. }) => {
+                match self.get_json::<LockInfo>(LOCK_KEY).await? {
+                    Some((current, _)) => Err(self.locked(current)),
+                    None => Err(Error::PreconditionFailed {
+                        key: LOCK_KEY.into(),
+                        store: self.url(),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn locked(&self, info: LockInfo) -> Error {
+        Error::Locked {
+            store: self.url(),
+            id: info.id,
+            holder: info.holder,
+            command: info.command,
+            started_at: info.started_at,
+        }
+    }
+
+    /// Extends the lease. Fails if the lock was taken over (the lease had run out).
+    pub async fn renew_lock(&self, guard: &mut LockGuard) -> Result<()> {
+        let mut info = guard.info.clone();
+        info.heartbeat_at = now_rfc3339();
+        info.expires_at = unix_now() + guard.lease.as_secs().max(1);
+        let meta = self
+            .put_json(LOCK_KEY, &info, Condition::IfMatch(guard.etag.clone()))
+            .await?;
+        guard.info = info;
+        guard.etag = meta.etag;
+        Ok(())
+    }
+
+    /// Releases a lock this process holds.
+    pub async fn unlock(&self, guard: LockGuard) -> Result<()> {
+        self.objects
+            .delete(LOCK_KEY, Condition::IfMatch(guard.etag))
+            .await
+    }
+
+    /// Removes the lock with this id, whoever holds it (`cairn unlock <id>`).
+    pub async fn force_unlock(&self, id: &str) -> Result<LockInfo> {
+        match self.get_json::<LockInfo>(LOCK_KEY).await? {
+            Some((info, etag)) if info.id == id => {
+                self.objects
+                    .delete(LOCK_KEY, Condition::IfMatch(etag))
+                    .await?;
+                Ok(info)
+            }
+            _ => Err(Error::NoSuchLock {
+                id: id.to_string(),
+                store: self.url(),
+            }),
+        }
+    }
+
+    // ---- journal --------------------------------------------------------------------
+
+    pub async fn append_journal(&self, record: &JournalRecord) -> Result<String> {
+        let stamp: String = record
+            .started_at
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let rev = record
+            .revision
+            .as_deref()
+            .map_or("worktree", |r| &r[..r.len().min(7)]);
+        let key = format!("{JOURNAL_PREFIX}{stamp}-{rev}-{}.json", record.id);
+        self.put_json(&key, record, Condition::IfAbsent).await?;
+        Ok(key)
+    }
+
+    /// Returns the journal, oldest first.
+    pub async fn journal(&self) -> Result<Vec<JournalRecord>> {
+        let mut out = Vec::new();
+        for meta in self.objects.list(JOURNAL_PREFIX).await? {
+            if let Some((record, _)) = self.get_json::<JournalRecord>(&meta.key).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,211 @@
+//! `cairn apply`: carry out a plan — a fresh one (after confirmation) or a saved one,
+//! exactly as saved.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn::apply::{Applier, ApplyOptions, Status};
+use cairn::backend::local::LocalTarget;
+use cairn::backend::store::Store;
+use cairn::content::HashCache;
+use cairn::plan::Plan;
+
+use super::context::{self, Selection};
+use super::plan::{make_plan, print_plan};
+use super::progress::Progress;
+use super::{CommandError, Output, PlanFormat, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A plan saved with `cairn plan -o FILE`, or the manifests root to plan and apply.
+    #[arg(value_name = "PLAN_OR_PATH")]
+    target: Option<PathBuf>,
+
+    /// Read the manifests at this Git revision (when planning here).
+    #[arg(long, value_name = "REV")]
+    rev: Option<String>,
+
+    /// Apply only these workspaces (repeatable).
+    #[arg(short, long = "workspace", value_name = "NAME")]
+    workspaces: Vec<String>,
+
+    /// Don't ask for confirmation.
+    #[arg(long)]
+    auto_approve: bool,
+
+    /// Changes carried out at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    parallelism: usize,
+
+    /// How long to wait for a lock held by another apply, e.g. `30s`.
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    lock_timeout: cairn::manifest::Duration,
+
+    /// How long the lock stays valid without a heartbeat; a crashed apply's lock can be
+    /// taken over after this.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    lock_lease: cairn::manifest::Duration,
+}
+
+pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let saved = args.target.as_deref().filter(|p| p.is_file());
+    let (plan, source) = match saved {
+        Some(path) => {
+            let plan = read_plan(path)?;
+            let source = SourceArgs {
+                path: Some(PathBuf::from(&plan.source.root)),
+                rev: plan.source.rev.clone(),
+            };
+            (Some(plan), source)
+        }
+        None => (
+            None,
+            SourceArgs {
+                path: args.target.clone(),
+                rev: args.rev.clone(),
+            },
+        ),
+    };
+    let loaded = context::load(&source, output)?;
+    let (plan, selection) = match plan {
+        Some(plan) => {
+            let names: Vec<String> = plan.workspaces.iter().map(|w| w.name.clone()).collect();
+            let mut selection = context::select(&loaded, &names)?;
+            // The saved plan names its stores; they must be the ones the manifests name.
+            for w in &plan.workspaces {
+                if selection.stores.get(&w.name).map(Store::url).as_deref()
+                    != Some(w.store.as_str())
+                {
+                    return Err(CommandError::new(format!(
+                        "the saved plan was made for the store {} of workspace `{}`, which the manifests no longer name",
+                        w.store, w.name
+                    )));
+                }
+            }
+            selection.skipped.clear();
+            (plan, selection)
+        }
+        None => {
+            let selection = context::select(&loaded, &args.workspaces)?;
+            let plan = make_plan(&loaded, &selection, &source, output)?;
+            print_plan(&plan, PlanFormat::Text, output)?;
+            if !plan.has_changes() {
+                return Ok(0);
+            }
+            if !args.auto_approve {
+                confirm()?;
+            }
+            (plan, selection)
+        }
+    };
+    if !plan.has_changes() {
+        println!("No changes to apply.");
+        return Ok(0);
+    }
+    apply_plan(&plan, &loaded, &selection, &args, output)
+}
+
+fn read_plan(path: &Path) -> Result<Plan, CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CommandError::new(format!("cannot read the plan {}: {e}", path.display())))?;
+    Plan::from_json(&text).map_err(|e| {
+        CommandError::new(format!("{} is not a Cairn plan: {e}", path.display()))
+            .hint_opt(Some("make one with `cairn plan -o plan.json`".into()))
+    })
+}
+
+fn confirm() -> Result<(), CommandError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CommandError::new(
+            "refusing to apply without confirmation: input is not a terminal",
+        )
+        .hint_opt(Some(
+            "review the plan above, then run again with `--auto-approve`".into(),
+        )));
+    }
+    print!("\nApply these changes? Only 'yes' is accepted: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() != "yes" {
+        return Err(CommandError::new("apply cancelled"));
+    }
+    Ok(())
+}
+
+fn apply_plan(
+    plan: &Plan,
+    loaded: &context::Loaded,
+    selection: &Selection,
+    args: &Args,
+    output: Output,
+) -> Result<u8, CommandError> {
+    let local = context::local_dir(&loaded.root);
+    let cache = HashCache::load(&local.join("cache").join("content.json"));
+    let runner = LocalTarget::detect();
+    let progress = Progress::new(output.progress);
+    let user = super::user();
+    let applier = Applier {
+        snapshot: &loaded.snapshot,
+        stores: &selection.stores,
+        runner: &runner,
+        cache: &cache,
+        events: &progress,
+        options: ApplyOptions {
+            parallelism: args.parallelism,
+            lock_timeout: args.lock_timeout.as_std(),
+            lock_lease: args.lock_lease.as_std().max(Duration::from_secs(1)),
+            holder: user.clone(),
+            user,
+            command: "cairn apply".into(),
+            work_dir: std::path::absolute(local.join("work"))
+                .unwrap_or_else(|_| local.join("work")),
+        },
+    };
+    let result = super::runtime()?.block_on(applier.apply(plan));
+    let _ = cache.save();
+    let report = match result {
+        Ok(report) => report,
+        Err(e @ cairn::apply::Error::Locked { .. }) => {
+            let id = match &e {
+                cairn::apply::Error::Locked {
+                    source: cairn::backend::store::Error::Locked { id, .. },
+                    ..
+                } => id.clone(),
+                _ => "<id>".into(),
+            };
+            return Err(CommandError::from_error(&e).hint_opt(Some(format!(
+                "wait for it (`--lock-timeout 5m`), or if that apply died, run `cairn unlock {id}`; an abandoned lock can also be taken over once its lease runs out"
+            ))));
+        }
+        Err(e @ cairn::apply::Error::Stale { .. }) => {
+            return Err(CommandError::from_error(&e).hint_opt(Some(
+                "make a new plan with `cairn plan -o plan.json` and review it".into(),
+            )));
+        }
+        Err(e) => return Err(CommandError::from_error(&e)),
+    };
+    let ok = report.count(Status::Succeeded);
+    let failed = report.count(Status::Failed);
+    let skipped = report.count(Status::Skipped);
+    let secs = report.duration_ms as f64 / 1000.0;
+    if report.success() {
+        println!("Apply complete: {ok} succeeded in {secs:.1}s.");
+        Ok(0)
+    } else {
+        for o in report
+            .outcomes
+            .iter()
+            .filter(|o| o.status == Status::Failed)
+        {
+            eprintln!(
+                "✗ {}: {}",
+                o.address,
+                o.message.as_deref().unwrap_or("failed")
+            );
+        }
+        println!("Apply failed: {ok} succeeded, {failed} failed, {skipped} skipped in {secs:.1}s.");
+        Ok(1)
+    }
+}

@@ -1,0 +1,135 @@
+//! What most commands start with: read the manifests, resolve them, pick workspaces and
+//! open their stores. Problems become [`CommandError`]s with hints, rendered once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cairn::backend::store::Store;
+use cairn::desired::DesiredState;
+use cairn::diagnostics::did_you_mean;
+use cairn::manifest::{Snapshot, Spec, Target};
+
+use super::{render, CommandError, Output, SourceArgs};
+
+/// Resolved manifests.
+pub struct Loaded {
+    pub root: PathBuf,
+    pub snapshot: Snapshot,
+    pub desired: DesiredState,
+}
+
+/// Loads and validates; prints findings and fails if the manifests are invalid.
+pub fn load(source: &SourceArgs, output: Output) -> Result<Loaded, CommandError> {
+    let snapshot = source.load()?;
+    match cairn::desired::resolve(&snapshot) {
+        Ok(resolved) => {
+            render::diagnostics(&snapshot, &resolved.warnings, output);
+            Ok(Loaded {
+                root: source.root(),
+                snapshot,
+                desired: resolved.state,
+            })
+        }
+        Err(diagnostics) => {
+            render::diagnostics(&snapshot, &diagnostics, output);
+            let n = diagnostics.error_count();
+            Err(CommandError::new(format!(
+                "the manifests in {} are invalid ({n} error{})",
+                snapshot.origin.describe(),
+                if n == 1 { "" } else { "s" }
+            ))
+            .hint_opt(Some(
+                "fix the errors above; `cairn validate` checks without planning".into(),
+            )))
+        }
+    }
+}
+
+/// The workspaces a command works on, with their stores.
+pub struct Selection {
+    pub stores: BTreeMap<String, Store>,
+    /// Why some workspaces were left out (only when none were named).
+    pub skipped: Vec<String>,
+}
+
+/// Why a workspace can't be planned on this build, if it can't.
+fn unsupported(desired: &DesiredState, workspace: &str) -> Option<String> {
+    for r in desired
+        .resources
+        .iter()
+        .filter(|r| r.address.workspace == workspace)
+    {
+        match &r.spec {
+            Spec::Workspace(w) if !w.store_url().starts_with("file://") => {
+                return Some(format!(
+                    "its store `{}` needs the S3 backend, which is not available yet",
+                    w.store_url()
+                ));
+            }
+            Spec::Compute(c) if *c.target.get_ref() == Target::Kubernetes => {
+                return Some(format!(
+                    "{} runs on Kubernetes, which is not available yet",
+                    r.address.local()
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Opens the stores of the named workspaces (all supported ones when none are named).
+pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandError> {
+    let desired = &loaded.desired;
+    let mut stores = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let names: Vec<String> = if named.is_empty() {
+        desired.workspaces.clone()
+    } else {
+        for name in named {
+            if !desired.workspaces.contains(name) {
+                return Err(
+                    CommandError::new(format!("there is no workspace `{name}`")).hint_opt(Some(
+                        match did_you_mean(name, desired.workspaces.iter().map(String::as_str)) {
+                            Some(best) => format!("did you mean `{best}`?"),
+                            None => format!("workspaces: {}", desired.workspaces.join(", ")),
+                        },
+                    )),
+                );
+            }
+        }
+        named.to_vec()
+    };
+    for name in names {
+        if let Some(why) = unsupported(desired, &name) {
+            if named.is_empty() {
+                skipped.push(format!("workspace `{name}` is not planned: {why}"));
+                continue;
+            }
+            return Err(CommandError::new(format!(
+                "workspace `{name}` can't be planned yet: {why}"
+            )));
+        }
+        let Some(Spec::Workspace(spec)) = desired
+            .get(&cairn::Address::workspace(name.clone()))
+            .map(|r| &r.spec)
+        else {
+            continue;
+        };
+        let store = Store::open(spec.store_url(), &loaded.root).map_err(|e| {
+            CommandError::new(format!("cannot open the store of workspace `{name}`: {e}"))
+        })?;
+        stores.insert(name, store);
+    }
+    if stores.is_empty() {
+        let mut err = CommandError::new("no workspace can be planned");
+        err.hints.extend(skipped);
+        return Err(err);
+    }
+    Ok(Selection { stores, skipped })
+}
+
+/// `<root>/.cairn`: caches and scratch space, never committed.
+pub fn local_dir(root: &std::path::Path) -> PathBuf {
+    root.join(".cairn")
+}

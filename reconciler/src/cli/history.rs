@@ -1,0 +1,71 @@
+//! `cairn history`: the journal of applies, newest last.
+
+use super::context;
+use super::{CommandError, Format, Output, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Only these workspaces.
+    #[arg(short, long = "workspace", value_name = "NAME")]
+    workspaces: Vec<String>,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let loaded = context::load(&args.source, output)?;
+    let selection = context::select(&loaded, &args.workspaces)?;
+    let rt = super::runtime()?;
+    let mut records = Vec::new();
+    for store in selection.stores.values() {
+        records.extend(
+            rt.block_on(store.journal())
+                .map_err(|e| CommandError::from_error(&e))?,
+        );
+    }
+    records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    if args.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).expect("records serialize")
+        );
+        return Ok(0);
+    }
+    if records.is_empty() {
+        println!("No applies recorded yet.");
+        return Ok(0);
+    }
+    for r in &records {
+        let ok = r
+            .outcomes
+            .iter()
+            .filter(|o| o.status == "succeeded")
+            .count();
+        let failed = r.outcomes.iter().filter(|o| o.status == "failed").count();
+        let skipped = r.outcomes.iter().filter(|o| o.status == "skipped").count();
+        let rev = r
+            .revision
+            .as_deref()
+            .map_or("working tree".to_string(), |c| {
+                c[..c.len().min(7)].to_string()
+            });
+        println!(
+            "{}  {:<14} {:<8} {:>3} ok {:>2} failed {:>2} skipped  {:>6.1}s  {}  by {}  plan {}",
+            r.started_at,
+            r.workspace,
+            if r.success { "success" } else { "FAILED" },
+            ok,
+            failed,
+            skipped,
+            r.duration_ms as f64 / 1000.0,
+            rev,
+            r.user,
+            r.plan_hash
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,112 @@
+//! `cairn plan`: what `apply` would do, and why.
+
+use std::path::PathBuf;
+
+use cairn::backend::local::{LocalTarget, Runner};
+use cairn::content::HashCache;
+use cairn::plan::{Plan, PlanSource, Planner};
+
+use super::context::{self, Loaded, Selection};
+use super::progress::Progress;
+use super::{render, CommandError, Output, PlanFormat, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Plan only these workspaces (repeatable). Default: every workspace that can be
+    /// planned.
+    #[arg(short, long = "workspace", value_name = "NAME")]
+    pub workspaces: Vec<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+
+    /// Also save the plan as JSON, for `cairn apply <file>`.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Exit 2 when the plan has changes, 0 when it has none, 1 on errors.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// Makes a plan from loaded manifests. Shared with `apply`.
+pub fn make_plan(
+    loaded: &Loaded,
+    selection: &Selection,
+    source: &SourceArgs,
+    output: Output,
+) -> Result<Plan, CommandError> {
+    let local = context::local_dir(&loaded.root);
+    let cache = HashCache::load(&local.join("cache").join("content.json"));
+    let target = LocalTarget::detect();
+    let progress = Progress::new(output.progress);
+    let planner = Planner {
+        snapshot: &loaded.snapshot,
+        desired: &loaded.desired,
+        stores: &selection.stores,
+        cache: &cache,
+        local_gpus: target.gpus().len(),
+        events: &progress,
+        source: PlanSource {
+            root: source.root().display().to_string(),
+            rev: source.rev.clone(),
+        },
+    };
+    let result = super::runtime()?.block_on(planner.plan());
+    // A cache that can't be saved only costs time on the next plan.
+    let _ = cache.save();
+    let mut plan = match result {
+        Ok(plan) => plan,
+        Err(cairn::plan::Error::Blocked(diagnostics)) => {
+            render::diagnostics(&loaded.snapshot, &diagnostics, output);
+            return Err(CommandError::new(format!(
+                "the plan can't be made: {} problem(s) above",
+                diagnostics.error_count()
+            )));
+        }
+        Err(e) => return Err(CommandError::from_error(&e)),
+    };
+    plan.notes.extend(selection.skipped.iter().cloned());
+    Ok(plan)
+}
+
+pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let loaded = context::load(&args.source, output)?;
+    let selection = context::select(&loaded, &args.workspaces)?;
+    let plan = make_plan(&loaded, &selection, &args.source, output)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, plan.to_json()).map_err(|e| {
+            CommandError::new(format!("cannot write the plan to {}: {e}", path.display()))
+        })?;
+    }
+    print_plan(&plan, args.format, output)?;
+    if let Some(path) = &args.out {
+        eprintln!(
+            "Saved the plan to {}. Apply exactly it with `cairn apply {}`.",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        2
+    } else {
+        0
+    })
+}
+
+pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(), CommandError> {
+    match format {
+        PlanFormat::Text => print!("{}", cairn::render::text(plan, output.color_stdout)),
+        PlanFormat::Json => println!("{}", plan.to_json()),
+        PlanFormat::Markdown => {
+            let text = cairn::render::markdown(plan, cairn::render::PLAN_MARKDOWN_TEMPLATE)
+                .map_err(|e| CommandError::from_error(&e))?;
+            print!("{text}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,988 @@
+//! Plans: what `apply` will do, to which resource, and why.
+//!
+//! The planner pairs each desired resource with what the workspace's store says was
+//! applied (`state.json`) and what exists there (dataset versions, runs, model versions),
+//! and decides an [`Action`] with a human reason. Versions flow down the graph in apply
+//! order: a dataset's content hash becomes part of the identity of the jobs that read it,
+//! a job's run id becomes the version of the model it outputs. So one plan shows the whole
+//! chain "data changed → retrain → new model version".
+//!
+//! A plan is plain data, serialisable as JSON (`cairn plan -o plan.json`), and applying a
+//! saved plan does exactly what it lists. Plans are deterministic: the same manifests and
+//! the same store give byte-identical plans.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::address::{Address, Kind, Reference};
+use crate::backend::store::{self, Store};
+use crate::content::{self, Content, ContentDiff, HashCache};
+use crate::desired::{DesiredState, Resource};
+use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::events::Events;
+use crate::manifest::source::join_inside;
+use crate::manifest::{Snapshot, Spec, Target};
+
+/// What happens to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    Replace,
+    Delete,
+    /// Run a job.
+    Run,
+    /// Roll a new version out to an endpoint.
+    Rollout,
+}
+
+impl Action {
+    /// The symbol in text plans.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::NoOp => " ",
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Replace => "-/+",
+            Action::Delete => "-",
+            Action::Run => "▶",
+            Action::Rollout => "»",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::NoOp => "no-op",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Run => "run",
+            Action::Rollout => "rollout",
+        }
+    }
+}
+
+/// One field that differs between what was applied and what is declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// `command[3]`, `env.SEED`, `version`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Value>,
+}
+
+/// The planned change of one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceChange {
+    pub address: String,
+    pub workspace: String,
+    pub kind: Kind,
+    pub name: String,
+    pub actions: Vec<Action>,
+    /// Why, in one line: "dataset.loans changed: 1 file modified".
+    pub reason: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
+    /// Addresses this change waits for during apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+impl ResourceChange {
+    pub fn action(&self) -> Action {
+        self.actions.first().copied().unwrap_or(Action::NoOp)
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.action() == Action::NoOp
+    }
+
+    /// `kind.name`, the address inside the workspace.
+    pub fn local(&self) -> String {
+        format!("{}.{}", self.kind, self.name)
+    }
+}
+
+/// Where the plan's manifests came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSource {
+    /// The manifests root as given.
+    pub root: String,
+    /// The Git revision as given (`--rev`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<String>,
+}
+
+/// The state of a workspace's store the plan was made against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanWorkspace {
+    pub name: String,
+    pub store: String,
+    pub state_serial: u64,
+    /// Changes whenever the state is written; a saved plan whose etag no longer matches
+    /// is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_etag: Option<String>,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    pub run: usize,
+    pub rollout: usize,
+    pub unchanged: usize,
+}
+
+/// A whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: String,
+    pub cairn_version: String,
+    /// The Git commit the manifests were read at: the `--rev` commit, or for a working
+    /// tree the commit `HEAD` points at (uncommitted changes included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub source: PlanSource,
+    pub workspaces: Vec<PlanWorkspace>,
+    pub resource_changes: Vec<ResourceChange>,
+    /// Things the reader should know that are not changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    pub summary: PlanSummary,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.resource_changes.iter().any(|c| !c.is_noop())
+    }
+
+    /// The changes that do something.
+    pub fn changes(&self) -> impl Iterator<Item = &ResourceChange> {
+        self.resource_changes.iter().filter(|c| !c.is_noop())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plans serialize")
+    }
+
+    /// A short hash of the plan's content, recorded in the journal.
+    pub fn hash(&self) -> String {
+        content::short_hash(self.to_json().as_bytes())
+    }
+
+    pub fn from_json(text: &str) -> Result<Plan, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    fn summarize(&mut self) {
+        let mut s = PlanSummary::default();
+        for c in &self.resource_changes {
+            match c.action() {
+                Action::NoOp => s.unchanged += 1,
+                Action::Create => s.add += 1,
+                Action::Update => s.change += 1,
+                Action::Replace => {
+                    s.add += 1;
+                    s.destroy += 1
+                }
+                Action::Delete => s.destroy += 1,
+                Action::Run => s.run += 1,
+                Action::Rollout => s.rollout += 1,
+            }
+        }
+        self.summary = s;
+    }
+}
+
+/// Errors that stop planning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the store of workspace `{workspace}` failed")]
+    Store {
+        workspace: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("no store is open for workspace `{0}`")]
+    NoStore(String),
+    #[error("the plan can't be made: {} problem(s) found", .0.error_count())]
+    Blocked(Diagnostics),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the planner needs.
+pub struct Planner<'a> {
+    pub snapshot: &'a Snapshot,
+    pub desired: &'a DesiredState,
+    /// One store per workspace to plan.
+    pub stores: &'a BTreeMap<String, Store>,
+    pub cache: &'a HashCache,
+    /// GPUs found on this machine (for jobs on the local target).
+    pub local_gpus: usize,
+    pub events: &'a dyn Events,
+    /// The manifests root as the user gave it, and `--rev`.
+    pub source: PlanSource,
+}
+
+/// Versions known while walking the graph: dataset content, model version, job run id.
+type Versions = HashMap<Address, String>;
+
+impl Planner<'_> {
+    /// Makes the plan for every workspace that has a store in `stores`.
+    pub async fn plan(&self) -> Result<Plan> {
+        let selected: BTreeSet<&str> = self.stores.keys().map(String::as_str).collect();
+        let mut diagnostics = Diagnostics::new();
+
+        let contents =
+            tokio::task::block_in_place(|| self.hash_sources(&selected, &mut diagnostics));
+
+        let mut states = BTreeMap::new();
+        let mut workspaces = Vec::new();
+        for name in &selected {
+            let store = self
+                .stores
+                .get(*name)
+                .ok_or_else(|| Error::NoStore(name.to_string()))?;
+            let state = store.state().await.map_err(|source| Error::Store {
+                workspace: name.to_string(),
+                source,
+            })?;
+            workspaces.push(PlanWorkspace {
+                name: name.to_string(),
+                store: store.url(),
+                state_serial: state.state.serial,
+                state_etag: state.etag.clone(),
+            });
+            states.insert(name.to_string(), state.state);
+        }
+
+        let mut versions: Versions = HashMap::new();
+        let mut running: BTreeSet<Address> = BTreeSet::new();
+        let mut changes = Vec::new();
+        let mut notes = Vec::new();
+        for resource in &self.desired.resources {
+            let ws = resource.address.workspace.as_str();
+            if !selected.contains(ws) {
+                continue;
+            }
+            let store = &self.stores[ws];
+            let state = &states[ws];
+            let before = state
+                .resources
+                .get(&resource.address.to_string())
+                .map(|e| e.value.clone());
+            let decided = match &resource.spec {
+                Spec::Workspace(spec) => Some(self.simple(
+                    resource,
+                    before,
+                    json!({
+                        "environment": spec.environment,
+                        "store": spec.store_url(),
+                        "namespace": spec.namespace.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| ws.to_string()),
+                        "labels": spec.labels,
+                        "description": spec.description,
+                    }),
+                )),
+                Spec::Compute(spec) => {
+                    if *spec.target.get_ref() == Target::Kubernetes {
+                        diagnostics.push(self.unsupported(resource, "the Kubernetes target is not available yet"));
+                        None
+                    } else {
+                        Some(self.simple(resource, before, strip_description(serde_json::to_value(spec).expect("specs serialize"))))
+                    }
+                }
+                Spec::Dataset(_) => match contents.get(&resource.address) {
+                    Some(content) => {
+                        versions.insert(resource.address.clone(), content.version.clone());
+                        Some(self.dataset(resource, store, before, content).await?)
+                    }
+                    None => None,
+                },
+                Spec::Job(_) => {
+                    let change = self.job(resource, store, before, &versions, &mut diagnostics).await?;
+                    if let Some(after) = &change.after {
+                        if let Some(run_id) = after.get("run_id").and_then(Value::as_str) {
+                            versions.insert(resource.address.clone(), run_id.to_string());
+                        }
+                    }
+                    if change.action() == Action::Run {
+                        running.insert(resource.address.clone());
+                    }
+                    Some(change)
+                }
+                Spec::Model(spec) => {
+                    if spec.from_job.is_some() {
+                        let change = self.trained_model(resource, store, before, &versions, &running).await?;
+                        if let Some(v) = change.after.as_ref().and_then(|a| a.get("version")).and_then(Value::as_str) {
+                            versions.insert(resource.address.clone(), v.to_string());
+                        }
+                        Some(change)
+                    } else {
+                        match contents.get(&resource.address) {
+                            Some(content) => {
+                                versions.insert(resource.address.clone(), content.version.clone());
+                                Some(self.imported_model(resource, before, content))
+                            }
+                            None => None,
+                        }
+                    }
+                }
+                Spec::Endpoint(_) => {
+                    notes.push(format!(
+                        "{}: serving is not implemented yet, so endpoints are left out of this plan",
+                        resource.address
+                    ));
+                    None
+                }
+            };
+            if let Some(change) = decided {
+                changes.push(change);
+            }
+        }
+
+        // Whatever the state records but the manifests no longer declare is deleted.
+        let declared: BTreeSet<String> = self
+            .desired
+            .resources
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        for (ws, state) in &states {
+            for (address, entry) in &state.resources {
+                if declared.contains(address) {
+                    continue;
+                }
+                let name = address
+                    .split_once('/')
+                    .and_then(|(_, local)| local.split_once('.'))
+                    .map_or(address.as_str(), |(_, n)| n)
+                    .to_string();
+                changes.push(ResourceChange {
+                    address: address.clone(),
+                    workspace: ws.clone(),
+                    kind: entry.kind,
+                    name,
+                    actions: vec![Action::Delete],
+                    reason: "no longer declared in the manifests".to_string(),
+                    changes: Vec::new(),
+                    before: Some(entry.value.clone()),
+                    after: None,
+                    depends_on: Vec::new(),
+                });
+            }
+        }
+
+        diagnostics.sort();
+        if diagnostics.has_errors() {
+            return Err(Error::Blocked(diagnostics));
+        }
+        let mut plan = Plan {
+            format_version: "1".to_string(),
+            cairn_version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: self.snapshot.head_commit(),
+            source: self.source.clone(),
+            workspaces,
+            resource_changes: changes,
+            notes,
+            summary: PlanSummary::default(),
+        };
+        plan.summarize();
+        Ok(plan)
+    }
+
+    fn loc(&self, resource: &Resource, span: std::ops::Range<usize>) -> Location {
+        Location::new(
+            &resource.file,
+            self.snapshot.text(&resource.file).unwrap_or(""),
+            span,
+        )
+    }
+
+    fn unsupported(&self, resource: &Resource, what: &str) -> Diagnostic {
+        Diagnostic::error("unsupported", format!("{}: {what}", resource.address))
+            .at(self.loc(resource, resource.name_span.clone()))
+            .help("plan the workspaces that run on the local target with `--workspace <name>`")
+    }
+
+    /// Hashes every dataset and imported model source of the selected workspaces, in
+    /// parallel.
+    fn hash_sources(
+        &self,
+        selected: &BTreeSet<&str>,
+        diagnostics: &mut Diagnostics,
+    ) -> HashMap<Address, Content> {
+        use rayon::prelude::*;
+        let sources: Vec<(&Resource, &toml::Spanned<String>)> = self
+            .desired
+            .resources
+            .iter()
+            .filter(|r| selected.contains(r.address.workspace.as_str()))
+            .filter_map(|r| match &r.spec {
+                Spec::Dataset(d) => Some((r, &d.source)),
+                Spec::Model(m) if m.from_job.is_none() => m.source.as_ref().map(|s| (r, s)),
+                _ => None,
+            })
+            .collect();
+        let results: Vec<(&Resource, Result<Content, Diagnostic>)> = sources
+            .par_iter()
+            .map(|(r, source)| {
+                let text = source.get_ref();
+                if text.contains("://") {
+                    return (
+                        *r,
+                        Err(self.unsupported(r, "object-store sources (`s3://…`) are not available yet")),
+                    );
+                }
+                let Some(path) = join_inside(&r.address.workspace, text) else {
+                    return (*r, Err(Diagnostic::error("path-escape", "source leads outside the manifests root").at(self.loc(r, source.span()))));
+                };
+                let address = r.address.to_string();
+                self.events.hashing(&address, 0, 0);
+                let on_bytes = |n: u64| self.events.bytes(&address, n);
+                let result = content::hash_source(self.snapshot, &path, self.cache, &on_bytes).map_err(|e| {
+                    Diagnostic::error("unreadable-source", format!("cannot read the source of {}: {}", r.address.local(), error_chain(&e)))
+                        .at(self.loc(r, source.span()))
+                        .help("check that the folder exists and is readable; with `--rev`, that it is committed")
+                });
+                self.events.finished(&address, "hashed", None);
+                (*r, result)
+            })
+            .collect();
+        let mut out = HashMap::new();
+        for (r, result) in results {
+            match result {
+                Ok(content) => {
+                    if let Spec::Dataset(d) = &r.spec {
+                        if let Some(pin) = &d.version {
+                            if !content.version.starts_with(pin.get_ref().as_str()) {
+                                diagnostics.push(
+                                    Diagnostic::error(
+                                        "version-mismatch",
+                                        format!(
+                                            "{} is pinned to version {}, but its content is version {}",
+                                            r.address.local(),
+                                            pin.get_ref(),
+                                            content.version
+                                        ),
+                                    )
+                                    .at(self.loc(r, pin.span()))
+                                    .help("the data changed since it was pinned: restore it, or update `version` to the new one"),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    out.insert(r.address.clone(), content);
+                }
+                Err(d) => diagnostics.push(d),
+            }
+        }
+        out
+    }
+
+    /// Create, update or no-op, decided by comparing `after` with the applied value.
+    fn simple(&self, resource: &Resource, before: Option<Value>, after: Value) -> ResourceChange {
+        let (action, reason) = match &before {
+            None => (Action::Create, format!("new {}", resource.kind())),
+            Some(b) if *b == after => (Action::NoOp, "up to date".to_string()),
+            Some(b) => {
+                let fields: Vec<String> = diff_values(Some(b), Some(&after))
+                    .into_iter()
+                    .map(|c| c.path)
+                    .collect();
+                (Action::Update, format!("changed: {}", fields.join(", ")))
+            }
+        };
+        change(resource, action, reason, before, Some(after))
+    }
+
+    async fn dataset(
+        &self,
+        resource: &Resource,
+        store: &Store,
+        before: Option<Value>,
+        content: &Content,
+    ) -> Result<ResourceChange> {
+        let Spec::Dataset(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let after = json!({
+            "source": spec.source.get_ref(),
+            "format": spec.format.get_ref(),
+            "version": content.version,
+            "files": content.files.len(),
+            "bytes": content.total_bytes,
+            "tags": spec.tags,
+        });
+        let old_version = before
+            .as_ref()
+            .and_then(|b| b.get("version"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if old_version.as_deref() == Some(content.version.as_str()) {
+            return Ok(self.simple(resource, before, after));
+        }
+        let ws = &resource.address.workspace;
+        let store_err = |source| Error::Store {
+            workspace: ws.clone(),
+            source,
+        };
+        let stored = store
+            .has_dataset_version(&resource.address.name, &content.version)
+            .await
+            .map_err(store_err)?;
+        let size = human_bytes(content.total_bytes);
+        let files = plural(content.files.len(), "file");
+        let (action, mut reason) = match &old_version {
+            None => (
+                Action::Create,
+                format!("new dataset: {files}, {size} (version {})", content.version),
+            ),
+            Some(old) => {
+                let described = match store
+                    .dataset_version(&resource.address.name, old)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some(previous) => {
+                        let old_files: Vec<content::HashedFile> = previous
+                            .files
+                            .iter()
+                            .map(|f| content::HashedFile {
+                                path: f.path.clone(),
+                                size: f.size,
+                                sha256: f.sha256.clone(),
+                            })
+                            .collect();
+                        ContentDiff::between(&old_files, &content.files).describe()
+                    }
+                    None => "new content".to_string(),
+                };
+                (
+                    Action::Update,
+                    format!(
+                        "{} changed: {described} (version {old} → {})",
+                        resource.address.local(),
+                        content.version
+                    ),
+                )
+            }
+        };
+        if stored {
+            reason.push_str("; this version is already stored");
+        }
+        let mut change = change(resource, action, reason, before, Some(after));
+        if change.changes.is_empty() && action == Action::Update {
+            change.actions = vec![Action::NoOp];
+        }
+        Ok(change)
+    }
+
+    async fn job(
+        &self,
+        resource: &Resource,
+        store: &Store,
+        before: Option<Value>,
+        versions: &Versions,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<ResourceChange> {
+        let Spec::Job(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let ws = resource.address.workspace.as_str();
+        let mut inputs = BTreeMap::new();
+        for (name, value) in &spec.inputs {
+            let Ok(r) = Reference::parse(value.get_ref()) else {
+                continue;
+            };
+            let version = r.pin.clone().or_else(|| {
+                versions
+                    .get(&Address::new(ws, r.kind, r.name.clone()))
+                    .cloned()
+            });
+            inputs.insert(
+                name.get_ref().clone(),
+                format!(
+                    "{}.{}@{}",
+                    r.kind,
+                    r.name,
+                    version.unwrap_or_else(|| "unknown".into())
+                ),
+            );
+        }
+        let identity = json!({
+            "job": resource.address.name,
+            "compute": spec.compute.get_ref(),
+            "instance_type": spec.instance_type.as_ref().map(|s| s.get_ref()),
+            "image": spec.image.as_ref().map(|s| s.get_ref()),
+            "command": spec.command.as_ref().map(|c| c.get_ref()),
+            "env": spec.env,
+            "gpus": spec.gpus(),
+            "instances": spec.instances(),
+            "inputs": inputs,
+        });
+        let run_id = content::short_hash(identity.to_string().as_bytes());
+        let outputs: BTreeMap<String, String> = spec
+            .outputs
+            .iter()
+            .filter_map(|(name, value)| {
+                let r = Reference::parse(value.get_ref()).ok()?;
+                Some((name.get_ref().clone(), format!("model.{}@{run_id}", r.name)))
+            })
+            .collect();
+        let after = json!({
+            "run_id": run_id,
+            "compute": spec.compute.get_ref(),
+            "instance_type": spec.instance_type.as_ref().map(|s| s.get_ref()),
+            "image": spec.image.as_ref().map(|s| s.get_ref()),
+            "command": spec.command.as_ref().map(|c| c.get_ref()),
+            "env": spec.env,
+            "gpus": spec.gpus(),
+            "instances": spec.instances(),
+            "timeout": spec.timeout.as_ref().map(|t| t.get_ref().to_string()),
+            "retries": spec.retries,
+            "inputs": inputs,
+            "outputs": outputs,
+        });
+
+        // GPUs on this machine are known now; a job that can't get them is refused here.
+        if let Some(compute) = self.compute_of(resource, spec.compute.get_ref()) {
+            let wanted = spec.gpus() as usize * spec.instances() as usize;
+            if *compute.target.get_ref() == Target::Local && wanted > self.local_gpus {
+                let span = spec
+                    .gpus
+                    .as_ref()
+                    .map_or(resource.name_span.clone(), |g| g.span());
+                diagnostics.push(
+                    Diagnostic::error(
+                        "no-gpus",
+                        format!(
+                            "{} needs {wanted} GPU(s), but this machine has {} (found through the CUDA driver)",
+                            resource.address.local(),
+                            self.local_gpus
+                        ),
+                    )
+                    .at(self.loc(resource, span))
+                    .help("set `gpus = 0` to train on the CPU, or run the job on a compute with GPUs"),
+                );
+            }
+        }
+
+        let old_run = before
+            .as_ref()
+            .and_then(|b| b.get("run_id"))
+            .and_then(Value::as_str);
+        if old_run == Some(run_id.as_str()) {
+            return Ok(self.simple(resource, before, after));
+        }
+        let existing = store
+            .run(&resource.address.name, &run_id)
+            .await
+            .map_err(|source| Error::Store {
+                workspace: ws.to_string(),
+                source,
+            })?;
+        if existing.is_some_and(|r| r.status == store::RunStatus::Succeeded) {
+            let reason = format!("run {run_id} already succeeded; recording it as the current run");
+            return Ok(change(
+                resource,
+                Action::Update,
+                reason,
+                before,
+                Some(after),
+            ));
+        }
+        let reason = match &before {
+            None => format!("first run ({run_id})"),
+            Some(b) => {
+                let mut why = Vec::new();
+                let old_inputs = b.get("inputs").cloned().unwrap_or(Value::Null);
+                for (name, now) in &inputs {
+                    let was = old_inputs.get(name).and_then(Value::as_str);
+                    if was != Some(now.as_str()) {
+                        match was {
+                            Some(was) => why.push(format!(
+                                "{} → {}",
+                                was,
+                                now.rsplit('@').next().unwrap_or(now)
+                            )),
+                            None => why.push(format!("new input {now}")),
+                        }
+                    }
+                }
+                let spec_fields: Vec<String> = diff_values(Some(b), Some(&after))
+                    .into_iter()
+                    .map(|c| c.path)
+                    .filter(|p| {
+                        !p.starts_with("inputs") && !p.starts_with("outputs") && p != "run_id"
+                    })
+                    .collect();
+                if !spec_fields.is_empty() {
+                    why.push(format!("spec changed: {}", spec_fields.join(", ")));
+                }
+                if why.is_empty() {
+                    format!("no successful run {run_id} yet")
+                } else {
+                    format!("inputs or spec changed: {}", why.join("; "))
+                }
+            }
+        };
+        Ok(change(resource, Action::Run, reason, before, Some(after)))
+    }
+
+    fn compute_of(
+        &self,
+        resource: &Resource,
+        reference: &str,
+    ) -> Option<&crate::manifest::ComputeSpec> {
+        let r = Reference::parse(reference).ok()?;
+        let address = Address::new(resource.address.workspace.clone(), Kind::Compute, r.name);
+        match &self.desired.get(&address)?.spec {
+            Spec::Compute(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    async fn trained_model(
+        &self,
+        resource: &Resource,
+        store: &Store,
+        before: Option<Value>,
+        versions: &Versions,
+        running: &BTreeSet<Address>,
+    ) -> Result<ResourceChange> {
+        let Spec::Model(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let ws = resource.address.workspace.as_str();
+        let job = spec
+            .from_job
+            .as_ref()
+            .and_then(|j| Reference::parse(j.get_ref()).ok())
+            .map(|j| Address::new(ws, Kind::Job, j.name));
+        let version = job
+            .as_ref()
+            .and_then(|j| versions.get(j))
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let after = json!({
+            "version": version,
+            "from_job": spec.from_job.as_ref().map(|j| j.get_ref()),
+            "format": spec.format.get_ref(),
+        });
+        let old = before
+            .as_ref()
+            .and_then(|b| b.get("version"))
+            .and_then(Value::as_str);
+        if old == Some(version.as_str()) {
+            return Ok(self.simple(resource, before, after));
+        }
+        let job_local = job.as_ref().map(Address::local).unwrap_or_default();
+        let action = if before.is_none() {
+            Action::Create
+        } else {
+            Action::Update
+        };
+        let reason = if job.as_ref().is_some_and(|j| running.contains(j)) {
+            format!("new version {version}, produced by run {version} of {job_local}")
+        } else {
+            let stored = store
+                .has_model_version(&resource.address.name, &version)
+                .await
+                .map_err(|source| Error::Store {
+                    workspace: ws.to_string(),
+                    source,
+                })?;
+            if stored {
+                format!("version {version} (already produced by {job_local}) becomes current")
+            } else {
+                format!("version {version} of {job_local} is missing from the store; the apply will fail until the run is repeated")
+            }
+        };
+        Ok(change(resource, action, reason, before, Some(after)))
+    }
+
+    fn imported_model(
+        &self,
+        resource: &Resource,
+        before: Option<Value>,
+        content: &Content,
+    ) -> ResourceChange {
+        let Spec::Model(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let after = json!({
+            "version": content.version,
+            "source": spec.source.as_ref().map(|s| s.get_ref()),
+            "format": spec.format.get_ref(),
+            "files": content.files.len(),
+            "bytes": content.total_bytes,
+        });
+        let mut c = self.simple(resource, before, after);
+        if c.action() == Action::Create {
+            c.reason = format!(
+                "imported model: {}, {} (version {})",
+                plural(content.files.len(), "file"),
+                human_bytes(content.total_bytes),
+                content.version
+            );
+        }
+        c
+    }
+}
+
+fn change(
+    resource: &Resource,
+    action: Action,
+    reason: String,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> ResourceChange {
+    let changes = if action == Action::NoOp || before.is_none() {
+        Vec::new()
+    } else {
+        diff_values(before.as_ref(), after.as_ref())
+    };
+    ResourceChange {
+        address: resource.address.to_string(),
+        workspace: resource.address.workspace.clone(),
+        kind: resource.kind(),
+        name: resource.address.name.clone(),
+        actions: vec![action],
+        reason,
+        before,
+        after,
+        changes,
+        depends_on: resource
+            .dependencies
+            .iter()
+            .map(|d| d.address.to_string())
+            .collect(),
+    }
+}
+
+fn strip_description(mut value: Value) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.remove("description");
+    }
+    value
+}
+
+/// Lists the leaf fields that differ between two JSON values, in key order. Arrays of
+/// scalars compare as a whole; arrays of tables element by element.
+pub fn diff_values(before: Option<&Value>, after: Option<&Value>) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    diff_into(&mut out, String::new(), before, after);
+    out
+}
+
+fn diff_into(
+    out: &mut Vec<FieldChange>,
+    path: String,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (before, after) {
+        (Some(Value::Object(b)), Some(Value::Object(a))) => {
+            let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            for key in keys {
+                diff_into(
+                    out,
+                    join(key),
+                    b.get(key).filter(|v| !v.is_null()),
+                    a.get(key).filter(|v| !v.is_null()),
+                );
+            }
+        }
+        (Some(Value::Array(b)), Some(Value::Array(a)))
+            if b.iter().chain(a).any(|v| v.is_object()) =>
+        {
+            for i in 0..b.len().max(a.len()) {
+                diff_into(out, format!("{path}[{i}]"), b.get(i), a.get(i));
+            }
+        }
+        (b, a) if b != a => out.push(FieldChange {
+            path,
+            before: b.cloned(),
+            after: a.cloned(),
+        }),
+        _ => {}
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// "41.2 KiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_leaf_fields() {
+        let b = json!({"a": 1, "env": {"X": "1", "Y": "2"}, "cmd": ["a", "b"]});
+        let a = json!({"a": 1, "env": {"X": "1", "Z": "3"}, "cmd": ["a", "c"]});
+        let paths: Vec<String> = diff_values(Some(&b), Some(&a))
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(paths, ["cmd", "env.Y", "env.Z"]);
+    }
+
+    #[test]
+    fn formats_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(42_188), "41.2 KiB");
+    }
+}

@@ -1,0 +1,165 @@
+//! Plans as text (for terminals and logs), markdown (for pull-request comments, through
+//! the minijinja template `templates/plan.md.j2`) and JSON. Rendering returns strings; the
+//! CLI decides where they go.
+
+use std::fmt::Write as _;
+
+use minijinja::Environment;
+use owo_colors::OwoColorize;
+use serde_json::Value;
+
+use crate::plan::{Action, Plan, ResourceChange};
+
+/// The markdown template shipped with Cairn.
+pub const PLAN_MARKDOWN_TEMPLATE: &str = include_str!("../../templates/plan.md.j2");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the plan template failed to render")]
+    Template(#[source] minijinja::Error),
+}
+
+/// Returns the summary line: `Plan: 2 to add, 1 to change, 0 to destroy, 1 to run, 1 to roll out.`
+pub fn summary_line(plan: &Plan) -> String {
+    let s = &plan.summary;
+    format!(
+        "Plan: {} to add, {} to change, {} to destroy, {} to run, {} to roll out.",
+        s.add, s.change, s.destroy, s.run, s.rollout
+    )
+}
+
+fn paint(text: &str, action: Action, color: bool) -> String {
+    if !color {
+        return text.to_string();
+    }
+    match action {
+        Action::Create => text.green().to_string(),
+        Action::Update | Action::Rollout => text.yellow().to_string(),
+        Action::Replace | Action::Delete => text.red().to_string(),
+        Action::Run => text.cyan().to_string(),
+        Action::NoOp => text.to_string(),
+    }
+}
+
+/// Shows a JSON value compactly: strings without quotes unless they need them.
+fn show(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// The plan for a terminal or a log.
+pub fn text(plan: &Plan, color: bool) -> String {
+    let mut out = String::new();
+    let source = match (&plan.revision, &plan.source.rev) {
+        (Some(commit), Some(rev)) => format!(
+            "{} at {rev} ({})",
+            plan.source.root,
+            &commit[..commit.len().min(7)]
+        ),
+        _ => format!("{} (working tree)", plan.source.root),
+    };
+    if !plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "No changes. The store and targets match the manifests in {source}."
+        );
+        for note in &plan.notes {
+            let _ = writeln!(out, "Note: {note}");
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "Cairn will perform these actions (manifests: {source}):\n"
+    );
+    for change in plan.changes() {
+        write_change(&mut out, change, color);
+    }
+    for note in &plan.notes {
+        let _ = writeln!(out, "Note: {note}");
+    }
+    if !plan.notes.is_empty() {
+        out.push('\n');
+    }
+    let line = summary_line(plan);
+    if color {
+        let _ = writeln!(out, "{}", line.bold());
+    } else {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
+    let action = change.action();
+    let head = format!("{:>3} {}", action.symbol(), change.address);
+    let _ = writeln!(out, "{}", paint(&head, action, color));
+    let _ = writeln!(out, "      {}", change.reason);
+    for field in &change.changes {
+        let multiline = [&field.before, &field.after].iter().any(|v| {
+            v.as_ref()
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains('\n'))
+        });
+        if multiline {
+            let before = field.before.as_ref().and_then(Value::as_str).unwrap_or("");
+            let after = field.after.as_ref().and_then(Value::as_str).unwrap_or("");
+            let _ = writeln!(out, "      ~ {}:", field.path);
+            let diff = similar::TextDiff::from_lines(before, after);
+            for line in diff.iter_all_changes() {
+                let sign = match line.tag() {
+                    similar::ChangeTag::Delete => "-",
+                    similar::ChangeTag::Insert => "+",
+                    similar::ChangeTag::Equal => " ",
+                };
+                let _ = write!(out, "          {sign} {line}");
+                if line.missing_newline() {
+                    out.push('\n');
+                }
+            }
+            continue;
+        }
+        let line = match (&field.before, &field.after) {
+            (Some(b), Some(a)) => format!("      ~ {}: {} → {}", field.path, show(b), show(a)),
+            (None, Some(a)) => format!("      + {}: {}", field.path, show(a)),
+            (Some(b), None) => format!("      - {}: {}", field.path, show(b)),
+            (None, None) => continue,
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
+}
+
+/// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
+pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_template("plan.md", template)
+        .map_err(Error::Template)?;
+    let changes: Vec<Value> = plan
+        .changes()
+        .map(|c| {
+            serde_json::json!({
+                "address": c.address,
+                "action": c.action().as_str(),
+                "symbol": c.action().symbol(),
+                "reason": c.reason,
+                "fields": c.changes.iter().map(|f| serde_json::json!({
+                    "path": f.path,
+                    "before": f.before.as_ref().map(show),
+                    "after": f.after.as_ref().map(show),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let tmpl = env.get_template("plan.md").map_err(Error::Template)?;
+    tmpl.render(minijinja::context! {
+        plan => plan,
+        changes => changes,
+        summary => plan.summary,
+    })
+    .map_err(Error::Template)
+}

@@ -124,7 +124,9 @@ pub enum ReferenceError {
     Shape,
     #[error("`{0}` is not a kind of resource")]
     UnknownKind(String),
-    #[error("references stay inside their workspace; cross-workspace references are not supported")]
+    #[error(
+        "references stay inside their workspace; cross-workspace references are not supported"
+    )]
     CrossWorkspace,
     #[error("the version after `@` is empty")]
     EmptyPin,

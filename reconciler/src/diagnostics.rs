@@ -272,7 +272,10 @@ impl FromIterator<Diagnostic> for Diagnostics {
 }
 
 /// Returns the candidate closest to `input`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(input, c), c))
@@ -301,7 +304,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("gpu-eats", ["gpu-east", "cpu"]), Some("gpu-east"));
+        assert_eq!(
+            did_you_mean("gpu-eats", ["gpu-east", "cpu"]),
+            Some("gpu-east")
+        );
         assert_eq!(did_you_mean("zzz", ["gpu-east", "cpu"]), None);
     }
 }

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report,
+};
 use owo_colors::OwoColorize;
 
 use cairn::desired::{Resolved, Summary};
@@ -95,7 +97,11 @@ pub fn failure_line(snapshot: &Snapshot, diagnostics: &Diagnostics, output: Outp
         if errors == 1 { "" } else { "s" }
     );
     if warnings > 0 {
-        let _ = write!(line, ", {warnings} warning{}", if warnings == 1 { "" } else { "s" });
+        let _ = write!(
+            line,
+            ", {warnings} warning{}",
+            if warnings == 1 { "" } else { "s" }
+        );
     }
     if output.color_stderr {
         eprintln!("{} {line}", "✗".red().bold());
@@ -105,7 +111,12 @@ pub fn failure_line(snapshot: &Snapshot, diagnostics: &Diagnostics, output: Outp
 }
 
 /// The summary printed by a successful `cairn validate`.
-pub fn validate_summary(snapshot: &Snapshot, summary: &Summary, warnings: &Diagnostics, output: Output) {
+pub fn validate_summary(
+    snapshot: &Snapshot,
+    summary: &Summary,
+    warnings: &Diagnostics,
+    output: Output,
+) {
     let n = summary.workspaces.len();
     let mut head = format!(
         "{} is valid: {n} workspace{}, {} resource{}",
@@ -123,7 +134,12 @@ pub fn validate_summary(snapshot: &Snapshot, summary: &Summary, warnings: &Diagn
     } else {
         println!("✓ {head}");
     }
-    let width = summary.workspaces.iter().map(|w| w.name.len()).max().unwrap_or(0);
+    let width = summary
+        .workspaces
+        .iter()
+        .map(|w| w.name.len())
+        .max()
+        .unwrap_or(0);
     for ws in &summary.workspaces {
         let counts: Vec<String> = ws
             .counts
@@ -153,7 +169,10 @@ pub fn validate_json(snapshot: &Snapshot, result: &Result<Resolved, Diagnostics>
         "summary": summary,
         "diagnostics": diagnostics,
     });
-    println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).expect("JSON values serialize")
+    );
 }
 
 /// JSON for a command that failed before producing a result.
@@ -163,7 +182,10 @@ pub fn json_failure(err: &CommandError) {
         "valid": false,
         "error": { "message": err.message, "hints": err.hints },
     });
-    println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).expect("JSON values serialize")
+    );
 }
 
 /// Prints a command failure to stderr.

@@ -1,7 +1,7 @@
 //! `cairn validate`: load, resolve and check the manifests; print a summary or every
 //! finding.
 
-use super::{CommandError, Format, Output, SourceArgs, render};
+use super::{render, CommandError, Format, Output, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,7 +30,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         Format::Text => match &result {
             Ok(resolved) => {
                 render::diagnostics(&snapshot, &resolved.warnings, output);
-                render::validate_summary(&snapshot, &resolved.state.summary(), &resolved.warnings, output);
+                render::validate_summary(
+                    &snapshot,
+                    &resolved.state.summary(),
+                    &resolved.warnings,
+                    output,
+                );
             }
             Err(diagnostics) => {
                 render::diagnostics(&snapshot, diagnostics, output);

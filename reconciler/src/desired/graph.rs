@@ -88,14 +88,25 @@ fn report_cycles(
             reported[i] = true;
         }
         let Some(cycle) = cycle else { continue };
-        if cycle.iter().any(|&i| reported_cycle_member(diagnostics, &resources[i])) {
+        if cycle
+            .iter()
+            .any(|&i| reported_cycle_member(diagnostics, &resources[i]))
+        {
             continue;
         }
         // Rotate so the smallest address leads: the same cycle always reads the same way.
         let lead = (0..cycle.len())
-            .min_by(|&a, &b| resources[cycle[a]].address.cmp(&resources[cycle[b]].address))
+            .min_by(|&a, &b| {
+                resources[cycle[a]]
+                    .address
+                    .cmp(&resources[cycle[b]].address)
+            })
             .unwrap_or(0);
-        let cycle: Vec<usize> = cycle[lead..].iter().chain(&cycle[..lead]).copied().collect();
+        let cycle: Vec<usize> = cycle[lead..]
+            .iter()
+            .chain(&cycle[..lead])
+            .copied()
+            .collect();
         let names: Vec<String> = cycle
             .iter()
             .chain(std::iter::once(&cycle[0]))
@@ -127,9 +138,11 @@ fn report_cycles(
 }
 
 fn reported_cycle_member(diagnostics: &Diagnostics, resource: &Resource) -> bool {
-    diagnostics
-        .iter()
-        .any(|d| d.code == "cycle" && d.message.contains(&format!(" {} ", resource.address.local())))
+    diagnostics.iter().any(|d| {
+        d.code == "cycle"
+            && d.message
+                .contains(&format!(" {} ", resource.address.local()))
+    })
 }
 
 /// The dependencies that order the apply. A job's pinned input names a version that

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::address::{Address, Kind};
 use crate::diagnostics::Diagnostics;
-use crate::manifest::{Declared, Origin, Snapshot, Spec, parse_file};
+use crate::manifest::{parse_file, Declared, Origin, Snapshot, Spec};
 
 /// An edge: this resource needs `address` to exist (at version `pin`, if pinned) first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,7 +134,11 @@ pub fn resolve(snapshot: &Snapshot) -> Result<Resolved, Diagnostics> {
     let mut slots: Vec<Option<Resource>> = resources.into_iter().map(Some).collect();
     let resources: Vec<Resource> = order
         .into_iter()
-        .map(|i| slots[i].take().expect("each resource appears once in the order"))
+        .map(|i| {
+            slots[i]
+                .take()
+                .expect("each resource appears once in the order")
+        })
         .collect();
     let index = resources
         .iter()

@@ -14,8 +14,8 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::{Dependency, Resource};
-use crate::address::{Address, Kind, Reference, is_dns1123_label};
-use crate::diagnostics::{Diagnostic, Diagnostics, LineIndex, Location, did_you_mean};
+use crate::address::{is_dns1123_label, Address, Kind, Reference};
+use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics, LineIndex, Location};
 use crate::manifest::source::join_inside;
 use crate::manifest::{
     ComputeSpec, Declared, EndpointSpec, EntryKind, JobSpec, ModelSpec, Role, Snapshot, Spec,
@@ -99,8 +99,13 @@ pub(super) fn check(
             Spec::Model(spec) => ctx.model(&view, r, spec, &mut out),
             Spec::Endpoint(spec) => ctx.endpoint(&view, r, spec, &mut out),
         }
-        out.deps.sort_by(|a, b| a.address.cmp(&b.address).then(a.span.start.cmp(&b.span.start)));
-        out.deps.dedup_by(|a, b| a.address == b.address && a.pin == b.pin);
+        out.deps.sort_by(|a, b| {
+            a.address
+                .cmp(&b.address)
+                .then(a.span.start.cmp(&b.span.start))
+        });
+        out.deps
+            .dedup_by(|a, b| a.address == b.address && a.pin == b.pin);
         diagnostics.extend(out.diags.into_iter().collect());
         all_deps.push(out.deps);
     }
@@ -193,10 +198,17 @@ impl<'s> Ctx<'s> {
     fn check_workspace_folders(&self, declared: &[Declared], diagnostics: &mut Diagnostics) {
         let mut folders: BTreeMap<&str, &str> = BTreeMap::new();
         for file in &self.snapshot.files {
-            folders.entry(file.workspace.as_str()).or_insert(file.path.as_str());
+            folders
+                .entry(file.workspace.as_str())
+                .or_insert(file.path.as_str());
         }
         for (folder, first_file) in folders {
-            if self.snapshot.workspaces.binary_search_by(|w| w.as_str().cmp(folder)).is_err() {
+            if self
+                .snapshot
+                .workspaces
+                .binary_search_by(|w| w.as_str().cmp(folder))
+                .is_err()
+            {
                 diagnostics.push(
                     Diagnostic::error(
                         "missing-workspace-file",
@@ -239,46 +251,72 @@ impl<'s> Ctx<'s> {
     ) -> Option<(&'v Resource, Option<String>)> {
         let span = value.span();
         let text = value.get_ref();
-        let expected_names = expected.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ");
+        let expected_names = expected
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ");
         let reference = match Reference::parse(text) {
             Ok(r) => r,
             Err(err) => {
-                let suggestion = expected
-                    .first()
-                    .map(|k| format!("write `{k}.<name>`, e.g. `{k}.{}`", text.rsplit('.').next().unwrap_or(text)));
+                let suggestion = expected.first().map(|k| {
+                    format!(
+                        "write `{k}.<name>`, e.g. `{k}.{}`",
+                        text.rsplit('.').next().unwrap_or(text)
+                    )
+                });
                 out.error(
-                    Diagnostic::error("invalid-reference", format!("`{text}` is not a valid reference: {err}"))
-                        .at(self.loc(&from.file, span.clone()))
-                        .label(format!("`{field}` expects a {expected_names}"))
-                        .maybe_help(suggestion),
+                    Diagnostic::error(
+                        "invalid-reference",
+                        format!("`{text}` is not a valid reference: {err}"),
+                    )
+                    .at(self.loc(&from.file, span.clone()))
+                    .label(format!("`{field}` expects a {expected_names}"))
+                    .maybe_help(suggestion),
                 );
                 return None;
             }
         };
         let ws = from.address.workspace.as_str();
         if !expected.contains(&reference.kind) {
-            let same_name = expected
-                .iter()
-                .find(|k| view.get(&Address::new(ws, **k, reference.name.clone())).is_some());
+            let same_name = expected.iter().find(|k| {
+                view.get(&Address::new(ws, **k, reference.name.clone()))
+                    .is_some()
+            });
             out.error(
                 Diagnostic::error(
                     "wrong-kind",
-                    format!("`{field}` expects a {expected_names}, but `{text}` is a {}", reference.kind),
+                    format!(
+                        "`{field}` expects a {expected_names}, but `{text}` is a {}",
+                        reference.kind
+                    ),
                 )
                 .at(self.loc(&from.file, span.clone()))
                 .label(format!("expected a {expected_names}"))
                 .help(match same_name {
                     Some(k) => format!("did you mean `{k}.{}`?", reference.name),
-                    None => format!("reference a {expected_names} here, as `{}.<name>`", expected[0]),
+                    None => format!(
+                        "reference a {expected_names} here, as `{}.<name>`",
+                        expected[0]
+                    ),
                 }),
             );
             return None;
         }
         if reference.pin.is_some() && !allow_pin {
             out.error(
-                Diagnostic::error("pin-not-allowed", format!("a {} reference can't be pinned to a version", reference.kind))
-                    .at(self.loc(&from.file, span.clone()))
-                    .help(format!("write `{}.{}` without `@…`", reference.kind, reference.name)),
+                Diagnostic::error(
+                    "pin-not-allowed",
+                    format!(
+                        "a {} reference can't be pinned to a version",
+                        reference.kind
+                    ),
+                )
+                .at(self.loc(&from.file, span.clone()))
+                .help(format!(
+                    "write `{}.{}` without `@…`",
+                    reference.kind, reference.name
+                )),
             );
         }
         let address = Address::new(ws, reference.kind, reference.name.clone());
@@ -299,7 +337,10 @@ impl<'s> Ctx<'s> {
             out.error(
                 Diagnostic::error(
                     "unresolved-reference",
-                    format!("`{}.{}` is not declared in workspace `{ws}`", reference.kind, reference.name),
+                    format!(
+                        "`{}.{}` is not declared in workspace `{ws}`",
+                        reference.kind, reference.name
+                    ),
                 )
                 .at(self.loc(&from.file, span.clone()))
                 .label("no such resource")
@@ -323,15 +364,22 @@ impl<'s> Ctx<'s> {
             let e = endpoint.get_ref();
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 out.error(
-                    Diagnostic::error("invalid-url", format!("store endpoint `{e}` is not an http(s) URL"))
-                        .at(self.loc(&r.file, endpoint.span()))
-                        .help("write it as `https://s3.example.com` or `http://127.0.0.1:9000`"),
+                    Diagnostic::error(
+                        "invalid-url",
+                        format!("store endpoint `{e}` is not an http(s) URL"),
+                    )
+                    .at(self.loc(&r.file, endpoint.span()))
+                    .help("write it as `https://s3.example.com` or `http://127.0.0.1:9000`"),
                 );
             }
         }
         if let Some(ns) = &spec.namespace {
             if !is_dns1123_label(ns.get_ref()) {
-                out.error(invalid_name(self.loc(&r.file, ns.span()), ns.get_ref(), "namespace"));
+                out.error(invalid_name(
+                    self.loc(&r.file, ns.span()),
+                    ns.get_ref(),
+                    "namespace",
+                ));
             }
         }
     }
@@ -341,7 +389,11 @@ impl<'s> Ctx<'s> {
         let at = || self.loc(&r.file, store.span());
         if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
-                out.error(Diagnostic::error("store-url", "`file://` store needs a path").at(at()).help("e.g. `file://.cairn/store`"));
+                out.error(
+                    Diagnostic::error("store-url", "`file://` store needs a path")
+                        .at(at())
+                        .help("e.g. `file://.cairn/store`"),
+                );
             } else if !path.starts_with('/') && join_inside("", path).is_none() {
                 out.error(
                     Diagnostic::error("path-escape", format!("store path `{path}` leads outside the manifests root"))
@@ -352,9 +404,17 @@ impl<'s> Ctx<'s> {
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let bucket = rest.split('/').next().unwrap_or("");
             let valid = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-                && bucket.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && bucket.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
+                && bucket
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && bucket
+                    .bytes()
+                    .last()
+                    .is_some_and(|b| b.is_ascii_alphanumeric());
             if !valid {
                 out.error(
                     Diagnostic::error("store-url", format!("`{bucket}` is not a valid S3 bucket name"))
@@ -377,34 +437,53 @@ impl<'s> Ctx<'s> {
                 ("context", spec.context.as_ref().map(|s| s.span())),
                 ("namespace", spec.namespace.as_ref().map(|s| s.span())),
                 ("gateway", spec.gateway.as_ref().map(|s| s.span())),
-                ("instance_types", spec.instance_types.keys().next().map(|k| k.span())),
+                (
+                    "instance_types",
+                    spec.instance_types.keys().next().map(|k| k.span()),
+                ),
             ];
             for (field, span) in kube_only {
                 if let Some(span) = span {
                     out.error(
-                        Diagnostic::error("target-field", format!("`{field}` applies only to `target = \"kubernetes\"`"))
-                            .at(self.loc(&r.file, span))
-                            .help(format!("remove `{field}`, or change the target to \"kubernetes\"")),
+                        Diagnostic::error(
+                            "target-field",
+                            format!("`{field}` applies only to `target = \"kubernetes\"`"),
+                        )
+                        .at(self.loc(&r.file, span))
+                        .help(format!(
+                            "remove `{field}`, or change the target to \"kubernetes\""
+                        )),
                     );
                 }
             }
         }
         if let Some(ns) = &spec.namespace {
             if !is_dns1123_label(ns.get_ref()) {
-                out.error(invalid_name(self.loc(&r.file, ns.span()), ns.get_ref(), "namespace"));
+                out.error(invalid_name(
+                    self.loc(&r.file, ns.span()),
+                    ns.get_ref(),
+                    "namespace",
+                ));
             }
         }
         for name in spec.instance_types.keys() {
             if !is_dns1123_label(name.get_ref()) {
-                out.error(invalid_name(self.loc(&r.file, name.span()), name.get_ref(), "instance type"));
+                out.error(invalid_name(
+                    self.loc(&r.file, name.span()),
+                    name.get_ref(),
+                    "instance type",
+                ));
             }
         }
         if let Some(roles) = &spec.roles {
             if roles.get_ref().is_empty() {
                 out.error(
-                    Diagnostic::error("invalid-roles", "`roles` is empty, so nothing can use this compute")
-                        .at(self.loc(&r.file, roles.span()))
-                        .help("write `roles = [\"train\"]`, `[\"serve\"]`, or remove `roles` for both"),
+                    Diagnostic::error(
+                        "invalid-roles",
+                        "`roles` is empty, so nothing can use this compute",
+                    )
+                    .at(self.loc(&r.file, roles.span()))
+                    .help("write `roles = [\"train\"]`, `[\"serve\"]`, or remove `roles` for both"),
                 );
             }
         }
@@ -456,8 +535,11 @@ impl<'s> Ctx<'s> {
         role: Role,
         out: &mut Out,
     ) -> Option<&'v ComputeSpec> {
-        let (target, _) = self.reference(view, r, "compute", field, &[Kind::Compute], false, out)?;
-        let Spec::Compute(compute) = &target.spec else { return None };
+        let (target, _) =
+            self.reference(view, r, "compute", field, &[Kind::Compute], false, out)?;
+        let Spec::Compute(compute) = &target.spec else {
+            return None;
+        };
         if !compute.has_role(role) {
             let (verb, role_name) = match role {
                 Role::Train => ("run jobs", "train"),
@@ -491,27 +573,45 @@ impl<'s> Ctx<'s> {
         let name = instance_type?;
         if *compute.target.get_ref() == Target::Local {
             out.error(
-                Diagnostic::error("target-field", "`instance_type` applies only to Kubernetes compute")
-                    .at(self.loc(&r.file, name.span()))
-                    .help("the local target runs on this machine; remove `instance_type`"),
+                Diagnostic::error(
+                    "target-field",
+                    "`instance_type` applies only to Kubernetes compute",
+                )
+                .at(self.loc(&r.file, name.span()))
+                .help("the local target runs on this machine; remove `instance_type`"),
             );
             return None;
         }
         match compute.instance_types.get(name.get_ref().as_str()) {
             Some(t) => Some(t.get_ref().gpus),
             None => {
-                let names: Vec<&str> = compute.instance_types.keys().map(|k| k.get_ref().as_str()).collect();
+                let names: Vec<&str> = compute
+                    .instance_types
+                    .keys()
+                    .map(|k| k.get_ref().as_str())
+                    .collect();
                 out.error(
                     Diagnostic::error(
                         "unknown-instance-type",
-                        format!("compute.{compute_name} has no instance type `{}`", name.get_ref()),
+                        format!(
+                            "compute.{compute_name} has no instance type `{}`",
+                            name.get_ref()
+                        ),
                     )
                     .at(self.loc(&r.file, name.span()))
-                    .help(match did_you_mean(name.get_ref(), names.iter().copied()) {
-                        Some(best) => format!("did you mean `{best}`?"),
-                        None if names.is_empty() => format!("declare it as `[compute.{compute_name}.instance_types.{}]`", name.get_ref()),
-                        None => format!("instance types of compute.{compute_name}: {}", names.join(", ")),
-                    }),
+                    .help(
+                        match did_you_mean(name.get_ref(), names.iter().copied()) {
+                            Some(best) => format!("did you mean `{best}`?"),
+                            None if names.is_empty() => format!(
+                                "declare it as `[compute.{compute_name}.instance_types.{}]`",
+                                name.get_ref()
+                            ),
+                            None => format!(
+                                "instance types of compute.{compute_name}: {}",
+                                names.join(", ")
+                            ),
+                        },
+                    ),
                 );
                 None
             }
@@ -539,10 +639,13 @@ impl<'s> Ctx<'s> {
         let at = || self.loc(&r.file, gpus.span());
         if compute_has_no_gpus(compute) {
             out.error(
-                Diagnostic::error("no-gpus", format!("compute.{compute_name} has no GPUs, but {per_unit} are requested"))
-                    .at(at())
-                    .label("GPUs requested here")
-                    .help("set `gpus = 0` to run on CPU, or use a compute with GPUs"),
+                Diagnostic::error(
+                    "no-gpus",
+                    format!("compute.{compute_name} has no GPUs, but {per_unit} are requested"),
+                )
+                .at(at())
+                .label("GPUs requested here")
+                .help("set `gpus = 0` to run on CPU, or use a compute with GPUs"),
             );
             return;
         }
@@ -580,10 +683,22 @@ impl<'s> Ctx<'s> {
 
     fn job<'v>(&self, view: &View<'v>, r: &Resource, spec: &JobSpec, out: &mut Out) {
         let compute = self.compute_of(view, r, &spec.compute, Role::Train, out);
-        let compute_name = Reference::parse(spec.compute.get_ref()).map(|c| c.name).unwrap_or_default();
+        let compute_name = Reference::parse(spec.compute.get_ref())
+            .map(|c| c.name)
+            .unwrap_or_default();
         if let Some(compute) = compute {
-            let type_gpus = self.instance_type(r, compute, &compute_name, spec.instance_type.as_ref(), out);
-            self.gpus(r, compute, &compute_name, spec.gpus.as_ref(), spec.instances(), "instance", type_gpus, out);
+            let type_gpus =
+                self.instance_type(r, compute, &compute_name, spec.instance_type.as_ref(), out);
+            self.gpus(
+                r,
+                compute,
+                &compute_name,
+                spec.gpus.as_ref(),
+                spec.instances(),
+                "instance",
+                type_gpus,
+                out,
+            );
             match compute.target.get_ref() {
                 Target::Local if spec.command.is_none() => out.error(
                     Diagnostic::error("missing-command", "a job on the local target needs a `command`")
@@ -620,13 +735,16 @@ impl<'s> Ctx<'s> {
                 out.error(
                     Diagnostic::error("missing-command", "`command` is empty")
                         .at(self.loc(&r.file, command.span()))
-                        .help("give the program and its arguments, e.g. `[\"python\", \"train.py\"]`"),
+                        .help(
+                            "give the program and its arguments, e.g. `[\"python\", \"train.py\"]`",
+                        ),
                 );
             }
             for (field, names) in [("inputs", &spec.inputs), ("outputs", &spec.outputs)] {
                 for name in placeholders(command.get_ref(), field) {
                     if !names.contains_key(name.as_str()) {
-                        let declared: Vec<&str> = names.keys().map(|k| k.get_ref().as_str()).collect();
+                        let declared: Vec<&str> =
+                            names.keys().map(|k| k.get_ref().as_str()).collect();
                         out.error(
                             Diagnostic::error(
                                 "unknown-placeholder",
@@ -644,14 +762,26 @@ impl<'s> Ctx<'s> {
         }
         for (name, value) in &spec.inputs {
             self.io_name(r, name, out);
-            self.reference(view, r, "inputs", value, &[Kind::Dataset, Kind::Model], true, out);
+            self.reference(
+                view,
+                r,
+                "inputs",
+                value,
+                &[Kind::Dataset, Kind::Model],
+                true,
+                out,
+            );
         }
         for (name, value) in &spec.outputs {
             self.io_name(r, name, out);
-            let Some((model, _)) = self.reference(view, r, "outputs", value, &[Kind::Model], false, out) else {
+            let Some((model, _)) =
+                self.reference(view, r, "outputs", value, &[Kind::Model], false, out)
+            else {
                 continue;
             };
-            let Spec::Model(m) = &model.spec else { continue };
+            let Spec::Model(m) = &model.spec else {
+                continue;
+            };
             // The model depends on the job, not the other way round.
             out.deps.retain(|d| d.address != model.address);
             let produced_by_this_job = m
@@ -668,11 +798,22 @@ impl<'s> Ctx<'s> {
                 out.error(
                     Diagnostic::error(
                         "lineage",
-                        format!("{} outputs {}, but {why}", r.address.local(), model.address.local()),
+                        format!(
+                            "{} outputs {}, but {why}",
+                            r.address.local(),
+                            model.address.local()
+                        ),
                     )
                     .at(self.loc(&r.file, value.span()))
-                    .related(self.loc(&model.file, model.name_span.clone()), "model declared here")
-                    .help(format!("set `from_job = \"{}\"` on {}", r.address.local(), model.address.local())),
+                    .related(
+                        self.loc(&model.file, model.name_span.clone()),
+                        "model declared here",
+                    )
+                    .help(format!(
+                        "set `from_job = \"{}\"` on {}",
+                        r.address.local(),
+                        model.address.local()
+                    )),
                 );
             }
         }
@@ -681,7 +822,8 @@ impl<'s> Ctx<'s> {
     fn io_name(&self, r: &Resource, name: &Spanned<String>, out: &mut Out) {
         let n = name.get_ref();
         let ok = n.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
             && n.len() <= 63;
         if !ok {
             out.error(
@@ -708,7 +850,9 @@ impl<'s> Ctx<'s> {
             (Some(_), None) => {}
         }
         if let Some(job_ref) = &spec.from_job {
-            let Some((job, _)) = self.reference(view, r, "from_job", job_ref, &[Kind::Job], false, out) else {
+            let Some((job, _)) =
+                self.reference(view, r, "from_job", job_ref, &[Kind::Job], false, out)
+            else {
                 return;
             };
             let Spec::Job(j) = &job.spec else { return };
@@ -720,10 +864,17 @@ impl<'s> Ctx<'s> {
                 out.error(
                     Diagnostic::error(
                         "lineage",
-                        format!("{} does not list {} in its outputs", job.address.local(), r.address.local()),
+                        format!(
+                            "{} does not list {} in its outputs",
+                            job.address.local(),
+                            r.address.local()
+                        ),
                     )
                     .at(self.loc(&r.file, job_ref.span()))
-                    .related(self.loc(&job.file, job.name_span.clone()), "job declared here")
+                    .related(
+                        self.loc(&job.file, job.name_span.clone()),
+                        "job declared here",
+                    )
                     .help(format!(
                         "add `outputs = {{ model = \"{}\" }}` to {}",
                         r.address.local(),
@@ -736,13 +887,18 @@ impl<'s> Ctx<'s> {
 
     fn endpoint<'v>(&self, view: &View<'v>, r: &Resource, spec: &EndpointSpec, out: &mut Out) {
         let compute = self.compute_of(view, r, &spec.compute, Role::Serve, out);
-        let compute_name = Reference::parse(spec.compute.get_ref()).map(|c| c.name).unwrap_or_default();
+        let compute_name = Reference::parse(spec.compute.get_ref())
+            .map(|c| c.name)
+            .unwrap_or_default();
         if let Some(compute) = compute {
             if *compute.target.get_ref() == Target::Local && spec.port.is_none() {
                 out.error(
-                    Diagnostic::error("missing-port", "an endpoint on the local target needs a `port`")
-                        .at(self.loc(&r.file, r.name_span.clone()))
-                        .help("add `port = 8080` (the local router listens there)"),
+                    Diagnostic::error(
+                        "missing-port",
+                        "an endpoint on the local target needs a `port`",
+                    )
+                    .at(self.loc(&r.file, r.name_span.clone()))
+                    .help("add `port = 8080` (the local router listens there)"),
                 );
             }
         }
@@ -750,31 +906,57 @@ impl<'s> Ctx<'s> {
             out.error(
                 Diagnostic::error("no-deployments", "endpoint declares no deployments")
                     .at(self.loc(&r.file, r.name_span.clone()))
-                    .help(format!("add `[endpoint.{}.deployments.blue]` with `model = \"model.<name>\"`", r.address.name)),
+                    .help(format!(
+                        "add `[endpoint.{}.deployments.blue]` with `model = \"model.<name>\"`",
+                        r.address.name
+                    )),
             );
         }
         for (name, deployment) in &spec.deployments {
             let d = deployment.get_ref();
             let full = format!("{}-{}", r.address.name, name.get_ref());
             if !is_dns1123_label(name.get_ref()) {
-                out.error(invalid_name(self.loc(&r.file, name.span()), name.get_ref(), "deployment"));
+                out.error(invalid_name(
+                    self.loc(&r.file, name.span()),
+                    name.get_ref(),
+                    "deployment",
+                ));
             } else if full.len() > 63 {
                 out.error(
-                    Diagnostic::error("invalid-name", format!("`{full}` (endpoint-deployment) is longer than 63 characters"))
-                        .at(self.loc(&r.file, name.span()))
-                        .help("Kubernetes names the deployment after both; shorten one"),
+                    Diagnostic::error(
+                        "invalid-name",
+                        format!("`{full}` (endpoint-deployment) is longer than 63 characters"),
+                    )
+                    .at(self.loc(&r.file, name.span()))
+                    .help("Kubernetes names the deployment after both; shorten one"),
                 );
             }
             self.reference(view, r, "model", &d.model, &[Kind::Model], true, out);
             if let Some(compute) = compute {
-                let type_gpus = self.instance_type(r, compute, &compute_name, d.instance_type.as_ref(), out);
-                self.gpus(r, compute, &compute_name, d.gpus.as_ref(), d.replicas(), "replica", type_gpus, out);
+                let type_gpus =
+                    self.instance_type(r, compute, &compute_name, d.instance_type.as_ref(), out);
+                self.gpus(
+                    r,
+                    compute,
+                    &compute_name,
+                    d.gpus.as_ref(),
+                    d.replicas(),
+                    "replica",
+                    type_gpus,
+                    out,
+                );
             }
             if d.replicas() == 0 && spec.weight_of(name.get_ref()) > 0 {
                 out.error(
-                    Diagnostic::error("no-replicas", format!("deployment `{}` has traffic but 0 replicas", name.get_ref()))
-                        .at(self.loc(&r.file, d.replicas.as_ref().map_or(name.span(), |x| x.span())))
-                        .help("give it replicas, or move its traffic to another deployment first"),
+                    Diagnostic::error(
+                        "no-replicas",
+                        format!("deployment `{}` has traffic but 0 replicas", name.get_ref()),
+                    )
+                    .at(self.loc(
+                        &r.file,
+                        d.replicas.as_ref().map_or(name.span(), |x| x.span()),
+                    ))
+                    .help("give it replicas, or move its traffic to another deployment first"),
                 );
             }
         }
@@ -785,18 +967,33 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    fn unknown_deployment(&self, r: &Resource, spec: &EndpointSpec, name: &Spanned<String>, map: &str) -> Diagnostic {
-        let declared: Vec<&str> = spec.deployments.keys().map(|k| k.get_ref().as_str()).collect();
+    fn unknown_deployment(
+        &self,
+        r: &Resource,
+        spec: &EndpointSpec,
+        name: &Spanned<String>,
+        map: &str,
+    ) -> Diagnostic {
+        let declared: Vec<&str> = spec
+            .deployments
+            .keys()
+            .map(|k| k.get_ref().as_str())
+            .collect();
         Diagnostic::error(
             "unknown-deployment",
-            format!("`{map}` names deployment `{}`, which is not declared", name.get_ref()),
+            format!(
+                "`{map}` names deployment `{}`, which is not declared",
+                name.get_ref()
+            ),
         )
         .at(self.loc(&r.file, name.span()))
-        .help(match did_you_mean(name.get_ref(), declared.iter().copied()) {
-            Some(best) => format!("did you mean `{best}`?"),
-            None if declared.is_empty() => "declare deployments first".to_string(),
-            None => format!("declared deployments: {}", declared.join(", ")),
-        })
+        .help(
+            match did_you_mean(name.get_ref(), declared.iter().copied()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None if declared.is_empty() => "declare deployments first".to_string(),
+                None => format!("declared deployments: {}", declared.join(", ")),
+            },
+        )
     }
 
     fn traffic(&self, r: &Resource, spec: &EndpointSpec, out: &mut Out) {
@@ -808,9 +1005,12 @@ impl<'s> Ctx<'s> {
             }
             if *weight.get_ref() > 100 {
                 out.error(
-                    Diagnostic::error("traffic", format!("weight {} is over 100%", weight.get_ref()))
-                        .at(self.loc(&r.file, weight.span()))
-                        .help("weights are percentages from 0 to 100"),
+                    Diagnostic::error(
+                        "traffic",
+                        format!("weight {} is over 100%", weight.get_ref()),
+                    )
+                    .at(self.loc(&r.file, weight.span()))
+                    .help("weights are percentages from 0 to 100"),
                 );
             }
             sum += u64::from(*weight.get_ref());
@@ -822,10 +1022,15 @@ impl<'s> Ctx<'s> {
                 .map(|(k, v)| format!("{} = {}", k.get_ref(), v.get_ref()))
                 .collect();
             out.error(
-                Diagnostic::error("traffic-sum", format!("traffic weights add up to {sum}%, not 100% (or 0%)"))
-                    .at(self.loc(&r.file, traffic.span()))
-                    .label(parts.join(", "))
-                    .help("make the weights add up to 100, or all 0 to take the endpoint out of service"),
+                Diagnostic::error(
+                    "traffic-sum",
+                    format!("traffic weights add up to {sum}%, not 100% (or 0%)"),
+                )
+                .at(self.loc(&r.file, traffic.span()))
+                .label(parts.join(", "))
+                .help(
+                    "make the weights add up to 100, or all 0 to take the endpoint out of service",
+                ),
             );
         }
     }
@@ -835,9 +1040,15 @@ impl<'s> Ctx<'s> {
         let entries = mirror.get_ref();
         if entries.len() > 1 {
             out.error(
-                Diagnostic::error("mirror", format!("traffic is mirrored to {} deployments; at most one is allowed", entries.len()))
-                    .at(self.loc(&r.file, mirror.span()))
-                    .help("mirror to a single deployment, usually the one being tested"),
+                Diagnostic::error(
+                    "mirror",
+                    format!(
+                        "traffic is mirrored to {} deployments; at most one is allowed",
+                        entries.len()
+                    ),
+                )
+                .at(self.loc(&r.file, mirror.span()))
+                .help("mirror to a single deployment, usually the one being tested"),
             );
         }
         for (name, percent) in entries {
@@ -847,9 +1058,12 @@ impl<'s> Ctx<'s> {
             }
             if *percent.get_ref() > 50 {
                 out.error(
-                    Diagnostic::error("mirror", format!("mirror of {}% is over the 50% limit", percent.get_ref()))
-                        .at(self.loc(&r.file, percent.span()))
-                        .help("mirrored traffic doubles the load; copy at most 50%"),
+                    Diagnostic::error(
+                        "mirror",
+                        format!("mirror of {}% is over the 50% limit", percent.get_ref()),
+                    )
+                    .at(self.loc(&r.file, percent.span()))
+                    .help("mirrored traffic doubles the load; copy at most 50%"),
                 );
             }
             let weight = spec.weight_of(name.get_ref());
@@ -866,14 +1080,19 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    fn rollout(&self, r: &Resource, rollout: &Spanned<crate::manifest::RolloutSpec>, out: &mut Out) {
+    fn rollout(
+        &self,
+        r: &Resource,
+        rollout: &Spanned<crate::manifest::RolloutSpec>,
+        out: &mut Out,
+    ) {
         let spec = rollout.get_ref();
         let steps = spec.steps.get_ref();
         let at = || self.loc(&r.file, spec.steps.span());
         let bad = |msg: String| {
-            Diagnostic::error("rollout-steps", msg)
-                .at(at())
-                .help("steps are increasing percentages of traffic ending at 100, e.g. `[10, 50, 100]`")
+            Diagnostic::error("rollout-steps", msg).at(at()).help(
+                "steps are increasing percentages of traffic ending at 100, e.g. `[10, 50, 100]`",
+            )
         };
         if steps.is_empty() {
             out.error(bad("`steps` is empty".into()));
@@ -882,15 +1101,21 @@ impl<'s> Ctx<'s> {
         } else if steps.windows(2).any(|w| w[0] >= w[1]) {
             out.error(bad(format!("steps {steps:?} do not strictly increase")));
         } else if steps.last() != Some(&100) {
-            out.error(bad(format!("steps end at {}%, not 100%", steps.last().unwrap_or(&0))));
+            out.error(bad(format!(
+                "steps end at {}%, not 100%",
+                steps.last().unwrap_or(&0)
+            )));
         }
         if let Some(rate) = &spec.max_error_rate {
             let v = *rate.get_ref();
             if !(0.0..=1.0).contains(&v) {
                 out.error(
-                    Diagnostic::error("invalid-value", format!("max_error_rate {v} is not between 0 and 1"))
-                        .at(self.loc(&r.file, rate.span()))
-                        .help("it is a fraction: 0.01 means 1% of requests"),
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!("max_error_rate {v} is not between 0 and 1"),
+                    )
+                    .at(self.loc(&r.file, rate.span()))
+                    .help("it is a fraction: 0.01 means 1% of requests"),
                 );
             }
         }
@@ -909,20 +1134,39 @@ impl<'s> Ctx<'s> {
     fn serving_capacity(&self, view: &View<'_>, diagnostics: &mut Diagnostics) {
         let mut per_compute: BTreeMap<Address, (u64, u64, Vec<&Resource>)> = BTreeMap::new();
         for r in view.resources {
-            let Spec::Endpoint(spec) = &r.spec else { continue };
-            let Ok(c) = Reference::parse(spec.compute.get_ref()) else { continue };
+            let Spec::Endpoint(spec) = &r.spec else {
+                continue;
+            };
+            let Ok(c) = Reference::parse(spec.compute.get_ref()) else {
+                continue;
+            };
             let address = Address::new(r.address.workspace.clone(), Kind::Compute, c.name);
-            let steady: u64 = spec.deployments.values().map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus())).sum();
-            let surge: u64 = spec.deployments.values().map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus())).max().unwrap_or(0);
+            let steady: u64 = spec
+                .deployments
+                .values()
+                .map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus()))
+                .sum();
+            let surge: u64 = spec
+                .deployments
+                .values()
+                .map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus()))
+                .max()
+                .unwrap_or(0);
             let entry = per_compute.entry(address).or_default();
             entry.0 += steady;
             entry.1 = entry.1.max(surge);
             entry.2.push(r);
         }
         for (address, (steady, surge, endpoints)) in per_compute {
-            let Some(compute) = view.get(&address) else { continue };
-            let Spec::Compute(spec) = &compute.spec else { continue };
-            let Some(quota) = &spec.max_gpus else { continue };
+            let Some(compute) = view.get(&address) else {
+                continue;
+            };
+            let Spec::Compute(spec) = &compute.spec else {
+                continue;
+            };
+            let Some(quota) = &spec.max_gpus else {
+                continue;
+            };
             let quota = u64::from(*quota.get_ref());
             if steady + surge <= quota || steady == 0 || compute_has_no_gpus(spec) {
                 continue;
@@ -939,7 +1183,12 @@ impl<'s> Ctx<'s> {
             .at(self.loc(&last.file, last.name_span.clone()))
             .help("lower replicas or GPUs per replica, or raise the compute's `max_gpus`; a rollout starts the new version beside the old");
             d = d.related(
-                self.loc(&compute.file, spec.max_gpus.as_ref().map_or(compute.name_span.clone(), |m| m.span())),
+                self.loc(
+                    &compute.file,
+                    spec.max_gpus
+                        .as_ref()
+                        .map_or(compute.name_span.clone(), |m| m.span()),
+                ),
                 "quota declared here",
             );
             diagnostics.push(d);
@@ -950,20 +1199,42 @@ impl<'s> Ctx<'s> {
     fn local_ports(&self, view: &View<'_>, diagnostics: &mut Diagnostics) {
         let mut taken: BTreeMap<u16, &Resource> = BTreeMap::new();
         for r in view.resources {
-            let Spec::Endpoint(spec) = &r.spec else { continue };
+            let Spec::Endpoint(spec) = &r.spec else {
+                continue;
+            };
             let Some(port) = &spec.port else { continue };
-            let Ok(c) = Reference::parse(spec.compute.get_ref()) else { continue };
-            let compute = view.get(&Address::new(r.address.workspace.clone(), Kind::Compute, c.name));
-            let Some(Spec::Compute(c)) = compute.map(|c| &c.spec) else { continue };
+            let Ok(c) = Reference::parse(spec.compute.get_ref()) else {
+                continue;
+            };
+            let compute = view.get(&Address::new(
+                r.address.workspace.clone(),
+                Kind::Compute,
+                c.name,
+            ));
+            let Some(Spec::Compute(c)) = compute.map(|c| &c.spec) else {
+                continue;
+            };
             if *c.target.get_ref() != Target::Local {
                 continue;
             }
             if let Some(first) = taken.get(port.get_ref()) {
                 diagnostics.push(
-                    Diagnostic::error("port-conflict", format!("port {} is already used by {}", port.get_ref(), first.address))
-                        .at(self.loc(&r.file, port.span()))
-                        .related(self.loc(&first.file, first.name_span.clone()), "that endpoint is declared here")
-                        .help("endpoints on the local target share this machine; give each its own port"),
+                    Diagnostic::error(
+                        "port-conflict",
+                        format!(
+                            "port {} is already used by {}",
+                            port.get_ref(),
+                            first.address
+                        ),
+                    )
+                    .at(self.loc(&r.file, port.span()))
+                    .related(
+                        self.loc(&first.file, first.name_span.clone()),
+                        "that endpoint is declared here",
+                    )
+                    .help(
+                        "endpoints on the local target share this machine; give each its own port",
+                    ),
                 );
             } else {
                 taken.insert(*port.get_ref(), r);
@@ -975,7 +1246,10 @@ impl<'s> Ctx<'s> {
 fn compute_has_no_gpus(compute: &ComputeSpec) -> bool {
     compute.max_gpus.as_ref().is_some_and(|m| *m.get_ref() == 0)
         || (!compute.instance_types.is_empty()
-            && compute.instance_types.values().all(|t| t.get_ref().gpus == 0))
+            && compute
+                .instance_types
+                .values()
+                .all(|t| t.get_ref().gpus == 0))
 }
 
 fn invalid_name(location: Location, name: &str, what: &str) -> Diagnostic {
@@ -991,11 +1265,15 @@ fn invalid_name(location: Location, name: &str, what: &str) -> Diagnostic {
     let help = if is_dns1123_label(&suggestion) {
         format!("names become Kubernetes names (DNS-1123: lowercase letters, digits and `-`, at most 63); try `{suggestion}`")
     } else {
-        "names become Kubernetes names (DNS-1123: lowercase letters, digits and `-`, at most 63)".to_string()
+        "names become Kubernetes names (DNS-1123: lowercase letters, digits and `-`, at most 63)"
+            .to_string()
     };
-    Diagnostic::error("invalid-name", format!("`{name}` is not a valid {what} name"))
-        .at(location)
-        .help(help)
+    Diagnostic::error(
+        "invalid-name",
+        format!("`{name}` is not a valid {what} name"),
+    )
+    .at(location)
+    .help(help)
 }
 
 fn escape(location: Location, path: &str) -> Diagnostic {

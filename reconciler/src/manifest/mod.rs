@@ -10,6 +10,6 @@ pub mod source;
 pub mod units;
 
 pub use model::*;
-pub use parse::{Declared, ParsedFile, Spec, parse_file};
-pub use source::{EntryKind, Error, Origin, Snapshot, SourceFile, load_folder, load_revision};
+pub use parse::{parse_file, Declared, ParsedFile, Spec};
+pub use source::{load_folder, load_revision, EntryKind, Error, Origin, Snapshot, SourceFile};
 pub use units::{Duration, Quantity};

@@ -105,7 +105,9 @@ pub struct ComputeSpec {
 
 impl ComputeSpec {
     pub fn has_role(&self, role: Role) -> bool {
-        self.roles.as_ref().is_none_or(|r| r.get_ref().contains(&role))
+        self.roles
+            .as_ref()
+            .is_none_or(|r| r.get_ref().contains(&role))
     }
 }
 

@@ -6,15 +6,15 @@
 
 use std::ops::Range;
 
-use serde::Deserialize;
 use serde::de::IntoDeserializer;
-use toml::Spanned;
+use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use super::model::{ComputeSpec, DatasetSpec, EndpointSpec, JobSpec, ModelSpec, WorkspaceSpec};
 use super::source::SourceFile;
 use crate::address::{Address, Kind};
-use crate::diagnostics::{Diagnostic, LineIndex, Location, did_you_mean};
+use crate::diagnostics::{did_you_mean, Diagnostic, LineIndex, Location};
 use std::cell::OnceCell;
 
 /// Tables and arrays nested deeper than this are refused before parsing, so no input can
@@ -63,7 +63,14 @@ pub struct ParsedFile {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-const KIND_TABLES: [&str; 6] = ["workspace", "compute", "dataset", "job", "model", "endpoint"];
+const KIND_TABLES: [&str; 6] = [
+    "workspace",
+    "compute",
+    "dataset",
+    "job",
+    "model",
+    "endpoint",
+];
 
 /// Parses one manifest file.
 pub fn parse_file(file: &SourceFile) -> ParsedFile {
@@ -104,7 +111,8 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
                 .help(if file.path.ends_with("/workspace.toml") {
                     "a workspace.toml starts with a `[workspace]` table".to_string()
                 } else {
-                    "add a resource table such as `[dataset.<name>]`, or delete the file".to_string()
+                    "add a resource table such as `[dataset.<name>]`, or delete the file"
+                        .to_string()
                 }),
         );
     }
@@ -120,7 +128,9 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
                     .at(at(key_span))
                     .label("unknown table")
                     .help(match did_you_mean(&key, KIND_TABLES) {
-                        Some(k) => format!("did you mean `{k}`? Tables are: {}", KIND_TABLES.join(", ")),
+                        Some(k) => {
+                            format!("did you mean `{k}`? Tables are: {}", KIND_TABLES.join(", "))
+                        }
                         None => format!("top-level tables are: {}", KIND_TABLES.join(", ")),
                     }),
             );
@@ -130,14 +140,21 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
             saw_workspace = true;
             if !is_workspace_file {
                 out.diagnostics.push(
-                    Diagnostic::error("misplaced-workspace", "`[workspace]` belongs in workspace.toml")
-                        .at(at(key_span))
-                        .help(format!("move this table to `{}/workspace.toml`", file.workspace)),
+                    Diagnostic::error(
+                        "misplaced-workspace",
+                        "`[workspace]` belongs in workspace.toml",
+                    )
+                    .at(at(key_span))
+                    .help(format!(
+                        "move this table to `{}/workspace.toml`",
+                        file.workspace
+                    )),
                 );
                 continue;
             }
             let address = Address::workspace(file.workspace.clone());
-            if let Some(spec) = deserialize::<WorkspaceSpec>(at, value, kind, &mut out.diagnostics) {
+            if let Some(spec) = deserialize::<WorkspaceSpec>(at, value, kind, &mut out.diagnostics)
+            {
                 out.resources.push(Declared {
                     address,
                     file: file.path.clone(),
@@ -150,9 +167,12 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
         let value_span = value.span();
         let DeValue::Table(entries) = value.into_inner() else {
             out.diagnostics.push(
-                Diagnostic::error("not-a-table", format!("`{kind}` must be a table of named resources"))
-                    .at(at(value_span))
-                    .help(format!("declare each one as `[{kind}.<name>]`")),
+                Diagnostic::error(
+                    "not-a-table",
+                    format!("`{kind}` must be a table of named resources"),
+                )
+                .at(at(value_span))
+                .help(format!("declare each one as `[{kind}.<name>]`")),
             );
             continue;
         };
@@ -161,11 +181,17 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
             let name = name.into_inner().into_owned();
             let address = Address::new(file.workspace.clone(), kind, name);
             let spec = match kind {
-                Kind::Compute => deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Compute),
-                Kind::Dataset => deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Dataset),
+                Kind::Compute => {
+                    deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Compute)
+                }
+                Kind::Dataset => {
+                    deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Dataset)
+                }
                 Kind::Job => deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Job),
                 Kind::Model => deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Model),
-                Kind::Endpoint => deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Endpoint),
+                Kind::Endpoint => {
+                    deserialize(at, body, kind, &mut out.diagnostics).map(Spec::Endpoint)
+                }
                 Kind::Workspace => unreachable!("handled above"),
             };
             if let Some(spec) = spec {
@@ -178,11 +204,17 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
             }
         }
     }
-    if is_workspace_file && !saw_workspace && !out.diagnostics.iter().any(|d| d.code == "empty-file") {
+    if is_workspace_file
+        && !saw_workspace
+        && !out.diagnostics.iter().any(|d| d.code == "empty-file")
+    {
         out.diagnostics.push(
-            Diagnostic::error("missing-workspace-table", "workspace.toml has no `[workspace]` table")
-                .at(at(0..0))
-                .help("add `[workspace]` with at least `environment = \"dev\"`"),
+            Diagnostic::error(
+                "missing-workspace-table",
+                "workspace.toml has no `[workspace]` table",
+            )
+            .at(at(0..0))
+            .help("add `[workspace]` with at least `environment = \"dev\"`"),
         );
     }
     out
@@ -200,7 +232,9 @@ fn deserialize<T: for<'de> Deserialize<'de>>(
             Diagnostic::error("not-a-table", format!("a {kind} must be a table"))
                 .at(at(span))
                 .label(format!("found {}", value.get_ref().type_str()))
-                .help(format!("write it as a `[{kind}.<name>]` section with fields")),
+                .help(format!(
+                    "write it as a `[{kind}.<name>]` section with fields"
+                )),
         );
         return None;
     }
@@ -234,8 +268,8 @@ fn toml_error(
         (Some(_), Some((head, _))) => head,
         _ => first,
     };
-    let mut diagnostic = Diagnostic::error(code, headline.trim_end_matches('.').to_string())
-        .at(at(span));
+    let mut diagnostic =
+        Diagnostic::error(code, headline.trim_end_matches('.').to_string()).at(at(span));
     if !rest.trim().is_empty() {
         diagnostic = diagnostic.label(rest.trim().to_string());
     }
@@ -243,7 +277,9 @@ fn toml_error(
         diagnostic = diagnostic.help(help);
     } else if first.starts_with("missing field") {
         if let Some((kind, _)) = context {
-            diagnostic = diagnostic.help(format!("add it to this {kind}; the README's manifest reference lists every field"));
+            diagnostic = diagnostic.help(format!(
+                "add it to this {kind}; the README's manifest reference lists every field"
+            ));
         }
     }
     diagnostic
@@ -260,11 +296,7 @@ fn unknown_name_hint(message: &str) -> Option<String> {
         return None;
     };
     let (given, expected) = rest.split_once('`')?;
-    let allowed: Vec<&str> = expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .collect();
+    let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     if allowed.is_empty() {
         return Some(format!("no {what} are allowed here"));
     }
@@ -293,13 +325,21 @@ fn too_deep(text: &str, limit: usize) -> Option<Range<usize>> {
                 if triple {
                     i += 3;
                     while i < bytes.len() && !bytes[i..].starts_with(&[quote; 3]) {
-                        i += if quote == b'"' && bytes[i] == b'\\' { 2 } else { 1 };
+                        i += if quote == b'"' && bytes[i] == b'\\' {
+                            2
+                        } else {
+                            1
+                        };
                     }
                     i += 2;
                 } else {
                     i += 1;
                     while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
-                        i += if quote == b'"' && bytes[i] == b'\\' { 2 } else { 1 };
+                        i += if quote == b'"' && bytes[i] == b'\\' {
+                            2
+                        } else {
+                            1
+                        };
                     }
                 }
             }
@@ -359,7 +399,11 @@ mod tests {
 
     #[test]
     fn hints_the_closest_field() {
-        let hint = unknown_name_hint("unknown field `gpu`, expected one of `compute`, `gpus`, `retries`");
-        assert_eq!(hint.as_deref(), Some("did you mean `gpus`? Allowed fields: compute, gpus, retries"));
+        let hint =
+            unknown_name_hint("unknown field `gpu`, expected one of `compute`, `gpus`, `retries`");
+        assert_eq!(
+            hint.as_deref(),
+            Some("did you mean `gpus`? Allowed fields: compute, gpus, retries")
+        );
     }
 }

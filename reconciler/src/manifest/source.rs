@@ -105,7 +105,11 @@ impl Origin {
                 ..
             } => {
                 let short = &commit[..commit.len().min(7)];
-                let dir = if subdir.is_empty() { "." } else { subdir.as_str() };
+                let dir = if subdir.is_empty() {
+                    "."
+                } else {
+                    subdir.as_str()
+                };
                 if rev.starts_with(short) {
                     format!("{dir} at {short}")
                 } else {
@@ -320,9 +324,9 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
                 continue;
             }
             let mut bytes = Vec::with_capacity(size as usize);
-            match std::fs::File::open(&path).and_then(|f| {
-                f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)
-            }) {
+            match std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
+            {
                 Ok(_) if bytes.len() as u64 > MAX_MANIFEST_BYTES => {
                     problems.push(too_large(&rel, bytes.len() as u64))
                 }
@@ -405,80 +409,90 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
         rev: rev.to_string(),
         source,
     };
-    let repo_dir = repo
-        .workdir()
-        .unwrap_or_else(|| repo.path())
-        .to_path_buf();
+    let repo_dir = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
     let subdir = subdir_in_repo(path, &repo_dir);
     let (commit_id, tree_id, files, workspaces, problems) = {
-    let commit = repo
-        .revparse_single(rev)
-        .and_then(|o| o.peel_to_commit())
-        .map_err(|source| Error::RevisionNotFound {
-            rev: rev.to_string(),
-            repo: repo_dir.clone(),
-            source,
-        })?;
-    let commit_id = commit.id().to_string();
-    let root_tree = commit.tree().map_err(git)?;
-    let tree = if subdir.is_empty() {
-        root_tree
-    } else {
-        root_tree
-            .get_path(Path::new(&subdir))
-            .and_then(|e| e.to_object(&repo))
-            .and_then(|o| o.peel_to_tree())
-            .map_err(|_| Error::NotInRevision {
-                path: subdir.clone(),
+        let commit = repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| Error::RevisionNotFound {
                 rev: rev.to_string(),
-            })?
-    };
-
-    let mut files = Vec::new();
-    let mut workspaces = Vec::new();
-    let mut problems = Vec::new();
-    let mut stray = Vec::new();
-    for entry in tree.iter() {
-        let Some(name) = entry.name().map(str::to_string) else {
-            continue;
+                repo: repo_dir.clone(),
+                source,
+            })?;
+        let commit_id = commit.id().to_string();
+        let root_tree = commit.tree().map_err(git)?;
+        let tree = if subdir.is_empty() {
+            root_tree
+        } else {
+            root_tree
+                .get_path(Path::new(&subdir))
+                .and_then(|e| e.to_object(&repo))
+                .and_then(|o| o.peel_to_tree())
+                .map_err(|_| Error::NotInRevision {
+                    path: subdir.clone(),
+                    rev: rev.to_string(),
+                })?
         };
-        if is_hidden(&name) {
-            continue;
-        }
-        match entry.kind() {
-            Some(git2::ObjectType::Tree) => {
-                let dir = entry
-                    .to_object(&repo)
-                    .and_then(|o| o.peel_to_tree())
-                    .map_err(git)?;
-                for file in dir.iter() {
-                    let Some(file_name) = file.name() else { continue };
-                    if !is_manifest_name(file_name) || file.kind() != Some(git2::ObjectType::Blob) {
-                        continue;
-                    }
-                    if file_name == "workspace.toml" {
-                        workspaces.push(name.clone());
-                    }
-                    let rel = format!("{name}/{file_name}");
-                    let blob = file.to_object(&repo).and_then(|o| o.peel_to_blob()).map_err(git)?;
-                    if blob.size() as u64 > MAX_MANIFEST_BYTES {
-                        problems.push(too_large(&rel, blob.size() as u64));
-                        continue;
-                    }
-                    accept_file(&mut files, &mut problems, rel, &name, blob.content().to_vec());
-                }
-            }
-            Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
-            _ => {}
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    workspaces.sort();
-    stray.sort();
-    let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
-    add_layout_problems(&mut problems, &stray, root_is_workspace);
 
-    (commit_id, tree.id(), files, workspaces, problems)
+        let mut files = Vec::new();
+        let mut workspaces = Vec::new();
+        let mut problems = Vec::new();
+        let mut stray = Vec::new();
+        for entry in tree.iter() {
+            let Some(name) = entry.name().map(str::to_string) else {
+                continue;
+            };
+            if is_hidden(&name) {
+                continue;
+            }
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    let dir = entry
+                        .to_object(&repo)
+                        .and_then(|o| o.peel_to_tree())
+                        .map_err(git)?;
+                    for file in dir.iter() {
+                        let Some(file_name) = file.name() else {
+                            continue;
+                        };
+                        if !is_manifest_name(file_name)
+                            || file.kind() != Some(git2::ObjectType::Blob)
+                        {
+                            continue;
+                        }
+                        if file_name == "workspace.toml" {
+                            workspaces.push(name.clone());
+                        }
+                        let rel = format!("{name}/{file_name}");
+                        let blob = file
+                            .to_object(&repo)
+                            .and_then(|o| o.peel_to_blob())
+                            .map_err(git)?;
+                        if blob.size() as u64 > MAX_MANIFEST_BYTES {
+                            problems.push(too_large(&rel, blob.size() as u64));
+                            continue;
+                        }
+                        accept_file(
+                            &mut files,
+                            &mut problems,
+                            rel,
+                            &name,
+                            blob.content().to_vec(),
+                        );
+                    }
+                }
+                Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
+                _ => {}
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        workspaces.sort();
+        stray.sort();
+        let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
+        add_layout_problems(&mut problems, &stray, root_is_workspace);
+
+        (commit_id, tree.id(), files, workspaces, problems)
     };
     Ok(Snapshot {
         origin: Origin::Revision {
@@ -541,7 +555,10 @@ mod tests {
 
     #[test]
     fn joins_paths_inside_the_root() {
-        assert_eq!(join_inside("ws", "data/loans/").as_deref(), Some("ws/data/loans"));
+        assert_eq!(
+            join_inside("ws", "data/loans/").as_deref(),
+            Some("ws/data/loans")
+        );
         assert_eq!(join_inside("ws", "./a/../b").as_deref(), Some("ws/b"));
         assert_eq!(join_inside("ws", "../other/x").as_deref(), Some("other/x"));
         assert_eq!(join_inside("ws", "../../etc"), None);

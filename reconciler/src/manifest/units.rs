@@ -106,11 +106,23 @@ impl FromStr for Quantity {
             _ => return Err(bad()),
         };
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty() && frac.is_empty() || frac.contains('.') || whole.len() > 20 || frac.len() > 9 {
+        if whole.is_empty() && frac.is_empty()
+            || frac.contains('.')
+            || whole.len() > 20
+            || frac.len() > 9
+        {
             return Err(bad());
         }
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
-        let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        let frac_value: u128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| bad())?
+        };
         let scale = 10u128.pow(frac.len() as u32);
         let millis = whole
             .checked_mul(multiplier_millis)
@@ -142,7 +154,9 @@ impl<'de> Deserialize<'de> for Quantity {
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
                 if v < 0 {
-                    return Err(E::custom(format!("invalid quantity {v}: must not be negative")));
+                    return Err(E::custom(format!(
+                        "invalid quantity {v}: must not be negative"
+                    )));
                 }
                 v.to_string().parse().map_err(E::custom)
             }
@@ -167,7 +181,10 @@ mod tests {
     #[test]
     fn parses_durations() {
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
-        assert_eq!("1h30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            "1h30m".parse::<Duration>().unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!("20m".parse::<Duration>().unwrap().to_string(), "20m");
         assert!("30".parse::<Duration>().is_err());
         assert!("soon".parse::<Duration>().is_err());

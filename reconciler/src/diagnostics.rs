@@ -276,12 +276,22 @@ pub fn did_you_mean<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    // Edit distance catches swapped letters in short names (`cvs` → `csv`), which
+    // Jaro-Winkler misses; Jaro-Winkler catches shared prefixes in long ones.
+    let allowed_edits = (input.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(input, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-        .map(|(_, c)| c)
+        .filter_map(|c| {
+            let edits = strsim::osa_distance(input, c);
+            let similar = strsim::jaro_winkler(input, c);
+            (edits <= allowed_edits || similar > 0.85).then_some((edits, -similar, c))
+        })
+        .min_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then_with(|| a.2.cmp(b.2))
+        })
+        .map(|(_, _, c)| c)
 }
 
 #[cfg(test)]
@@ -309,5 +319,7 @@ mod tests {
             Some("gpu-east")
         );
         assert_eq!(did_you_mean("zzz", ["gpu-east", "cpu"]), None);
+        assert_eq!(did_you_mean("cvs", ["csv", "tsv", "json"]), Some("csv"));
+        assert_eq!(did_you_mean("gpu", ["compute", "gpus", "retries"]), Some("gpus"));
     }
 }

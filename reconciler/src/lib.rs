@@ -22,6 +22,7 @@ pub mod diagnostics;
 pub mod events;
 pub mod manifest;
 pub mod plan;
+pub mod workload; // TEMP(workload helper)
 pub mod render;
 
 pub use address::{Address, Kind, Reference};

@@ -23,11 +23,9 @@ use crate::{cairn, diagnostics, first_error, test_dir, Run};
 /// The corpus must not shrink by accident.
 const MIN_CASES: usize = 30;
 
-/// Cases whose text output names a different column than the JSON: the snippet headers
-/// drawn by miette count bytes, the JSON counts characters, so they differ after non-ASCII
-/// text on the line. A known bug in the renderer; when it is fixed, this check says so and
-/// the case is to be removed from here.
-const KNOWN_TEXT_COLUMN_MISMATCH: &[&str] = &["unicode-before-error"];
+/// Cases whose text output may name a different column than the JSON. None: the renderer
+/// counts characters, as the JSON does (`unicode-before-error` checks it).
+const KNOWN_TEXT_COLUMN_MISMATCH: &[&str] = &[];
 
 fn corpus_dir() -> PathBuf {
     test_dir().join("fixtures").join("invalid")

@@ -542,3 +542,38 @@ fn blobs_in_a_revision_get_the_file_checks() {
         "--rev HEAD reports what the folder reports"
     );
 }
+
+#[test]
+fn a_committed_link_out_of_the_root_is_refused_at_a_revision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repository::init(tmp.path()).unwrap();
+    let manifests = tmp.path().join("manifests");
+    copy_tree(&example_manifests(), &manifests);
+    // Replace the loans folder by a link to a folder outside the repository, and commit
+    // the link itself (Git stores the target path, not the data).
+    let loans = manifests.join("credit-risk").join("data").join("loans");
+    fs::remove_dir_all(&loans).unwrap();
+    std::os::unix::fs::symlink("/etc", &loans).unwrap();
+    commit_all(&repo, "Point the data at /etc");
+
+    for args in [
+        vec!["validate", "manifests", "--format", "json"],
+        vec!["validate", "manifests", "--rev", "HEAD", "--format", "json"],
+    ] {
+        let run = Run::of(cairn(tmp.path()).args(&args));
+        run.expect_exit(1, "the link leaves the root");
+        let report = run.json("link");
+        let first = first_error(&report).unwrap();
+        assert_eq!(first["code"], "path-escape", "{args:?}: {report:#}");
+        assert_eq!(first["location"]["file"], "credit-risk/data.toml");
+    }
+
+    // A link that stays inside the root is followed at a revision too.
+    fs::remove_file(&loans).unwrap();
+    let real = manifests.join("credit-risk").join("data").join("real");
+    copy_tree(&example_manifests().join("credit-risk/data/loans"), &real);
+    std::os::unix::fs::symlink("real", &loans).unwrap();
+    commit_all(&repo, "Point the data at a folder inside");
+    let run = Run::of(cairn(tmp.path()).args(["validate", "manifests", "--rev", "HEAD"]));
+    run.expect_exit(0, "the link stays inside the root");
+}

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use miette::{
-    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report,
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, MietteError,
+    MietteSpanContents, Report, SourceCode, SourceSpan, SpanContents,
 };
 use owo_colors::OwoColorize;
 
@@ -13,6 +14,52 @@ use cairn::diagnostics::{Diagnostic, Diagnostics, Severity};
 use cairn::manifest::Snapshot;
 
 use super::{CommandError, Output};
+
+/// Lines longer than this are not drawn as snippets.
+const MAX_SNIPPET_LINE: usize = 400;
+
+fn line_around(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    &text[start..end]
+}
+
+/// A named source whose columns count characters, as the JSON output and editors do
+/// (miette's own count bytes).
+#[derive(Debug)]
+struct CharColumns {
+    name: String,
+    text: String,
+}
+
+impl SourceCode for CharColumns {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let inner = self.text.as_str().read_span(span, before, after)?;
+        let column = if before == 0 {
+            let start = span.offset().min(self.text.len());
+            let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+            self.text
+                .get(line_start..start)
+                .map_or(inner.column(), |s| s.chars().count())
+        } else {
+            inner.column()
+        };
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            column,
+            inner.line_count(),
+        )))
+    }
+}
 
 /// Renders one diagnostic with its source snippet, as miette draws it.
 pub fn diagnostic_text(snapshot: &Snapshot, d: &Diagnostic, color: bool) -> String {
@@ -25,7 +72,12 @@ pub fn diagnostic_text(snapshot: &Snapshot, d: &Diagnostic, color: bool) -> Stri
     let mut help = d.help.clone();
     let mut source = None;
     if let Some(location) = &d.location {
-        match snapshot.text(&location.file) {
+        // A snippet of a huge line (a generated or minified file) would flood the
+        // terminal; such findings show the location only.
+        let text = snapshot
+            .text(&location.file)
+            .filter(|text| line_around(text, location.span.start).len() <= MAX_SNIPPET_LINE);
+        match text {
             Some(text) => {
                 let mut labels = vec![LabeledSpan::new_primary_with_span(
                     d.label.clone(),
@@ -40,10 +92,16 @@ pub fn diagnostic_text(snapshot: &Snapshot, d: &Diagnostic, color: bool) -> Stri
                     }
                 }
                 diag = diag.with_labels(labels);
-                source = Some(NamedSource::new(&location.file, text.to_string()));
+                source = Some(CharColumns {
+                    name: location.file.clone(),
+                    text: text.to_string(),
+                });
             }
             None => {
-                diag.message = format!("{location}: {}", d.message);
+                diag.message = match &d.label {
+                    Some(label) => format!("{location}: {} ({label})", d.message),
+                    None => format!("{location}: {}", d.message),
+                };
             }
         }
     }

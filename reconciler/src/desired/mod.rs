@@ -119,12 +119,14 @@ pub fn resolve(snapshot: &Snapshot) -> Result<Resolved, Diagnostics> {
     let parsed: Vec<_> = snapshot.files.par_iter().map(parse_file).collect();
     let mut diagnostics: Diagnostics = snapshot.problems.iter().cloned().collect();
     let mut declared: Vec<Declared> = Vec::new();
+    let mut broken: std::collections::HashSet<Address> = std::collections::HashSet::new();
     for file in parsed {
         diagnostics.extend(file.diagnostics.into_iter().collect());
         declared.extend(file.resources);
+        broken.extend(file.broken);
     }
 
-    let (resources, index) = validate::check(snapshot, declared, &mut diagnostics);
+    let (resources, index) = validate::check(snapshot, declared, &broken, &mut diagnostics);
     let order = graph::order(snapshot, &resources, &index, &mut diagnostics);
 
     diagnostics.sort();

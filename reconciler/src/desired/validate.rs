@@ -8,13 +8,13 @@
 //! the manifests root; job outputs and model lineage agree.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use toml::Spanned;
 
 use super::{Dependency, Resource};
-use crate::address::{is_dns1123_label, Address, Kind, Reference};
+use crate::address::{is_dns1123_label, Address, Kind, Reference, ReferenceError};
 use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics, LineIndex, Location};
 use crate::manifest::source::join_inside;
 use crate::manifest::{
@@ -27,6 +27,7 @@ use crate::manifest::{
 pub(super) fn check(
     snapshot: &Snapshot,
     declared: Vec<Declared>,
+    broken: &HashSet<Address>,
     diagnostics: &mut Diagnostics,
 ) -> (Vec<Resource>, HashMap<Address, usize>) {
     let ctx = Ctx::new(snapshot);
@@ -66,7 +67,7 @@ pub(super) fn check(
         });
     }
 
-    let view = View::new(&resources, &index);
+    let view = View::new(&resources, &index, broken);
     let mut all_deps = Vec::with_capacity(resources.len());
     for r in &resources {
         let mut out = Out::default();
@@ -137,10 +138,16 @@ struct View<'a> {
     index: &'a HashMap<Address, usize>,
     /// Names of each kind in each workspace, sorted, for did-you-mean hints.
     names: HashMap<&'a str, HashMap<Kind, Vec<&'a str>>>,
+    /// Declared but unreadable: already reported, so references to them stay quiet.
+    broken: &'a HashSet<Address>,
 }
 
 impl<'a> View<'a> {
-    fn new(resources: &'a [Resource], index: &'a HashMap<Address, usize>) -> View<'a> {
+    fn new(
+        resources: &'a [Resource],
+        index: &'a HashMap<Address, usize>,
+        broken: &'a HashSet<Address>,
+    ) -> View<'a> {
         let mut names: HashMap<&str, HashMap<Kind, Vec<&str>>> = HashMap::new();
         for r in resources {
             names
@@ -157,6 +164,7 @@ impl<'a> View<'a> {
             resources,
             index,
             names,
+            broken,
         }
     }
 
@@ -230,7 +238,8 @@ impl<'s> Ctx<'s> {
                 diagnostics.push(invalid_name(location, folder, "workspace folder"));
             }
         }
-        if self.snapshot.workspaces.is_empty() && self.snapshot.files.is_empty() {
+        let layout_reported = self.snapshot.problems.iter().any(|p| p.code == "layout");
+        if self.snapshot.workspaces.is_empty() && self.snapshot.files.is_empty() && !layout_reported {
             diagnostics.push(
                 Diagnostic::error("no-workspaces", "no workspace found")
                     .help("a manifests root holds one folder per workspace, each with a workspace.toml; see `manifests/` in the Cairn repository"),
@@ -259,12 +268,25 @@ impl<'s> Ctx<'s> {
         let reference = match Reference::parse(text) {
             Ok(r) => r,
             Err(err) => {
-                let suggestion = expected.first().map(|k| {
-                    format!(
-                        "write `{k}.<name>`, e.g. `{k}.{}`",
-                        text.rsplit('.').next().unwrap_or(text)
-                    )
-                });
+                let suggestion = match err {
+                    ReferenceError::CrossWorkspace => {
+                        "references stay inside their workspace: declare what you need in this workspace (a dataset can point at the same source)".to_string()
+                    }
+                    ReferenceError::EmptyPin => {
+                        let base = text.trim_end_matches('@');
+                        format!("write a version after `@` (`{base}@<version>`), or drop the `@` to follow the newest version")
+                    }
+                    ReferenceError::Shape | ReferenceError::UnknownKind(_) => {
+                        let name = text.rsplit('.').next().unwrap_or(text);
+                        let kind = expected[0];
+                        // A misspelt kind (`datset.loans`) gets the right one back.
+                        let typed_kind = text.split_once('.').map(|(k, _)| k);
+                        let kind = typed_kind
+                            .and_then(|k| did_you_mean(k, expected.iter().map(|k| k.as_str())))
+                            .unwrap_or(kind.as_str());
+                        format!("write `{kind}.<name>`, e.g. `{kind}.{name}`")
+                    }
+                };
                 out.error(
                     Diagnostic::error(
                         "invalid-reference",
@@ -272,7 +294,7 @@ impl<'s> Ctx<'s> {
                     )
                     .at(self.loc(&from.file, span.clone()))
                     .label(format!("`{field}` expects a {expected_names}"))
-                    .maybe_help(suggestion),
+                    .help(suggestion),
                 );
                 return None;
             }
@@ -321,6 +343,9 @@ impl<'s> Ctx<'s> {
         }
         let address = Address::new(ws, reference.kind, reference.name.clone());
         let Some(target) = view.get(&address) else {
+            if view.broken.contains(&address) {
+                return None;
+            }
             let names = view.names(ws, reference.kind);
             let help = match did_you_mean(&reference.name, names.iter().copied()) {
                 Some(best) => format!("did you mean `{}.{best}`?", reference.kind),
@@ -641,7 +666,10 @@ impl<'s> Ctx<'s> {
             out.error(
                 Diagnostic::error(
                     "no-gpus",
-                    format!("compute.{compute_name} has no GPUs, but {per_unit} are requested"),
+                    format!(
+                        "compute.{compute_name} has no GPUs, but {per_unit} {} requested",
+                        if per_unit == 1 { "is" } else { "are" }
+                    ),
                 )
                 .at(at())
                 .label("GPUs requested here")
@@ -717,7 +745,8 @@ impl<'s> Ctx<'s> {
             if *instances.get_ref() == 0 {
                 out.error(
                     Diagnostic::error("invalid-value", "`instances` must be at least 1")
-                        .at(self.loc(&r.file, instances.span())),
+                        .at(self.loc(&r.file, instances.span()))
+                        .help("use `instances = 1` for a single-machine job; remove the job to stop running it"),
                 );
             }
         }
@@ -741,7 +770,7 @@ impl<'s> Ctx<'s> {
                 );
             }
             for (field, names) in [("inputs", &spec.inputs), ("outputs", &spec.outputs)] {
-                for name in placeholders(command.get_ref(), field) {
+                for (name, span) in placeholders(command.get_ref(), field) {
                     if !names.contains_key(name.as_str()) {
                         let declared: Vec<&str> =
                             names.keys().map(|k| k.get_ref().as_str()).collect();
@@ -750,7 +779,7 @@ impl<'s> Ctx<'s> {
                                 "unknown-placeholder",
                                 format!("`{{{{ {field}.{name} }}}}` names no declared {}", &field[..field.len() - 1]),
                             )
-                            .at(self.loc(&r.file, command.span()))
+                            .at(self.loc(&r.file, span))
                             .help(match did_you_mean(&name, declared.iter().copied()) {
                                 Some(best) => format!("did you mean `{{{{ {field}.{best} }}}}`?"),
                                 None => format!("declare it in `{field}`, e.g. `{field} = {{ {name} = \"…\" }}`"),
@@ -782,8 +811,9 @@ impl<'s> Ctx<'s> {
             let Spec::Model(m) = &model.spec else {
                 continue;
             };
-            // The model depends on the job, not the other way round.
-            out.deps.retain(|d| d.address != model.address);
+            // The model depends on the job, not the other way round: drop the edge the
+            // output reference just added (an input of the same model keeps its own).
+            out.deps.pop();
             let produced_by_this_job = m
                 .from_job
                 .as_ref()
@@ -1112,7 +1142,7 @@ impl<'s> Ctx<'s> {
                 out.error(
                     Diagnostic::error(
                         "invalid-value",
-                        format!("max_error_rate {v} is not between 0 and 1"),
+                        format!("max_error_rate {v:?} is not between 0 and 1"),
                     )
                     .at(self.loc(&r.file, rate.span()))
                     .help("it is a fraction: 0.01 means 1% of requests"),
@@ -1123,7 +1153,8 @@ impl<'s> Ctx<'s> {
             if *p99.get_ref() == 0 {
                 out.error(
                     Diagnostic::error("invalid-value", "max_p99_ms must be above 0")
-                        .at(self.loc(&r.file, p99.span())),
+                        .at(self.loc(&r.file, p99.span()))
+                        .help("the p99 latency gate in milliseconds, e.g. `max_p99_ms = 250`; remove it to roll out without a latency gate"),
                 );
             }
         }
@@ -1283,17 +1314,18 @@ fn escape(location: Location, path: &str) -> Diagnostic {
         .help("paths from manifests must stay inside the manifests root; copy the data in, or use an `s3://` URL")
 }
 
-/// Returns the names used as `{{ <field>.<name> }}` in a command.
-fn placeholders(command: &[String], field: &str) -> Vec<String> {
+/// Returns the names used as `{{ <field>.<name> }}` in a command, with the span of the
+/// argument that holds each.
+fn placeholders(command: &[Spanned<String>], field: &str) -> Vec<(String, Range<usize>)> {
     let mut names = Vec::new();
     for arg in command {
-        let mut rest = arg.as_str();
+        let mut rest = arg.get_ref().as_str();
         while let Some(start) = rest.find("{{") {
             let after = &rest[start + 2..];
             let Some(end) = after.find("}}") else { break };
             let inner = after[..end].trim();
             if let Some(name) = inner.strip_prefix(field).and_then(|s| s.strip_prefix('.')) {
-                names.push(name.trim().to_string());
+                names.push((name.trim().to_string(), arg.span()));
             }
             rest = &after[end + 2..];
         }

@@ -217,7 +217,7 @@ pub struct JobSpec {
     /// Command and arguments; `{{ inputs.<name> }}` and `{{ outputs.<name> }}` expand to
     /// paths. Required on the local target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Spanned<Vec<String>>>,
+    pub command: Option<Spanned<Vec<SpannedStr>>>,
     /// Input name → `dataset.<name>` or `model.<name>`, optionally pinned.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: SpannedMap<String>,

@@ -60,6 +60,9 @@ pub struct Declared {
 #[derive(Debug, Default)]
 pub struct ParsedFile {
     pub resources: Vec<Declared>,
+    /// Resources whose table was found but could not be read; references to them are
+    /// not reported again as unresolved.
+    pub broken: Vec<Address>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -194,13 +197,14 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
                 }
                 Kind::Workspace => unreachable!("handled above"),
             };
-            if let Some(spec) = spec {
-                out.resources.push(Declared {
+            match spec {
+                Some(spec) => out.resources.push(Declared {
                     address,
                     file: file.path.clone(),
                     name_span,
                     spec,
-                });
+                }),
+                None => out.broken.push(address),
             }
         }
     }
@@ -264,25 +268,82 @@ fn toml_error(
         .unwrap_or(0..0);
     let hint = unknown_name_hint(first);
     // The hint lists the allowed names; the message keeps just the offending one.
-    let headline = match (&hint, first.split_once(", expected")) {
-        (Some(_), Some((head, _))) => head,
-        _ => first,
+    let mut headline = match (&hint, first.split_once(", expected")) {
+        (Some(_), Some((head, _))) => head.to_string(),
+        _ => first.to_string(),
     };
+    let mut help = hint;
+    if help.is_none() {
+        if let Some((message, advice)) = type_hint(first) {
+            headline = message;
+            help = Some(advice);
+        } else if let Some((message, advice)) = unit_hint(first) {
+            headline = message;
+            help = Some(advice);
+        } else if first.starts_with("missing field") {
+            help = context.as_ref().map(|(kind, _)| {
+                format!("add it to this {kind}; the README's manifest reference lists every field")
+            });
+        } else if first.starts_with("duplicate key") {
+            help = Some("a key can appear once per table; remove or rename one".into());
+        } else if code == "toml" {
+            help = Some(
+                "TOML: strings in double quotes, one `key = value` per line, resources as `[kind.name]` tables".into(),
+            );
+        }
+    }
     let mut diagnostic =
         Diagnostic::error(code, headline.trim_end_matches('.').to_string()).at(at(span));
     if !rest.trim().is_empty() {
         diagnostic = diagnostic.label(rest.trim().to_string());
     }
-    if let Some(help) = hint {
-        diagnostic = diagnostic.help(help);
-    } else if first.starts_with("missing field") {
-        if let Some((kind, _)) = context {
-            diagnostic = diagnostic.help(format!(
-                "add it to this {kind}; the README's manifest reference lists every field"
-            ));
+    diagnostic.maybe_help(help)
+}
+
+/// Rewrites serde's type errors ("invalid type: string \"four\", expected u32") in words a
+/// manifest author uses, with advice.
+fn type_hint(message: &str) -> Option<(String, String)> {
+    let (found, expected) = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        rest.rsplit_once(", expected ")?
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        rest.rsplit_once(", expected ")?
+    } else {
+        return None;
+    };
+    let wanted = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number",
+        "i8" | "i16" | "i32" | "i64" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "`true` or `false`",
+        "a string" => "a string in double quotes",
+        "a sequence" => "an array, like `[\"a\", \"b\"]`",
+        "a map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        _ => return None,
+    };
+    let found = found.replace("floating point", "number").replace("integer", "number");
+    let found = found.replace('`', "");
+    let advice = match expected {
+        "u16" if message.starts_with("invalid value") => "use a whole number from 0 to 65535".to_string(),
+        "u8" | "u16" | "u32" | "u64" | "usize" if message.starts_with("invalid value") => {
+            "use a whole number, 0 or more".to_string()
         }
+        _ if found.starts_with("string") && wanted.contains("number") => {
+            "write the number without quotes".to_string()
+        }
+        _ if wanted.contains("string") => "put the value in double quotes".to_string(),
+        _ => format!("write {wanted} here"),
+    };
+    Some((format!("expected {wanted}, found {found}"), advice))
+}
+
+/// Splits the guidance off the units' own messages ("invalid duration `x`: use …").
+fn unit_hint(message: &str) -> Option<(String, String)> {
+    if !(message.starts_with("invalid duration") || message.starts_with("invalid quantity")) {
+        return None;
     }
-    diagnostic
+    let (head, advice) = message.rsplit_once(": ")?;
+    Some((head.to_string(), advice.to_string()))
 }
 
 /// Reads serde's "unknown field `x`, expected one of `a`, `b`" (or variant) messages and
@@ -312,6 +373,9 @@ fn unknown_name_hint(message: &str) -> Option<String> {
 fn too_deep(text: &str, limit: usize) -> Option<Range<usize>> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    // Dots in the key part of a line (`a.b.c = 1`, `[a.b.c]`) nest tables too.
+    let mut key_dots = 0usize;
+    let mut in_key = true;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -350,7 +414,17 @@ fn too_deep(text: &str, limit: usize) -> Option<Range<usize>> {
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
-            b'\n' => {}
+            b'\n' => {
+                key_dots = 0;
+                in_key = true;
+            }
+            b'=' => in_key = false,
+            b'.' if in_key && depth <= 2 => {
+                key_dots += 1;
+                if key_dots > limit {
+                    return Some(i..i + 1);
+                }
+            }
             _ => {}
         }
         i += 1;

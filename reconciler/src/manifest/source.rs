@@ -671,18 +671,92 @@ struct GitTree {
     tree: git2::Oid,
 }
 
+/// What a path in a commit's tree leads to, following symbolic links (stored in Git as
+/// blobs with mode 120000 holding the target).
+enum GitPath {
+    Found {
+        kind: git2::ObjectType,
+        id: git2::Oid,
+    },
+    Outside,
+    Missing,
+}
+
+const GIT_LINK_MODE: i32 = 0o120000;
+const MAX_LINKS: usize = 16;
+
+fn resolve_git_path(repo: &git2::Repository, root: &git2::Tree<'_>, path: &str) -> GitPath {
+    let mut path = path.to_string();
+    for _ in 0..MAX_LINKS {
+        let parts: Vec<String> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_string)
+            .collect();
+        if parts.is_empty() {
+            return GitPath::Found {
+                kind: git2::ObjectType::Tree,
+                id: root.id(),
+            };
+        }
+        let mut current = root.clone();
+        let mut next = None;
+        for (i, part) in parts.iter().enumerate() {
+            let Some(entry) = current.get_name(part) else {
+                return GitPath::Missing;
+            };
+            if entry.filemode() == GIT_LINK_MODE {
+                let Ok(blob) = repo.find_blob(entry.id()) else {
+                    return GitPath::Missing;
+                };
+                let target = String::from_utf8_lossy(blob.content()).to_string();
+                let Some(joined) = join_inside(&parts[..i].join("/"), &target) else {
+                    return GitPath::Outside;
+                };
+                let rest = parts[i + 1..].join("/");
+                next = Some(match (joined.is_empty(), rest.is_empty()) {
+                    (_, true) => joined,
+                    (true, false) => rest,
+                    (false, false) => format!("{joined}/{rest}"),
+                });
+                break;
+            }
+            let Some(kind) = entry.kind() else {
+                return GitPath::Missing;
+            };
+            let id = entry.id();
+            drop(entry);
+            if i + 1 == parts.len() {
+                return GitPath::Found { kind, id };
+            }
+            match repo.find_tree(id) {
+                Ok(tree) if kind == git2::ObjectType::Tree => current = tree,
+                _ => return GitPath::Missing,
+            }
+        }
+        match next {
+            Some(p) => path = p,
+            None => return GitPath::Missing,
+        }
+    }
+    GitPath::Missing
+}
+
 impl Tree for GitTree {
     fn entry(&self, path: &str) -> Option<EntryKind> {
         let repo = self.repo.lock().ok()?;
         let tree = repo.find_tree(self.tree).ok()?;
-        if path.is_empty() {
-            return Some(EntryKind::Dir);
-        }
-        let entry = tree.get_path(Path::new(path)).ok()?;
-        match entry.kind()? {
-            git2::ObjectType::Tree => Some(EntryKind::Dir),
-            git2::ObjectType::Blob => Some(EntryKind::File),
-            _ => None,
+        match resolve_git_path(&repo, &tree, path) {
+            GitPath::Found {
+                kind: git2::ObjectType::Tree,
+                ..
+            } => Some(EntryKind::Dir),
+            GitPath::Found {
+                kind: git2::ObjectType::Blob,
+                ..
+            } => Some(EntryKind::File),
+            GitPath::Found { .. } | GitPath::Missing => None,
+            GitPath::Outside => Some(EntryKind::Outside),
         }
     }
 
@@ -692,51 +766,66 @@ impl Tree for GitTree {
             .lock()
             .map_err(|_| git_io("repository lock poisoned"))?;
         let root = repo.find_tree(self.tree).map_err(|e| git_io(e.message()))?;
-        let entry = root
-            .get_path(Path::new(dir))
-            .map_err(|e| git_io(e.message()))?;
+        let blob_file = |path: String, id: git2::Oid| -> std::io::Result<TreeFile> {
+            let blob = repo.find_blob(id).map_err(|e| git_io(e.message()))?;
+            Ok(TreeFile {
+                path,
+                size: blob.size() as u64,
+                fingerprint: Fingerprint::Blob(id.to_string()),
+            })
+        };
         let mut out = Vec::new();
-        match entry.kind() {
-            Some(git2::ObjectType::Blob) => {
-                let blob = repo
-                    .find_blob(entry.id())
-                    .map_err(|e| git_io(e.message()))?;
-                out.push(TreeFile {
-                    path: entry.name().unwrap_or("file").to_string(),
-                    size: blob.size() as u64,
-                    fingerprint: Fingerprint::Blob(entry.id().to_string()),
-                });
+        match resolve_git_path(&repo, &root, dir) {
+            GitPath::Found {
+                kind: git2::ObjectType::Blob,
+                id,
+            } => {
+                let name = dir.rsplit('/').next().unwrap_or("file").to_string();
+                out.push(blob_file(name, id)?);
             }
-            Some(git2::ObjectType::Tree) => {
-                let tree = repo
-                    .find_tree(entry.id())
-                    .map_err(|e| git_io(e.message()))?;
-                let mut failed = None;
+            GitPath::Found {
+                kind: git2::ObjectType::Tree,
+                id,
+            } => {
+                let tree = repo.find_tree(id).map_err(|e| git_io(e.message()))?;
+                let mut entries = Vec::new();
                 tree.walk(git2::TreeWalkMode::PreOrder, |prefix, e| {
                     if e.kind() == Some(git2::ObjectType::Blob) {
-                        let Some(name) = e.name() else {
-                            return git2::TreeWalkResult::Ok;
-                        };
-                        match repo.find_blob(e.id()) {
-                            Ok(blob) => out.push(TreeFile {
-                                path: format!("{prefix}{name}"),
-                                size: blob.size() as u64,
-                                fingerprint: Fingerprint::Blob(e.id().to_string()),
-                            }),
-                            Err(err) => {
-                                failed = Some(err);
-                                return git2::TreeWalkResult::Abort;
-                            }
+                        if let Some(name) = e.name() {
+                            entries.push((format!("{prefix}{name}"), e.id(), e.filemode()));
                         }
                     }
                     git2::TreeWalkResult::Ok
                 })
                 .map_err(|e| git_io(e.message()))?;
-                if let Some(err) = failed {
-                    return Err(git_io(err.message()));
+                for (rel, id, mode) in entries {
+                    if mode != GIT_LINK_MODE {
+                        out.push(blob_file(rel, id)?);
+                        continue;
+                    }
+                    // A link inside the folder: follow it, refusing any that leave the root.
+                    let full = if dir.is_empty() { rel.clone() } else { format!("{dir}/{rel}") };
+                    match resolve_git_path(&repo, &root, &full) {
+                        GitPath::Found {
+                            kind: git2::ObjectType::Blob,
+                            id,
+                        } => out.push(blob_file(rel, id)?),
+                        GitPath::Outside => return Err(outside(&full)),
+                        GitPath::Found { .. } => {
+                            return Err(git_io(&format!(
+                                "`{full}` links to a folder; at a Git revision only links to files are followed"
+                            )))
+                        }
+                        GitPath::Missing => {
+                            return Err(git_io(&format!("`{full}` is a broken symbolic link")))
+                        }
+                    }
                 }
             }
-            _ => return Err(git_io("not a file or folder")),
+            GitPath::Outside => return Err(outside(dir)),
+            GitPath::Found { .. } | GitPath::Missing => {
+                return Err(git_io(&format!("`{dir}` does not exist in this revision")))
+            }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -748,13 +837,17 @@ impl Tree for GitTree {
             .lock()
             .map_err(|_| git_io("repository lock poisoned"))?;
         let root = repo.find_tree(self.tree).map_err(|e| git_io(e.message()))?;
-        let entry = root
-            .get_path(Path::new(path))
-            .map_err(|e| git_io(e.message()))?;
-        let blob = repo
-            .find_blob(entry.id())
-            .map_err(|e| git_io(e.message()))?;
-        Ok(blob.content().to_vec())
+        match resolve_git_path(&repo, &root, path) {
+            GitPath::Found {
+                kind: git2::ObjectType::Blob,
+                id,
+            } => {
+                let blob = repo.find_blob(id).map_err(|e| git_io(e.message()))?;
+                Ok(blob.content().to_vec())
+            }
+            GitPath::Outside => Err(outside(path)),
+            _ => Err(git_io(&format!("`{path}` is not a file in this revision"))),
+        }
     }
 
     fn disk_path(&self, _path: &str) -> Option<PathBuf> {

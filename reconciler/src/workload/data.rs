@@ -220,7 +220,11 @@ mod tests {
     fn reads_files_in_name_order_and_skips_non_numeric_columns() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "b.csv", "id,x,note,y\nL3,3,,1\n");
-        write(dir.path(), "a.CSV", "id,x,note,y\nL1,1,hi,0\nL2, 2 ,there,1\n");
+        write(
+            dir.path(),
+            "a.CSV",
+            "id,x,note,y\nL1,1,hi,0\nL2, 2 ,there,1\n",
+        );
         write(dir.path(), "readme.txt", "not data");
         let table = load(dir.path(), "y").unwrap();
         assert_eq!(table.labels, vec![0.0, 1.0, 1.0]);
@@ -279,7 +283,16 @@ mod tests {
         );
 
         let err = load(&file, "zzz").unwrap_err();
-        assert!(matches!(err, Error::LabelMissing { suggestion: None, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::LabelMissing {
+                    suggestion: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -301,18 +314,23 @@ mod tests {
         assert!(path.ends_with("b.csv"));
         assert_eq!((*line, *row, value.as_str()), (3, 4, "yes"));
         assert!(
-            err.to_string().ends_with(
-                "b.csv:3: label `y` is `yes` in data row 4; labels must be 0 or 1"
-            ),
+            err.to_string()
+                .ends_with("b.csv:3: label `y` is `yes` in data row 4; labels must be 0 or 1"),
             "{err}"
         );
 
         let file = write(dir.path(), "c.csv", "x,y\n1,2\n");
         let err = load(&file, "y").unwrap_err();
-        assert!(matches!(&err, Error::BadLabel { value, .. } if value == "2"), "{err:?}");
+        assert!(
+            matches!(&err, Error::BadLabel { value, .. } if value == "2"),
+            "{err:?}"
+        );
         let file = write(dir.path(), "d.csv", "x,y\n1,\n");
         let err = load(&file, "y").unwrap_err();
-        assert!(matches!(&err, Error::BadLabel { value, .. } if value.is_empty()), "{err:?}");
+        assert!(
+            matches!(&err, Error::BadLabel { value, .. } if value.is_empty()),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -364,7 +382,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "t.csv", "x,x,y\n1,2,0\n");
         let err = load(&file, "y").unwrap_err();
-        assert!(matches!(&err, Error::DuplicateColumn { column, .. } if column == "x"), "{err:?}");
+        assert!(
+            matches!(&err, Error::DuplicateColumn { column, .. } if column == "x"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub mod diagnostics;
 pub mod events;
 pub mod manifest;
 pub mod plan;
-pub mod workload; // TEMP(workload helper)
 pub mod render;
+pub mod workload;
 
 pub use address::{Address, Kind, Reference};
 pub use desired::DesiredState;

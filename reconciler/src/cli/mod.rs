@@ -12,6 +12,7 @@ mod lock;
 mod plan;
 mod progress;
 mod render;
+mod train;
 mod validate;
 
 use std::io::IsTerminal;
@@ -67,6 +68,9 @@ enum Command {
     History(history::Args),
     /// Release a store lock left behind by an apply that died.
     Unlock(lock::Args),
+    /// The reference trainer: fit a logistic regression on CSV data and write
+    /// `model.safetensors` and `metrics.json` (what the example's job runs).
+    Train(train::Args),
 }
 
 /// Where the manifests come from, shared by every command that reads them.
@@ -206,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
+        Command::Train(args) => train::run(args, output),
     };
     match result {
         Ok(code) => ExitCode::from(code),

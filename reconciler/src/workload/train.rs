@@ -628,20 +628,3 @@ mod tests {
         assert!(report.metrics.train_accuracy > 0.65, "{:?}", report.metrics);
     }
 }
-#[cfg(test)]
-mod scratch_tmp {
-    #[test]
-    fn scratch_example() {
-        let o = super::TrainOptions { data: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/credit-risk/data/loans"), out: "/tmp/cairn-credit".into(), label: "defaulted".into(), ..Default::default() };
-        let t = std::time::Instant::now();
-        let r = super::train(&o).unwrap();
-        eprintln!("took {:?}; weights {:?} bias {}", t.elapsed(), r.features.iter().zip(r.model.weights()).collect::<Vec<_>>(), r.model.bias());
-        let m = crate::workload::load_model(&o.out).unwrap();
-        let row = [("age",29.0),("income",42400.0),("loan_amount",33600.0),("term_months",48.0),("credit_score",737.0),("debt_to_income",0.536),("prior_defaults",0.0),("employment_years",14.6)].iter().map(|(k,v)| (k.to_string(), *v)).collect();
-        eprintln!("p(L100000) = {}", m.predict(&row).unwrap());
-        let mut row2: std::collections::BTreeMap<String, f64> = row; row2.remove("income");
-        eprintln!("{}", m.predict(&row2).unwrap_err());
-        let e = super::train(&super::TrainOptions { label: "default".into(), ..o.clone() }).unwrap_err();
-        eprintln!("{e}");
-    }
-}

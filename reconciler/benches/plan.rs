@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn skipped(what: &str) -> bool {
@@ -34,7 +37,11 @@ fn generate(root: &Path, n: usize) {
         "[workspace]\nenvironment = \"dev\"\nstore = \"file://.cairn/store\"\n",
     )
     .unwrap();
-    std::fs::write(ws.join("compute.toml"), "[compute.here]\ntarget = \"local\"\nmax_gpus = 0\n").unwrap();
+    std::fs::write(
+        ws.join("compute.toml"),
+        "[compute.here]\ntarget = \"local\"\nmax_gpus = 0\n",
+    )
+    .unwrap();
     // 2 resources are the workspace and the compute; the rest in triples.
     let triples = (n.saturating_sub(2)) / 3;
     let per_file = 500;
@@ -43,7 +50,11 @@ fn generate(root: &Path, n: usize) {
     for i in 0..triples {
         let data = ws.join("data").join(format!("d{i}"));
         std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("part-0.csv"), format!("id,value\n{i},{}\n", i * 7 % 13)).unwrap();
+        std::fs::write(
+            data.join("part-0.csv"),
+            format!("id,value\n{i},{}\n", i * 7 % 13),
+        )
+        .unwrap();
         let _ = write!(
             text,
             "[dataset.d{i}]\nsource = \"data/d{i}\"\nformat = \"csv\"\n\n\
@@ -112,8 +123,18 @@ fn secs(d: Duration) -> String {
 fn apply(root: &Path) {
     let root = root.to_str().unwrap();
     let t = Instant::now();
-    let (ok, text) = run(&mut cairn(&["apply", root, "--auto-approve", "--parallelism", "8"]));
-    assert!(ok, "apply failed:\n{}", &text[text.len().saturating_sub(4000)..]);
+    let (ok, text) = run(&mut cairn(&[
+        "apply",
+        root,
+        "--auto-approve",
+        "--parallelism",
+        "8",
+    ]));
+    assert!(
+        ok,
+        "apply failed:\n{}",
+        &text[text.len().saturating_sub(4000)..]
+    );
     println!("  (initial apply took {})", secs(t.elapsed()));
 }
 
@@ -124,7 +145,11 @@ fn bench_vs_terraform(n: usize) {
     apply(&root);
     let r = root.to_str().unwrap().to_string();
     let (best, median) = time(5, || cairn(&["plan", &r, "--detailed-exitcode"]));
-    println!("no-op cairn plan, {n} resources: best {}, median {}", secs(best), secs(median));
+    println!(
+        "no-op cairn plan, {n} resources: best {}, median {}",
+        secs(best),
+        secs(median)
+    );
 
     if skipped("terraform") || Command::new("terraform").arg("version").output().is_err() {
         println!("terraform: skipped");
@@ -134,22 +159,43 @@ fn bench_vs_terraform(n: usize) {
     std::fs::create_dir_all(&tf).unwrap();
     let mut main = String::new();
     for i in 0..n {
-        let _ = writeln!(main, "resource \"terraform_data\" \"r{i}\" {{\n  input = \"value-{i}\"\n}}");
+        let _ = writeln!(
+            main,
+            "resource \"terraform_data\" \"r{i}\" {{\n  input = \"value-{i}\"\n}}"
+        );
     }
     std::fs::write(tf.join("main.tf"), main).unwrap();
     let terraform = |args: &[&str]| {
         let mut cmd = Command::new("terraform");
-        cmd.args(args).current_dir(&tf).env("TF_IN_AUTOMATION", "1").env("CHECKPOINT_DISABLE", "1");
+        cmd.args(args)
+            .current_dir(&tf)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1");
         cmd
     };
     let (ok, text) = run(&mut terraform(&["init", "-input=false"]));
     assert!(ok, "terraform init failed:\n{text}");
     let t = Instant::now();
-    let (ok, text) = run(&mut terraform(&["apply", "-auto-approve", "-input=false", "-parallelism=64"]));
-    assert!(ok, "terraform apply failed:\n{}", &text[text.len().saturating_sub(3000)..]);
+    let (ok, text) = run(&mut terraform(&[
+        "apply",
+        "-auto-approve",
+        "-input=false",
+        "-parallelism=64",
+    ]));
+    assert!(
+        ok,
+        "terraform apply failed:\n{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
     println!("  (terraform apply of {n} took {})", secs(t.elapsed()));
-    let (tf_best, tf_median) = time(3, || terraform(&["plan", "-input=false", "-detailed-exitcode"]));
-    println!("no-op terraform plan, {n} terraform_data: best {}, median {}", secs(tf_best), secs(tf_median));
+    let (tf_best, tf_median) = time(3, || {
+        terraform(&["plan", "-input=false", "-detailed-exitcode"])
+    });
+    println!(
+        "no-op terraform plan, {n} terraform_data: best {}, median {}",
+        secs(tf_best),
+        secs(tf_median)
+    );
     println!(
         "cairn is {:.0}x faster (median), {:.0}x (best)",
         tf_median.as_secs_f64() / median.as_secs_f64(),
@@ -164,11 +210,19 @@ fn bench_large(n: usize) {
     let r = root.to_str().unwrap().to_string();
     let (best, median) = time(3, || cairn(&["plan", &r]));
     let mem = peak_mib(&["plan", &r]).map_or("n/a".into(), |m| format!("{m:.0} MiB"));
-    println!("first cairn plan, {n} resources: best {}, median {}, peak RSS {mem}", secs(best), secs(median));
+    println!(
+        "first cairn plan, {n} resources: best {}, median {}, peak RSS {mem}",
+        secs(best),
+        secs(median)
+    );
     apply(&root);
     let (best, median) = time(3, || cairn(&["plan", &r, "--detailed-exitcode"]));
     let mem = peak_mib(&["plan", &r]).map_or("n/a".into(), |m| format!("{m:.0} MiB"));
-    println!("no-op cairn plan, {n} resources: best {}, median {}, peak RSS {mem}", secs(best), secs(median));
+    println!(
+        "no-op cairn plan, {n} resources: best {}, median {}, peak RSS {mem}",
+        secs(best),
+        secs(median)
+    );
 }
 
 fn bench_dataset(mb: usize) {
@@ -189,16 +243,31 @@ fn bench_dataset(mb: usize) {
         }
         std::fs::write(folder.join(format!("part-{i:05}.bin")), bytes).unwrap();
     }
-    std::fs::write(ws.join("workspace.toml"), "[workspace]\nstore = \"file://.cairn/store\"\n").unwrap();
-    std::fs::write(ws.join("data.toml"), "[dataset.big]\nsource = \"data\"\nformat = \"binary\"\n").unwrap();
+    std::fs::write(
+        ws.join("workspace.toml"),
+        "[workspace]\nstore = \"file://.cairn/store\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.join("data.toml"),
+        "[dataset.big]\nsource = \"data\"\nformat = \"binary\"\n",
+    )
+    .unwrap();
     let r = root.to_str().unwrap().to_string();
     let t = Instant::now();
     let (ok, text) = run(&mut cairn(&["plan", &r]));
     assert!(ok, "{text}");
-    println!("first plan of a {mb} MiB / {files}-file dataset (hashes everything): {}", secs(t.elapsed()));
+    println!(
+        "first plan of a {mb} MiB / {files}-file dataset (hashes everything): {}",
+        secs(t.elapsed())
+    );
     apply(&root);
     let (best, median) = time(5, || cairn(&["plan", &r, "--detailed-exitcode"]));
-    println!("re-plan of the unchanged {mb} MiB / {files}-file dataset: best {}, median {}", secs(best), secs(median));
+    println!(
+        "re-plan of the unchanged {mb} MiB / {files}-file dataset: best {}, median {}",
+        secs(best),
+        secs(median)
+    );
 }
 
 fn main() {

@@ -56,6 +56,15 @@ pub enum Error {
     },
     #[error("no store is open for workspace `{0}`")]
     NoStore(String),
+    #[error("workspace `{0}` is not locked; take its lock before applying")]
+    NotLocked(String),
+}
+
+/// Locks held by an apply, renewed by a heartbeat until released.
+#[derive(Debug)]
+pub struct Locks {
+    held: Vec<(String, LockGuard)>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 /// How a change ended.
@@ -144,31 +153,59 @@ struct Done {
 impl Applier<'_> {
     /// Applies `plan`. Returns an error only if nothing could be started (lock, stale
     /// plan, unreachable store); failures of single changes are in the report.
-    pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, Error> {
-        let started = Instant::now();
-        let started_at = now_rfc3339();
-        let changes: Vec<&ResourceChange> = plan.changes().collect();
-        let touched: BTreeSet<&str> = changes.iter().map(|c| c.workspace.as_str()).collect();
-
-        // Locks, in name order so two applies can't wait on each other.
-        let mut guards: Vec<(String, LockGuard)> = Vec::new();
-        for ws in &touched {
-            let store = self
-                .stores
-                .get(*ws)
-                .ok_or_else(|| Error::NoStore(ws.to_string()))?;
-            match self.lock(store).await {
-                Ok(guard) => guards.push((ws.to_string(), guard)),
+    /// Takes the locks of `workspaces` (in name order, so two applies can't wait on each
+    /// other), waiting up to the lock timeout, and keeps them alive with a heartbeat until
+    /// they are released. Take them before planning, so the plan can't go stale while
+    /// waiting.
+    pub async fn lock<'w>(
+        &self,
+        workspaces: impl IntoIterator<Item = &'w str>,
+    ) -> Result<Locks, Error> {
+        let names: BTreeSet<&str> = workspaces.into_iter().collect();
+        let mut held: Vec<(String, LockGuard)> = Vec::new();
+        for ws in names {
+            let Some(store) = self.stores.get(ws) else {
+                self.release(held).await;
+                return Err(Error::NoStore(ws.to_string()));
+            };
+            match self.lock_one(store).await {
+                Ok(guard) => held.push((ws.to_string(), guard)),
                 Err(e) => {
-                    self.release(guards).await;
+                    self.release(held).await;
                     return Err(e);
                 }
             }
         }
-        let heartbeat = self.heartbeat(&guards);
+        let heartbeat = self.heartbeat(&held);
+        Ok(Locks { held, heartbeat })
+    }
+
+    /// Releases locks without applying anything.
+    pub async fn unlock(&self, locks: Locks) {
+        locks.heartbeat.abort();
+        self.release(locks.held).await;
+    }
+
+    /// Applies `plan` under `locks` (from [`Applier::lock`], covering every workspace the
+    /// plan changes), then releases them. Returns an error only if nothing could be started
+    /// (stale plan, unreachable store); failures of single changes are in the report.
+    pub async fn apply(&self, plan: &Plan, locks: Locks) -> Result<ApplyReport, Error> {
+        let started = Instant::now();
+        let started_at = now_rfc3339();
+        let changes: Vec<&ResourceChange> = plan.changes().collect();
+        let touched: BTreeSet<&str> = changes.iter().map(|c| c.workspace.as_str()).collect();
+        if let Some(ws) = touched
+            .iter()
+            .find(|ws| !locks.held.iter().any(|(h, _)| h == *ws))
+        {
+            let ws = ws.to_string();
+            self.unlock(locks).await;
+            return Err(Error::NotLocked(ws));
+        }
 
         let result = self.run_changes(plan, &changes, &touched).await;
-        heartbeat.abort();
+        locks.heartbeat.abort();
+        let guards = locks.held;
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
@@ -219,7 +256,7 @@ impl Applier<'_> {
         })
     }
 
-    async fn lock(&self, store: &Store) -> Result<LockGuard, Error> {
+    async fn lock_one(&self, store: &Store) -> Result<LockGuard, Error> {
         let started = Instant::now();
         let mut announced = false;
         loop {

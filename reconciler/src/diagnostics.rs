@@ -320,6 +320,9 @@ mod tests {
         );
         assert_eq!(did_you_mean("zzz", ["gpu-east", "cpu"]), None);
         assert_eq!(did_you_mean("cvs", ["csv", "tsv", "json"]), Some("csv"));
-        assert_eq!(did_you_mean("gpu", ["compute", "gpus", "retries"]), Some("gpus"));
+        assert_eq!(
+            did_you_mean("gpu", ["compute", "gpus", "retries"]),
+            Some("gpus")
+        );
     }
 }

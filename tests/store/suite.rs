@@ -80,7 +80,10 @@ impl Fixture for Backend {
 }
 
 /// Runs one suite function with the fixture it asks for.
-pub async fn run<T: Fixture, Fut: Future<Output = ()>>(test: impl FnOnce(T) -> Fut, backend: &Backend) {
+pub async fn run<T: Fixture, Fut: Future<Output = ()>>(
+    test: impl FnOnce(T) -> Fut,
+    backend: &Backend,
+) {
     test(T::make(backend).await).await;
 }
 
@@ -120,7 +123,9 @@ fn assert_precondition_failed<T: std::fmt::Debug>(result: Result<T, Error>, what
 
 /// Bytes that don't repeat with a short period, so a shifted or truncated copy differs.
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -141,7 +146,12 @@ fn file_entry(key: &str, path: &str, body: &[u8]) -> FileEntry {
     }
 }
 
-fn dataset_version(name: &str, version: &str, created_at: &str, files: Vec<FileEntry>) -> DatasetVersion {
+fn dataset_version(
+    name: &str,
+    version: &str,
+    created_at: &str,
+    files: Vec<FileEntry>,
+) -> DatasetVersion {
     DatasetVersion {
         dataset: name.to_string(),
         version: version.to_string(),
@@ -226,7 +236,10 @@ pub async fn objects_prefix_is_not_an_object(objects: Arc<dyn ObjectStore>) {
         .unwrap();
     assert!(objects.head("a").await.unwrap().is_none());
     assert!(objects.get("a").await.unwrap().is_none(), "get of a prefix");
-    assert!(keys(&*objects, "a/b.txt/").await.is_empty(), "list under an object");
+    assert!(
+        keys(&*objects, "a/b.txt/").await.is_empty(),
+        "list under an object"
+    );
     assert!(keys(&*objects, "a/b.txt/more").await.is_empty());
 }
 
@@ -256,15 +269,24 @@ pub async fn objects_list(objects: Arc<dyn ObjectStore>) {
         ["a/b.txt", "a/b/c.txt", "a/b/d/e/f", "a/ba.txt"]
     );
     assert_eq!(keys(&*objects, "a/b/").await, ["a/b/c.txt", "a/b/d/e/f"]);
-    assert_eq!(keys(&*objects, "a").await, ["a/b.txt", "a/b/c.txt", "a/b/d/e/f", "a/ba.txt", "ab.txt"]);
+    assert_eq!(
+        keys(&*objects, "a").await,
+        ["a/b.txt", "a/b/c.txt", "a/b/d/e/f", "a/ba.txt", "ab.txt"]
+    );
     assert_eq!(keys(&*objects, "a/b/d/e/f").await, ["a/b/d/e/f"]);
-    assert_eq!(keys(&*objects, "datasets/loans/").await, ["datasets/loans/v/_version.json"]);
+    assert_eq!(
+        keys(&*objects, "datasets/loans/").await,
+        ["datasets/loans/v/_version.json"]
+    );
     assert!(keys(&*objects, "nothing/").await.is_empty());
 
     // Sizes and etags in a listing are the objects'.
     let listed = objects.list("a/b/c").await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(Some(listed[0].clone()), objects.head("a/b/c.txt").await.unwrap());
+    assert_eq!(
+        Some(listed[0].clone()),
+        objects.head("a/b/c.txt").await.unwrap()
+    );
     assert_eq!(listed[0].size, 6);
 }
 
@@ -292,7 +314,9 @@ pub async fn objects_invalid_keys(objects: Arc<dyn ObjectStore>) {
     let source = scratch.path().join("source");
     std::fs::write(&source, b"x").unwrap();
     let dest = scratch.path().join("dest");
-    for key in ["../x", "/abs", "a//b", "a/../b", "./a", "a/./b", "a/", "", "a\\b"] {
+    for key in [
+        "../x", "/abs", "a//b", "a/../b", "./a", "a/./b", "a/", "", "a\\b",
+    ] {
         let invalid = |what: &str, result: Result<(), Error>| match result {
             Err(Error::InvalidKey(k)) => assert_eq!(k, key, "{what}"),
             other => panic!("{what} `{key}`: expected InvalidKey, got {other:?}"),
@@ -319,7 +343,10 @@ pub async fn objects_invalid_keys(objects: Arc<dyn ObjectStore>) {
     }
     assert!(!dest.exists());
     assert!(!scratch.path().join("x").exists());
-    assert!(keys(&*objects, "").await.is_empty(), "nothing may be written");
+    assert!(
+        keys(&*objects, "").await.is_empty(),
+        "nothing may be written"
+    );
 }
 
 /// `IfAbsent` creates once; the second put fails and leaves the first object.
@@ -355,26 +382,42 @@ pub async fn objects_if_match_put(objects: Arc<dyn ObjectStore>) {
         .await
         .unwrap();
     let v2 = objects
-        .put("cas", Bytes::from_static(b"v2"), Condition::IfMatch(v1.etag.clone()))
+        .put(
+            "cas",
+            Bytes::from_static(b"v2"),
+            Condition::IfMatch(v1.etag.clone()),
+        )
         .await
         .unwrap();
     assert_ne!(v1.etag, v2.etag);
     assert_precondition_failed(
         objects
-            .put("cas", Bytes::from_static(b"v3"), Condition::IfMatch(v1.etag.clone()))
+            .put(
+                "cas",
+                Bytes::from_static(b"v3"),
+                Condition::IfMatch(v1.etag.clone()),
+            )
             .await,
         "put with a stale etag",
     );
     assert_eq!(text(&*objects, "cas").await.as_deref(), Some("v2"));
     assert_precondition_failed(
         objects
-            .put("missing", Bytes::from_static(b"x"), Condition::IfMatch(v2.etag.clone()))
+            .put(
+                "missing",
+                Bytes::from_static(b"x"),
+                Condition::IfMatch(v2.etag.clone()),
+            )
             .await,
         "IfMatch put of a missing key",
     );
     assert!(objects.head("missing").await.unwrap().is_none());
     let v3 = objects
-        .put("cas", Bytes::from_static(b"v3"), Condition::IfMatch(v2.etag.clone()))
+        .put(
+            "cas",
+            Bytes::from_static(b"v3"),
+            Condition::IfMatch(v2.etag.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(objects.head("cas").await.unwrap().unwrap().etag, v3.etag);
@@ -392,7 +435,9 @@ pub async fn objects_if_match_delete(objects: Arc<dyn ObjectStore>) {
         .await
         .unwrap();
     assert_precondition_failed(
-        objects.delete("cas", Condition::IfMatch(v1.etag.clone())).await,
+        objects
+            .delete("cas", Condition::IfMatch(v1.etag.clone()))
+            .await,
         "delete with a stale etag",
     );
     assert_eq!(text(&*objects, "cas").await.as_deref(), Some("v2"));
@@ -402,7 +447,9 @@ pub async fn objects_if_match_delete(objects: Arc<dyn ObjectStore>) {
         .unwrap();
     assert!(objects.head("cas").await.unwrap().is_none());
     assert_precondition_failed(
-        objects.delete("cas", Condition::IfMatch(v2.etag.clone())).await,
+        objects
+            .delete("cas", Condition::IfMatch(v2.etag.clone()))
+            .await,
         "IfMatch delete of a missing key",
     );
     assert!(keys(&*objects, "").await.is_empty());
@@ -444,12 +491,17 @@ pub async fn objects_files_are_copies(objects: Arc<dyn ObjectStore>) {
     let scratch = tempfile::tempdir().unwrap();
     let source = scratch.path().join("loans.csv");
     std::fs::write(&source, b"id,y\n1,0\n").unwrap();
-    objects.put_file("datasets/loans/v1/loans.csv", &source).await.unwrap();
+    objects
+        .put_file("datasets/loans/v1/loans.csv", &source)
+        .await
+        .unwrap();
 
     // Rewrite the source in place (same inode), as `std::fs::write` or an editor does.
     std::fs::write(&source, b"id,y\n1,1\n").unwrap();
     assert_eq!(
-        text(&*objects, "datasets/loans/v1/loans.csv").await.as_deref(),
+        text(&*objects, "datasets/loans/v1/loans.csv")
+            .await
+            .as_deref(),
         Some("id,y\n1,0\n"),
         "editing the uploaded file changed the stored object"
     );
@@ -461,7 +513,9 @@ pub async fn objects_files_are_copies(objects: Arc<dyn ObjectStore>) {
         .unwrap();
     append(&fetched, b"2,1\n");
     assert_eq!(
-        text(&*objects, "datasets/loans/v1/loans.csv").await.as_deref(),
+        text(&*objects, "datasets/loans/v1/loans.csv")
+            .await
+            .as_deref(),
         Some("id,y\n1,0\n"),
         "appending to the fetched file changed the stored object"
     );
@@ -484,24 +538,43 @@ pub async fn dataset_markers(store: Store) {
     let key_a = Store::dataset_file_key("loans", "v1", "part/a.csv");
     let key_b = Store::dataset_file_key("loans", "v1", "b.csv");
     assert_eq!(key_a, "datasets/loans/v1/part/a.csv");
-    objects.put(&key_a, a.clone().into(), Condition::None).await.unwrap();
-    objects.put(&key_b, b.clone().into(), Condition::None).await.unwrap();
+    objects
+        .put(&key_a, a.clone().into(), Condition::None)
+        .await
+        .unwrap();
+    objects
+        .put(&key_b, b.clone().into(), Condition::None)
+        .await
+        .unwrap();
 
     // Uploaded, not committed: invisible.
     assert!(store.dataset_versions("loans").await.unwrap().is_empty());
     assert!(!store.has_dataset_version("loans", "v1").await.unwrap());
-    assert!(store.dataset_version("loans", "v1").await.unwrap().is_none());
+    assert!(store
+        .dataset_version("loans", "v1")
+        .await
+        .unwrap()
+        .is_none());
 
     let v1 = dataset_version(
         "loans",
         "v1",
         "2025-01-01T00:00:00Z",
-        vec![file_entry(&key_b, "b.csv", &b), file_entry(&key_a, "part/a.csv", &a)],
+        vec![
+            file_entry(&key_b, "b.csv", &b),
+            file_entry(&key_a, "part/a.csv", &a),
+        ],
     );
     store.commit_dataset_version(&v1).await.unwrap();
     assert!(store.has_dataset_version("loans", "v1").await.unwrap());
-    assert_eq!(store.dataset_version("loans", "v1").await.unwrap(), Some(v1.clone()));
-    assert_eq!(store.dataset_versions("loans").await.unwrap(), [v1.clone()]);
+    assert_eq!(
+        store.dataset_version("loans", "v1").await.unwrap(),
+        Some(v1.clone())
+    );
+    assert_eq!(
+        store.dataset_versions("loans").await.unwrap(),
+        vec![v1.clone()]
+    );
     assert!(objects
         .head("datasets/loans/v1/_version.json")
         .await
@@ -511,14 +584,23 @@ pub async fn dataset_markers(store: Store) {
     // A second version half uploaded: still only v1. It may reuse v1's file by key.
     let c = b"id,y\n3,0\n".to_vec();
     let key_c = Store::dataset_file_key("loans", "v2", "c.csv");
-    objects.put(&key_c, c.clone().into(), Condition::None).await.unwrap();
-    assert_eq!(store.dataset_versions("loans").await.unwrap(), [v1.clone()]);
+    objects
+        .put(&key_c, c.clone().into(), Condition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.dataset_versions("loans").await.unwrap(),
+        vec![v1.clone()]
+    );
     assert!(!store.has_dataset_version("loans", "v2").await.unwrap());
 
     // Another dataset whose name shares the prefix is not mixed in.
     let other = dataset_version("loans2", "w1", "2024-01-01T00:00:00Z", Vec::new());
     store.commit_dataset_version(&other).await.unwrap();
-    assert_eq!(store.dataset_versions("loans").await.unwrap(), [v1.clone()]);
+    assert_eq!(
+        store.dataset_versions("loans").await.unwrap(),
+        vec![v1.clone()]
+    );
     assert_eq!(store.dataset_versions("loans2").await.unwrap(), [other]);
     assert!(store.dataset_versions("loan").await.unwrap().is_empty());
 
@@ -527,10 +609,16 @@ pub async fn dataset_markers(store: Store) {
         "loans",
         "0-older-name",
         "2025-02-01T00:00:00Z",
-        vec![file_entry(&key_a, "part/a.csv", &a), file_entry(&key_c, "c.csv", &c)],
+        vec![
+            file_entry(&key_a, "part/a.csv", &a),
+            file_entry(&key_c, "c.csv", &c),
+        ],
     );
     store.commit_dataset_version(&v2).await.unwrap();
-    assert_eq!(store.dataset_versions("loans").await.unwrap(), [v1, v2.clone()]);
+    assert_eq!(
+        store.dataset_versions("loans").await.unwrap(),
+        [v1, v2.clone()]
+    );
 
     // The files a version lists are where it says, with the hashes it says.
     for f in &v2.files {
@@ -542,7 +630,11 @@ pub async fn dataset_markers(store: Store) {
 
 /// Run records round-trip through `_run.json`.
 pub async fn run_records(store: Store) {
-    assert!(store.run("train-risk", "be28c2442beb").await.unwrap().is_none());
+    assert!(store
+        .run("train-risk", "be28c2442beb")
+        .await
+        .unwrap()
+        .is_none());
     let record = RunRecord {
         job: "train-risk".into(),
         run_id: "be28c2442beb".into(),
@@ -564,7 +656,10 @@ pub async fn run_records(store: Store) {
     };
     assert_eq!(record.logs[1], "runs/train-risk/be28c2442beb/attempt-2.log");
     store.put_run(&record).await.unwrap();
-    assert_eq!(store.run("train-risk", "be28c2442beb").await.unwrap(), Some(record.clone()));
+    assert_eq!(
+        store.run("train-risk", "be28c2442beb").await.unwrap(),
+        Some(record.clone())
+    );
     assert!(store
         .objects()
         .head("runs/train-risk/be28c2442beb/_run.json")
@@ -583,14 +678,24 @@ pub async fn run_records(store: Store) {
         ..record
     };
     store.put_run(&succeeded).await.unwrap();
-    assert_eq!(store.run("train-risk", "be28c2442beb").await.unwrap(), Some(succeeded));
+    assert_eq!(
+        store.run("train-risk", "be28c2442beb").await.unwrap(),
+        Some(succeeded)
+    );
     assert!(store.run("train-risk", "other").await.unwrap().is_none());
-    assert!(store.run("other-job", "be28c2442beb").await.unwrap().is_none());
+    assert!(store
+        .run("other-job", "be28c2442beb")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Model versions round-trip through `_model.json`, with their lineage.
 pub async fn model_records(store: Store) {
-    assert!(!store.has_model_version("risk-scorer", "a573c776eb28").await.unwrap());
+    assert!(!store
+        .has_model_version("risk-scorer", "a573c776eb28")
+        .await
+        .unwrap());
     let key = Store::model_file_key("risk-scorer", "a573c776eb28", "model.safetensors");
     assert_eq!(key, "models/risk-scorer/a573c776eb28/model.safetensors");
     store
@@ -599,8 +704,15 @@ pub async fn model_records(store: Store) {
         .await
         .unwrap();
     // Files without the marker are not a version.
-    assert!(!store.has_model_version("risk-scorer", "a573c776eb28").await.unwrap());
-    assert!(store.model_version("risk-scorer", "a573c776eb28").await.unwrap().is_none());
+    assert!(!store
+        .has_model_version("risk-scorer", "a573c776eb28")
+        .await
+        .unwrap());
+    assert!(store
+        .model_version("risk-scorer", "a573c776eb28")
+        .await
+        .unwrap()
+        .is_none());
 
     let record = ModelRecord {
         model: "risk-scorer".into(),
@@ -615,9 +727,15 @@ pub async fn model_records(store: Store) {
         created_at: "2025-01-01T00:00:00Z".into(),
     };
     store.commit_model_version(&record).await.unwrap();
-    assert!(store.has_model_version("risk-scorer", "a573c776eb28").await.unwrap());
+    assert!(store
+        .has_model_version("risk-scorer", "a573c776eb28")
+        .await
+        .unwrap());
     assert_eq!(
-        store.model_version("risk-scorer", "a573c776eb28").await.unwrap(),
+        store
+            .model_version("risk-scorer", "a573c776eb28")
+            .await
+            .unwrap(),
         Some(record.clone())
     );
 
@@ -634,7 +752,13 @@ pub async fn model_records(store: Store) {
         ..record
     };
     store.commit_model_version(&imported).await.unwrap();
-    assert_eq!(store.model_version("baseline", "0f0f0f0f0f0f").await.unwrap(), Some(imported));
+    assert_eq!(
+        store
+            .model_version("baseline", "0f0f0f0f0f0f")
+            .await
+            .unwrap(),
+        Some(imported)
+    );
 }
 
 // ---- state and journal ----------------------------------------------------------------
@@ -666,7 +790,10 @@ pub async fn state_compare_and_swap(store: Store) {
 
     // A second writer that started from nothing may not create over it.
     let mut late_creator = empty;
-    assert_precondition_failed(store.save_state(&mut late_creator).await, "create over a state");
+    assert_precondition_failed(
+        store.save_state(&mut late_creator).await,
+        "create over a state",
+    );
 
     // Two writers read the same state; the first save wins, the second is stale.
     let mut a = store.state().await.unwrap();
@@ -722,6 +849,30 @@ pub async fn journal_order(store: Store) {
     assert_eq!(store.journal().await.unwrap().len(), 3);
 }
 
+/// Applies that start within the same second are listed in the order they started:
+/// timestamps carry milliseconds, and keys sort by them before the random id.
+pub async fn journal_order_within_a_second(store: Store) {
+    let ids: Vec<String> = (0..8)
+        .map(|i| format!("{:08x}", 0xffff_fff0u32 - i * 0x1111_1111))
+        .collect();
+    // Append out of order: the listing must follow the start times, not the appends.
+    for i in [3usize, 0, 7, 1, 5, 2, 6, 4] {
+        let started = format!("2025-01-01T09:00:00.{:03}Z", i * 10);
+        store
+            .append_journal(&journal_record(&ids[i], &started, None))
+            .await
+            .unwrap();
+    }
+    let listed: Vec<String> = store
+        .journal()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, ids);
+}
+
 // ---- lock -----------------------------------------------------------------------------
 
 /// A held lock refuses a second taker, naming the holder, command and lock id.
@@ -772,27 +923,45 @@ pub async fn lock_conflict(store: Store) {
 /// renew extends the lease and moves the etag on; unlock releases; a guard whose etag is
 /// stale can neither renew nor unlock.
 pub async fn lock_renew_unlock(store: Store) {
-    let mut guard = store.try_lock("alice@build-1", "cairn apply", LEASE).await.unwrap();
+    let mut guard = store
+        .try_lock("alice@build-1", "cairn apply", LEASE)
+        .await
+        .unwrap();
     let before = guard.clone();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     store.renew_lock(&mut guard).await.unwrap();
     assert_eq!(guard.info.id, before.info.id);
-    assert!(guard.info.expires_at > before.info.expires_at, "renew must extend the lease");
+    assert!(
+        guard.info.expires_at > before.info.expires_at,
+        "renew must extend the lease"
+    );
     let (info, expired) = store.lock_info().await.unwrap().unwrap();
     assert_eq!(info, guard.info);
     assert!(!expired);
 
     // The copy taken before the renewal is stale now.
     let mut stale = before;
-    assert_precondition_failed(store.renew_lock(&mut stale).await, "renew with a stale guard");
+    assert_precondition_failed(
+        store.renew_lock(&mut stale).await,
+        "renew with a stale guard",
+    );
     assert_precondition_failed(store.unlock(stale).await, "unlock with a stale guard");
-    assert!(store.lock_info().await.unwrap().is_some(), "a stale unlock must not release");
+    assert!(
+        store.lock_info().await.unwrap().is_some(),
+        "a stale unlock must not release"
+    );
 
     store.unlock(guard).await.unwrap();
     assert!(store.lock_info().await.unwrap().is_none());
     // Free again.
-    let guard = store.try_lock("bob@laptop", "cairn apply", LEASE).await.unwrap();
-    assert_eq!(store.lock_info().await.unwrap().unwrap().0.holder, "bob@laptop");
+    let guard = store
+        .try_lock("bob@laptop", "cairn apply", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lock_info().await.unwrap().unwrap().0.holder,
+        "bob@laptop"
+    );
     store.unlock(guard).await.unwrap();
 }
 
@@ -802,7 +971,10 @@ pub async fn lock_force_unlock(store: Store) {
         Err(Error::NoSuchLock { id, .. }) => assert_eq!(id, "nothing-held"),
         other => panic!("expected NoSuchLock, got {other:?}"),
     }
-    let guard = store.try_lock("alice@build-1", "cairn apply", LEASE).await.unwrap();
+    let guard = store
+        .try_lock("alice@build-1", "cairn apply", LEASE)
+        .await
+        .unwrap();
     match store.force_unlock("0000wrong000").await {
         Err(Error::NoSuchLock { id, .. }) => assert_eq!(id, "0000wrong000"),
         other => panic!("expected NoSuchLock, got {other:?}"),
@@ -834,7 +1006,10 @@ pub async fn lock_expired_takeover(store: Store) {
     assert_eq!(info.id, old.info.id);
     assert!(expired, "the lease should have run out: {info:?}");
 
-    let new = store.try_lock("bob@laptop", "cairn apply", LEASE).await.unwrap();
+    let new = store
+        .try_lock("bob@laptop", "cairn apply", LEASE)
+        .await
+        .unwrap();
     assert_ne!(new.info.id, old.info.id);
     let (info, expired) = store.lock_info().await.unwrap().unwrap();
     assert_eq!(info, new.info);
@@ -900,6 +1075,64 @@ pub async fn objects_conditional_races(backend: Backend) {
     }
 }
 
+/// `get` returns the bytes and the metadata of one and the same version of an object,
+/// even while it is being rewritten. Compare-and-swap depends on it: a reader that got
+/// old bytes with the new etag would swap over a write it never saw.
+pub async fn objects_get_is_consistent(objects: Arc<dyn ObjectStore>) {
+    objects
+        .put("hot", Bytes::from_static(b"0"), Condition::None)
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let objects = objects.clone();
+            tokio::spawn(async move {
+                for i in 0..150usize {
+                    // Every version has its own length, so a mixed-up answer shows.
+                    let body = vec![b'a' + w as u8; 1 + (i * 3 + w) % 97];
+                    objects
+                        .put("hot", body.into(), Condition::None)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let objects = objects.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut mixed = 0;
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (body, meta) = objects.get("hot").await.unwrap().unwrap();
+                    reads += 1;
+                    if meta.size != body.len() as u64 {
+                        mixed += 1;
+                    }
+                }
+                (reads, mixed)
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = (0, 0);
+    for r in readers {
+        let (reads, mixed) = r.await.unwrap();
+        total = (total.0 + reads, total.1 + mixed);
+    }
+    assert_eq!(
+        total.1, 0,
+        "{} of {} reads paired an object's bytes with another version's metadata",
+        total.1, total.0
+    );
+}
+
 /// Starts `n` `try_lock`s at the same moment; returns how many won and the errors.
 async fn race(store: &Store, n: usize, prefix: &str) -> (Vec<LockInfo>, Vec<Error>) {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
@@ -930,7 +1163,12 @@ pub async fn lock_race_fresh(backend: Backend) {
     for round in 0..5 {
         let store = Store::new(backend.fresh().await);
         let (won, lost) = race(&store, 16, "racer").await;
-        assert_eq!(won.len(), 1, "round {round}: {} winners: {won:?}", won.len());
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: {} winners: {won:?}",
+            won.len()
+        );
         assert_eq!(lost.len(), 15);
         for e in &lost {
             match e {
@@ -947,7 +1185,7 @@ pub async fn lock_race_fresh(backend: Backend) {
 
 /// 8 concurrent takeovers of one expired lease: exactly one wins.
 pub async fn lock_race_takeover(backend: Backend) {
-    for round in 0..5 {
+    for round in 0..20 {
         let store = Store::new(backend.fresh().await);
         if round == 0 {
             // A lease that really ran out.
@@ -977,9 +1215,17 @@ pub async fn lock_race_takeover(backend: Backend) {
                 .await
                 .unwrap();
         }
-        assert!(store.lock_info().await.unwrap().unwrap().1, "round {round}: not expired");
+        assert!(
+            store.lock_info().await.unwrap().unwrap().1,
+            "round {round}: not expired"
+        );
         let (won, lost) = race(&store, 8, "taker").await;
-        assert_eq!(won.len(), 1, "round {round}: {} winners: {won:?}", won.len());
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: {} winners: {won:?}",
+            won.len()
+        );
         for e in &lost {
             assert!(
                 matches!(e, Error::Locked { .. } | Error::PreconditionFailed { .. }),

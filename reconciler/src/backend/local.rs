@@ -216,12 +216,18 @@ fn resolve_program(program: &str, _workdir: &Path) -> PathBuf {
 
 async fn kill_group(child: &mut tokio::process::Child) {
     #[cfg(unix)]
-    if let Some(pid) = child.id() {
-        // The job runs in its own process group: end the whole group, not just the
-        // leader, so no grandchild outlives its timeout.
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &format!("-{pid}")])
-            .status();
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 1)
+    {
+        // The job leads its own process group (see `process_group(0)`): signal the whole
+        // group, so no grandchild outlives the timeout. A negative pid names the group;
+        // `pid > 1` guarantees this is never `kill(-1)`, which would signal every process.
+        // SAFETY: plain system call on a process group this process created.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
     }
     let _ = child.kill().await;
     let _ = child.wait().await;

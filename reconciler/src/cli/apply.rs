@@ -11,7 +11,7 @@ use cairn::backend::store::Store;
 use cairn::content::HashCache;
 use cairn::plan::Plan;
 
-use super::context::{self, Selection};
+use super::context;
 use super::plan::{make_plan, print_plan};
 use super::progress::Progress;
 use super::{CommandError, Output, PlanFormat, SourceArgs};
@@ -50,7 +50,7 @@ pub struct Args {
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let saved = args.target.as_deref().filter(|p| p.is_file());
-    let (plan, source) = match saved {
+    let (saved_plan, source) = match saved {
         Some(path) => {
             let plan = read_plan(path)?;
             let source = SourceArgs {
@@ -68,7 +68,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         ),
     };
     let loaded = context::load(&source, output)?;
-    let (plan, selection) = match plan {
+    let selection = match &saved_plan {
         Some(plan) => {
             let names: Vec<String> = plan.workspaces.iter().map(|w| w.name.clone()).collect();
             let mut selection = context::select(&loaded, &names)?;
@@ -84,26 +84,113 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 }
             }
             selection.skipped.clear();
-            (plan, selection)
+            selection
         }
+        None => context::select(&loaded, &args.workspaces)?,
+    };
+
+    let rt = super::runtime()?;
+    let local = context::local_dir(&loaded.root);
+    let cache = HashCache::load(&local.join("cache").join("content.json"));
+    let runner = LocalTarget::detect();
+    let progress = Progress::new(output.progress);
+    let user = super::user();
+    let applier = Applier {
+        snapshot: &loaded.snapshot,
+        stores: &selection.stores,
+        runner: &runner,
+        cache: &cache,
+        events: &progress,
+        options: ApplyOptions {
+            parallelism: args.parallelism,
+            lock_timeout: args.lock_timeout.as_std(),
+            lock_lease: args.lock_lease.as_std().max(Duration::from_secs(1)),
+            holder: user.clone(),
+            user,
+            command: "cairn apply".into(),
+            work_dir: std::path::absolute(local.join("work"))
+                .unwrap_or_else(|_| local.join("work")),
+        },
+    };
+
+    // Lock first, then plan: waiting for another apply must not make the plan stale.
+    let locks = rt
+        .block_on(applier.lock(selection.stores.keys().map(String::as_str)))
+        .map_err(apply_error)?;
+    let was_saved = saved_plan.is_some();
+    let plan = match saved_plan {
+        Some(plan) => plan,
         None => {
-            let selection = context::select(&loaded, &args.workspaces)?;
-            let plan = make_plan(&loaded, &selection, &source, output)?;
+            let plan = match make_plan(&rt, &loaded, &selection, &source, output) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    rt.block_on(applier.unlock(locks));
+                    return Err(e);
+                }
+            };
             print_plan(&plan, PlanFormat::Text, output)?;
-            if !plan.has_changes() {
-                return Ok(0);
+            if plan.has_changes() && !args.auto_approve {
+                if let Err(e) = confirm() {
+                    rt.block_on(applier.unlock(locks));
+                    return Err(e);
+                }
             }
-            if !args.auto_approve {
-                confirm()?;
-            }
-            (plan, selection)
+            plan
         }
     };
     if !plan.has_changes() {
-        println!("No changes to apply.");
+        rt.block_on(applier.unlock(locks));
+        if was_saved {
+            println!("The saved plan has no changes to apply.");
+        }
         return Ok(0);
     }
-    apply_plan(&plan, &loaded, &selection, &args, output)
+    let result = rt.block_on(applier.apply(&plan, locks));
+    let _ = cache.save();
+    report(result.map_err(apply_error)?)
+}
+
+fn apply_error(e: cairn::apply::Error) -> CommandError {
+    match &e {
+        cairn::apply::Error::Locked {
+            source: cairn::backend::store::Error::Locked { id, .. },
+            ..
+        } => {
+            let hint = format!(
+                "wait for it (`--lock-timeout 5m`), or if that apply died, run `cairn unlock {id}`; an abandoned lock is also taken over once its lease runs out"
+            );
+            CommandError::from_error(&e).hint_opt(Some(hint))
+        }
+        cairn::apply::Error::Stale { .. } => CommandError::from_error(&e).hint_opt(Some(
+            "make a new plan with `cairn plan -o plan.json` and review it".into(),
+        )),
+        _ => CommandError::from_error(&e),
+    }
+}
+
+fn report(report: cairn::apply::ApplyReport) -> Result<u8, CommandError> {
+    let ok = report.count(Status::Succeeded);
+    let failed = report.count(Status::Failed);
+    let skipped = report.count(Status::Skipped);
+    let secs = report.duration_ms as f64 / 1000.0;
+    if report.success() {
+        println!("Apply complete: {ok} succeeded in {secs:.1}s.");
+        Ok(0)
+    } else {
+        for o in report
+            .outcomes
+            .iter()
+            .filter(|o| o.status == Status::Failed)
+        {
+            eprintln!(
+                "✗ {}: {}",
+                o.address,
+                o.message.as_deref().unwrap_or("failed")
+            );
+        }
+        println!("Apply failed: {ok} succeeded, {failed} failed, {skipped} skipped in {secs:.1}s.");
+        Ok(1)
+    }
 }
 
 fn read_plan(path: &Path) -> Result<Plan, CommandError> {
@@ -132,80 +219,4 @@ fn confirm() -> Result<(), CommandError> {
         return Err(CommandError::new("apply cancelled"));
     }
     Ok(())
-}
-
-fn apply_plan(
-    plan: &Plan,
-    loaded: &context::Loaded,
-    selection: &Selection,
-    args: &Args,
-    output: Output,
-) -> Result<u8, CommandError> {
-    let local = context::local_dir(&loaded.root);
-    let cache = HashCache::load(&local.join("cache").join("content.json"));
-    let runner = LocalTarget::detect();
-    let progress = Progress::new(output.progress);
-    let user = super::user();
-    let applier = Applier {
-        snapshot: &loaded.snapshot,
-        stores: &selection.stores,
-        runner: &runner,
-        cache: &cache,
-        events: &progress,
-        options: ApplyOptions {
-            parallelism: args.parallelism,
-            lock_timeout: args.lock_timeout.as_std(),
-            lock_lease: args.lock_lease.as_std().max(Duration::from_secs(1)),
-            holder: user.clone(),
-            user,
-            command: "cairn apply".into(),
-            work_dir: std::path::absolute(local.join("work"))
-                .unwrap_or_else(|_| local.join("work")),
-        },
-    };
-    let result = super::runtime()?.block_on(applier.apply(plan));
-    let _ = cache.save();
-    let report = match result {
-        Ok(report) => report,
-        Err(e @ cairn::apply::Error::Locked { .. }) => {
-            let id = match &e {
-                cairn::apply::Error::Locked {
-                    source: cairn::backend::store::Error::Locked { id, .. },
-                    ..
-                } => id.clone(),
-                _ => "<id>".into(),
-            };
-            return Err(CommandError::from_error(&e).hint_opt(Some(format!(
-                "wait for it (`--lock-timeout 5m`), or if that apply died, run `cairn unlock {id}`; an abandoned lock can also be taken over once its lease runs out"
-            ))));
-        }
-        Err(e @ cairn::apply::Error::Stale { .. }) => {
-            return Err(CommandError::from_error(&e).hint_opt(Some(
-                "make a new plan with `cairn plan -o plan.json` and review it".into(),
-            )));
-        }
-        Err(e) => return Err(CommandError::from_error(&e)),
-    };
-    let ok = report.count(Status::Succeeded);
-    let failed = report.count(Status::Failed);
-    let skipped = report.count(Status::Skipped);
-    let secs = report.duration_ms as f64 / 1000.0;
-    if report.success() {
-        println!("Apply complete: {ok} succeeded in {secs:.1}s.");
-        Ok(0)
-    } else {
-        for o in report
-            .outcomes
-            .iter()
-            .filter(|o| o.status == Status::Failed)
-        {
-            eprintln!(
-                "✗ {}: {}",
-                o.address,
-                o.message.as_deref().unwrap_or("failed")
-            );
-        }
-        println!("Apply failed: {ok} succeeded, {failed} failed, {skipped} skipped in {secs:.1}s.");
-        Ok(1)
-    }
 }

@@ -35,6 +35,7 @@ pub struct Args {
 
 /// Makes a plan from loaded manifests. Shared with `apply`.
 pub fn make_plan(
+    rt: &tokio::runtime::Runtime,
     loaded: &Loaded,
     selection: &Selection,
     source: &SourceArgs,
@@ -56,7 +57,7 @@ pub fn make_plan(
             rev: source.rev.clone(),
         },
     };
-    let result = super::runtime()?.block_on(planner.plan());
+    let result = rt.block_on(planner.plan());
     // A cache that can't be saved only costs time on the next plan.
     let _ = cache.save();
     let mut plan = match result {
@@ -77,7 +78,13 @@ pub fn make_plan(
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let loaded = context::load(&args.source, output)?;
     let selection = context::select(&loaded, &args.workspaces)?;
-    let plan = make_plan(&loaded, &selection, &args.source, output)?;
+    let plan = make_plan(
+        &super::runtime()?,
+        &loaded,
+        &selection,
+        &args.source,
+        output,
+    )?;
     if let Some(path) = &args.out {
         std::fs::write(path, plan.to_json()).map_err(|e| {
             CommandError::new(format!("cannot write the plan to {}: {e}", path.display()))

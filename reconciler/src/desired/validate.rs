@@ -239,7 +239,8 @@ impl<'s> Ctx<'s> {
             }
         }
         let layout_reported = self.snapshot.problems.iter().any(|p| p.code == "layout");
-        if self.snapshot.workspaces.is_empty() && self.snapshot.files.is_empty() && !layout_reported {
+        if self.snapshot.workspaces.is_empty() && self.snapshot.files.is_empty() && !layout_reported
+        {
             diagnostics.push(
                 Diagnostic::error("no-workspaces", "no workspace found")
                     .help("a manifests root holds one folder per workspace, each with a workspace.toml; see `manifests/` in the Cairn repository"),
@@ -248,6 +249,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Reads and resolves a reference, recording the dependency. Returns the target.
+    #[allow(clippy::too_many_arguments)]
     fn reference<'v>(
         &self,
         view: &View<'v>,

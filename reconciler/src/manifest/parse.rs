@@ -321,10 +321,14 @@ fn type_hint(message: &str) -> Option<(String, String)> {
         other if other.starts_with("struct ") => "a table",
         _ => return None,
     };
-    let found = found.replace("floating point", "number").replace("integer", "number");
+    let found = found
+        .replace("floating point", "number")
+        .replace("integer", "number");
     let found = found.replace('`', "");
     let advice = match expected {
-        "u16" if message.starts_with("invalid value") => "use a whole number from 0 to 65535".to_string(),
+        "u16" if message.starts_with("invalid value") => {
+            "use a whole number from 0 to 65535".to_string()
+        }
         "u8" | "u16" | "u32" | "u64" | "usize" if message.starts_with("invalid value") => {
             "use a whole number, 0 or more".to_string()
         }

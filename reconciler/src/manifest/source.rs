@@ -406,7 +406,7 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
         files,
         workspaces,
         problems,
-        tree: Box::new(FolderTree { root: canonical }),
+        tree: Box::new(FolderTree::new(canonical)),
     })
 }
 
@@ -435,31 +435,96 @@ fn add_layout_problems(problems: &mut Vec<Diagnostic>, stray: &[String], root_is
 }
 
 struct FolderTree {
+    /// Canonical (no symbolic links).
     root: PathBuf,
+    /// Folders under the root already seen to be real folders, not links: many sources
+    /// share parents, so each is checked once instead of resolving every path in full.
+    plain_dirs: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Where a path under a folder root leads.
+enum Resolved {
+    /// The path on disk, free of links that leave the root, and its metadata.
+    Inside(PathBuf, std::fs::Metadata),
+    Outside,
+    Missing,
+}
+
+impl FolderTree {
+    fn new(root: PathBuf) -> FolderTree {
+        FolderTree {
+            root,
+            plain_dirs: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Follows `path` (relative, normalised) from the root, refusing symbolic links that
+    /// lead outside it. Costs one `lstat` per component not seen before.
+    fn resolve(&self, path: &str) -> Resolved {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let mut prefix = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            let last = i + 1 == parts.len();
+            if !last && self.plain_dirs.lock().is_ok_and(|d| d.contains(&prefix)) {
+                continue;
+            }
+            let full = self.root.join(&prefix);
+            let Ok(meta) = std::fs::symlink_metadata(&full) else {
+                return Resolved::Missing;
+            };
+            if meta.file_type().is_symlink() {
+                // A link: resolve the whole path the slow way and check where it lands.
+                return match self.root.join(path).canonicalize() {
+                    Ok(real) if real.starts_with(&self.root) => match std::fs::metadata(&real) {
+                        Ok(meta) => Resolved::Inside(real, meta),
+                        Err(_) => Resolved::Missing,
+                    },
+                    Ok(_) => Resolved::Outside,
+                    Err(_) => Resolved::Missing,
+                };
+            }
+            if last {
+                return Resolved::Inside(full, meta);
+            }
+            if !meta.is_dir() {
+                return Resolved::Missing;
+            }
+            if let Ok(mut dirs) = self.plain_dirs.lock() {
+                dirs.insert(prefix.clone());
+            }
+        }
+        match std::fs::metadata(&self.root) {
+            Ok(meta) => Resolved::Inside(self.root.clone(), meta),
+            Err(_) => Resolved::Missing,
+        }
+    }
 }
 
 impl Tree for FolderTree {
     fn entry(&self, path: &str) -> Option<EntryKind> {
-        let full = self.root.join(path);
-        // Resolve symbolic links so a link can't lead outside the root.
-        let real = full.canonicalize().ok()?;
-        if !real.starts_with(&self.root) {
-            return Some(EntryKind::Outside);
+        match self.resolve(path) {
+            Resolved::Inside(_, meta) if meta.is_dir() => Some(EntryKind::Dir),
+            Resolved::Inside(..) => Some(EntryKind::File),
+            Resolved::Outside => Some(EntryKind::Outside),
+            Resolved::Missing => None,
         }
-        let meta = std::fs::metadata(&real).ok()?;
-        Some(if meta.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File
-        })
     }
 
     fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
-        let start = self.root.join(dir);
-        let real = start.canonicalize()?;
-        if !real.starts_with(&self.root) {
-            return Err(outside(dir));
-        }
+        let real = match self.resolve(dir) {
+            Resolved::Inside(real, _) => real,
+            Resolved::Outside => return Err(outside(dir)),
+            Resolved::Missing => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("`{dir}` does not exist"),
+                ))
+            }
+        };
         let mut out = Vec::new();
         let meta = std::fs::metadata(&real)?;
         if meta.is_file() {
@@ -804,7 +869,11 @@ impl Tree for GitTree {
                         continue;
                     }
                     // A link inside the folder: follow it, refusing any that leave the root.
-                    let full = if dir.is_empty() { rel.clone() } else { format!("{dir}/{rel}") };
+                    let full = if dir.is_empty() {
+                        rel.clone()
+                    } else {
+                        format!("{dir}/{rel}")
+                    };
                     match resolve_git_path(&repo, &root, &full) {
                         GitPath::Found {
                             kind: git2::ObjectType::Blob,

@@ -63,6 +63,11 @@ fn etag_of(meta: &std::fs::Metadata) -> String {
     format!("{:x}-{:x}-{:x}", meta.len(), mtime, ino)
 }
 
+/// A missing key, or a path through a file (`a/b` where `a` is an object): no object.
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
 fn is_internal(name: &str) -> bool {
     name.starts_with(".tmp-") || name.ends_with(".cas")
 }
@@ -115,42 +120,15 @@ impl FileStore {
         })
     }
 
-    /// Replaces (or with `tmp = None`, deletes) `path` if its etag is still `expected`.
+    /// Replaces `path` by `tmp` if its etag is still `expected`.
     fn swap(&self, key: &str, path: &Path, tmp: &Path, expected: Option<&String>) -> Result<()> {
-        let guard = path.with_file_name(format!(
-            "{}.cas",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object")
-        ));
-        let precondition = || Error::PreconditionFailed {
-            key: key.to_string(),
-            store: self.url(),
-        };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&guard)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                let stale = std::fs::metadata(&guard)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .is_some_and(|age| age > STALE_GUARD);
-                if !stale {
-                    return Err(precondition());
-                }
-                // Replace the dead guard with ours; another racer doing the same loses at
-                // the etag comparison below, because the winner's rename changes it.
-                std::fs::write(&guard, b"").map_err(|e| self.io("lock", key, e))?;
-            }
-            Err(e) => return Err(self.io("lock", key, e)),
-        }
+        let guard = self.take_guard(key, path)?;
         let current = std::fs::metadata(path).ok().map(|m| etag_of(&m));
         let result = if current.as_ref() != expected {
-            Err(precondition())
+            Err(Error::PreconditionFailed {
+                key: key.to_string(),
+                store: self.url(),
+            })
         } else {
             std::fs::rename(tmp, path).map_err(|e| self.io("replace", key, e))
         };
@@ -169,20 +147,29 @@ impl ObjectStore for FileStore {
         let path = self.path(key)?;
         let this = self.clone();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => {
-                let meta = std::fs::metadata(&path).map_err(|e| this.io("stat", &key, e))?;
-                Ok(Some((
-                    Bytes::from(bytes),
-                    ObjectMeta {
-                        key,
-                        size: meta.len(),
-                        etag: etag_of(&meta),
-                    },
-                )))
+        tokio::task::spawn_blocking(move || {
+            // One open file for both the metadata and the bytes: a concurrent rename can't
+            // pair old bytes with a new etag.
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(this.io("read", &key, e)),
+            };
+            let meta = file.metadata().map_err(|e| this.io("stat", &key, e))?;
+            if !meta.is_file() {
+                return Ok(None);
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(this.io("read", &key, e)),
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            std::io::Read::read_to_end(&mut file, &mut bytes)
+                .map_err(|e| this.io("read", &key, e))?;
+            Ok(Some((
+                Bytes::from(bytes),
+                ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    etag: etag_of(&meta),
+                },
+            )))
         })
         .await
         .map_err(Error::from_join)?
@@ -197,7 +184,7 @@ impl ObjectStore for FileStore {
                 etag: etag_of(&meta),
             })),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(self.io("stat", key, e)),
         }
     }
@@ -220,10 +207,12 @@ impl ObjectStore for FileStore {
                 std::fs::create_dir_all(parent).map_err(|e| this.io("write", &key, e))?;
             }
             let tmp = temp_beside(&path);
-            // A hard link is free when source and store share a file system; copy otherwise.
-            if std::fs::hard_link(&source, &tmp).is_err() {
-                std::fs::copy(&source, &tmp).map_err(|e| this.io("copy", &key, e))?;
-            }
+            // Always a copy (the kernel's copy_file_range where it can): a hard link would
+            // let later edits of the source rewrite a stored, immutable version.
+            std::fs::copy(&source, &tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                this.io("copy", &key, e)
+            })?;
             std::fs::rename(&tmp, &path).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 this.io("write", &key, e)
@@ -248,10 +237,9 @@ impl ObjectStore for FileStore {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| this.io("write", &key, e))?;
             }
+            // A copy, so a job that writes to its inputs can't change the store.
             let _ = std::fs::remove_file(&dest);
-            if std::fs::hard_link(&path, &dest).is_err() {
-                std::fs::copy(&path, &dest).map_err(|e| this.io("read", &key, e))?;
-            }
+            std::fs::copy(&path, &dest).map_err(|e| this.io("read", &key, e))?;
             Ok(())
         })
         .await
@@ -271,11 +259,14 @@ impl ObjectStore for FileStore {
                 root.join(dir_part)
             };
             let mut out = Vec::new();
+            if dir_part.split('/').any(|s| s == ".." || s == ".") || prefix.starts_with('/') {
+                return Err(Error::InvalidKey(prefix.clone()));
+            }
             let mut stack = vec![start];
             while let Some(dir) = stack.pop() {
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(e) => e,
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) if is_absent(&e) => continue,
                     Err(e) => return Err(this.io("list", &prefix, e)),
                 };
                 for entry in entries {
@@ -354,28 +345,50 @@ impl ObjectStore for FileStore {
 }
 
 impl FileStore {
-    /// Moves `path` to `aside` if its etag is still `expected`, under the same guard as
-    /// [`FileStore::swap`].
-    fn swap_out(&self, key: &str, path: &Path, aside: &Path, expected: &str) -> Result<()> {
+    /// Takes the compare-and-swap guard of `path` (`<name>.cas`, created with `O_EXCL`).
+    /// A guard older than [`STALE_GUARD`] was left by a dead process and is taken over;
+    /// a racer doing the same loses at the etag comparison that follows, because the
+    /// winner's rename changes the etag.
+    fn take_guard(&self, key: &str, path: &Path) -> Result<PathBuf> {
         let guard = path.with_file_name(format!(
             "{}.cas",
             path.file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("object")
         ));
-        let precondition = || Error::PreconditionFailed {
-            key: key.to_string(),
-            store: self.url(),
-        };
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&guard)
         {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(precondition()),
-            Err(e) => return Err(self.io("lock", key, e)),
+            Ok(_) => Ok(guard),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(&guard)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > STALE_GUARD);
+                if !stale {
+                    return Err(Error::PreconditionFailed {
+                        key: key.to_string(),
+                        store: self.url(),
+                    });
+                }
+                std::fs::write(&guard, b"").map_err(|e| self.io("lock", key, e))?;
+                Ok(guard)
+            }
+            Err(e) => Err(self.io("lock", key, e)),
         }
+    }
+
+    /// Moves `path` to `aside` if its etag is still `expected`, under the same guard as
+    /// [`FileStore::swap`].
+    fn swap_out(&self, key: &str, path: &Path, aside: &Path, expected: &str) -> Result<()> {
+        let precondition = || Error::PreconditionFailed {
+            key: key.to_string(),
+            store: self.url(),
+        };
+        let guard = self.take_guard(key, path)?;
         let current = std::fs::metadata(path).ok().map(|m| etag_of(&m));
         let result = if current.as_deref() != Some(expected) {
             Err(precondition())

@@ -84,8 +84,9 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Returns the current time as RFC 3339 (UTC, seconds).
+/// Returns the current time as RFC 3339 (UTC, milliseconds), which sorts as text.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 fn unix_now() -> u64 {

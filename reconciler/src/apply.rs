@@ -29,6 +29,7 @@ use crate::backend::store::{
     ModelRecord, RunRecord, RunStatus, StateEntry, Store, VersionedState,
 };
 use crate::content::{self, HashCache};
+use crate::diagnostics::error_chain;
 use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::Snapshot;
@@ -517,7 +518,7 @@ impl Applier<'_> {
                     let present = store
                         .has_model_version(&change.name, &version)
                         .await
-                        .map_err(|e| chain(&e))?;
+                        .map_err(|e| error_chain(&e))?;
                     if !present {
                         return Err(format!(
                             "model version {version} is not in the store: the job that produces it did not record it"
@@ -570,7 +571,7 @@ impl Applier<'_> {
         let content = tokio::task::block_in_place(|| {
             content::hash_source(self.snapshot, &path, self.cache, &on_bytes)
         })
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
         if content.version != version {
             return Err(format!(
                 "the content changed since the plan was made (planned version {version}, found {}); run `cairn plan` again",
@@ -582,7 +583,7 @@ impl Applier<'_> {
             SourceKind::Dataset => store.has_dataset_version(name, &version).await,
             SourceKind::Model => store.has_model_version(name, &version).await,
         }
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
         if already {
             return Ok(());
         }
@@ -661,7 +662,7 @@ impl Applier<'_> {
                         }
                     };
                     self.events.bytes(&address, size);
-                    result.map_err(|e| chain(&e))
+                    result.map_err(|e| error_chain(&e))
                 }
             }))
             .buffer_unordered(TRANSFER_CONCURRENCY)
@@ -681,7 +682,7 @@ impl Applier<'_> {
                     commit: plan.revision.clone(),
                 })
                 .await
-                .map_err(|e| chain(&e)),
+                .map_err(|e| error_chain(&e)),
             SourceKind::Model => store
                 .commit_model_version(&ModelRecord {
                     model: name.clone(),
@@ -700,7 +701,7 @@ impl Applier<'_> {
                     created_at: now_rfc3339(),
                 })
                 .await
-                .map_err(|e| chain(&e)),
+                .map_err(|e| error_chain(&e)),
         }
     }
 
@@ -810,7 +811,7 @@ impl Applier<'_> {
                     }
                 }
                 Err(e) => {
-                    spawn_error = Some(chain(&e));
+                    spawn_error = Some(error_chain(&e));
                     break;
                 }
             }
@@ -890,7 +891,7 @@ impl Applier<'_> {
             error: error.clone(),
             commit: plan.revision.clone(),
         };
-        store.put_run(&record).await.map_err(|e| chain(&e))?;
+        store.put_run(&record).await.map_err(|e| error_chain(&e))?;
         match error {
             None => Ok(format!(
                 "run {run_id} succeeded in {}",
@@ -911,12 +912,12 @@ impl Applier<'_> {
             "dataset" => store
                 .dataset_version(name, version)
                 .await
-                .map_err(|e| chain(&e))?
+                .map_err(|e| error_chain(&e))?
                 .map(|v| v.files),
             "model" => store
                 .model_version(name, version)
                 .await
-                .map_err(|e| chain(&e))?
+                .map_err(|e| error_chain(&e))?
                 .map(|v| v.files),
             _ => None,
         }
@@ -930,7 +931,7 @@ impl Applier<'_> {
                 .objects()
                 .get_file(&f.key, &target)
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| error_chain(&e))?;
         }
         Ok(())
     }
@@ -947,7 +948,7 @@ impl Applier<'_> {
         inputs: &BTreeMap<String, String>,
         metrics: Option<Value>,
     ) -> Result<(), String> {
-        let content = content::hash_folder(dir).map_err(|e| chain(&e))?;
+        let content = content::hash_folder(dir).map_err(|e| error_chain(&e))?;
         if content.files.is_empty() {
             return Err(format!(
                 "the job wrote nothing to its output folder for model.{model}"
@@ -960,7 +961,7 @@ impl Applier<'_> {
                 .objects()
                 .put_file(&key, &dir.join(&f.path))
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| error_chain(&e))?;
             files.push(FileEntry {
                 path: f.path.clone(),
                 size: f.size,
@@ -991,7 +992,7 @@ impl Applier<'_> {
                 created_at: now_rfc3339(),
             })
             .await
-            .map_err(|e| chain(&e))
+            .map_err(|e| error_chain(&e))
     }
 }
 
@@ -1063,20 +1064,6 @@ fn last_lines(path: &Path, n: usize) -> String {
     }
     let tail = &lines[lines.len().saturating_sub(n)..];
     format!("; last lines of the log:\n{}", tail.join("\n"))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -271,6 +271,21 @@ impl FromIterator<Diagnostic> for Diagnostics {
     }
 }
 
+/// Joins an error with its sources, skipping repeats: "cannot read x: permission denied".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
 /// Returns the candidate closest to `input`, if one is close enough to be a likely typo.
 pub fn did_you_mean<'a>(
     input: &str,

@@ -20,7 +20,7 @@ use crate::address::{Address, Kind, Reference};
 use crate::backend::store::{self, Store};
 use crate::content::{self, Content, ContentDiff, HashCache};
 use crate::desired::{DesiredState, Resource};
-use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::diagnostics::{error_chain, Diagnostic, Diagnostics, Location};
 use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::{Snapshot, Spec, Target};
@@ -952,17 +952,6 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 #[cfg(test)]

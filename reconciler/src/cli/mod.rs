@@ -19,6 +19,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn::diagnostics::error_chain;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Cairn: GitOps for ML infrastructure. Plans and applies TOML manifests of workspaces,
@@ -166,21 +167,6 @@ pub fn user() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into());
     format!("{user}@{host}")
-}
-
-/// Joins an error with its sources: "cannot read x: permission denied".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 pub fn main() -> ExitCode {

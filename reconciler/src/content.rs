@@ -209,8 +209,10 @@ pub fn hash_source(
         path: dir.to_string(),
         source,
     })?;
-    let single_file =
-        listed.len() == 1 && snapshot.entry(dir) == Some(crate::manifest::EntryKind::File);
+    // A source naming one file lists that file under its own name.
+    let single_file = listed.len() == 1
+        && dir.rsplit('/').next() == Some(listed[0].path.as_str())
+        && snapshot.entry(dir) == Some(crate::manifest::EntryKind::File);
     let files: Vec<HashedFile> = listed
         .par_iter()
         .map(|file| {

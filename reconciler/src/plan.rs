@@ -246,27 +246,39 @@ impl Planner<'_> {
         let selected: BTreeSet<&str> = self.stores.keys().map(String::as_str).collect();
         let mut diagnostics = Diagnostics::new();
 
+        // Read the states while the sources are hashed.
+        let mut reads = Vec::new();
+        for name in &selected {
+            let store = self
+                .stores
+                .get(*name)
+                .ok_or_else(|| Error::NoStore(name.to_string()))?
+                .clone();
+            reads.push((name.to_string(), tokio::spawn(async move { store.state().await })));
+        }
         let contents =
             tokio::task::block_in_place(|| self.hash_sources(&selected, &mut diagnostics));
 
         let mut states = BTreeMap::new();
         let mut workspaces = Vec::new();
-        for name in &selected {
-            let store = self
-                .stores
-                .get(*name)
-                .ok_or_else(|| Error::NoStore(name.to_string()))?;
-            let state = store.state().await.map_err(|source| Error::Store {
-                workspace: name.to_string(),
-                source,
-            })?;
+        for (name, read) in reads {
+            let state = read
+                .await
+                .map_err(|e| Error::Store {
+                    workspace: name.clone(),
+                    source: store::Error::Backend(format!("the state read stopped: {e}")),
+                })?
+                .map_err(|source| Error::Store {
+                    workspace: name.clone(),
+                    source,
+                })?;
             workspaces.push(PlanWorkspace {
-                name: name.to_string(),
-                store: store.url(),
+                name: name.clone(),
+                store: self.stores[&name].url(),
                 state_serial: state.state.serial,
                 state_etag: state.etag.clone(),
             });
-            states.insert(name.to_string(), state.state);
+            states.insert(name, state.state);
         }
 
         let mut versions: Versions = HashMap::new();
@@ -279,11 +291,11 @@ impl Planner<'_> {
                 continue;
             }
             let store = &self.stores[ws];
-            let state = &states[ws];
-            let before = state
-                .resources
-                .get(&resource.address.to_string())
-                .map(|e| e.value.clone());
+            // Taken out of the state: what is left afterwards is no longer declared.
+            let before = states
+                .get_mut(ws)
+                .and_then(|state| state.resources.remove(&resource.address.to_string()))
+                .map(|e| e.value);
             let decided = match &resource.spec {
                 Spec::Workspace(spec) => Some(self.simple(
                     resource,
@@ -354,12 +366,18 @@ impl Planner<'_> {
         }
 
         // Whatever the state records but the manifests no longer declare is deleted.
-        let declared: BTreeSet<String> = self
-            .desired
-            .resources
-            .iter()
-            .map(|r| r.address.to_string())
-            .collect();
+        // (Declared resources were taken out above; the check also covers those left out
+        // of this plan.)
+        let leftovers = states.values().any(|s| !s.resources.is_empty());
+        let declared: BTreeSet<String> = if leftovers {
+            self.desired
+                .resources
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for (ws, state) in &states {
             for (address, entry) in &state.resources {
                 if declared.contains(address) {

@@ -303,7 +303,14 @@ impl Store {
         value: &T,
         condition: Condition,
     ) -> Result<ObjectMeta> {
-        let bytes = serde_json::to_vec_pretty(value).expect("records serialize");
+        // Records are small and meant to be read by people; the state can be large and is
+        // read on every plan, so it is written compactly.
+        let bytes = if key == STATE_KEY {
+            serde_json::to_vec(value)
+        } else {
+            serde_json::to_vec_pretty(value)
+        }
+        .expect("records serialize");
         self.objects.put(key, Bytes::from(bytes), condition).await
     }
 

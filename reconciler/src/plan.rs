@@ -254,7 +254,10 @@ impl Planner<'_> {
                 .get(*name)
                 .ok_or_else(|| Error::NoStore(name.to_string()))?
                 .clone();
-            reads.push((name.to_string(), tokio::spawn(async move { store.state().await })));
+            reads.push((
+                name.to_string(),
+                tokio::spawn(async move { store.state().await }),
+            ));
         }
         let contents =
             tokio::task::block_in_place(|| self.hash_sources(&selected, &mut diagnostics));

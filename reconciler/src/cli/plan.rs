@@ -44,10 +44,16 @@ pub fn make_plan(
     let local = context::local_dir(&loaded.root);
     let cache = HashCache::load(&local.join("cache").join("content.json"));
     // Looking for GPUs loads the CUDA driver library; only do it when a job wants GPUs.
-    let wants_gpus = loaded.desired.resources.iter().any(|r| {
-        matches!(&r.spec, cairn::manifest::Spec::Job(j) if j.gpus() > 0)
-    });
-    let target = if wants_gpus { LocalTarget::detect() } else { LocalTarget::default() };
+    let wants_gpus = loaded
+        .desired
+        .resources
+        .iter()
+        .any(|r| matches!(&r.spec, cairn::manifest::Spec::Job(j) if j.gpus() > 0));
+    let target = if wants_gpus {
+        LocalTarget::detect()
+    } else {
+        LocalTarget::default()
+    };
     let progress = Progress::new(output.progress);
     let planner = Planner {
         snapshot: &loaded.snapshot,

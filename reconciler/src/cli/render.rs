@@ -140,10 +140,22 @@ pub fn diagnostic_text(snapshot: &Snapshot, d: &Diagnostic, color: bool) -> Stri
 
 /// Prints findings to stderr.
 pub fn diagnostics(snapshot: &Snapshot, diagnostics: &Diagnostics, output: Output) {
-    for d in diagnostics {
-        eprintln!("{}", diagnostic_text(snapshot, d, output.color_stderr));
+    for (i, d) in diagnostics.iter().enumerate() {
+        if i < MAX_DRAWN {
+            eprintln!("{}", diagnostic_text(snapshot, d, output.color_stderr));
+            continue;
+        }
+        // Past a screenful of snippets, one line each: as useful, and it keeps thousands of
+        // findings (a generated file gone wrong) fast to print.
+        if i == MAX_DRAWN {
+            eprintln!("… {} more, one line each:", diagnostics.len() - MAX_DRAWN);
+        }
+        eprintln!("{d}");
     }
 }
+
+/// Findings drawn with snippets; the rest are printed one line each.
+const MAX_DRAWN: usize = 50;
 
 /// The last line after a failed validation.
 pub fn failure_line(snapshot: &Snapshot, diagnostics: &Diagnostics, output: Output) {

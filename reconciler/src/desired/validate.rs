@@ -1165,7 +1165,7 @@ impl<'s> Ctx<'s> {
     /// GPUs needed to serve every endpoint on each compute, with room to start one new
     /// revision of the largest deployment beside the old during a rollout.
     fn serving_capacity(&self, view: &View<'_>, diagnostics: &mut Diagnostics) {
-        let mut per_compute: BTreeMap<Address, (u64, u64, Vec<&Resource>)> = BTreeMap::new();
+        let mut per_compute: BTreeMap<Address, (u128, u128, Vec<&Resource>)> = BTreeMap::new();
         for r in view.resources {
             let Spec::Endpoint(spec) = &r.spec else {
                 continue;
@@ -1174,15 +1174,15 @@ impl<'s> Ctx<'s> {
                 continue;
             };
             let address = Address::new(r.address.workspace.clone(), Kind::Compute, c.name);
-            let steady: u64 = spec
+            let steady: u128 = spec
                 .deployments
                 .values()
-                .map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus()))
+                .map(|d| u128::from(d.get_ref().replicas()) * u128::from(d.get_ref().gpus()))
                 .sum();
-            let surge: u64 = spec
+            let surge: u128 = spec
                 .deployments
                 .values()
-                .map(|d| u64::from(d.get_ref().replicas()) * u64::from(d.get_ref().gpus()))
+                .map(|d| u128::from(d.get_ref().replicas()) * u128::from(d.get_ref().gpus()))
                 .max()
                 .unwrap_or(0);
             let entry = per_compute.entry(address).or_default();
@@ -1200,7 +1200,7 @@ impl<'s> Ctx<'s> {
             let Some(quota) = &spec.max_gpus else {
                 continue;
             };
-            let quota = u64::from(*quota.get_ref());
+            let quota = u128::from(*quota.get_ref());
             if steady + surge <= quota || steady == 0 || compute_has_no_gpus(spec) {
                 continue;
             }

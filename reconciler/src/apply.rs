@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::address::Kind;
-use crate::backend::local::{Exit, Launch, Runner};
+use crate::backend::local::{Exit, Launch, Target};
 use crate::backend::store::{
     self, now_rfc3339, DatasetVersion, FileEntry, JournalOutcome, JournalRecord, LockGuard,
     ModelRecord, RunRecord, RunStatus, StateEntry, Store, VersionedState,
@@ -139,7 +139,7 @@ pub struct ApplyOptions {
 pub struct Applier<'a> {
     pub snapshot: &'a Snapshot,
     pub stores: &'a BTreeMap<String, Store>,
-    pub runner: &'a dyn Runner,
+    pub target: &'a dyn Target,
     pub cache: &'a HashCache,
     pub events: &'a dyn Events,
     pub options: ApplyOptions,
@@ -764,8 +764,9 @@ impl Applier<'_> {
             .map(|arg| expand(arg, &paths, &run_id))
             .collect();
         let gpu_ids: Vec<u32> = self
-            .runner
-            .gpus()
+            .target
+            .observe()
+            .gpus
             .iter()
             .take(gpus)
             .map(|g| g.index)
@@ -776,6 +777,7 @@ impl Applier<'_> {
         let mut logs = Vec::new();
         let mut last: Option<Exit> = None;
         let mut spawn_error = None;
+        let mut last_launch: Option<Launch> = None;
         let attempts = retries + 1;
         for attempt in 1..=attempts {
             if attempt > 1 {
@@ -797,7 +799,8 @@ impl Applier<'_> {
                 timeout,
                 gpus: gpu_ids.clone(),
             };
-            let result = self.runner.run(&launch).await;
+            let result = self.target.run(&launch).await;
+            last_launch = Some(launch.clone());
             let key = Store::run_log_key(&job, &run_id, attempt);
             if log.exists() && store.objects().put_file(&key, &log).await.is_ok() {
                 logs.push(key);
@@ -857,7 +860,13 @@ impl Applier<'_> {
             }
         } else if error.is_none() {
             let exit = last.as_ref();
-            let tail = last_lines(&work.join(format!("attempt-{attempts_made}.log")), 5);
+            let tail = match &last_launch {
+                Some(launch) => match self.target.logs(launch, 5).await {
+                    t if t.is_empty() => String::new(),
+                    t => format!("; last lines of the log:\n{t}"),
+                },
+                None => String::new(),
+            };
             error = Some(match exit {
                 Some(e) if e.timed_out => format!(
                     "timed out after {} (attempt {attempts_made} of {attempts}){tail}",
@@ -1052,18 +1061,6 @@ fn read_metrics(work: &Path, outputs: &BTreeMap<String, String>) -> Option<Value
         .chain(std::iter::once(work.join("metrics.json")))
         .find_map(|p| std::fs::read(p).ok())
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-}
-
-fn last_lines(path: &Path, n: usize) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return String::new();
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let tail = &lines[lines.len().saturating_sub(n)..];
-    format!("; last lines of the log:\n{}", tail.join("\n"))
 }
 
 #[cfg(test)]

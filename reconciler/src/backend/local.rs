@@ -96,40 +96,112 @@ impl Exit {
     }
 }
 
-/// Runs job attempts. The local target implements it with processes; the Kubernetes
-/// target with Jobs.
+/// What a compute target offers right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    pub gpus: Vec<Gpu>,
+    /// CPU cores available to jobs.
+    pub cpus: usize,
+    /// Memory in bytes, when known.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Whether a target can take work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub message: String,
+}
+
+/// A compute target: where jobs run. The local target implements it with processes on
+/// this machine; the Kubernetes target will with Jobs. The planner sees a target only
+/// through [`Target::observe`]; the executor through [`Target::run`] and [`Target::logs`].
 #[async_trait]
-pub trait Runner: Send + Sync {
-    /// GPUs that jobs can be given.
-    fn gpus(&self) -> &[Gpu];
+pub trait Target: Send + Sync {
+    /// What the target offers now: GPUs, CPUs, memory.
+    fn observe(&self) -> &Capacity;
+
+    /// Whether the target can take work now.
+    async fn health(&self) -> Health;
 
     /// Runs one attempt to completion (or timeout), writing its output to `launch.log`.
     async fn run(&self, launch: &Launch) -> Result<Exit, Error>;
+
+    /// Returns the last `lines` non-empty lines an attempt wrote.
+    async fn logs(&self, launch: &Launch, lines: usize) -> String;
 }
 
 /// This machine.
 #[derive(Debug, Clone, Default)]
 pub struct LocalTarget {
-    gpus: Vec<Gpu>,
+    capacity: Capacity,
 }
 
 impl LocalTarget {
-    /// Looks for GPUs once.
+    /// Looks at this machine once: GPUs through the CUDA driver, CPUs, memory.
     pub fn detect() -> LocalTarget {
-        LocalTarget {
-            gpus: detect_gpus(),
-        }
+        LocalTarget::with_gpus(detect_gpus())
     }
 
+    /// This machine, with the GPUs given (none: skip loading the CUDA driver).
     pub fn with_gpus(gpus: Vec<Gpu>) -> LocalTarget {
-        LocalTarget { gpus }
+        LocalTarget {
+            capacity: Capacity {
+                gpus,
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                memory_bytes: total_memory(),
+            },
+        }
     }
 }
 
+/// `MemTotal` from `/proc/meminfo`, where there is one.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[async_trait]
-impl Runner for LocalTarget {
-    fn gpus(&self) -> &[Gpu] {
-        &self.gpus
+impl Target for LocalTarget {
+    fn observe(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    async fn health(&self) -> Health {
+        // The machine running Cairn is up by definition; GPUs that were found but no
+        // longer answer make it degraded.
+        if !self.capacity.gpus.is_empty() && detect_gpus().len() < self.capacity.gpus.len() {
+            return Health {
+                status: HealthStatus::Degraded,
+                message: "some GPUs found earlier no longer answer".into(),
+            };
+        }
+        Health {
+            status: HealthStatus::Healthy,
+            message: format!(
+                "this machine: {} CPU(s), {} GPU(s)",
+                self.capacity.cpus,
+                self.capacity.gpus.len()
+            ),
+        }
+    }
+
+    async fn logs(&self, launch: &Launch, lines: usize) -> String {
+        let Ok(text) = tokio::fs::read_to_string(&launch.log).await else {
+            return String::new();
+        };
+        let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
     }
 
     async fn run(&self, launch: &Launch) -> Result<Exit, Error> {

@@ -92,13 +92,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let rt = super::runtime()?;
     let local = context::local_dir(&loaded.root);
     let cache = HashCache::load(&local.join("cache").join("content.json"));
-    let runner = LocalTarget::detect();
+    let target = LocalTarget::detect();
     let progress = Progress::new(output.progress);
     let user = super::user();
     let applier = Applier {
         snapshot: &loaded.snapshot,
         stores: &selection.stores,
-        runner: &runner,
+        target: &target,
         cache: &cache,
         events: &progress,
         options: ApplyOptions {

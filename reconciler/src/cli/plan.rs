@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use cairn::backend::local::{LocalTarget, Runner};
+use cairn::backend::local::{LocalTarget, Target};
 use cairn::content::HashCache;
 use cairn::plan::{Plan, PlanSource, Planner};
 
@@ -52,7 +52,7 @@ pub fn make_plan(
     let target = if wants_gpus {
         LocalTarget::detect()
     } else {
-        LocalTarget::default()
+        LocalTarget::with_gpus(Vec::new())
     };
     let progress = Progress::new(output.progress);
     let planner = Planner {
@@ -60,7 +60,7 @@ pub fn make_plan(
         desired: &loaded.desired,
         stores: &selection.stores,
         cache: &cache,
-        local_gpus: target.gpus().len(),
+        local_gpus: target.observe().gpus.len(),
         events: &progress,
         source: PlanSource {
             root: source.root().display().to_string(),

@@ -108,11 +108,16 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             path.display()
         );
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
+    let code = if args.detailed_exitcode && plan.has_changes() {
         2
     } else {
         0
-    })
+    };
+    // The process ends right after: freeing a large desired state and plan piece by piece
+    // would only cost time.
+    std::mem::forget(loaded);
+    std::mem::forget(plan);
+    Ok(code)
 }
 
 pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(), CommandError> {

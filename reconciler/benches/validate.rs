@@ -279,8 +279,9 @@ fn phases(root: &Path) -> String {
     )
 }
 
+/// The `cairn` that `cargo bench` built beside this bench (optimised, bench profile).
 fn default_binary() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/cairn")
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
 
 fn binary() -> Option<PathBuf> {

@@ -23,6 +23,7 @@ pub mod events;
 pub mod manifest;
 pub mod plan;
 pub mod render;
+pub mod rollout;
 pub mod workload;
 
 pub use address::{Address, Kind, Reference};

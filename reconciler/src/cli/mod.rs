@@ -12,6 +12,7 @@ mod lock;
 mod plan;
 mod progress;
 mod render;
+mod serve;
 mod train;
 mod validate;
 
@@ -72,6 +73,9 @@ enum Command {
     /// The reference trainer: fit a logistic regression on CSV data and write
     /// `model.safetensors` and `metrics.json` (what the example's job runs).
     Train(train::Args),
+    /// The reference model server: load a model folder and answer `POST /v1/predict`,
+    /// `GET /healthz` and `GET /metrics` until SIGTERM.
+    Serve(serve::Args),
 }
 
 /// Where the manifests come from, shared by every command that reads them.
@@ -197,6 +201,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),
+        Command::Serve(args) => serve::run(args, output),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,6 +1,7 @@
-//! The reference training workload: what `cairn train` runs.
+//! The reference workloads: the trainer `cairn train` runs, and the model server `cairn
+//! serve` runs ([`serve`], which has its own module doc and error type).
 //!
-//! The flow is one straight line, one file per stage:
+//! Training is one straight line, one file per stage:
 //!
 //! ```text
 //! data   (read every *.csv of a folder, or one file; check the header, the label, the rows)
@@ -23,11 +24,13 @@
 
 mod data;
 mod model;
+pub mod serve;
 mod train;
 
 use std::path::PathBuf;
 
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
+pub use serve::{bind, serve, ServeOptions, Server};
 pub use train::{train, Metrics, TrainOptions, TrainReport, METRICS_FILE};
 
 /// Errors from reading training data, training, and reading or using a model.

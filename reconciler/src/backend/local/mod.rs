@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub mod supervisor;
+
 /// A GPU found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gpu {

@@ -13,6 +13,8 @@ mod plan;
 mod progress;
 mod render;
 mod serve;
+#[cfg(target_os = "linux")]
+mod supervise;
 mod train;
 mod validate;
 
@@ -76,6 +78,10 @@ enum Command {
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
+    /// The daemon that keeps local endpoint deployments serving; started by Cairn itself.
+    #[cfg(target_os = "linux")]
+    #[command(hide = true)]
+    Supervise(supervise::Args),
 }
 
 /// Where the manifests come from, shared by every command that reads them.
@@ -202,6 +208,8 @@ pub fn main() -> ExitCode {
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),
         Command::Serve(args) => serve::run(args, output),
+        #[cfg(target_os = "linux")]
+        Command::Supervise(args) => supervise::run(args, output),
     };
     match result {
         Ok(code) => ExitCode::from(code),

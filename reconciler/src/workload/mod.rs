@@ -1,5 +1,5 @@
 //! The reference workloads: the trainer `cairn train` runs, and the model server `cairn
-//! serve` runs ([`serve`], which has its own module doc and error type).
+//! serve` runs ([`serve`](mod@serve), which has its own module doc and error type).
 //!
 //! Training is one straight line, one file per stage:
 //!

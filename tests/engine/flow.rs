@@ -265,3 +265,46 @@ fn a_job_writing_to_its_input_changes_nothing_else() {
     );
     root.cairn(&["plan", "ROOT", "--detailed-exitcode"]).ok();
 }
+
+/// `cairn status` shows what the apply left: each resource with its version, the last
+/// apply, and no lock.
+#[test]
+fn status_shows_applied_versions_and_the_last_apply() {
+    let root = manifests(&Job::default());
+    let before = root.cairn(&["status", "ROOT"]);
+    before.ok();
+    assert!(before.stdout.contains("never applied"), "{}", before.both());
+
+    root.cairn(&["apply", "ROOT", "--auto-approve"]).ok();
+    let dataset = root.committed("datasets", "loans");
+    let model = root.committed("models", "scorer");
+
+    let status = root.cairn(&["status", "ROOT", "--format", "json"]);
+    status.ok();
+    let report: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let ws = &report["workspaces"][0];
+    assert_eq!(ws["workspace"], WORKSPACE);
+    assert_eq!(ws["last_apply"]["success"], true);
+    assert!(ws["lock"].is_null(), "{ws}");
+    let version = |address: &str| {
+        ws["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == format!("{WORKSPACE}/{address}"))
+            .map(|r| r["version"].clone())
+            .unwrap_or_else(|| panic!("{address} missing: {ws}"))
+    };
+    assert_eq!(version("dataset.loans"), dataset[0].as_str());
+    assert_eq!(version("model.scorer"), model[0].as_str());
+    assert_eq!(
+        version("job.train"),
+        model[0].as_str(),
+        "a job's version is its run"
+    );
+
+    let text = root.cairn(&["status", "ROOT"]);
+    text.ok();
+    assert!(text.stdout.contains(&dataset[0]), "{}", text.both());
+    assert!(text.stdout.contains("succeeded"), "{}", text.both());
+}

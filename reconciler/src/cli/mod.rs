@@ -13,6 +13,7 @@ mod plan;
 mod progress;
 mod render;
 mod serve;
+mod status;
 #[cfg(target_os = "linux")]
 mod supervise;
 mod train;
@@ -68,6 +69,9 @@ enum Command {
     Plan(plan::Args),
     /// Carry out a plan: a fresh one after confirmation, or a saved one exactly.
     Apply(apply::Args),
+    /// Show what is live per workspace: applied resources and their versions, the last
+    /// apply, a held lock.
+    Status(status::Args),
     /// List past applies from the journal.
     History(history::Args),
     /// Release a store lock left behind by an apply that died.
@@ -204,6 +208,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args, output),
         Command::Plan(args) => plan::run(args, output),
         Command::Apply(args) => apply::run(args, output),
+        Command::Status(args) => status::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),

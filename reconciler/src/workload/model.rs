@@ -280,20 +280,26 @@ pub(crate) fn sigmoid(z: f64) -> f64 {
     }
 }
 
+/// A small two-feature model for unit tests here and in the server.
+#[cfg(test)]
+pub(crate) fn sample_model() -> Model {
+    Model::new(
+        vec!["a".into(), "b".into()],
+        "y".into(),
+        vec![2.0, -1.0],
+        0.5,
+        vec![10.0, 0.0],
+        vec![2.0, 1.0],
+    )
+    .expect("a consistent model")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn model() -> Model {
-        Model::new(
-            vec!["a".into(), "b".into()],
-            "y".into(),
-            vec![2.0, -1.0],
-            0.5,
-            vec![10.0, 0.0],
-            vec![2.0, 1.0],
-        )
-        .unwrap()
+        sample_model()
     }
 
     fn row(values: &[(&str, f64)]) -> BTreeMap<String, f64> {

@@ -763,15 +763,7 @@ mod tests {
     use super::*;
 
     fn model() -> Model {
-        Model::new(
-            vec!["a".into(), "b".into()],
-            "y".into(),
-            vec![2.0, -1.0],
-            0.5,
-            vec![10.0, 0.0],
-            vec![2.0, 1.0],
-        )
-        .unwrap()
+        crate::workload::model::sample_model()
     }
 
     #[test]

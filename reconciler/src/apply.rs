@@ -34,6 +34,8 @@ use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::Snapshot;
 use crate::plan::{Action, Plan, ResourceChange};
+use crate::rollout::RolloutEvent;
+use crate::serving::{self, EndpointId, EndpointValue, Serving};
 
 /// How many files of one dataset are transferred at once.
 const TRANSFER_CONCURRENCY: usize = 8;
@@ -96,6 +98,9 @@ pub struct Outcome {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What happened along the way (rollout steps with their figures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Value>,
 }
 
 /// What an apply did.
@@ -140,6 +145,8 @@ pub struct Applier<'a> {
     pub snapshot: &'a Snapshot,
     pub stores: &'a BTreeMap<String, Store>,
     pub target: &'a dyn Target,
+    /// Serves endpoints; plans with endpoint changes fail those changes without one.
+    pub serving: Option<&'a dyn Serving>,
     pub cache: &'a HashCache,
     pub events: &'a dyn Events,
     pub options: ApplyOptions,
@@ -149,6 +156,28 @@ pub struct Applier<'a> {
 struct Done {
     value: Option<Value>,
     message: Option<String>,
+    events: Vec<Value>,
+}
+
+/// A change's failure: the message, and what happened before it failed.
+struct Failed {
+    message: String,
+    events: Vec<Value>,
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Failed {
+        Failed {
+            message,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(message: &str) -> Failed {
+        Failed::from(message.to_string())
+    }
 }
 
 impl Applier<'_> {
@@ -228,6 +257,7 @@ impl Applier<'_> {
                     status: o.status.as_str().to_string(),
                     duration_ms: o.duration_ms,
                     message: o.message.clone(),
+                    events: o.events.clone(),
                 })
                 .collect();
             let record = JournalRecord {
@@ -393,6 +423,7 @@ impl Applier<'_> {
                             status: Status::Skipped,
                             duration_ms: 0,
                             message: Some(message),
+                            events: Vec::new(),
                         });
                         progressed = true;
                     }
@@ -422,7 +453,7 @@ impl Applier<'_> {
                 break;
             };
             let change = changes[i];
-            let (s, message) = match result {
+            let (s, message, events) = match result {
                 Ok(done) => {
                     let mut states = states.lock().expect("state lock");
                     let state = states.get_mut(&change.workspace).expect("state loaded");
@@ -442,9 +473,9 @@ impl Applier<'_> {
                             state.state.resources.remove(&change.address);
                         }
                     }
-                    (Status::Succeeded, done.message)
+                    (Status::Succeeded, done.message, done.events)
                 }
-                Err(message) => (Status::Failed, Some(message)),
+                Err(failed) => (Status::Failed, Some(failed.message), failed.events),
             };
             status[i] = Some(s);
             self.events
@@ -455,6 +486,7 @@ impl Applier<'_> {
                 status: s,
                 duration_ms: elapsed.as_millis() as u64,
                 message,
+                events,
             });
             // Save progress about once a second, so a crash loses little without
             // rewriting a large state after every change. What a crash does lose is
@@ -494,22 +526,91 @@ impl Applier<'_> {
     }
 
     /// Carries out one change. Errors are messages for the report.
-    async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, String> {
+    async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, Failed> {
+        if change.kind == Kind::Endpoint {
+            return self.endpoint(change).await;
+        }
+        self.execute_other(plan, change)
+            .await
+            .map(|(value, message)| Done {
+                value,
+                message,
+                events: Vec::new(),
+            })
+            .map_err(Failed::from)
+    }
+
+    /// Brings an endpoint's serving to the plan's `after` (or removes it).
+    async fn endpoint(&self, change: &ResourceChange) -> Result<Done, Failed> {
+        let Some(serving) = self.serving else {
+            return Err("no serving target is available to this apply".into());
+        };
+        let id = EndpointId {
+            workspace: change.workspace.clone(),
+            name: change.name.clone(),
+        };
+        if change.action() == Action::Delete {
+            serving
+                .remove(&id)
+                .await
+                .map_err(|e| Failed::from(error_chain(&e)))?;
+            return Ok(Done {
+                value: None,
+                message: Some("stopped its router and deployments".into()),
+                events: Vec::new(),
+            });
+        }
+        let after = change
+            .after
+            .clone()
+            .ok_or("the plan has no value for this endpoint")?;
+        let value: EndpointValue = serde_json::from_value(after.clone())
+            .map_err(|e| Failed::from(format!("the plan's endpoint value is malformed: {e}")))?;
+        let events: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+        let address = change.address.as_str();
+        let on_event = |event: RolloutEvent| {
+            self.events.note(address, &describe_event(&event));
+            if let Ok(v) = serde_json::to_value(&event) {
+                events.lock().expect("events lock").push(v);
+            }
+        };
+        let progress = NoteTo {
+            events: self.events,
+            address,
+        };
+        let result = serving::apply(serving, &id, &value, &on_event, &progress).await;
+        let events = events.into_inner().expect("events lock");
+        match result {
+            Ok(summary) => Ok(Done {
+                value: Some(after),
+                message: Some(summary),
+                events,
+            }),
+            Err(e) => Err(Failed {
+                message: error_chain(&e),
+                events,
+            }),
+        }
+    }
+
+    async fn execute_other(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+    ) -> Result<(Option<Value>, Option<String>), String> {
         let store = &self.stores[&change.workspace];
         let after = change.after.clone();
+        let done = |value: Option<Value>, message: Option<String>| Ok((value, message));
         match (change.kind, change.action()) {
-            (_, Action::Delete) => Ok(Done {
-                value: None,
-                message: Some("removed from the state; stored versions are kept".into()),
-            }),
+            (_, Action::Delete) => done(
+                None,
+                Some("removed from the state; stored versions are kept".into()),
+            ),
             (Kind::Dataset, Action::Create | Action::Update) => {
                 let after = after.ok_or("the plan has no value for this dataset")?;
                 self.upload_source(plan, change, store, &after, SourceKind::Dataset)
                     .await?;
-                Ok(Done {
-                    value: Some(after),
-                    message: None,
-                })
+                done(Some(after), None)
             }
             (Kind::Model, Action::Create | Action::Update) => {
                 let after = after.ok_or("the plan has no value for this model")?;
@@ -528,23 +629,14 @@ impl Applier<'_> {
                     self.upload_source(plan, change, store, &after, SourceKind::Model)
                         .await?;
                 }
-                Ok(Done {
-                    value: Some(after),
-                    message: None,
-                })
+                done(Some(after), None)
             }
             (Kind::Job, Action::Run) => {
                 let after = after.ok_or("the plan has no value for this job")?;
                 let message = self.run_job(plan, change, store, &after).await?;
-                Ok(Done {
-                    value: Some(after),
-                    message: Some(message),
-                })
+                done(Some(after), Some(message))
             }
-            (_, Action::Create | Action::Update | Action::Replace) => Ok(Done {
-                value: after,
-                message: None,
-            }),
+            (_, Action::Create | Action::Update | Action::Replace) => done(after, None),
             (kind, action) => Err(format!(
                 "{} of a {kind} is not supported yet",
                 action.as_str()
@@ -1009,6 +1101,50 @@ impl Applier<'_> {
 enum SourceKind {
     Dataset,
     Model,
+}
+
+/// Passes the endpoint orchestration's news on as notes about the change.
+struct NoteTo<'a> {
+    events: &'a dyn Events,
+    address: &'a str,
+}
+
+impl serving::Progress for NoteTo<'_> {
+    fn note(&self, message: &str) {
+        self.events.note(self.address, message);
+    }
+}
+
+/// One line per rollout event, for progress output.
+fn describe_event(event: &RolloutEvent) -> String {
+    let weights = |w: &crate::rollout::Weights| {
+        w.iter()
+            .filter(|(_, p)| **p > 0)
+            .map(|(n, p)| format!("{n} {p}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match event {
+        RolloutEvent::Ready { deployment } => format!("{deployment} is ready"),
+        RolloutEvent::Mirror {
+            deployment,
+            percent,
+        } => format!("mirroring {percent}% of requests to {deployment}"),
+        RolloutEvent::Step { step, weights: w } => format!("step {step}%: {}", weights(w)),
+        RolloutEvent::StepPassed {
+            step,
+            requests,
+            error_rate,
+            p99_ms,
+        } => format!(
+            "step {step}% passed: {requests} requests, error rate {:.2}%, p99 {}",
+            error_rate * 100.0,
+            p99_ms.map_or("n/a".to_string(), |p| format!("{p:.1} ms"))
+        ),
+        RolloutEvent::GateFailed { step, reason } => format!("step {step}% failed: {reason}"),
+        RolloutEvent::RolledBack { weights: w } => format!("rolled back to {}", weights(w)),
+        RolloutEvent::Promoted { weights: w } => format!("promoted: {}", weights(w)),
+    }
 }
 
 fn str_field(value: &Value, field: &str) -> Result<String, String> {

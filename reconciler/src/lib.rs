@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod plan;
 pub mod render;
 pub mod rollout;
+pub mod serving;
 pub mod workload;
 
 pub use address::{Address, Kind, Reference};

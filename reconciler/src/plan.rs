@@ -24,6 +24,9 @@ use crate::diagnostics::{error_chain, Diagnostic, Diagnostics, Location};
 use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::{Snapshot, Spec, Target};
+use crate::serving::{
+    self, Decision, DeploymentValue, EndpointValue, LiveEndpoint, RolloutPlan, RolloutValue,
+};
 
 /// What happens to a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,6 +98,9 @@ pub struct ResourceChange {
     /// Addresses this change waits for during apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// For a rollout: the weights at each step and the gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPlan>,
 }
 
 impl ResourceChange {
@@ -235,6 +241,9 @@ pub struct Planner<'a> {
     pub events: &'a dyn Events,
     /// The manifests root as the user gave it, and `--rev`.
     pub source: PlanSource,
+    /// What serves each endpoint now, by address; `None` when serving was not observed
+    /// (endpoints are then compared with the state alone).
+    pub serving: Option<&'a BTreeMap<String, LiveEndpoint>>,
 }
 
 /// Versions known while walking the graph: dataset content, model version, job run id.
@@ -287,7 +296,7 @@ impl Planner<'_> {
         let mut versions: Versions = HashMap::new();
         let mut running: BTreeSet<Address> = BTreeSet::new();
         let mut changes = Vec::new();
-        let mut notes = Vec::new();
+        let notes = Vec::new();
         for resource in &self.desired.resources {
             let ws = resource.address.workspace.as_str();
             if !selected.contains(ws) {
@@ -355,13 +364,7 @@ impl Planner<'_> {
                         }
                     }
                 }
-                Spec::Endpoint(_) => {
-                    notes.push(format!(
-                        "{}: serving is not implemented yet, so endpoints are left out of this plan",
-                        resource.address
-                    ));
-                    None
-                }
+                Spec::Endpoint(_) => self.endpoint(resource, store, before, &versions, &mut diagnostics).await?,
             };
             if let Some(change) = decided {
                 changes.push(change);
@@ -402,6 +405,7 @@ impl Planner<'_> {
                     before: Some(entry.value.clone()),
                     after: None,
                     depends_on: Vec::new(),
+                    rollout: None,
                 });
             }
         }
@@ -836,6 +840,154 @@ impl Planner<'_> {
         Ok(change(resource, action, reason, before, Some(after)))
     }
 
+    /// An endpoint: its deployments resolved to model versions, compared with what the
+    /// state recorded and what serves now.
+    async fn endpoint(
+        &self,
+        resource: &Resource,
+        store: &Store,
+        before: Option<Value>,
+        versions: &Versions,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Option<ResourceChange>> {
+        let Spec::Endpoint(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let ws = resource.address.workspace.as_str();
+        let Some(compute) = self.compute_of(resource, spec.compute.get_ref()) else {
+            return Ok(None);
+        };
+        let target = *compute.target.get_ref();
+        if target != Target::Local {
+            return Ok(None);
+        }
+        let mut deployments = BTreeMap::new();
+        for (name, d) in &spec.deployments {
+            let d = d.get_ref();
+            let Ok(r) = Reference::parse(d.model.get_ref()) else {
+                continue;
+            };
+            let model = Address::new(ws, Kind::Model, r.name.clone());
+            let (version, pinned) = match &r.pin {
+                Some(pin) => {
+                    let known = versions.get(&model) == Some(pin)
+                        || store
+                            .has_model_version(&r.name, pin)
+                            .await
+                            .map_err(|source| Error::Store {
+                                workspace: ws.to_string(),
+                                source,
+                            })?;
+                    if !known {
+                        diagnostics.push(
+                            Diagnostic::error(
+                                "model-version",
+                                format!(
+                                    "{} serves model.{}@{pin}, which is not in the store",
+                                    resource.address.local(),
+                                    r.name
+                                ),
+                            )
+                            .at(self.loc(resource, d.model.span()))
+                            .help("pin a version that exists (`cairn status` lists the current one), or drop the pin to follow the newest"),
+                        );
+                    }
+                    (pin.clone(), true)
+                }
+                None => (
+                    versions
+                        .get(&model)
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".into()),
+                    false,
+                ),
+            };
+            deployments.insert(
+                name.get_ref().clone(),
+                DeploymentValue {
+                    model: r.name.clone(),
+                    revision: serving::revision(&version, &d.env),
+                    version,
+                    pinned,
+                    replicas: d.replicas(),
+                    env: d.env.clone(),
+                },
+            );
+        }
+        let rollout = match &spec.rollout {
+            Some(r) => {
+                let r = r.get_ref();
+                RolloutValue {
+                    steps: r.steps.get_ref().clone(),
+                    step_wait: r
+                        .step_wait
+                        .as_ref()
+                        .map_or_else(|| "30s".to_string(), |d| d.to_string()),
+                    max_error_rate: r.max_error_rate.as_ref().map(|v| *v.get_ref()),
+                    max_p99_ms: r.max_p99_ms.as_ref().map(|v| *v.get_ref()),
+                    auto_rollback: r.auto_rollback,
+                    mirror: r.mirror.as_ref().map(|m| *m.get_ref()),
+                    scale_down_delay: r.scale_down_delay.as_ref().map_or_else(
+                        || {
+                            humantime::format_duration(serving::DEFAULT_SCALE_DOWN_DELAY)
+                                .to_string()
+                        },
+                        |d| d.to_string(),
+                    ),
+                }
+            }
+            None => RolloutValue::immediate(),
+        };
+        let after = EndpointValue {
+            compute: spec.compute.get_ref().clone(),
+            target: "local".to_string(),
+            port: spec.port.as_ref().map(|p| *p.get_ref()),
+            auth: serde_json::to_value(spec.auth)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_else(|| "key".into()),
+            traffic: spec.weights().map(|(n, w)| (n.to_string(), w)).collect(),
+            mirror: spec.mirror.as_ref().and_then(|m| {
+                m.get_ref()
+                    .iter()
+                    .next()
+                    .map(|(n, p)| serving::MirrorValue {
+                        deployment: n.get_ref().clone(),
+                        percent: *p.get_ref(),
+                    })
+            }),
+            deployments,
+            rollout,
+        };
+        let before_value: Option<EndpointValue> = before
+            .as_ref()
+            .and_then(|b| serde_json::from_value(b.clone()).ok());
+        let address = resource.address.to_string();
+        let observed;
+        let live = match self.serving {
+            Some(map) => map.get(&address),
+            None => {
+                // Not observed: assume what the state recorded still serves.
+                observed = before_value.as_ref().map(assumed_live);
+                observed.as_ref()
+            }
+        };
+        let after_json = serde_json::to_value(&after).expect("endpoint values serialize");
+        let mut rollout_plan = None;
+        let (action, reason) = match serving::decide(before_value.as_ref(), &after, live) {
+            Decision::NoOp => (Action::NoOp, "up to date".to_string()),
+            Decision::Create(reason) => (Action::Create, reason),
+            Decision::Update(reason) => (Action::Update, reason),
+            Decision::Rollout(reason, plan) => {
+                rollout_plan = Some(plan);
+                (Action::Rollout, reason)
+            }
+        };
+        let mut c = change(resource, action, reason, before, Some(after_json));
+        c.rollout = rollout_plan;
+        Ok(Some(c))
+    }
+
     fn imported_model(
         &self,
         resource: &Resource,
@@ -892,6 +1044,33 @@ fn change(
             .iter()
             .map(|d| d.address.to_string())
             .collect(),
+        rollout: None,
+    }
+}
+
+/// What the state says serves an endpoint, for plans made without observing serving.
+fn assumed_live(value: &EndpointValue) -> LiveEndpoint {
+    LiveEndpoint {
+        port: value.port,
+        serving: true,
+        error: None,
+        backends: value
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.replicas > 0)
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    serving::LiveBackend {
+                        deployment: n.clone(),
+                        revision: d.revision.clone(),
+                        replicas: d.replicas,
+                        ready_replicas: d.replicas,
+                    },
+                )
+            })
+            .collect(),
+        weights: value.traffic.clone(),
     }
 }
 

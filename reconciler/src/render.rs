@@ -129,7 +129,27 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
         };
         let _ = writeln!(out, "{line}");
     }
+    if let Some(r) = &change.rollout {
+        let _ = writeln!(out, "      rollout: {}", r.summary);
+        for (i, step) in r.steps.iter().enumerate() {
+            let _ = writeln!(out, "        step {}: {}", i + 1, show_weights(step));
+        }
+    }
     out.push('\n');
+}
+
+/// "blue 90%, blue@b2 10%": the deployments carrying traffic.
+fn show_weights(weights: &crate::rollout::Weights) -> String {
+    let shown: Vec<String> = weights
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(n, w)| format!("{n} {w}%"))
+        .collect();
+    if shown.is_empty() {
+        "no traffic".to_string()
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
@@ -147,6 +167,10 @@ pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
                 "action": c.action().as_str(),
                 "symbol": c.action().symbol(),
                 "reason": c.reason,
+                "rollout": c.rollout.as_ref().map(|r| serde_json::json!({
+                    "summary": r.summary,
+                    "steps": r.steps.iter().map(show_weights).collect::<Vec<_>>(),
+                })),
                 "fields": c.changes.iter().map(|f| serde_json::json!({
                     "path": f.path,
                     "before": f.before.as_ref().map(show),

@@ -42,6 +42,14 @@ pub trait Traffic: Send + Sync {
     async fn ready(&self, deployment: &str) -> Result<bool, String>;
     /// The deployment's cumulative counters.
     async fn stats(&self, deployment: &str) -> Result<Stats, String>;
+    /// Copies `percent` of the weighted requests to `deployment` (answers dropped), or
+    /// stops copying (`None`).
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+        match mirror {
+            None => Ok(()),
+            Some(_) => Err("this target cannot mirror traffic".to_string()),
+        }
+    }
 }
 
 /// How to roll out (from `[endpoint.<name>.rollout]`).
@@ -53,6 +61,10 @@ pub struct RolloutPolicy {
     pub max_error_rate: Option<f64>,
     pub max_p99_ms: Option<u64>,
     pub auto_rollback: bool,
+    /// Before any traffic moves, copy this percent of the requests to the new deployment
+    /// for one `step_wait`, judged by the same gates: a broken version fails there
+    /// without a single client request failing. Needs exactly one gaining deployment.
+    pub mirror: Option<u32>,
     /// Requests a step must see before its gates judge it.
     pub min_requests: u64,
     /// How long new deployments may take to become ready.
@@ -69,6 +81,7 @@ impl Default for RolloutPolicy {
             max_error_rate: None,
             max_p99_ms: None,
             auto_rollback: true,
+            mirror: None,
             min_requests: 20,
             ready_timeout: Duration::from_secs(120),
             poll: Duration::from_secs(1),
@@ -82,6 +95,11 @@ impl Default for RolloutPolicy {
 pub enum RolloutEvent {
     Ready {
         deployment: String,
+    },
+    /// The mirror phase started: `percent` of requests are copied to `deployment`.
+    Mirror {
+        deployment: String,
+        percent: u32,
     },
     Step {
         step: u32,
@@ -258,6 +276,44 @@ pub async fn run(
         }
     }
 
+    // The mirror phase (step 0): the new deployment sees copies of real requests, and
+    // clients only ever get the old deployments' answers.
+    if let (Some(percent), [deployment]) = (policy.mirror.filter(|p| *p > 0), gaining.as_slice()) {
+        traffic
+            .set_mirror(Some((deployment.as_str(), percent.min(100))))
+            .await
+            .map_err(Error::Target)?;
+        on_event(RolloutEvent::Mirror {
+            deployment: deployment.to_string(),
+            percent,
+        });
+        let watched = watch_step(traffic, &gaining, policy).await;
+        traffic.set_mirror(None).await.map_err(Error::Target)?;
+        match watched? {
+            Ok((requests, error_rate, p99)) => on_event(RolloutEvent::StepPassed {
+                step: 0,
+                requests,
+                error_rate,
+                p99_ms: p99,
+            }),
+            Err(reason) => {
+                on_event(RolloutEvent::GateFailed {
+                    step: 0,
+                    reason: reason.clone(),
+                });
+                // No client traffic moved: the starting weights are still in force.
+                on_event(RolloutEvent::RolledBack {
+                    weights: from.clone(),
+                });
+                return Ok(Outcome::RolledBack {
+                    step: 0,
+                    reason,
+                    weights: from.clone(),
+                });
+            }
+        }
+    }
+
     let mut steps: Vec<u32> = policy
         .steps
         .iter()
@@ -428,6 +484,7 @@ mod tests {
         stats: Mutex<BTreeMap<String, Stats>>,
         bad: BTreeMap<String, (f64, f64)>,
         history: Mutex<Vec<Weights>>,
+        mirror: Mutex<Option<(String, u32)>>,
     }
 
     impl Sim {
@@ -440,12 +497,17 @@ mod tests {
                     .map(|(n, e, l)| (n.to_string(), (*e, *l)))
                     .collect(),
                 history: Mutex::new(Vec::new()),
+                mirror: Mutex::new(None),
             }
         }
 
         /// Serves 100 requests split by the current weights.
         fn tick(&self) {
-            let weights = self.weights.lock().unwrap().clone();
+            let mut weights = self.weights.lock().unwrap().clone();
+            // Mirror copies count as the mirrored deployment's traffic.
+            if let Some((name, percent)) = self.mirror.lock().unwrap().clone() {
+                *weights.entry(name).or_default() += percent;
+            }
             let mut stats = self.stats.lock().unwrap();
             for (name, weight) in weights {
                 let n = u64::from(weight);
@@ -475,6 +537,10 @@ mod tests {
         async fn ready(&self, _deployment: &str) -> Result<bool, String> {
             Ok(true)
         }
+        async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+            *self.mirror.lock().unwrap() = mirror.map(|(n, p)| (n.to_string(), p));
+            Ok(())
+        }
         async fn stats(&self, deployment: &str) -> Result<Stats, String> {
             self.tick();
             Ok(self
@@ -500,6 +566,53 @@ mod tests {
             poll: Duration::from_secs(5),
             ..RolloutPolicy::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_version_fails_in_the_mirror_phase_before_traffic_moves() {
+        let sim = Sim::new(&[("green", 1.0, 0.005)]);
+        let from = w(&[("blue", 100)]);
+        let to = w(&[("blue", 0), ("green", 100)]);
+        let policy = RolloutPolicy {
+            mirror: Some(50),
+            ..policy()
+        };
+        let events = Mutex::new(Vec::new());
+        let outcome = run(&sim, &from, &to, &policy, &|e| {
+            events.lock().unwrap().push(e)
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::RolledBack { step: 0, reason, .. } if reason.contains("error rate")),
+            "{outcome:?}"
+        );
+        // Client traffic never moved, and the mirror is off again.
+        assert!(sim.history.lock().unwrap().is_empty());
+        assert_eq!(*sim.mirror.lock().unwrap(), None);
+        assert!(matches!(
+            events.lock().unwrap()[1],
+            RolloutEvent::Mirror { percent: 50, .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_version_passes_the_mirror_phase_then_the_steps() {
+        let sim = Sim::new(&[]);
+        let from = w(&[("blue", 100)]);
+        let to = w(&[("blue", 0), ("green", 100)]);
+        let policy = RolloutPolicy {
+            mirror: Some(50),
+            ..policy()
+        };
+        let outcome = run(&sim, &from, &to, &policy, &|_| {}).await.unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Promoted {
+                weights: to.clone()
+            }
+        );
+        assert_eq!(sim.history.lock().unwrap().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,6 +120,7 @@ fn policy() -> RolloutPolicy {
         min_requests: 20,
         ready_timeout: Duration::from_secs(5),
         poll: Duration::from_millis(50),
+        mirror: None,
     }
 }
 

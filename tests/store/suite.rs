@@ -179,6 +179,7 @@ fn journal_record(id: &str, started_at: &str, revision: Option<&str>) -> Journal
             status: "succeeded".into(),
             duration_ms: 40,
             message: None,
+            events: Vec::new(),
         }],
     }
 }

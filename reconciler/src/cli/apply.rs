@@ -93,12 +93,14 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let local = context::local_dir(&loaded.root);
     let cache = HashCache::load(&local.join("cache").join("content.json"));
     let target = LocalTarget::detect();
+    let serving = context::local_serving(&loaded, selection.stores.clone());
     let progress = Progress::new(output.progress);
     let user = super::user();
     let applier = Applier {
         snapshot: &loaded.snapshot,
         stores: &selection.stores,
         target: &target,
+        serving: Some(&serving),
         cache: &cache,
         events: &progress,
         options: ApplyOptions {

@@ -133,3 +133,18 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
 pub fn local_dir(root: &std::path::Path) -> PathBuf {
     root.join(".cairn")
 }
+
+/// The local supervisor's folder: `<root>/.cairn/serving`.
+pub fn serving_dir(root: &std::path::Path) -> PathBuf {
+    local_dir(root).join(cairn::backend::local::serving::SERVING_DIR)
+}
+
+/// Serving on this machine for the manifests at `loaded.root`; `stores` hold the model
+/// versions to serve.
+pub fn local_serving(
+    loaded: &Loaded,
+    stores: std::collections::BTreeMap<String, cairn::backend::store::Store>,
+) -> cairn::backend::local::serving::LocalServing {
+    let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
+    cairn::backend::local::serving::LocalServing::new(&serving_dir(&loaded.root), &program, stores)
+}

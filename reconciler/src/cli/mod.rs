@@ -82,9 +82,9 @@ enum Command {
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
-    /// The daemon that keeps local endpoint deployments serving; started by Cairn itself.
+    /// The daemon that keeps local endpoints serving after `apply` exits (Cairn starts it
+    /// itself); `--stop` stops it and everything it serves.
     #[cfg(target_os = "linux")]
-    #[command(hide = true)]
     Supervise(supervise::Args),
 }
 

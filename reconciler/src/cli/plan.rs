@@ -1,10 +1,12 @@
 //! `cairn plan`: what `apply` would do, and why.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cairn::backend::local::{LocalTarget, Target};
 use cairn::content::HashCache;
 use cairn::plan::{Plan, PlanSource, Planner};
+use cairn::serving::{EndpointId, LiveEndpoint};
 
 use super::context::{self, Loaded, Selection};
 use super::progress::Progress;
@@ -54,6 +56,7 @@ pub fn make_plan(
     } else {
         LocalTarget::with_gpus(Vec::new())
     };
+    let live = observe_serving(rt, loaded, selection)?;
     let progress = Progress::new(output.progress);
     let planner = Planner {
         snapshot: &loaded.snapshot,
@@ -66,6 +69,7 @@ pub fn make_plan(
             root: source.root().display().to_string(),
             rev: source.rev.clone(),
         },
+        serving: Some(&live),
     };
     let result = rt.block_on(planner.plan());
     // A cache that can't be saved only costs time on the next plan.
@@ -83,6 +87,38 @@ pub fn make_plan(
     };
     plan.notes.extend(selection.skipped.iter().cloned());
     Ok(plan)
+}
+
+/// What serves the selected workspaces' endpoints now (asks a running supervisor; starts
+/// none).
+fn observe_serving(
+    rt: &tokio::runtime::Runtime,
+    loaded: &Loaded,
+    selection: &Selection,
+) -> Result<BTreeMap<String, LiveEndpoint>, CommandError> {
+    let endpoints: Vec<EndpointId> = loaded
+        .desired
+        .resources
+        .iter()
+        .filter(|r| r.kind() == cairn::Kind::Endpoint)
+        .filter(|r| selection.stores.contains_key(&r.address.workspace))
+        .map(|r| EndpointId {
+            workspace: r.address.workspace.clone(),
+            name: r.address.name.clone(),
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let serving = context::local_serving(loaded, BTreeMap::new());
+    rt.block_on(serving.observe_all(&endpoints)).map_err(|e| {
+        CommandError::from_error(&e).hint_opt(Some(format!(
+            "the local supervisor's log is {}",
+            context::serving_dir(&loaded.root)
+                .join(cairn::backend::local::supervisor::LOG_FILE)
+                .display()
+        )))
+    })
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {

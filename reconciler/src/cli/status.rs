@@ -1,6 +1,10 @@
 //! `cairn status`: what is live, per workspace — from the store's state, lock and
-//! journal (serving endpoints join this view once they are reconciled).
+//! journal, and the endpoints the local supervisor serves (deployments, weights, health,
+//! request rates).
 
+use cairn::backend::local::serving::LocalServing;
+use cairn::backend::local::supervisor::RouteStatus;
+use cairn::serving::EndpointId;
 use serde_json::{json, Value};
 
 use super::context;
@@ -31,6 +35,15 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let loaded = context::load(&args.source, output)?;
     let selection = context::select(&loaded, &args.workspaces)?;
     let rt = super::runtime()?;
+    let serving = context::local_serving(&loaded, std::collections::BTreeMap::new());
+    let routes = rt.block_on(serving.routes()).map_err(|e| {
+        CommandError::from_error(&e).hint_opt(Some(format!(
+            "the local supervisor's log is {}",
+            context::serving_dir(&loaded.root)
+                .join(cairn::backend::local::supervisor::LOG_FILE)
+                .display()
+        )))
+    })?;
     let mut report = Vec::new();
     for (ws, store) in &selection.stores {
         let state = rt
@@ -74,6 +87,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 "user": r.user,
             })),
             "resources": resources,
+            "endpoints": endpoints_of(ws, &routes, &serving),
         }));
     }
     if args.format == Format::Json {
@@ -136,6 +150,100 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 r["applied_at"].as_str().unwrap_or("?")
             );
         }
+        for e in ws["endpoints"].as_array().map_or(&[][..], |v| v.as_slice()) {
+            print_endpoint(e);
+        }
     }
     Ok(0)
+}
+
+/// The routers of one workspace's endpoints, as JSON.
+fn endpoints_of(ws: &str, routes: &[RouteStatus], serving: &LocalServing) -> Vec<Value> {
+    let prefix = format!("{ws}.");
+    routes
+        .iter()
+        .filter_map(|r| {
+            let name = r.endpoint.strip_prefix(&prefix)?;
+            let id = EndpointId {
+                workspace: ws.to_string(),
+                name: name.to_string(),
+            };
+            let deployments: Vec<Value> = r
+                .backends
+                .iter()
+                .map(|(backend, b)| {
+                    json!({
+                        "name": backend,
+                        "deployment": b.deployment,
+                        "revision": b.revision,
+                        "weight": r.weights.get(backend).copied().unwrap_or(0),
+                        "replicas": b.replicas,
+                        "ready_replicas": b.ready_replicas,
+                        "requests": b.requests,
+                        "errors": b.errors,
+                        "requests_per_s": b.requests_per_s,
+                    })
+                })
+                .collect();
+            Some(json!({
+                "address": id.to_string(),
+                "url": format!("http://{}", r.listen),
+                "serving": r.serving,
+                "error": r.error,
+                "auth": r.auth,
+                "key_file": r.auth.then(|| serving.key_path(&id).display().to_string()),
+                "mirror": r.mirror.as_ref().map(|m| json!({"deployment": m.deployment, "percent": m.percent})),
+                "deployments": deployments,
+            }))
+        })
+        .collect()
+}
+
+fn print_endpoint(e: &Value) {
+    let state = if e["serving"].as_bool() == Some(true) {
+        "serving".to_string()
+    } else {
+        format!(
+            "NOT SERVING: {}",
+            e["error"].as_str().unwrap_or("router down")
+        )
+    };
+    let auth = match e["key_file"].as_str() {
+        Some(path) => format!(", key in {path}"),
+        None => ", no auth".to_string(),
+    };
+    println!(
+        "  {}  {}  {state}{auth}",
+        e["address"].as_str().unwrap_or(""),
+        e["url"].as_str().unwrap_or("")
+    );
+    let deployments = e["deployments"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice());
+    let width = deployments
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    for d in deployments {
+        println!(
+            "    {:width$}  {:<12}  {:>3}%  {}/{} ready  {:>7.1} req/s  {} requests, {} errors",
+            d["name"].as_str().unwrap_or(""),
+            d["revision"].as_str().unwrap_or(""),
+            d["weight"].as_u64().unwrap_or(0),
+            d["ready_replicas"].as_u64().unwrap_or(0),
+            d["replicas"].as_u64().unwrap_or(0),
+            d["requests_per_s"].as_f64().unwrap_or(0.0),
+            d["requests"].as_u64().unwrap_or(0),
+            d["errors"].as_u64().unwrap_or(0),
+        );
+    }
+    if let Value::Object(m) = &e["mirror"] {
+        println!(
+            "    mirror: {}% of requests copied to {}",
+            m["percent"].as_u64().unwrap_or(0),
+            m["deployment"].as_str().unwrap_or("")
+        );
+    }
 }

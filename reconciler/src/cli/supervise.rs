@@ -19,10 +19,17 @@ pub struct Args {
     /// The supervisor's folder: socket, lock, state and the replicas' logs.
     #[arg(long, value_name = "DIR")]
     state: PathBuf,
+
+    /// Stop the daemon of DIR and everything it serves (routers and replicas), then exit.
+    #[arg(long)]
+    stop: bool,
 }
 
 pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     let runtime = super::runtime()?;
+    if args.stop {
+        return stop(&runtime, &args.state);
+    }
     let result = runtime.block_on(supervisor::run_daemon(
         &args.state,
         DaemonOptions::default(),
@@ -41,6 +48,25 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
         }
         Err(error) => Err(CommandError::from_error(&error)),
     }
+}
+
+/// `--stop`: shuts a running daemon down; nothing to do when none answers.
+fn stop(runtime: &tokio::runtime::Runtime, state: &std::path::Path) -> Result<u8, CommandError> {
+    let client =
+        supervisor::SupervisorClient::new(state).map_err(|e| CommandError::from_error(&e))?;
+    if !client.socket().exists() || runtime.block_on(client.ping()).is_err() {
+        println!("No supervisor runs for {}.", state.display());
+        return Ok(0);
+    }
+    let stopped = runtime
+        .block_on(client.shutdown())
+        .map_err(|e| CommandError::from_error(&e))?;
+    println!(
+        "Stopped the supervisor of {} and {} replica(s).",
+        state.display(),
+        stopped.len()
+    );
+    Ok(0)
 }
 
 fn log(event: &Event) {

@@ -1151,6 +1151,19 @@ impl<'s> Ctx<'s> {
                 );
             }
         }
+        if let Some(mirror) = &spec.mirror {
+            let v = *mirror.get_ref();
+            if v == 0 || v > 100 {
+                out.error(
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!("rollout mirror {v}% is outside 1–100"),
+                    )
+                    .at(self.loc(&r.file, mirror.span()))
+                    .help("the percent of requests copied to the new version before traffic moves, e.g. `mirror = 50`"),
+                );
+            }
+        }
         if let Some(p99) = &spec.max_p99_ms {
             if *p99.get_ref() == 0 {
                 out.error(

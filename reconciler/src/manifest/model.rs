@@ -372,6 +372,10 @@ pub struct RolloutSpec {
     pub max_p99_ms: Option<Spanned<u64>>,
     #[serde(default = "yes")]
     pub auto_rollback: bool,
+    /// Percent of requests copied to the new version for one `step_wait` before any
+    /// traffic moves (the gates judge its answers; clients never see them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Spanned<u32>>,
     /// How long the old version keeps its replicas after promotion; 5m when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<Duration>,

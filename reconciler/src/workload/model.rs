@@ -230,7 +230,7 @@ impl Model {
 
     /// Writes `model.safetensors` into `dir` (through a temporary file, so that a failed
     /// write never leaves a truncated model behind).
-    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<()> {
         write_atomic(&dir.join(MODEL_FILE), &self.to_safetensors())
     }
 }

@@ -588,7 +588,18 @@ fn score(model: &Model, body: &[u8], max_rows: usize) -> Result<Vec<f64>, Reques
         }
         // The same operations in the same order as `Model::predict`, without building a
         // map per row.
-        scores.push(model::sigmoid(model.logit(&standardized)));
+        let score = model::sigmoid(model.logit(&standardized));
+        if !score.is_finite() {
+            // Finite parameters can still overflow (a diverged fit): a fault of the
+            // model version, not of the request.
+            return Err(RequestError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the model produced a non-finite score for row {i}; this model version is numerically broken"
+                ),
+            ));
+        }
+        scores.push(score);
     }
     Ok(scores)
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub mod router;
+pub mod serving;
 pub mod supervisor;
 
 /// A GPU found on this machine.

@@ -2755,3 +2755,75 @@ mod tests {
         ));
     }
 }
+// STUB-BEGIN
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub deployment: String,
+    pub revision: String,
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub endpoint: String,
+    pub listen: SocketAddr,
+    pub backends: BTreeMap<String, Backend>,
+    pub weights: crate::rollout::Weights,
+    pub mirror: Option<super::router::Mirror>,
+    pub key_sha256: Option<String>,
+}
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub deployment: String,
+    pub revision: String,
+    pub replicas: u32,
+    pub ready_replicas: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_s: f64,
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStatus {
+    pub endpoint: String,
+    pub listen: SocketAddr,
+    pub serving: bool,
+    pub error: Option<String>,
+    pub backends: BTreeMap<String, BackendStatus>,
+    pub weights: crate::rollout::Weights,
+    pub mirror: Option<super::router::Mirror>,
+    pub auth: bool,
+}
+impl SupervisorClient {
+    pub async fn route(&self, _spec: &RouteSpec) -> Result<RouteStatus> {
+        todo!()
+    }
+    pub async fn set_weights(&self, _e: &str, _w: &crate::rollout::Weights) -> Result<()> {
+        todo!()
+    }
+    pub async fn routes(&self) -> Result<Vec<RouteStatus>> {
+        todo!()
+    }
+    pub async fn stop_later(&self, _e: &str, _d: &str, _r: &str, _a: Duration) -> Result<()> {
+        todo!()
+    }
+    pub async fn unroute(&self, _e: &str) -> Result<()> {
+        todo!()
+    }
+}
+pub struct RouteTraffic;
+impl RouteTraffic {
+    pub fn new(_c: SupervisorClient, _e: impl Into<String>) -> RouteTraffic {
+        RouteTraffic
+    }
+}
+#[async_trait::async_trait]
+impl crate::rollout::Traffic for RouteTraffic {
+    async fn set_weights(&self, _w: &crate::rollout::Weights) -> std::result::Result<(), String> {
+        todo!()
+    }
+    async fn ready(&self, _d: &str) -> std::result::Result<bool, String> {
+        todo!()
+    }
+    async fn stats(&self, _d: &str) -> std::result::Result<crate::rollout::Stats, String> {
+        todo!()
+    }
+}
+// STUB-END

@@ -243,6 +243,9 @@ pub struct JournalOutcome {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What happened along the way, e.g. each rollout step with its figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<serde_json::Value>,
 }
 
 const STATE_KEY: &str = ".cairn/state.json";

@@ -1,0 +1,1006 @@
+//! Endpoints: what an endpoint's live serving should be, how a plan decides between
+//! create, update and rollout, and how an apply gets there on any serving target.
+//!
+//! The declared side is an [`EndpointValue`]: each deployment resolved to a model version
+//! and a *revision* (the version, plus a hash of the deployment's environment when it has
+//! one), the traffic map, the mirror and the rollout policy. It is what the plan shows as
+//! `after` and what the state records once applied.
+//!
+//! The live side is a [`LiveEndpoint`], observed through a [`Serving`] target: the router's
+//! backends (name → deployment revision), their weights and readiness. A backend is named
+//! after its deployment (`blue`); while a new revision of a deployment rolls out beside the
+//! running one it is named `blue@<revision>`, which is also what the pin header takes.
+//!
+//! [`apply`] converges from whatever is live, so a rerun after a crash finishes the job:
+//! 1. start every declared revision (the target waits until each replica is ready; a
+//!    revision that fails to start is undone by the target and the old one keeps serving);
+//! 2. put new revisions behind the router at 0 %;
+//! 3. walk traffic from the live weights to the declared ones with the rollout engine
+//!    ([`crate::rollout`]), gated by error rate and p99 latency;
+//! 4. promote: name each new revision after its deployment, keep the old one at 0 % and
+//!    retire it after `scale_down_delay` — or, when a gate fails, move all traffic back,
+//!    stop the new revisions and fail the change saying why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{self, Outcome, RolloutEvent, RolloutPolicy, Traffic, Weights};
+
+/// How long an old revision keeps its replicas after a promotion, unless declared.
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
+
+/// An endpoint as declared, with versions resolved: the plan's `after`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointValue {
+    /// `compute.<name>`.
+    pub compute: String,
+    /// The compute's target: `local` or `kubernetes`.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `key`, `token` or `none`.
+    pub auth: String,
+    pub deployments: BTreeMap<String, DeploymentValue>,
+    /// Deployment → percent.
+    pub traffic: Weights,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorValue>,
+    pub rollout: RolloutValue,
+}
+
+/// One deployment of an endpoint, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentValue {
+    /// The model's name.
+    pub model: String,
+    pub version: String,
+    /// Whether the manifest pins the version (`model.x@v`) or follows the newest.
+    pub pinned: bool,
+    /// What runs: the version, plus a hash of `env` when there is one.
+    pub revision: String,
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorValue {
+    pub deployment: String,
+    pub percent: u32,
+}
+
+/// `[endpoint.<name>.rollout]` with its defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutValue {
+    pub steps: Vec<u32>,
+    /// Humantime, e.g. `30s`.
+    pub step_wait: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<u64>,
+    pub auto_rollback: bool,
+    /// Percent of requests mirrored to the new revision before traffic moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<u32>,
+    pub scale_down_delay: String,
+}
+
+impl RolloutValue {
+    /// Without a `[rollout]` table: switch at once when the new revision is ready.
+    pub fn immediate() -> RolloutValue {
+        RolloutValue {
+            steps: vec![100],
+            step_wait: "0s".into(),
+            max_error_rate: None,
+            max_p99_ms: None,
+            auto_rollback: true,
+            mirror: None,
+            scale_down_delay: humantime::format_duration(DEFAULT_SCALE_DOWN_DELAY).to_string(),
+        }
+    }
+
+    pub fn step_wait(&self) -> Duration {
+        humantime::parse_duration(&self.step_wait).unwrap_or_default()
+    }
+
+    pub fn scale_down_delay(&self) -> Duration {
+        humantime::parse_duration(&self.scale_down_delay).unwrap_or(DEFAULT_SCALE_DOWN_DELAY)
+    }
+
+    /// The engine's policy.
+    pub fn policy(&self) -> RolloutPolicy {
+        RolloutPolicy {
+            steps: self.steps.clone(),
+            step_wait: self.step_wait(),
+            max_error_rate: self.max_error_rate,
+            max_p99_ms: self.max_p99_ms,
+            auto_rollback: self.auto_rollback,
+            mirror: self.mirror,
+            ..RolloutPolicy::default()
+        }
+    }
+
+    /// "10% → 50% → 100%, each held 10s; gates: error rate ≤ 1%, p99 ≤ 250 ms; automatic rollback".
+    pub fn describe(&self) -> String {
+        let steps: Vec<String> = self.steps.iter().map(|s| format!("{s}%")).collect();
+        let mirror = self
+            .mirror
+            .map_or_else(String::new, |m| format!("mirror {m}% first, then "));
+        let walk = if self.step_wait() == Duration::ZERO {
+            format!("{}, without holding", steps.join(" → "))
+        } else {
+            format!("{}, each held {}", steps.join(" → "), self.step_wait)
+        };
+        let mut text = mirror + &walk;
+        let mut gates = Vec::new();
+        if let Some(rate) = self.max_error_rate {
+            gates.push(format!("error rate ≤ {}%", trim_float(rate * 100.0)));
+        }
+        if let Some(p99) = self.max_p99_ms {
+            gates.push(format!("p99 ≤ {p99} ms"));
+        }
+        if gates.is_empty() {
+            text.push_str("; no gates");
+        } else {
+            text.push_str(&format!("; gates: {}", gates.join(", ")));
+        }
+        text.push_str(if self.auto_rollback {
+            "; automatic rollback"
+        } else {
+            "; halts without rolling back"
+        });
+        text
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// What the plan shows about a traffic shift.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutPlan {
+    /// Router backend → percent, now.
+    pub from: Weights,
+    /// Router backend → percent, at the end (new revisions under their temporary names).
+    pub to: Weights,
+    /// The weights at each step.
+    pub steps: Vec<Weights>,
+    pub step_wait: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<u64>,
+    pub auto_rollback: bool,
+    /// One line: steps, hold, gates.
+    pub summary: String,
+}
+
+/// One router backend as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveBackend {
+    pub deployment: String,
+    pub revision: String,
+    pub replicas: u32,
+    pub ready_replicas: u32,
+}
+
+/// What serves an endpoint now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveEndpoint {
+    pub port: Option<u16>,
+    /// Whether the router answers.
+    pub serving: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Router backend name → revision.
+    pub backends: BTreeMap<String, LiveBackend>,
+    pub weights: Weights,
+}
+
+impl LiveEndpoint {
+    /// The revision answering for `deployment` under its own name.
+    pub fn revision_of(&self, deployment: &str) -> Option<&str> {
+        self.backends.get(deployment).map(|b| b.revision.as_str())
+    }
+
+    /// Traffic per deployment (revisions of one deployment added up).
+    pub fn deployment_weights(&self) -> Weights {
+        let mut out = Weights::new();
+        for (name, weight) in &self.weights {
+            let deployment = self
+                .backends
+                .get(name)
+                .map_or(name.as_str(), |b| b.deployment.as_str());
+            *out.entry(deployment.to_string()).or_default() += weight;
+        }
+        out.retain(|_, w| *w > 0);
+        out
+    }
+}
+
+/// Names one endpoint on a target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointId {
+    pub workspace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/endpoint.{}", self.workspace, self.name)
+    }
+}
+
+/// One revision of a deployment to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionSpec {
+    pub deployment: String,
+    pub revision: String,
+    pub model: String,
+    pub version: String,
+    pub replicas: u32,
+    pub env: BTreeMap<String, String>,
+}
+
+/// The router's table for an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub port: Option<u16>,
+    /// Backend name → (deployment, revision).
+    pub backends: BTreeMap<String, (String, String)>,
+    pub weights: Weights,
+    /// Backend name and percent.
+    pub mirror: Option<(String, u32)>,
+    /// Requests need the endpoint's key.
+    pub auth: bool,
+}
+
+/// Errors of serving targets and of applying endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Target(String),
+    #[error("the rollout engine failed: {0}")]
+    Rollout(#[from] rollout::Error),
+    #[error("rolled back {}: {reason}; all traffic is on the previous revision", at_step(*.step))]
+    RolledBack { step: u32, reason: String },
+    #[error(
+        "halted at step {step}%: {reason}; traffic stays split as it was (auto_rollback is off)"
+    )]
+    Halted { step: u32, reason: String },
+    #[error("{deployment} never became ready; traffic was not moved")]
+    NotReady { deployment: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn at_step(step: u32) -> String {
+    if step == 0 {
+        "during the mirror phase, before any traffic moved".to_string()
+    } else {
+        format!("at step {step}%")
+    }
+}
+
+/// A target that serves endpoints: the local supervisor and router, or Kubernetes.
+#[async_trait]
+pub trait Serving: Send + Sync {
+    /// What serves the endpoint now; `None` when nothing does.
+    async fn observe(&self, endpoint: &EndpointId) -> Result<Option<LiveEndpoint>>;
+    /// Starts the revisions that are not running and scales the others to `replicas`;
+    /// returns once every replica is ready. On failure nothing it started keeps running.
+    async fn deploy(&self, endpoint: &EndpointId, revisions: &[RevisionSpec]) -> Result<()>;
+    /// Puts the table in force (binding the port first when the router is new or moves).
+    async fn route(&self, endpoint: &EndpointId, table: &RouteTable) -> Result<()>;
+    /// The rollout engine's handle on the endpoint's traffic.
+    fn traffic(&self, endpoint: &EndpointId) -> Box<dyn Traffic>;
+    /// Stops a revision after `after` (at once for zero).
+    async fn retire(
+        &self,
+        endpoint: &EndpointId,
+        deployment: &str,
+        revision: &str,
+        after: Duration,
+    ) -> Result<()>;
+    /// Stops the router and every revision of the endpoint.
+    async fn remove(&self, endpoint: &EndpointId) -> Result<()>;
+}
+
+/// The revision of a deployment: its model version, plus a hash of its environment.
+pub fn revision(version: &str, env: &BTreeMap<String, String>) -> String {
+    if env.is_empty() {
+        version.to_string()
+    } else {
+        let text = serde_json::to_string(env).unwrap_or_default();
+        format!(
+            "{version}-{}",
+            &crate::content::short_hash(text.as_bytes())[..6]
+        )
+    }
+}
+
+/// The name a deployment's new revision has while it rolls out beside the old one.
+pub fn canary_name(deployment: &str, revision: &str) -> String {
+    format!("{deployment}@{revision}")
+}
+
+/// How the plan classifies an endpoint change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    NoOp,
+    Create(String),
+    Update(String),
+    Rollout(String, RolloutPlan),
+}
+
+/// Decides what applying `after` does, given what the state recorded (`before`) and what
+/// is live (`live`, `None` when nothing serves).
+pub fn decide(
+    before: Option<&EndpointValue>,
+    after: &EndpointValue,
+    live: Option<&LiveEndpoint>,
+) -> Decision {
+    let targets = target_names(after, live);
+    let live_serving = live.filter(|l| l.serving);
+    let Some(before) = before else {
+        return Decision::Create(describe_new(after));
+    };
+    let Some(live) = live_serving else {
+        let why = match live {
+            Some(l) => format!(
+                "not serving: {}",
+                l.error.as_deref().unwrap_or("the router is down")
+            ),
+            None => "not serving: no router runs for it".to_string(),
+        };
+        return Decision::Update(format!(
+            "{why}; apply starts {} again",
+            describe_deployments(after)
+        ));
+    };
+
+    // Traffic moves when a deployment carrying traffic gets a new revision, or when the
+    // traffic map changes.
+    let from = live.weights.clone();
+    let to = to_weights(after, &targets);
+    let mut why = Vec::new();
+    for (name, d) in &after.deployments {
+        if let Some(live_rev) = live.revision_of(name) {
+            if live_rev != d.revision {
+                let old_version = before
+                    .deployments
+                    .get(name)
+                    .filter(|b| b.revision == live_rev)
+                    .map_or(live_rev, |b| b.version.as_str());
+                let how = if d.pinned {
+                    "pinned"
+                } else {
+                    "the newest version"
+                };
+                why.push(format!(
+                    "{name}: model.{} {old_version} → {} ({how}), started beside the running revision",
+                    d.model, d.version
+                ));
+            }
+        }
+    }
+    let live_split = live.deployment_weights();
+    let mut declared_split = after.traffic.clone();
+    declared_split.retain(|_, w| *w > 0);
+    if live_split != declared_split {
+        why.push(format!(
+            "traffic {} → {}",
+            show_weights(&live_split),
+            show_weights(&declared_split)
+        ));
+    }
+    let moves = shifts(&from, &to);
+    if moves {
+        let steps: Vec<Weights> = effective_steps(&after.rollout.steps)
+            .into_iter()
+            .map(|s| rollout::interpolate(&from, &to, s))
+            .collect();
+        let plan = RolloutPlan {
+            from: from.clone(),
+            to: to.clone(),
+            steps,
+            step_wait: after.rollout.step_wait.clone(),
+            max_error_rate: after.rollout.max_error_rate,
+            max_p99_ms: after.rollout.max_p99_ms,
+            auto_rollback: after.rollout.auto_rollback,
+            summary: after.rollout.describe(),
+        };
+        return Decision::Rollout(why.join("; "), plan);
+    }
+
+    // Anything else is changed in place.
+    let mut changes = Vec::new();
+    for (name, d) in &after.deployments {
+        match live.backends.get(name) {
+            None if d.replicas > 0 => changes.push(format!("{name}: new deployment")),
+            Some(b) if b.revision != d.revision => changes.push(format!(
+                "{name}: model.{} → {} (no traffic, replaced in place)",
+                d.model, d.version
+            )),
+            Some(b) if b.ready_replicas != d.replicas || b.replicas != d.replicas => {
+                changes.push(format!(
+                    "{name}: {} → {} replicas ready",
+                    b.ready_replicas, d.replicas
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (name, b) in &live.backends {
+        let declared = after.deployments.contains_key(&b.deployment);
+        if !declared && !name.contains('@') {
+            changes.push(format!("{name}: no longer declared, stopped"));
+        }
+    }
+    if live.port != after.port {
+        changes.push(format!(
+            "port {} → {}",
+            live.port.map_or("none".into(), |p| p.to_string()),
+            after.port.map_or("none".into(), |p| p.to_string())
+        ));
+    }
+    if changes.is_empty() && live_split != declared_split {
+        changes.push(format!("traffic → {}", show_weights(&declared_split)));
+    }
+    if changes.is_empty() && before != after {
+        let fields: Vec<String> = crate::plan::diff_values(
+            serde_json::to_value(before).ok().as_ref(),
+            serde_json::to_value(after).ok().as_ref(),
+        )
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
+        changes.push(format!("changed: {}", fields.join(", ")));
+    }
+    if changes.is_empty() {
+        Decision::NoOp
+    } else {
+        Decision::Update(changes.join("; "))
+    }
+}
+
+/// Steps as the engine walks them: positive, at most 100, ending at 100.
+pub fn effective_steps(steps: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = steps
+        .iter()
+        .copied()
+        .filter(|s| *s > 0 && *s <= 100)
+        .collect();
+    if out.last() != Some(&100) {
+        out.push(100);
+    }
+    out
+}
+
+/// The router backend name each declared deployment will have during the change: its own
+/// name when that backend is free or already runs the declared revision, else the
+/// temporary `name@revision`.
+fn target_names(after: &EndpointValue, live: Option<&LiveEndpoint>) -> BTreeMap<String, String> {
+    after
+        .deployments
+        .iter()
+        .map(|(name, d)| {
+            let live_weight = live.and_then(|l| l.weights.get(name)).copied().unwrap_or(0);
+            let backend = match live.and_then(|l| l.revision_of(name)) {
+                Some(rev) if rev != d.revision && live_weight > 0 => canary_name(name, &d.revision),
+                _ => name.clone(),
+            };
+            (name.clone(), backend)
+        })
+        .collect()
+}
+
+fn to_weights(after: &EndpointValue, targets: &BTreeMap<String, String>) -> Weights {
+    after
+        .traffic
+        .iter()
+        .map(|(d, w)| (targets.get(d).cloned().unwrap_or_else(|| d.clone()), *w))
+        .collect()
+}
+
+fn show_weights(w: &Weights) -> String {
+    if w.is_empty() {
+        return "none".to_string();
+    }
+    w.iter()
+        .map(|(n, p)| format!("{n} {p}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_deployments(after: &EndpointValue) -> String {
+    after
+        .deployments
+        .iter()
+        .map(|(name, d)| {
+            format!(
+                "{name} (model.{}@{}, {} replica{}, {}%)",
+                d.model,
+                d.version,
+                d.replicas,
+                if d.replicas == 1 { "" } else { "s" },
+                after.traffic.get(name).copied().unwrap_or(0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_new(after: &EndpointValue) -> String {
+    let at = after
+        .port
+        .map_or_else(String::new, |p| format!(" on port {p}"));
+    format!("new endpoint{at}: {}", describe_deployments(after))
+}
+
+/// What [`apply`] reports as it goes.
+pub trait Progress: Send + Sync {
+    fn note(&self, message: &str);
+}
+
+/// Brings the endpoint's live serving to `after`. Returns a one-line summary; a failed
+/// gate is an error ([`Error::RolledBack`], [`Error::Halted`]) after traffic was restored.
+pub async fn apply(
+    serving: &dyn Serving,
+    endpoint: &EndpointId,
+    after: &EndpointValue,
+    on_event: &(dyn Fn(RolloutEvent) + Send + Sync),
+    progress: &dyn Progress,
+) -> Result<String> {
+    let live = serving.observe(endpoint).await?;
+    let live_serving = live.as_ref().filter(|l| l.serving);
+    let targets = target_names(after, live_serving);
+
+    // 1. Every declared revision runs and is ready.
+    let revisions: Vec<RevisionSpec> = after
+        .deployments
+        .iter()
+        .filter(|(_, d)| d.replicas > 0)
+        .map(|(name, d)| RevisionSpec {
+            deployment: name.clone(),
+            revision: d.revision.clone(),
+            model: d.model.clone(),
+            version: d.version.clone(),
+            replicas: d.replicas,
+            env: d.env.clone(),
+        })
+        .collect();
+    if !revisions.is_empty() {
+        let names: Vec<String> = revisions
+            .iter()
+            .map(|r| format!("{}@{} ×{}", r.deployment, r.revision, r.replicas))
+            .collect();
+        progress.note(&format!("starting {}", names.join(", ")));
+    }
+    serving.deploy(endpoint, &revisions).await?;
+
+    let mirror_of = |targets: &BTreeMap<String, String>| {
+        after.mirror.as_ref().map(|m| {
+            (
+                targets
+                    .get(&m.deployment)
+                    .cloned()
+                    .unwrap_or_else(|| m.deployment.clone()),
+                m.percent,
+            )
+        })
+    };
+    let auth = after.auth != "none";
+    let declared: BTreeMap<String, (String, String)> = after
+        .deployments
+        .iter()
+        .filter(|(_, d)| d.replicas > 0)
+        .map(|(name, d)| (targets[name].clone(), (name.clone(), d.revision.clone())))
+        .collect();
+    let to = to_weights(after, &targets);
+
+    let Some(live) = live_serving else {
+        // Nothing serves: route straight to the declared weights.
+        let routed = serving
+            .route(
+                endpoint,
+                &RouteTable {
+                    port: after.port,
+                    backends: declared.clone(),
+                    weights: to.clone(),
+                    mirror: mirror_of(&targets),
+                    auth,
+                },
+            )
+            .await;
+        if let Err(e) = routed {
+            // Without a router nothing can reach the revisions just started.
+            if live.is_none() {
+                for r in &revisions {
+                    let _ = serving
+                        .retire(endpoint, &r.deployment, &r.revision, Duration::ZERO)
+                        .await;
+                }
+            }
+            return Err(e);
+        }
+        retire_undeclared(
+            serving,
+            endpoint,
+            after,
+            live.as_ref(),
+            &BTreeSet::new(),
+            progress,
+        )
+        .await?;
+        return Ok(format!("serving {}", show_weights(&to)));
+    };
+
+    // 2. New revisions join the router at 0 %, beside what serves.
+    let mut backends: BTreeMap<String, (String, String)> = live
+        .backends
+        .iter()
+        .map(|(n, b)| (n.clone(), (b.deployment.clone(), b.revision.clone())))
+        .collect();
+    for (name, value) in &declared {
+        let live_weight = live.weights.get(name).copied().unwrap_or(0);
+        if live_weight == 0 || !backends.contains_key(name) {
+            backends.insert(name.clone(), value.clone());
+        }
+    }
+    let from = live.weights.clone();
+    let mut joined = from.clone();
+    for name in backends.keys() {
+        joined.entry(name.clone()).or_insert(0);
+    }
+    serving
+        .route(
+            endpoint,
+            &RouteTable {
+                port: after.port,
+                backends: backends.clone(),
+                weights: joined.clone(),
+                mirror: mirror_of(&targets),
+                auth,
+            },
+        )
+        .await?;
+
+    // 3. Traffic moves by the steps, watched by the gates.
+    let moving = shifts(&from, &to);
+    let summary;
+    if moving {
+        let traffic = serving.traffic(endpoint);
+        let policy = after.rollout.policy();
+        let mut to_full = to.clone();
+        for name in backends.keys() {
+            to_full.entry(name.clone()).or_insert(0);
+        }
+        match rollout::run(traffic.as_ref(), &joined, &to_full, &policy, on_event).await? {
+            Outcome::Promoted { .. } => {
+                summary = format!("promoted: {}", show_weights(&positive(&to)));
+            }
+            Outcome::RolledBack { step, reason, .. } => {
+                progress.note(&format!("rolled back: {reason}"));
+                // The new revisions are at 0 %: take them out and stop them.
+                let canaries = canaries(&targets);
+                restore(serving, endpoint, after, &backends, &from, &canaries, auth).await?;
+                return Err(Error::RolledBack { step, reason });
+            }
+            Outcome::Halted { step, reason, .. } => {
+                return Err(Error::Halted { step, reason });
+            }
+            Outcome::NotReady { deployment } => {
+                let canaries = canaries(&targets);
+                restore(serving, endpoint, after, &backends, &from, &canaries, auth).await?;
+                return Err(Error::NotReady { deployment });
+            }
+        }
+    } else {
+        summary = format!("serving {}", show_weights(&positive(&to)));
+    }
+
+    // 4. Promote: new revisions take their deployment's name; old ones stay at 0 % until
+    // they are retired.
+    let mut final_backends = BTreeMap::new();
+    let mut final_weights = Weights::new();
+    let mut keep: BTreeSet<(String, String)> = BTreeSet::new();
+    for (name, d) in &after.deployments {
+        if d.replicas == 0 {
+            continue;
+        }
+        final_backends.insert(name.clone(), (name.clone(), d.revision.clone()));
+        final_weights.insert(name.clone(), after.traffic.get(name).copied().unwrap_or(0));
+        keep.insert((name.clone(), d.revision.clone()));
+    }
+    let delay = after.rollout.scale_down_delay();
+    let mut retiring = Vec::new();
+    for (name, b) in &live.backends {
+        let pair = (b.deployment.clone(), b.revision.clone());
+        if keep.contains(&pair) {
+            continue;
+        }
+        let weight = live.weights.get(name).copied().unwrap_or(0);
+        if name.contains('@') && weight == 0 && after.deployments.contains_key(&b.deployment) {
+            // Already retiring since an earlier promotion.
+            final_backends.insert(name.clone(), pair);
+            final_weights.insert(name.clone(), 0);
+            continue;
+        }
+        if after.deployments.contains_key(&b.deployment) {
+            let name = canary_name(&b.deployment, &b.revision);
+            final_backends.insert(name.clone(), pair.clone());
+            final_weights.insert(name, 0);
+        }
+        retiring.push(pair);
+    }
+    serving
+        .route(
+            endpoint,
+            &RouteTable {
+                port: after.port,
+                backends: final_backends,
+                weights: final_weights,
+                mirror: after
+                    .mirror
+                    .as_ref()
+                    .map(|m| (m.deployment.clone(), m.percent)),
+                auth,
+            },
+        )
+        .await?;
+    for (deployment, revision) in retiring {
+        let after_delay = if after.deployments.contains_key(&deployment) {
+            delay
+        } else {
+            Duration::ZERO
+        };
+        progress.note(&format!(
+            "retiring {deployment}@{revision} in {}",
+            humantime::format_duration(after_delay)
+        ));
+        serving
+            .retire(endpoint, &deployment, &revision, after_delay)
+            .await?;
+    }
+    Ok(summary)
+}
+
+/// Whether traffic has to move: some flows now, some will, and not to the same places.
+fn shifts(from: &Weights, to: &Weights) -> bool {
+    let (from, to) = (positive(from), positive(to));
+    !from.is_empty() && !to.is_empty() && from != to
+}
+
+fn positive(w: &Weights) -> Weights {
+    w.iter()
+        .filter(|(_, p)| **p > 0)
+        .map(|(n, p)| (n.clone(), *p))
+        .collect()
+}
+
+fn canaries(targets: &BTreeMap<String, String>) -> BTreeSet<String> {
+    targets
+        .iter()
+        .filter(|(d, backend)| d != backend)
+        .map(|(_, backend)| backend.clone())
+        .collect()
+}
+
+/// After a failed rollout: the table as it was before, then the new revisions stopped.
+async fn restore(
+    serving: &dyn Serving,
+    endpoint: &EndpointId,
+    after: &EndpointValue,
+    backends: &BTreeMap<String, (String, String)>,
+    from: &Weights,
+    canaries: &BTreeSet<String>,
+    auth: bool,
+) -> Result<()> {
+    let kept: BTreeMap<String, (String, String)> = backends
+        .iter()
+        .filter(|(n, _)| !canaries.contains(*n))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let weights: Weights = kept
+        .keys()
+        .map(|n| (n.clone(), from.get(n).copied().unwrap_or(0)))
+        .collect();
+    let mirror = after
+        .mirror
+        .as_ref()
+        .filter(|m| kept.contains_key(&m.deployment))
+        .map(|m| (m.deployment.clone(), m.percent));
+    serving
+        .route(
+            endpoint,
+            &RouteTable {
+                port: after.port,
+                backends: kept,
+                weights,
+                mirror,
+                auth,
+            },
+        )
+        .await?;
+    for name in canaries {
+        if let Some((deployment, revision)) = backends.get(name) {
+            serving
+                .retire(endpoint, deployment, revision, Duration::ZERO)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops what serves but is no longer declared (after a fresh route).
+async fn retire_undeclared(
+    serving: &dyn Serving,
+    endpoint: &EndpointId,
+    after: &EndpointValue,
+    live: Option<&LiveEndpoint>,
+    keep: &BTreeSet<(String, String)>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let Some(live) = live else { return Ok(()) };
+    for b in live.backends.values() {
+        let declared = after
+            .deployments
+            .get(&b.deployment)
+            .is_some_and(|d| d.revision == b.revision && d.replicas > 0);
+        if declared || keep.contains(&(b.deployment.clone(), b.revision.clone())) {
+            continue;
+        }
+        progress.note(&format!("stopping {}@{}", b.deployment, b.revision));
+        serving
+            .retire(endpoint, &b.deployment, &b.revision, Duration::ZERO)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(version: &str, traffic: &[(&str, u32)]) -> EndpointValue {
+        let mut deployments = BTreeMap::new();
+        for (name, _) in traffic {
+            deployments.insert(
+                name.to_string(),
+                DeploymentValue {
+                    model: "m".into(),
+                    version: version.into(),
+                    pinned: false,
+                    revision: version.into(),
+                    replicas: 1,
+                    env: BTreeMap::new(),
+                },
+            );
+        }
+        EndpointValue {
+            compute: "compute.c".into(),
+            target: "local".into(),
+            port: Some(8080),
+            auth: "key".into(),
+            deployments,
+            traffic: traffic.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
+            mirror: None,
+            rollout: RolloutValue {
+                steps: vec![10, 50, 100],
+                step_wait: "10s".into(),
+                max_error_rate: Some(0.01),
+                max_p99_ms: Some(250),
+                auto_rollback: true,
+                mirror: None,
+                scale_down_delay: "5m".into(),
+            },
+        }
+    }
+
+    fn live_of(v: &EndpointValue) -> LiveEndpoint {
+        LiveEndpoint {
+            port: v.port,
+            serving: true,
+            error: None,
+            backends: v
+                .deployments
+                .iter()
+                .map(|(n, d)| {
+                    (
+                        n.clone(),
+                        LiveBackend {
+                            deployment: n.clone(),
+                            revision: d.revision.clone(),
+                            replicas: d.replicas,
+                            ready_replicas: d.replicas,
+                        },
+                    )
+                })
+                .collect(),
+            weights: v.traffic.clone(),
+        }
+    }
+
+    #[test]
+    fn unchanged_endpoint_is_a_no_op() {
+        let v = value("a1", &[("blue", 100)]);
+        assert_eq!(decide(Some(&v), &v, Some(&live_of(&v))), Decision::NoOp);
+    }
+
+    #[test]
+    fn new_version_of_a_serving_deployment_rolls_out() {
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("b2", &[("blue", 100)]);
+        let Decision::Rollout(reason, plan) = decide(Some(&old), &new, Some(&live_of(&old))) else {
+            panic!("expected a rollout");
+        };
+        assert!(reason.contains("blue: model.m a1 → b2"), "{reason}");
+        assert_eq!(plan.from, Weights::from([("blue".into(), 100)]));
+        assert_eq!(plan.to, Weights::from([("blue@b2".into(), 100)]));
+        assert_eq!(plan.steps.len(), 3);
+        assert_eq!(plan.steps[0]["blue@b2"], 10);
+        assert_eq!(plan.steps[0]["blue"], 90);
+    }
+
+    #[test]
+    fn changed_traffic_map_rolls_out() {
+        let old = value("a1", &[("blue", 100), ("green", 0)]);
+        let new = value("a1", &[("blue", 0), ("green", 100)]);
+        let Decision::Rollout(reason, plan) = decide(Some(&old), &new, Some(&live_of(&old))) else {
+            panic!("expected a rollout");
+        };
+        assert!(
+            reason.contains("traffic blue 100% → green 100%"),
+            "{reason}"
+        );
+        assert_eq!(plan.steps[1]["green"], 50);
+    }
+
+    #[test]
+    fn nothing_serving_is_repaired() {
+        let v = value("a1", &[("blue", 100)]);
+        let Decision::Update(reason) = decide(Some(&v), &v, None) else {
+            panic!("expected an update");
+        };
+        assert!(reason.starts_with("not serving"), "{reason}");
+    }
+
+    #[test]
+    fn replicas_change_in_place() {
+        let old = value("a1", &[("blue", 100)]);
+        let mut new = old.clone();
+        new.deployments.get_mut("blue").unwrap().replicas = 3;
+        let Decision::Update(reason) = decide(Some(&old), &new, Some(&live_of(&old))) else {
+            panic!("expected an update");
+        };
+        assert!(reason.contains("1 → 3 replicas"), "{reason}");
+    }
+
+    #[test]
+    fn first_apply_creates() {
+        let v = value("a1", &[("blue", 100)]);
+        let Decision::Create(reason) = decide(None, &v, None) else {
+            panic!("expected a create");
+        };
+        assert_eq!(
+            reason,
+            "new endpoint on port 8080: blue (model.m@a1, 1 replica, 100%)"
+        );
+    }
+
+    #[test]
+    fn describes_the_policy() {
+        let v = value("a1", &[("blue", 100)]);
+        assert_eq!(
+            v.rollout.describe(),
+            "10% → 50% → 100%, each held 10s; gates: error rate ≤ 1%, p99 ≤ 250 ms; automatic rollback"
+        );
+    }
+}

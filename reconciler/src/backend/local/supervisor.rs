@@ -72,7 +72,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,6 +80,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch, Notify};
+
+use crate::rollout::{Stats, Weights};
+
+mod routing;
+
+pub use routing::{Backend, BackendStatus, RouteSpec, RouteStatus, RouteTraffic};
+use routing::{Hosted, RetirementRecord};
 
 /// The daemon's socket, in the state folder.
 pub const SOCKET_FILE: &str = "supervisor.sock";
@@ -102,7 +109,8 @@ pub const MAX_REPLICAS: u32 = 64;
 
 /// The largest request or response, in bytes.
 const MAX_MESSAGE_BYTES: u64 = 16 << 20;
-const STATE_FORMAT_VERSION: u32 = 1;
+/// Version 2 added routes and scheduled stops; version 1 files still load.
+const STATE_FORMAT_VERSION: u32 = 2;
 /// How long [`ensure_running`] waits for a daemon it started to answer.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a starting daemon waits for the lock a previous one is releasing.
@@ -218,6 +226,72 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid route for endpoint `{endpoint}`: {reason}")]
+    InvalidRoute { endpoint: String, reason: String },
+    #[error(
+        "cannot route endpoint `{endpoint}` on {listen}: the port is in use{}; pick another \
+         `listen` or free the port (the endpoint's routes are unchanged)",
+        held_by(holder.as_deref())
+    )]
+    PortInUse {
+        endpoint: String,
+        listen: SocketAddr,
+        /// The endpoint whose router holds the port, when it is one of this supervisor's.
+        holder: Option<String>,
+    },
+    #[error(
+        "cannot route endpoint `{endpoint}` on {listen}: {reason} (the endpoint's routes are \
+         unchanged)"
+    )]
+    RouterBind {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    #[error("endpoint `{endpoint}` has no router; create one with `route` first")]
+    NoRoute { endpoint: String },
+    #[error(
+        "endpoint `{endpoint}` has no backend `{backend}`; its backends: {}",
+        names_or_none(known)
+    )]
+    UnknownBackend {
+        endpoint: String,
+        backend: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "the router of endpoint `{endpoint}` on {listen} is not serving: {reason}; the \
+         supervisor tries to bind it again every few seconds"
+    )]
+    NotServing {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    #[error(
+        "`{deployment}` still gets {weight} % of the traffic of endpoint `{endpoint}` (backend \
+         `{backend}`); set its weight to 0 first, then stop it"
+    )]
+    StillRouted {
+        deployment: String,
+        endpoint: String,
+        backend: String,
+        weight: u32,
+    },
+}
+
+fn held_by(holder: Option<&str>) -> String {
+    holder
+        .map(|endpoint| format!(" (by the router of endpoint `{endpoint}`)"))
+        .unwrap_or_default()
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -631,6 +705,39 @@ pub enum Event {
         reason: String,
         replicas_left: usize,
     },
+    /// An endpoint's router took its port and serves.
+    RouterBound {
+        endpoint: String,
+        listen: SocketAddr,
+    },
+    /// An endpoint's router could not bind (or stopped serving); retried every few seconds.
+    RouterFailed {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    /// An endpoint's routes changed: weights, backends, mirror, key, or replica addresses.
+    RoutesChanged {
+        endpoint: String,
+        change: String,
+    },
+    RouterClosed {
+        endpoint: String,
+        listen: SocketAddr,
+    },
+    RetireScheduled {
+        deployment: DeploymentKey,
+        after: Duration,
+    },
+    /// A revision whose stop was scheduled was stopped.
+    Retired {
+        deployment: DeploymentKey,
+    },
+    /// A scheduled stop was dropped (the revision carries traffic again, or was applied).
+    RetireCancelled {
+        deployment: DeploymentKey,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -673,6 +780,32 @@ impl fmt::Display for Event {
                 f,
                 "exiting ({reason}); {replicas_left} replica(s) left serving"
             ),
+            Event::RouterBound { endpoint, listen } => {
+                write!(f, "{endpoint}: router serving on {listen}")
+            }
+            Event::RouterFailed {
+                endpoint,
+                listen,
+                reason,
+            } => write!(
+                f,
+                "{endpoint}: router on {listen} not serving: {reason}; retrying"
+            ),
+            Event::RoutesChanged { endpoint, change } => {
+                write!(f, "{endpoint}: routes changed: {change}")
+            }
+            Event::RouterClosed { endpoint, listen } => {
+                write!(f, "{endpoint}: router on {listen} closed")
+            }
+            Event::RetireScheduled { deployment, after } => write!(
+                f,
+                "{deployment}: stops in {}",
+                humantime::format_duration(*after)
+            ),
+            Event::Retired { deployment } => write!(f, "{deployment}: retired (scheduled stop)"),
+            Event::RetireCancelled { deployment, reason } => {
+                write!(f, "{deployment}: scheduled stop cancelled: {reason}")
+            }
         }
     }
 }
@@ -694,6 +827,31 @@ enum Request {
         revision: Option<String>,
     },
     Shutdown,
+    Route {
+        route: RouteSpec,
+    },
+    SetWeights {
+        endpoint: String,
+        weights: Weights,
+    },
+    Routes,
+    Ready {
+        endpoint: String,
+        backend: String,
+    },
+    Stats {
+        endpoint: String,
+        backend: String,
+    },
+    Unroute {
+        endpoint: String,
+    },
+    StopLater {
+        endpoint: String,
+        deployment: String,
+        revision: String,
+        after_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -701,16 +859,64 @@ enum Request {
 enum Response {
     Pong { pid: u32, version: String },
     Replicas { replicas: Vec<ReplicaStatus> },
+    Route { route: RouteStatus },
+    Routes { routes: Vec<RouteStatus> },
+    Ready { ready: bool },
+    Stats { stats: Stats },
+    Done,
     Error { error: WireError },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum WireError {
-    Invalid { deployment: String, reason: String },
-    Conflict { deployment: String, reason: String },
-    StartFailed { failures: Vec<StartFailure> },
-    Refused { message: String },
+    Invalid {
+        deployment: String,
+        reason: String,
+    },
+    Conflict {
+        deployment: String,
+        reason: String,
+    },
+    StartFailed {
+        failures: Vec<StartFailure>,
+    },
+    Refused {
+        message: String,
+    },
+    InvalidRoute {
+        endpoint: String,
+        reason: String,
+    },
+    PortInUse {
+        endpoint: String,
+        listen: SocketAddr,
+        holder: Option<String>,
+    },
+    RouterBind {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    NoRoute {
+        endpoint: String,
+    },
+    UnknownBackend {
+        endpoint: String,
+        backend: String,
+        known: Vec<String>,
+    },
+    NotServing {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    StillRouted {
+        deployment: String,
+        endpoint: String,
+        backend: String,
+        weight: u32,
+    },
 }
 
 impl From<WireError> for Error {
@@ -720,6 +926,57 @@ impl From<WireError> for Error {
             WireError::Conflict { deployment, reason } => Error::Conflict { deployment, reason },
             WireError::StartFailed { failures } => Error::StartFailed { failures },
             WireError::Refused { message } => Error::Refused { message },
+            WireError::InvalidRoute { endpoint, reason } => {
+                Error::InvalidRoute { endpoint, reason }
+            }
+            WireError::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            } => Error::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            },
+            WireError::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            } => Error::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            },
+            WireError::NoRoute { endpoint } => Error::NoRoute { endpoint },
+            WireError::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            } => Error::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            },
+            WireError::NotServing {
+                endpoint,
+                listen,
+                reason,
+            } => Error::NotServing {
+                endpoint,
+                listen,
+                reason,
+            },
+            WireError::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            } => Error::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            },
         }
     }
 }
@@ -730,6 +987,57 @@ impl From<Error> for WireError {
             Error::InvalidSpec { deployment, reason } => WireError::Invalid { deployment, reason },
             Error::Conflict { deployment, reason } => WireError::Conflict { deployment, reason },
             Error::StartFailed { failures } => WireError::StartFailed { failures },
+            Error::InvalidRoute { endpoint, reason } => {
+                WireError::InvalidRoute { endpoint, reason }
+            }
+            Error::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            } => WireError::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            },
+            Error::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            } => WireError::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            },
+            Error::NoRoute { endpoint } => WireError::NoRoute { endpoint },
+            Error::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            } => WireError::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            },
+            Error::NotServing {
+                endpoint,
+                listen,
+                reason,
+            } => WireError::NotServing {
+                endpoint,
+                listen,
+                reason,
+            },
+            Error::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            } => WireError::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            },
             other => WireError::Refused {
                 message: crate::diagnostics::error_chain(&other),
             },
@@ -1103,11 +1411,14 @@ pub async fn run_daemon(
         options,
         registry: Mutex::new(Registry::default()),
         serial: tokio::sync::Mutex::new(()),
+        routing: tokio::sync::Mutex::new(()),
+        router_ids: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         exit: Notify::new(),
         events: Box::new(events),
     });
     recover(&shared, state).await;
+    let chores = routing::spawn_chores(&shared);
     shared.event(Event::Listening {
         socket: socket.clone(),
         pid: std::process::id(),
@@ -1129,6 +1440,9 @@ pub async fn run_daemon(
             _ = interrupt.recv() => break "SIGINT",
         }
     };
+    for chore in chores {
+        chore.abort();
+    }
     let left = shared.registry().replica_count();
     let _ = std::fs::remove_file(&socket);
     shared.event(Event::Exiting {
@@ -1186,6 +1500,11 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Serializes requests that change what runs (apply, stop, shutdown).
     serial: tokio::sync::Mutex<()>,
+    /// Serializes changes of routes (route, set_weights, unroute, rebinding, and the
+    /// check that a stopped revision carries no traffic). Never held across an apply.
+    routing: tokio::sync::Mutex<()>,
+    /// Numbers the routers this daemon binds.
+    router_ids: AtomicU64,
     /// Set by shutdown: later changes are refused.
     closing: AtomicBool,
     exit: Notify,
@@ -1195,6 +1514,10 @@ struct Shared {
 #[derive(Default)]
 struct Registry {
     deployments: BTreeMap<DeploymentKey, Deployment>,
+    /// Endpoint name → its router.
+    routes: BTreeMap<String, Hosted>,
+    /// Revisions to stop, and when.
+    retirements: BTreeMap<DeploymentKey, SystemTime>,
 }
 
 struct Deployment {
@@ -1202,6 +1525,8 @@ struct Deployment {
     spec: Arc<DeploymentSpec>,
     /// Whether an apply of it ever succeeded.
     confirmed: bool,
+    /// Taken off its routes and being stopped: no route may name it any more.
+    stopping: bool,
     replicas: BTreeMap<u32, Replica>,
 }
 
@@ -1247,6 +1572,12 @@ impl Observed {
 struct StateFile {
     format_version: u32,
     deployments: Vec<DeploymentRecord>,
+    /// Since version 2.
+    #[serde(default)]
+    routes: Vec<RouteSpec>,
+    /// Since version 2.
+    #[serde(default)]
+    retirements: Vec<RetirementRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1331,6 +1662,12 @@ impl Registry {
                         .collect(),
                 })
                 .collect(),
+            routes: self.routes.values().map(|h| h.spec.clone()).collect(),
+            retirements: self
+                .retirements
+                .iter()
+                .map(|(key, at)| RetirementRecord::new(key, *at))
+                .collect(),
         }
     }
 }
@@ -1353,12 +1690,14 @@ impl Shared {
         }
     }
 
-    /// Changes one replica's record (if it is still registered) and saves the state.
+    /// Changes one replica's record (if it is still registered), saves the state, and
+    /// brings the endpoint's router up to date with its ready replicas.
     fn update(&self, id: &ReplicaId, change: impl FnOnce(&mut Observed)) {
         let mut registry = self.registry();
         if let Some(replica) = registry.replica_mut(id) {
             change(&mut replica.observed);
             self.persist(&registry);
+            self.sync_routes(&mut registry, &id.key.endpoint);
         }
     }
 
@@ -1479,6 +1818,45 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
             exit = true;
             answer(shutdown(&shared).await)
         }
+        Ok(Request::Route { route }) => reply(routing::route(&shared, route).await, |route| {
+            Response::Route { route }
+        }),
+        Ok(Request::SetWeights { endpoint, weights }) => reply(
+            routing::set_weights(&shared, &endpoint, weights).await,
+            |()| Response::Done,
+        ),
+        Ok(Request::Routes) => Response::Routes {
+            routes: routing::statuses(&shared),
+        },
+        Ok(Request::Ready { endpoint, backend }) => reply(
+            routing::ready(&shared, &endpoint, &backend).await,
+            |ready| Response::Ready { ready },
+        ),
+        Ok(Request::Stats { endpoint, backend }) => {
+            reply(routing::stats(&shared, &endpoint, &backend), |stats| {
+                Response::Stats { stats }
+            })
+        }
+        Ok(Request::Unroute { endpoint }) => {
+            routing::unroute(&shared, &endpoint).await;
+            Response::Done
+        }
+        Ok(Request::StopLater {
+            endpoint,
+            deployment,
+            revision,
+            after_ms,
+        }) => {
+            let key = DeploymentKey {
+                endpoint,
+                deployment,
+                revision,
+            };
+            reply(
+                routing::stop_later(&shared, key, Duration::from_millis(after_ms)),
+                |()| Response::Done,
+            )
+        }
     };
     // Encoding plain data cannot fail; should it, the client still gets a valid answer.
     let mut bytes = serde_json::to_vec(&response).unwrap_or_else(|_| {
@@ -1490,6 +1868,15 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
     let _ = write.shutdown().await;
     if exit {
         shared.exit.notify_one();
+    }
+}
+
+fn reply<T>(result: Result<T>, ok: impl FnOnce(T) -> Response) -> Response {
+    match result {
+        Ok(value) => ok(value),
+        Err(error) => Response::Error {
+            error: error.into(),
+        },
     }
 }
 
@@ -1540,6 +1927,7 @@ async fn apply(
                 Deployment {
                     spec: spec.clone(),
                     confirmed: false,
+                    stopping: false,
                     replicas: BTreeMap::new(),
                 }
             });
@@ -1616,6 +2004,13 @@ async fn apply(
                 deployment.spec = spec.clone();
                 deployment.confirmed = true;
             }
+            // Applying a revision again says it is wanted: a scheduled stop is dropped.
+            if registry.retirements.remove(&spec.key()).is_some() {
+                shared.event(Event::RetireCancelled {
+                    deployment: spec.key(),
+                    reason: "applied again".into(),
+                });
+            }
         }
         for id in &started {
             if let Some(replica) = registry.replica_mut(id) {
@@ -1653,6 +2048,7 @@ async fn stop(
             .collect();
         (keys, registry.statuses(&shared.dir, wanted))
     };
+    routing::take_off_routes(shared, &keys).await?;
     stop_deployments(shared, &keys).await;
     Ok(before)
 }
@@ -1660,6 +2056,8 @@ async fn stop(
 async fn shutdown(shared: &Arc<Shared>) -> std::result::Result<Vec<ReplicaStatus>, WireError> {
     let _serial = shared.serial.lock().await;
     shared.closing.store(true, Ordering::SeqCst);
+    // Routers first, so that no request goes to a replica being stopped.
+    routing::close_all(shared).await;
     let (keys, before) = {
         let registry = shared.registry();
         let keys: Vec<DeploymentKey> = registry.deployments.keys().cloned().collect();
@@ -1675,6 +2073,7 @@ async fn stop_deployments(shared: &Arc<Shared>, keys: &[DeploymentKey]) {
     let mut registry = shared.registry();
     for key in keys {
         registry.deployments.remove(key);
+        registry.retirements.remove(key);
     }
     shared.persist(&registry);
 }
@@ -1695,6 +2094,11 @@ async fn stop_replicas(shared: &Arc<Shared>, ids: &[ReplicaId]) {
             })
             .collect();
         shared.persist(&registry);
+        // No new request goes to a replica being stopped.
+        let endpoints: BTreeSet<&String> = ids.iter().map(|id| &id.key.endpoint).collect();
+        for endpoint in endpoints {
+            shared.sync_routes(&mut registry, endpoint);
+        }
         controls
     };
     for control in &controls {
@@ -1714,12 +2118,18 @@ async fn stop_replicas(shared: &Arc<Shared>, ids: &[ReplicaId]) {
 /// Takes over from a previous daemon: tears down what an unfinished apply left, adopts
 /// live confirmed replicas that answer their health path, restarts the others.
 async fn recover(shared: &Arc<Shared>, state: StateFile) {
+    let StateFile {
+        deployments,
+        routes,
+        retirements,
+        ..
+    } = state;
     let options = shared.options.clone();
     let mut discard = Vec::new();
     let mut candidates = Vec::new();
     {
         let mut registry = shared.registry();
-        for record in state.deployments {
+        for record in deployments {
             let key = record.spec.key();
             let spec = Arc::new(record.spec);
             let keep = record.confirmed && spec.validate().is_ok();
@@ -1746,6 +2156,7 @@ async fn recover(shared: &Arc<Shared>, state: StateFile) {
                     Deployment {
                         spec,
                         confirmed: true,
+                        stopping: false,
                         replicas: BTreeMap::new(),
                     },
                 );
@@ -1849,6 +2260,8 @@ async fn recover(shared: &Arc<Shared>, state: StateFile) {
         );
     }
     shared.persist(&registry);
+    drop(registry);
+    routing::recover(shared, routes, retirements).await;
 }
 
 /// The recorded process of a replica, when it still runs (same start time, leading its
@@ -2417,6 +2830,8 @@ fn read_state(dir: &Path) -> Result<StateFile> {
             return Ok(StateFile {
                 format_version: STATE_FORMAT_VERSION,
                 deployments: Vec::new(),
+                routes: Vec::new(),
+                retirements: Vec::new(),
             })
         }
         Err(source) => return Err(Error::ReadState { path, source }),
@@ -2425,11 +2840,12 @@ fn read_state(dir: &Path) -> Result<StateFile> {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    if state.format_version != STATE_FORMAT_VERSION {
+    // Version 1 is version 2 without routes or scheduled stops (they default to none).
+    if !(1..=STATE_FORMAT_VERSION).contains(&state.format_version) {
         return Err(Error::ParseState {
             path,
             message: format!(
-                "format version {} (this supervisor reads {STATE_FORMAT_VERSION})",
+                "format version {} (this supervisor reads 1 to {STATE_FORMAT_VERSION})",
                 state.format_version
             ),
         });
@@ -2689,6 +3105,7 @@ mod tests {
             Deployment {
                 spec: Arc::new(spec()),
                 confirmed: true,
+                stopping: false,
                 replicas: BTreeMap::from([(
                     0,
                     Replica {

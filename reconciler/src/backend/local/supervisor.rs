@@ -1,6 +1,7 @@
 //! The supervisor of local serving processes: runs each endpoint deployment of the `local`
-//! target as supervised processes (replicas), restarts the ones that crash, and keeps them
-//! serving after `cairn apply` exits.
+//! target as supervised processes (replicas), restarts the ones that crash, hosts each
+//! endpoint's traffic router in front of them, and keeps both serving after `cairn apply`
+//! exits.
 //!
 //! Serving has to outlive the command that asked for it, so the supervisor is a small
 //! daemon, `cairn supervise --state DIR` (a hidden subcommand), one per state folder. A
@@ -17,6 +18,16 @@
 //! of its log. Deployments are keyed by endpoint, deployment *and* revision, so a new
 //! revision starts beside the old one, which keeps serving until [`SupervisorClient::stop`]
 //! retires it (blue-green needs both).
+//!
+//! Routing (in `routing.rs`): [`SupervisorClient::route`] gives an endpoint one [`super::router`]
+//! on its `listen` address, whose backends (the names the pin header uses, e.g. `blue` or
+//! `blue@3f2a9c`) are deployment revisions that were applied. The daemon keeps each
+//! router's addresses in step with its replicas: a replica is routed to once Ready and no
+//! more once it crashed or is being stopped; one restarted on another port is routed to
+//! there. The rollout engine then moves traffic with [`SupervisorClient::set_weights`] (a
+//! route swap in memory and a state write, no process started), reads
+//! [`SupervisorClient::ready`] and [`SupervisorClient::stats`] through [`RouteTraffic`],
+//! and retires the old revision with [`SupervisorClient::stop_later`] once drained.
 //!
 //! Guarantees:
 //! - Nothing half-applied: an apply either leaves every replica it asked for ready, or
@@ -38,6 +49,20 @@
 //! - Only processes started by the same user may talk to the daemon (the socket is
 //!   `0600` in a `0700` folder and peers are checked with `SO_PEERCRED`): requests run
 //!   commands.
+//! - A router binds before anything changes: a new router, or a new `listen`, whose port
+//!   is in use fails with [`Error::PortInUse`] and leaves the previous router and routes
+//!   as they were. Route changes swap the router's table atomically, so requests in flight
+//!   finish where they started; a moved or closed router finishes its requests in flight.
+//! - Traffic never goes to a stopped revision: [`SupervisorClient::stop`] (and a scheduled
+//!   stop) of a revision a route gives weight is refused ([`Error::StillRouted`]); at 0 %
+//!   it is first taken off the route and its mirror. A backend left with no ready replica
+//!   keeps its last addresses, so its requests are answered 502.
+//! - Routes and scheduled stops are in `state.json` too. A new daemon binds every recorded
+//!   router again (same port, weights, key); a port it cannot bind is reported as not
+//!   serving, with the reason, and tried again every 3 s. A stop that came due while no
+//!   daemon ran happens at once.
+//! - A route's key is never seen by the daemon: clients send the SHA-256 of it, which is
+//!   what the router compares (in constant time) and what `state.json` holds.
 //!
 //! Files in the state folder: `supervisor.sock` (requests), `supervisor.lock` (`flock`,
 //! held by the daemon for its whole life: one daemon per folder), `supervisor.log` (the
@@ -46,12 +71,15 @@
 //!
 //! Protocol: one JSON request per connection, one line each way (`{"op": "apply",
 //! "deployments": [...]}` → `{"result": "replicas", "replicas": [...]}` or `{"result":
-//! "error", "error": {...}}`).
+//! "error", "error": {"kind": ..., ...}}`). Ops and their answers: `ping` → `pong`;
+//! `status`, `apply`, `stop`, `shutdown` → `replicas`; `route` → `route`; `routes` →
+//! `routes`; `ready` → `ready`; `stats` → `stats`; `set_weights`, `unroute`, `stop_later`
+//! → `done`. Errors keep their variant across the socket.
 //!
 //! The daemon leaves its replicas serving when it is killed or gets SIGTERM (a new daemon
-//! re-adopts them); only [`SupervisorClient::shutdown`] stops everything. It does no
-//! terminal I/O: it reports what happens as [`Event`]s, which `cairn supervise` writes to
-//! its log.
+//! re-adopts them); only [`SupervisorClient::shutdown`] stops everything, routers first.
+//! It does no terminal I/O: it reports what happens as [`Event`]s, which `cairn supervise`
+//! writes to its log.
 //!
 //! Caveats: Linux only (`/proc`, `waitid`, `SO_PEERCRED`). A process the daemon adopted is
 //! not its child, so it is watched by polling `/proc` and its exit status is unknown, and
@@ -60,7 +88,12 @@
 //! answering (no liveness probe). Ports are picked then released, so another program can
 //! take one in between; a replica that fails with "address in use" is retried on another
 //! port (three times). Commands should use absolute paths: replicas run in the spec's
-//! `workdir`, by default the state folder.
+//! `workdir`, by default the state folder. Routers run inside the daemon, so while no
+//! daemon runs (between a crash and the next [`ensure_running`]) the replicas serve on
+//! their own ports but nothing listens on the endpoint's; a router's counters start from 0
+//! when it is bound again (new daemon, new `listen`). A scheduled stop whose revision
+//! carries traffic by weight when it comes due is dropped, not postponed. A route's
+//! `listen` must name a port (not 0), so that it stays the same across restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -3141,6 +3174,105 @@ mod tests {
             .unwrap()
             .deployments
             .is_empty());
+    }
+
+    #[test]
+    fn version_1_state_loads_and_routes_are_written_since_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = serde_json::json!({
+            "format_version": 1,
+            "deployments": [{"spec": spec(), "confirmed": true, "replicas": []}],
+        });
+        std::fs::write(dir.path().join(STATE_FILE), v1.to_string()).unwrap();
+        let read = read_state(dir.path()).unwrap();
+        assert_eq!(read.deployments[0].spec, spec());
+        assert!(read.routes.is_empty() && read.retirements.is_empty());
+
+        let mut registry = Registry::default();
+        let route = RouteSpec {
+            endpoint: "risk-api".into(),
+            listen: loopback(8080),
+            backends: [("blue".to_string(), Backend::new("blue", "6b28a728a74d"))].into(),
+            weights: [("blue".to_string(), 100)].into(),
+            mirror: None,
+            key_sha256: Some("ab".repeat(32)),
+        };
+        registry
+            .routes
+            .insert("risk-api".into(), Hosted::new(route.clone()));
+        registry.retirements.insert(
+            spec().key(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+        );
+        write_state(dir.path(), &registry.to_file()).unwrap();
+        let read = read_state(dir.path()).unwrap();
+        assert_eq!(read.format_version, 2);
+        assert_eq!(read.routes, vec![route]);
+        assert_eq!(
+            read.retirements,
+            vec![RetirementRecord::new(
+                &spec().key(),
+                SystemTime::UNIX_EPOCH + Duration::from_secs(7)
+            )]
+        );
+
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{"format_version": 3, "deployments": []}"#,
+        )
+        .unwrap();
+        let error = read_state(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("format version 3 (this supervisor reads 1 to 2)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn routing_errors_cross_the_wire_typed() {
+        let errors = [
+            Error::PortInUse {
+                endpoint: "risk-api".into(),
+                listen: loopback(8080),
+                holder: Some("fraud-api".into()),
+            },
+            Error::StillRouted {
+                deployment: "risk-api/blue@v1".into(),
+                endpoint: "risk-api".into(),
+                backend: "blue".into(),
+                weight: 40,
+            },
+            Error::NotServing {
+                endpoint: "risk-api".into(),
+                listen: loopback(8080),
+                reason: "the port of 127.0.0.1:8080 is in use".into(),
+            },
+        ];
+        for error in errors {
+            let message = error.to_string();
+            let line = serde_json::to_string(&Response::Error {
+                error: error.into(),
+            })
+            .unwrap();
+            let Response::Error { error } = serde_json::from_str(&line).unwrap() else {
+                panic!("not an error: {line}");
+            };
+            let error = Error::from(error);
+            assert!(!matches!(error, Error::Refused { .. }), "{error:?}");
+            assert_eq!(error.to_string(), message);
+        }
+        let stats = Response::Stats {
+            stats: Stats {
+                requests: 2,
+                errors: 0,
+                latency: vec![(0.1, 2), (f64::INFINITY, 2)],
+            },
+        };
+        let line = serde_json::to_string(&stats).unwrap();
+        let Response::Stats { stats } = serde_json::from_str(&line).unwrap() else {
+            panic!("not stats: {line}");
+        };
+        assert_eq!(stats.latency[1], (f64::INFINITY, 2));
     }
 
     #[test]

@@ -400,7 +400,7 @@ impl Serving {
 }
 
 impl Hosted {
-    fn new(spec: RouteSpec) -> Hosted {
+    pub(super) fn new(spec: RouteSpec) -> Hosted {
         Hosted {
             spec,
             serving: None,

@@ -175,12 +175,20 @@ fn weights_split_requests_and_the_pin_header_overrides_them() {
 
     // Through the rollout engine's trait: a fast weight change, readiness, counters.
     let traffic = RouteTraffic::new(fixture.client.clone(), ENDPOINT);
-    let started = Instant::now();
-    fixture
-        .block_on(traffic.set_weights(&weights(&[("blue", 10), ("green", 90)])))
-        .unwrap();
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "set_weights took {took:?}");
+    // A rollout step is fast: the median weight change takes well under 100 ms.
+    let mut took: Vec<Duration> = (0..11)
+        .map(|i| {
+            let to = match i % 2 {
+                0 => weights(&[("blue", 10), ("green", 90)]),
+                _ => weights(&[("blue", 30), ("green", 70)]),
+            };
+            let started = Instant::now();
+            fixture.block_on(traffic.set_weights(&to)).unwrap();
+            started.elapsed()
+        })
+        .collect();
+    took.sort();
+    assert!(took[5] < Duration::from_millis(100), "{took:?}");
     assert_eq!(split(listen, 100), counts(&[("blue", 10), ("green", 90)]));
     assert!(fixture.block_on(traffic.ready("green")).unwrap());
     let green = fixture.block_on(traffic.stats("green")).unwrap();

@@ -19,15 +19,16 @@
 //! revision starts beside the old one, which keeps serving until [`SupervisorClient::stop`]
 //! retires it (blue-green needs both).
 //!
-//! Routing (in `routing.rs`): [`SupervisorClient::route`] gives an endpoint one [`super::router`]
-//! on its `listen` address, whose backends (the names the pin header uses, e.g. `blue` or
-//! `blue@3f2a9c`) are deployment revisions that were applied. The daemon keeps each
-//! router's addresses in step with its replicas: a replica is routed to once Ready and no
-//! more once it crashed or is being stopped; one restarted on another port is routed to
-//! there. The rollout engine then moves traffic with [`SupervisorClient::set_weights`] (a
-//! route swap in memory and a state write, no process started), reads
-//! [`SupervisorClient::ready`] and [`SupervisorClient::stats`] through [`RouteTraffic`],
-//! and retires the old revision with [`SupervisorClient::stop_later`] once drained.
+//! Routing (in `routing.rs`): [`SupervisorClient::route`] gives an endpoint one
+//! [`super::router`] on its `listen` address, whose backends (the names the pin header
+//! uses, e.g. `blue` or `blue@3f2a9c`) are deployment revisions that were applied. The
+//! daemon keeps each router's addresses in step with its replicas: a replica is routed to
+//! once Ready and no more once it crashed or is being stopped; one restarted on another
+//! port is routed to there. The rollout engine then moves traffic with
+//! [`SupervisorClient::set_weights`] (a route swap in memory and a state write, no process
+//! started), reads [`SupervisorClient::ready`] and [`SupervisorClient::stats`] through
+//! [`RouteTraffic`], and retires the old revision with [`SupervisorClient::stop_later`]
+//! once drained.
 //!
 //! Guarantees:
 //! - Nothing half-applied: an apply either leaves every replica it asked for ready, or

@@ -819,9 +819,10 @@ pub(super) async fn route(shared: &Arc<Shared>, spec: RouteSpec) -> Result<Route
         (rebind, scratch.addresses(&registry.deployments))
     };
     // Bound before anything changes, so a port in use leaves all as it was.
-    let fresh = match rebind {
-        true => Some(bind(shared, &spec, spec.routes(&addrs)).await?),
-        false => None,
+    let fresh = if rebind {
+        Some(bind(shared, &spec, spec.routes(&addrs)).await?)
+    } else {
+        None
     };
 
     let now = Instant::now();

@@ -18,19 +18,47 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Traffic weights: deployment → percent, summing to 100 (or 0).
 pub type Weights = BTreeMap<String, u32>;
 
 /// Cumulative counters of one deployment since it started.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub requests: u64,
     pub errors: u64,
     /// Latency histogram: (upper bound in seconds, cumulative count), ascending; the
-    /// last bound may be infinite.
+    /// last bound may be infinite (`null` in JSON, which has no infinity).
+    #[serde(with = "latency_bounds")]
     pub latency: Vec<(f64, u64)>,
+}
+
+/// JSON has no infinity (serde_json writes it as `null` and cannot read that back as a
+/// number), so an infinite bound is written as `null` and `null` read as infinity.
+mod latency_bounds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &[(f64, u64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .iter()
+            .map(|(le, count)| (le.is_finite().then_some(*le), *count))
+            .collect::<Vec<_>>()
+            .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(f64, u64)>, D::Error> {
+        let bounds = Vec::<(Option<f64>, u64)>::deserialize(deserializer)?;
+        Ok(bounds
+            .into_iter()
+            .map(|(le, count)| (le.unwrap_or(f64::INFINITY), count))
+            .collect())
+    }
 }
 
 /// What the engine needs from a serving target.
@@ -465,6 +493,21 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn stats_round_trip_through_json_with_an_infinite_bound() {
+        let stats = Stats {
+            requests: 3,
+            errors: 1,
+            latency: vec![(0.005, 1), (0.01, 2), (f64::INFINITY, 3)],
+        };
+        let json = serde_json::to_string(&stats).unwrap();
+        assert_eq!(
+            json,
+            r#"{"requests":3,"errors":1,"latency":[[0.005,1],[0.01,2],[null,3]]}"#
+        );
+        assert_eq!(serde_json::from_str::<Stats>(&json).unwrap(), stats);
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn a_port_in_use_is_a_clear_error() {
         deployments: [("blue".to_string(), vec![addr])].into(),
         weights: weights_of(&[("blue", 100)]),
         mirror: None,
+        key_sha256: None,
     };
     let error = runtime
         .block_on(router::bind(RouterOptions::new(addr, routes.clone())))

@@ -132,6 +132,7 @@ impl Rig {
                 .collect(),
             weights: weights_of(weights),
             mirror: None,
+            key_sha256: None,
         }
     }
 

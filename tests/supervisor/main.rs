@@ -9,6 +9,9 @@
 //! - `faults`: a model that fails to load, a replica that never gets ready, a port taken
 //!   at start, a daemon killed mid-apply, invalid and conflicting requests: each is a clear
 //!   error, and what served before keeps serving.
+//! - `routing`: the routers the daemon hosts: weights, the pin header and the key through
+//!   the router; a port in use; crashed replicas and a killed daemon; stops refused while
+//!   traffic flows, and scheduled stops.
 //!
 //! Every test has its own state folder and daemon; [`Fixture`] shuts the daemon down on
 //! drop (and kills what it recorded if that fails), so no process outlives the tests.
@@ -17,6 +20,7 @@
 
 mod faults;
 mod lifecycle;
+mod routing;
 
 use std::future::Future;
 use std::net::SocketAddr;

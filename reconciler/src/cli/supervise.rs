@@ -1,5 +1,6 @@
 //! `cairn supervise --state DIR` (hidden): the daemon that keeps the local target's
-//! endpoint deployments serving after `cairn apply` exits. Cairn starts it itself
+//! endpoint deployments, and the router in front of each endpoint, serving after `cairn
+//! apply` exits. Cairn starts it itself
 //! (`cairn::backend::local::supervisor::ensure_running`), detached, with stdout and stderr
 //! in `DIR/supervisor.log`; this command writes one timestamped line per event there.
 //!

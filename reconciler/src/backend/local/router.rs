@@ -8,6 +8,9 @@
 //! readiness and reads counters while the router runs.
 //!
 //! For each request (any method and path, HTTP/1.1):
+//! 0. With [`Routes::key_sha256`] set, a request without `Authorization: Bearer KEY`, or
+//!    whose KEY does not hash to that digest (compared in constant time), is answered 401
+//!    with `www-authenticate: Bearer`. The header is not passed on to the replicas.
 //! 1. A request with the [`DEPLOYMENT_HEADER`] header goes to that deployment, whatever its
 //!    weight (0 % included). An unknown name is 404 with the list of deployments.
 //! 2. Otherwise the deployment is chosen by the weights: a smooth weighted round-robin
@@ -27,16 +30,16 @@
 //!    [`RouterOptions::max_mirror_in_flight`] mirror requests run at once; past that, copies
 //!    are skipped rather than queued.
 //!
-//! Errors the router answers itself (404, 413, 502, 503, 504) are JSON `{"error": ...}`
+//! Errors the router answers itself (401, 404, 413, 502, 503, 504) are JSON `{"error": ...}`
 //! and carry no [`DEPLOYMENT_HEADER`], since no deployment answered them.
 //!
 //! Counters: the router counts, per deployment, the requests it sent there (mirror copies
 //! included: they are that deployment's traffic too), the errors (a 5xx answer, or no
 //! answer at all: 502 and 504 above) and the latency from the request's arrival at the
 //! router to the response headers, in the buckets of [`serve::LATENCY_BUCKETS`]. Requests
-//! that reach no deployment (unknown pin, no traffic, a bad body) are not counted. A
-//! connection failure that a retry recovered is not an error. Counters are cumulative and
-//! keep counting across route changes.
+//! that reach no deployment (no valid key, unknown pin, no traffic, a bad body) are not
+//! counted. A connection failure that a retry recovered is not an error. Counters are
+//! cumulative and keep counting across route changes.
 //!
 //! Guarantees:
 //! - Changing routes ([`Handle::set_weights`], [`Handle::set_mirror`],
@@ -71,7 +74,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -104,6 +109,11 @@ pub enum Error {
     BadWeights { sum: u64 },
     #[error("the mirror to `{deployment}` is {percent} %; it must be at most 100 %")]
     BadMirror { deployment: String, percent: u32 },
+    #[error(
+        "the key digest must be the SHA-256 of the key as 64 hex digits, got {length} \
+         characters; compute it with `printf %s KEY | sha256sum`"
+    )]
+    BadKeyDigest { length: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -116,7 +126,8 @@ fn list(names: &[String]) -> String {
     }
 }
 
-/// Where requests go: the deployments, their weights and an optional mirror.
+/// Where requests go: the deployments, their weights, an optional mirror, and the key
+/// callers must present.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     /// Deployment name → the addresses of its replicas.
@@ -125,10 +136,69 @@ pub struct Routes {
     /// Deployments not named get none.
     pub weights: Weights,
     pub mirror: Option<Mirror>,
+    /// When set, every request must carry `Authorization: Bearer KEY` where the SHA-256
+    /// of KEY, in hex, is this; others are answered 401. Only the digest is held, so the
+    /// key itself is never stored or logged.
+    pub key_sha256: Option<String>,
+}
+
+impl Routes {
+    /// Checks that the weights sum to 100 (or 0) and name deployments, that the mirror
+    /// names a deployment and is at most 100 %, and that the key digest is SHA-256 hex.
+    pub fn validate(&self) -> Result<()> {
+        let unknown = |name: &str| Error::UnknownDeployment {
+            name: name.to_string(),
+            known: self.deployments.keys().cloned().collect(),
+        };
+        let sum: u64 = self.weights.values().map(|w| u64::from(*w)).sum();
+        if sum != 0 && sum != 100 {
+            return Err(Error::BadWeights { sum });
+        }
+        if let Some(name) = self
+            .weights
+            .keys()
+            .find(|name| !self.deployments.contains_key(*name))
+        {
+            return Err(unknown(name));
+        }
+        if let Some(mirror) = &self.mirror {
+            if !self.deployments.contains_key(&mirror.deployment) {
+                return Err(unknown(&mirror.deployment));
+            }
+            if mirror.percent > 100 {
+                return Err(Error::BadMirror {
+                    deployment: mirror.deployment.clone(),
+                    percent: mirror.percent,
+                });
+            }
+        }
+        if let Some(digest) = &self.key_sha256 {
+            parse_digest(digest)?;
+        }
+        Ok(())
+    }
+}
+
+/// The 32 bytes of a SHA-256 digest written as 64 hex digits.
+fn parse_digest(digest: &str) -> Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    match hex::decode_to_slice(digest, &mut bytes) {
+        Ok(()) => Ok(bytes),
+        Err(_) => Err(Error::BadKeyDigest {
+            length: digest.len(),
+        }),
+    }
+}
+
+/// Whether two digests are equal, in time independent of where they differ, so that
+/// response times tell nothing about the expected digest.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// A share of the weighted requests copied to one deployment, whose answers are dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mirror {
     pub deployment: String,
     /// 0 to 100.
@@ -470,6 +540,8 @@ fn duration_ms(d: Duration) -> u64 {
 #[derive(Debug)]
 struct Table {
     routes: Routes,
+    /// The digest of the key requests must carry, when one is required.
+    key_sha256: Option<[u8; 32]>,
     deployments: BTreeMap<String, Arc<Deployment>>,
     /// The weighted round-robin schedule: 100 slots, or none when all weights are 0.
     schedule: Vec<Arc<Deployment>>,
@@ -486,32 +558,8 @@ impl Table {
         previous: Option<&Table>,
         counters: &mut BTreeMap<String, Arc<Counters>>,
     ) -> Result<Table> {
-        let unknown = |name: &str| Error::UnknownDeployment {
-            name: name.to_string(),
-            known: routes.deployments.keys().cloned().collect(),
-        };
-        let sum: u64 = routes.weights.values().map(|w| u64::from(*w)).sum();
-        if sum != 0 && sum != 100 {
-            return Err(Error::BadWeights { sum });
-        }
-        if let Some(name) = routes
-            .weights
-            .keys()
-            .find(|name| !routes.deployments.contains_key(*name))
-        {
-            return Err(unknown(name));
-        }
-        if let Some(mirror) = &routes.mirror {
-            if !routes.deployments.contains_key(&mirror.deployment) {
-                return Err(unknown(&mirror.deployment));
-            }
-            if mirror.percent > 100 {
-                return Err(Error::BadMirror {
-                    deployment: mirror.deployment.clone(),
-                    percent: mirror.percent,
-                });
-            }
-        }
+        routes.validate()?;
+        let key_sha256 = routes.key_sha256.as_deref().map(parse_digest).transpose()?;
 
         let deployments: BTreeMap<String, Arc<Deployment>> = routes
             .deployments
@@ -550,6 +598,7 @@ impl Table {
             .and_then(|m| Some((deployments.get(&m.deployment)?.clone(), m.percent)));
         Ok(Table {
             routes,
+            key_sha256,
             deployments,
             schedule,
             next: AtomicUsize::new(0),
@@ -806,7 +855,37 @@ fn error_response(status: StatusCode, message: String, table: &Table) -> Respons
         .into_response()
 }
 
-/// Answers every request: picks the deployment, forwards, counts.
+/// Checks the request's bearer key against the expected digest.
+fn authorize(headers: &HeaderMap, expected: &[u8; 32]) -> std::result::Result<(), &'static str> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err("this endpoint requires a key: send `Authorization: Bearer <key>`");
+    };
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return Err("the `Authorization` header must be `Bearer <key>`");
+    }
+    let key = value[scheme.len()..].trim_ascii();
+    let digest: [u8; 32] = Sha256::digest(key).into();
+    if same_digest(&digest, expected) {
+        Ok(())
+    } else {
+        Err("the key is not valid for this endpoint")
+    }
+}
+
+/// A 401 answer asking for a bearer key; like the router's other own answers, it names
+/// no deployment and is not counted.
+fn unauthorized(message: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// Answers every request: checks the key, picks the deployment, forwards, counts.
 async fn proxy(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -814,7 +893,15 @@ async fn proxy(
 ) -> Response {
     let start = Instant::now();
     let table = shared.table();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+
+    if let Some(expected) = &table.key_sha256 {
+        if let Err(message) = authorize(&parts.headers, expected) {
+            return unauthorized(message);
+        }
+        // The key is the router's; the replicas never see it (nor log it).
+        parts.headers.remove(header::AUTHORIZATION);
+    }
 
     let pinned = match parts.headers.get(DEPLOYMENT_HEADER) {
         None => None,
@@ -982,6 +1069,7 @@ mod tests {
             .into(),
             weights: weights(&[("blue", 100)]),
             mirror: None,
+            key_sha256: None,
         }
     }
 
@@ -1022,6 +1110,46 @@ mod tests {
             mirror("red", 10),
             Err(Error::UnknownDeployment { .. })
         ));
+    }
+
+    #[test]
+    fn keys_are_checked_against_their_digest() {
+        let digest = hex::encode(Sha256::digest(b"s3cret"));
+        let expected = parse_digest(&digest).unwrap();
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            authorize(&headers, &expected)
+        };
+        assert!(with("Bearer s3cret").is_ok());
+        assert!(with("bearer  s3cret ").is_ok());
+        assert_eq!(
+            with("Bearer s3cre7"),
+            Err("the key is not valid for this endpoint")
+        );
+        assert!(with("Basic czNjcmV0").unwrap_err().contains("Bearer <key>"));
+        assert!(with("Bearer ").is_err());
+        assert!(authorize(&HeaderMap::new(), &expected)
+            .unwrap_err()
+            .contains("requires a key"));
+        assert!(same_digest(&expected, &expected));
+        let mut other = expected;
+        other[31] ^= 1;
+        assert!(!same_digest(&expected, &other));
+
+        let bad = |digest: &str| {
+            Routes {
+                key_sha256: Some(digest.into()),
+                ..routes()
+            }
+            .validate()
+        };
+        assert!(bad(&digest).is_ok());
+        assert!(matches!(
+            bad("s3cret"),
+            Err(Error::BadKeyDigest { length: 6 })
+        ));
+        assert!(bad(&digest.replace('a', "g")).is_err() || !digest.contains('a'));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The supervisor of local serving processes: runs each endpoint deployment of the `local`
-//! target as supervised processes (replicas), restarts the ones that crash, and keeps them
-//! serving after `cairn apply` exits.
+//! target as supervised processes (replicas), restarts the ones that crash, hosts each
+//! endpoint's traffic router in front of them, and keeps both serving after `cairn apply`
+//! exits.
 //!
 //! Serving has to outlive the command that asked for it, so the supervisor is a small
 //! daemon, `cairn supervise --state DIR` (a hidden subcommand), one per state folder. A
@@ -17,6 +18,17 @@
 //! of its log. Deployments are keyed by endpoint, deployment *and* revision, so a new
 //! revision starts beside the old one, which keeps serving until [`SupervisorClient::stop`]
 //! retires it (blue-green needs both).
+//!
+//! Routing (in `routing.rs`): [`SupervisorClient::route`] gives an endpoint one
+//! [`super::router`] on its `listen` address, whose backends (the names the pin header
+//! uses, e.g. `blue` or `blue@3f2a9c`) are deployment revisions that were applied. The
+//! daemon keeps each router's addresses in step with its replicas: a replica is routed to
+//! once Ready and no more once it crashed or is being stopped; one restarted on another
+//! port is routed to there. The rollout engine then moves traffic with
+//! [`SupervisorClient::set_weights`] (a route swap in memory and a state write, no process
+//! started), reads [`SupervisorClient::ready`] and [`SupervisorClient::stats`] through
+//! [`RouteTraffic`], and retires the old revision with [`SupervisorClient::stop_later`]
+//! once drained.
 //!
 //! Guarantees:
 //! - Nothing half-applied: an apply either leaves every replica it asked for ready, or
@@ -38,6 +50,20 @@
 //! - Only processes started by the same user may talk to the daemon (the socket is
 //!   `0600` in a `0700` folder and peers are checked with `SO_PEERCRED`): requests run
 //!   commands.
+//! - A router binds before anything changes: a new router, or a new `listen`, whose port
+//!   is in use fails with [`Error::PortInUse`] and leaves the previous router and routes
+//!   as they were. Route changes swap the router's table atomically, so requests in flight
+//!   finish where they started; a moved or closed router finishes its requests in flight.
+//! - Traffic never goes to a stopped revision: [`SupervisorClient::stop`] (and a scheduled
+//!   stop) of a revision a route gives weight is refused ([`Error::StillRouted`]); at 0 %
+//!   it is first taken off the route and its mirror. A backend left with no ready replica
+//!   keeps its last addresses, so its requests are answered 502.
+//! - Routes and scheduled stops are in `state.json` too. A new daemon binds every recorded
+//!   router again (same port, weights, key); a port it cannot bind is reported as not
+//!   serving, with the reason, and tried again every 3 s. A stop that came due while no
+//!   daemon ran happens at once.
+//! - A route's key is never seen by the daemon: clients send the SHA-256 of it, which is
+//!   what the router compares (in constant time) and what `state.json` holds.
 //!
 //! Files in the state folder: `supervisor.sock` (requests), `supervisor.lock` (`flock`,
 //! held by the daemon for its whole life: one daemon per folder), `supervisor.log` (the
@@ -46,12 +72,15 @@
 //!
 //! Protocol: one JSON request per connection, one line each way (`{"op": "apply",
 //! "deployments": [...]}` → `{"result": "replicas", "replicas": [...]}` or `{"result":
-//! "error", "error": {...}}`).
+//! "error", "error": {"kind": ..., ...}}`). Ops and their answers: `ping` → `pong`;
+//! `status`, `apply`, `stop`, `shutdown` → `replicas`; `route` → `route`; `routes` →
+//! `routes`; `ready` → `ready`; `stats` → `stats`; `set_weights`, `unroute`, `stop_later`
+//! → `done`. Errors keep their variant across the socket.
 //!
 //! The daemon leaves its replicas serving when it is killed or gets SIGTERM (a new daemon
-//! re-adopts them); only [`SupervisorClient::shutdown`] stops everything. It does no
-//! terminal I/O: it reports what happens as [`Event`]s, which `cairn supervise` writes to
-//! its log.
+//! re-adopts them); only [`SupervisorClient::shutdown`] stops everything, routers first.
+//! It does no terminal I/O: it reports what happens as [`Event`]s, which `cairn supervise`
+//! writes to its log.
 //!
 //! Caveats: Linux only (`/proc`, `waitid`, `SO_PEERCRED`). A process the daemon adopted is
 //! not its child, so it is watched by polling `/proc` and its exit status is unknown, and
@@ -60,7 +89,12 @@
 //! answering (no liveness probe). Ports are picked then released, so another program can
 //! take one in between; a replica that fails with "address in use" is retried on another
 //! port (three times). Commands should use absolute paths: replicas run in the spec's
-//! `workdir`, by default the state folder.
+//! `workdir`, by default the state folder. Routers run inside the daemon, so while no
+//! daemon runs (between a crash and the next [`ensure_running`]) the replicas serve on
+//! their own ports but nothing listens on the endpoint's; a router's counters start from 0
+//! when it is bound again (new daemon, new `listen`). A scheduled stop whose revision
+//! carries traffic by weight when it comes due is dropped, not postponed. A route's
+//! `listen` must name a port (not 0), so that it stays the same across restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -72,7 +106,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,6 +114,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch, Notify};
+
+use crate::rollout::{Stats, Weights};
+
+mod routing;
+
+pub use routing::{Backend, BackendStatus, RouteSpec, RouteStatus, RouteTraffic};
+use routing::{Hosted, RetirementRecord};
 
 /// The daemon's socket, in the state folder.
 pub const SOCKET_FILE: &str = "supervisor.sock";
@@ -102,7 +143,8 @@ pub const MAX_REPLICAS: u32 = 64;
 
 /// The largest request or response, in bytes.
 const MAX_MESSAGE_BYTES: u64 = 16 << 20;
-const STATE_FORMAT_VERSION: u32 = 1;
+/// Version 2 added routes and scheduled stops; version 1 files still load.
+const STATE_FORMAT_VERSION: u32 = 2;
 /// How long [`ensure_running`] waits for a daemon it started to answer.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a starting daemon waits for the lock a previous one is releasing.
@@ -218,6 +260,72 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid route for endpoint `{endpoint}`: {reason}")]
+    InvalidRoute { endpoint: String, reason: String },
+    #[error(
+        "cannot route endpoint `{endpoint}` on {listen}: the port is in use{}; pick another \
+         `listen` or free the port (the endpoint's routes are unchanged)",
+        held_by(holder.as_deref())
+    )]
+    PortInUse {
+        endpoint: String,
+        listen: SocketAddr,
+        /// The endpoint whose router holds the port, when it is one of this supervisor's.
+        holder: Option<String>,
+    },
+    #[error(
+        "cannot route endpoint `{endpoint}` on {listen}: {reason} (the endpoint's routes are \
+         unchanged)"
+    )]
+    RouterBind {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    #[error("endpoint `{endpoint}` has no router; create one with `route` first")]
+    NoRoute { endpoint: String },
+    #[error(
+        "endpoint `{endpoint}` has no backend `{backend}`; its backends: {}",
+        names_or_none(known)
+    )]
+    UnknownBackend {
+        endpoint: String,
+        backend: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "the router of endpoint `{endpoint}` on {listen} is not serving: {reason}; the \
+         supervisor tries to bind it again every few seconds"
+    )]
+    NotServing {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    #[error(
+        "`{deployment}` still gets {weight} % of the traffic of endpoint `{endpoint}` (backend \
+         `{backend}`); set its weight to 0 first, then stop it"
+    )]
+    StillRouted {
+        deployment: String,
+        endpoint: String,
+        backend: String,
+        weight: u32,
+    },
+}
+
+fn held_by(holder: Option<&str>) -> String {
+    holder
+        .map(|endpoint| format!(" (by the router of endpoint `{endpoint}`)"))
+        .unwrap_or_default()
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -631,6 +739,39 @@ pub enum Event {
         reason: String,
         replicas_left: usize,
     },
+    /// An endpoint's router took its port and serves.
+    RouterBound {
+        endpoint: String,
+        listen: SocketAddr,
+    },
+    /// An endpoint's router could not bind (or stopped serving); retried every few seconds.
+    RouterFailed {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    /// An endpoint's routes changed: weights, backends, mirror, key, or replica addresses.
+    RoutesChanged {
+        endpoint: String,
+        change: String,
+    },
+    RouterClosed {
+        endpoint: String,
+        listen: SocketAddr,
+    },
+    RetireScheduled {
+        deployment: DeploymentKey,
+        after: Duration,
+    },
+    /// A revision whose stop was scheduled was stopped.
+    Retired {
+        deployment: DeploymentKey,
+    },
+    /// A scheduled stop was dropped (the revision carries traffic again, or was applied).
+    RetireCancelled {
+        deployment: DeploymentKey,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -673,6 +814,32 @@ impl fmt::Display for Event {
                 f,
                 "exiting ({reason}); {replicas_left} replica(s) left serving"
             ),
+            Event::RouterBound { endpoint, listen } => {
+                write!(f, "{endpoint}: router serving on {listen}")
+            }
+            Event::RouterFailed {
+                endpoint,
+                listen,
+                reason,
+            } => write!(
+                f,
+                "{endpoint}: router on {listen} not serving: {reason}; retrying"
+            ),
+            Event::RoutesChanged { endpoint, change } => {
+                write!(f, "{endpoint}: routes changed: {change}")
+            }
+            Event::RouterClosed { endpoint, listen } => {
+                write!(f, "{endpoint}: router on {listen} closed")
+            }
+            Event::RetireScheduled { deployment, after } => write!(
+                f,
+                "{deployment}: stops in {}",
+                humantime::format_duration(*after)
+            ),
+            Event::Retired { deployment } => write!(f, "{deployment}: retired (scheduled stop)"),
+            Event::RetireCancelled { deployment, reason } => {
+                write!(f, "{deployment}: scheduled stop cancelled: {reason}")
+            }
         }
     }
 }
@@ -694,6 +861,31 @@ enum Request {
         revision: Option<String>,
     },
     Shutdown,
+    Route {
+        route: RouteSpec,
+    },
+    SetWeights {
+        endpoint: String,
+        weights: Weights,
+    },
+    Routes,
+    Ready {
+        endpoint: String,
+        backend: String,
+    },
+    Stats {
+        endpoint: String,
+        backend: String,
+    },
+    Unroute {
+        endpoint: String,
+    },
+    StopLater {
+        endpoint: String,
+        deployment: String,
+        revision: String,
+        after_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -701,16 +893,64 @@ enum Request {
 enum Response {
     Pong { pid: u32, version: String },
     Replicas { replicas: Vec<ReplicaStatus> },
+    Route { route: RouteStatus },
+    Routes { routes: Vec<RouteStatus> },
+    Ready { ready: bool },
+    Stats { stats: Stats },
+    Done,
     Error { error: WireError },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum WireError {
-    Invalid { deployment: String, reason: String },
-    Conflict { deployment: String, reason: String },
-    StartFailed { failures: Vec<StartFailure> },
-    Refused { message: String },
+    Invalid {
+        deployment: String,
+        reason: String,
+    },
+    Conflict {
+        deployment: String,
+        reason: String,
+    },
+    StartFailed {
+        failures: Vec<StartFailure>,
+    },
+    Refused {
+        message: String,
+    },
+    InvalidRoute {
+        endpoint: String,
+        reason: String,
+    },
+    PortInUse {
+        endpoint: String,
+        listen: SocketAddr,
+        holder: Option<String>,
+    },
+    RouterBind {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    NoRoute {
+        endpoint: String,
+    },
+    UnknownBackend {
+        endpoint: String,
+        backend: String,
+        known: Vec<String>,
+    },
+    NotServing {
+        endpoint: String,
+        listen: SocketAddr,
+        reason: String,
+    },
+    StillRouted {
+        deployment: String,
+        endpoint: String,
+        backend: String,
+        weight: u32,
+    },
 }
 
 impl From<WireError> for Error {
@@ -720,6 +960,57 @@ impl From<WireError> for Error {
             WireError::Conflict { deployment, reason } => Error::Conflict { deployment, reason },
             WireError::StartFailed { failures } => Error::StartFailed { failures },
             WireError::Refused { message } => Error::Refused { message },
+            WireError::InvalidRoute { endpoint, reason } => {
+                Error::InvalidRoute { endpoint, reason }
+            }
+            WireError::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            } => Error::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            },
+            WireError::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            } => Error::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            },
+            WireError::NoRoute { endpoint } => Error::NoRoute { endpoint },
+            WireError::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            } => Error::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            },
+            WireError::NotServing {
+                endpoint,
+                listen,
+                reason,
+            } => Error::NotServing {
+                endpoint,
+                listen,
+                reason,
+            },
+            WireError::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            } => Error::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            },
         }
     }
 }
@@ -730,6 +1021,57 @@ impl From<Error> for WireError {
             Error::InvalidSpec { deployment, reason } => WireError::Invalid { deployment, reason },
             Error::Conflict { deployment, reason } => WireError::Conflict { deployment, reason },
             Error::StartFailed { failures } => WireError::StartFailed { failures },
+            Error::InvalidRoute { endpoint, reason } => {
+                WireError::InvalidRoute { endpoint, reason }
+            }
+            Error::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            } => WireError::PortInUse {
+                endpoint,
+                listen,
+                holder,
+            },
+            Error::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            } => WireError::RouterBind {
+                endpoint,
+                listen,
+                reason,
+            },
+            Error::NoRoute { endpoint } => WireError::NoRoute { endpoint },
+            Error::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            } => WireError::UnknownBackend {
+                endpoint,
+                backend,
+                known,
+            },
+            Error::NotServing {
+                endpoint,
+                listen,
+                reason,
+            } => WireError::NotServing {
+                endpoint,
+                listen,
+                reason,
+            },
+            Error::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            } => WireError::StillRouted {
+                deployment,
+                endpoint,
+                backend,
+                weight,
+            },
             other => WireError::Refused {
                 message: crate::diagnostics::error_chain(&other),
             },
@@ -1103,11 +1445,14 @@ pub async fn run_daemon(
         options,
         registry: Mutex::new(Registry::default()),
         serial: tokio::sync::Mutex::new(()),
+        routing: tokio::sync::Mutex::new(()),
+        router_ids: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         exit: Notify::new(),
         events: Box::new(events),
     });
     recover(&shared, state).await;
+    let chores = routing::spawn_chores(&shared);
     shared.event(Event::Listening {
         socket: socket.clone(),
         pid: std::process::id(),
@@ -1129,6 +1474,9 @@ pub async fn run_daemon(
             _ = interrupt.recv() => break "SIGINT",
         }
     };
+    for chore in chores {
+        chore.abort();
+    }
     let left = shared.registry().replica_count();
     let _ = std::fs::remove_file(&socket);
     shared.event(Event::Exiting {
@@ -1186,6 +1534,11 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Serializes requests that change what runs (apply, stop, shutdown).
     serial: tokio::sync::Mutex<()>,
+    /// Serializes changes of routes (route, set_weights, unroute, rebinding, and the
+    /// check that a stopped revision carries no traffic). Never held across an apply.
+    routing: tokio::sync::Mutex<()>,
+    /// Numbers the routers this daemon binds.
+    router_ids: AtomicU64,
     /// Set by shutdown: later changes are refused.
     closing: AtomicBool,
     exit: Notify,
@@ -1195,6 +1548,10 @@ struct Shared {
 #[derive(Default)]
 struct Registry {
     deployments: BTreeMap<DeploymentKey, Deployment>,
+    /// Endpoint name → its router.
+    routes: BTreeMap<String, Hosted>,
+    /// Revisions to stop, and when.
+    retirements: BTreeMap<DeploymentKey, SystemTime>,
 }
 
 struct Deployment {
@@ -1202,6 +1559,8 @@ struct Deployment {
     spec: Arc<DeploymentSpec>,
     /// Whether an apply of it ever succeeded.
     confirmed: bool,
+    /// Taken off its routes and being stopped: no route may name it any more.
+    stopping: bool,
     replicas: BTreeMap<u32, Replica>,
 }
 
@@ -1247,6 +1606,12 @@ impl Observed {
 struct StateFile {
     format_version: u32,
     deployments: Vec<DeploymentRecord>,
+    /// Since version 2.
+    #[serde(default)]
+    routes: Vec<RouteSpec>,
+    /// Since version 2.
+    #[serde(default)]
+    retirements: Vec<RetirementRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1331,6 +1696,12 @@ impl Registry {
                         .collect(),
                 })
                 .collect(),
+            routes: self.routes.values().map(|h| h.spec.clone()).collect(),
+            retirements: self
+                .retirements
+                .iter()
+                .map(|(key, at)| RetirementRecord::new(key, *at))
+                .collect(),
         }
     }
 }
@@ -1353,12 +1724,14 @@ impl Shared {
         }
     }
 
-    /// Changes one replica's record (if it is still registered) and saves the state.
+    /// Changes one replica's record (if it is still registered), saves the state, and
+    /// brings the endpoint's router up to date with its ready replicas.
     fn update(&self, id: &ReplicaId, change: impl FnOnce(&mut Observed)) {
         let mut registry = self.registry();
         if let Some(replica) = registry.replica_mut(id) {
             change(&mut replica.observed);
             self.persist(&registry);
+            self.sync_routes(&mut registry, &id.key.endpoint);
         }
     }
 
@@ -1479,6 +1852,45 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
             exit = true;
             answer(shutdown(&shared).await)
         }
+        Ok(Request::Route { route }) => reply(routing::route(&shared, route).await, |route| {
+            Response::Route { route }
+        }),
+        Ok(Request::SetWeights { endpoint, weights }) => reply(
+            routing::set_weights(&shared, &endpoint, weights).await,
+            |()| Response::Done,
+        ),
+        Ok(Request::Routes) => Response::Routes {
+            routes: routing::statuses(&shared),
+        },
+        Ok(Request::Ready { endpoint, backend }) => reply(
+            routing::ready(&shared, &endpoint, &backend).await,
+            |ready| Response::Ready { ready },
+        ),
+        Ok(Request::Stats { endpoint, backend }) => {
+            reply(routing::stats(&shared, &endpoint, &backend), |stats| {
+                Response::Stats { stats }
+            })
+        }
+        Ok(Request::Unroute { endpoint }) => {
+            routing::unroute(&shared, &endpoint).await;
+            Response::Done
+        }
+        Ok(Request::StopLater {
+            endpoint,
+            deployment,
+            revision,
+            after_ms,
+        }) => {
+            let key = DeploymentKey {
+                endpoint,
+                deployment,
+                revision,
+            };
+            reply(
+                routing::stop_later(&shared, key, Duration::from_millis(after_ms)),
+                |()| Response::Done,
+            )
+        }
     };
     // Encoding plain data cannot fail; should it, the client still gets a valid answer.
     let mut bytes = serde_json::to_vec(&response).unwrap_or_else(|_| {
@@ -1490,6 +1902,15 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
     let _ = write.shutdown().await;
     if exit {
         shared.exit.notify_one();
+    }
+}
+
+fn reply<T>(result: Result<T>, ok: impl FnOnce(T) -> Response) -> Response {
+    match result {
+        Ok(value) => ok(value),
+        Err(error) => Response::Error {
+            error: error.into(),
+        },
     }
 }
 
@@ -1540,6 +1961,7 @@ async fn apply(
                 Deployment {
                     spec: spec.clone(),
                     confirmed: false,
+                    stopping: false,
                     replicas: BTreeMap::new(),
                 }
             });
@@ -1616,6 +2038,13 @@ async fn apply(
                 deployment.spec = spec.clone();
                 deployment.confirmed = true;
             }
+            // Applying a revision again says it is wanted: a scheduled stop is dropped.
+            if registry.retirements.remove(&spec.key()).is_some() {
+                shared.event(Event::RetireCancelled {
+                    deployment: spec.key(),
+                    reason: "applied again".into(),
+                });
+            }
         }
         for id in &started {
             if let Some(replica) = registry.replica_mut(id) {
@@ -1653,6 +2082,7 @@ async fn stop(
             .collect();
         (keys, registry.statuses(&shared.dir, wanted))
     };
+    routing::take_off_routes(shared, &keys).await?;
     stop_deployments(shared, &keys).await;
     Ok(before)
 }
@@ -1660,6 +2090,8 @@ async fn stop(
 async fn shutdown(shared: &Arc<Shared>) -> std::result::Result<Vec<ReplicaStatus>, WireError> {
     let _serial = shared.serial.lock().await;
     shared.closing.store(true, Ordering::SeqCst);
+    // Routers first, so that no request goes to a replica being stopped.
+    routing::close_all(shared).await;
     let (keys, before) = {
         let registry = shared.registry();
         let keys: Vec<DeploymentKey> = registry.deployments.keys().cloned().collect();
@@ -1675,6 +2107,7 @@ async fn stop_deployments(shared: &Arc<Shared>, keys: &[DeploymentKey]) {
     let mut registry = shared.registry();
     for key in keys {
         registry.deployments.remove(key);
+        registry.retirements.remove(key);
     }
     shared.persist(&registry);
 }
@@ -1695,6 +2128,11 @@ async fn stop_replicas(shared: &Arc<Shared>, ids: &[ReplicaId]) {
             })
             .collect();
         shared.persist(&registry);
+        // No new request goes to a replica being stopped.
+        let endpoints: BTreeSet<&String> = ids.iter().map(|id| &id.key.endpoint).collect();
+        for endpoint in endpoints {
+            shared.sync_routes(&mut registry, endpoint);
+        }
         controls
     };
     for control in &controls {
@@ -1714,12 +2152,18 @@ async fn stop_replicas(shared: &Arc<Shared>, ids: &[ReplicaId]) {
 /// Takes over from a previous daemon: tears down what an unfinished apply left, adopts
 /// live confirmed replicas that answer their health path, restarts the others.
 async fn recover(shared: &Arc<Shared>, state: StateFile) {
+    let StateFile {
+        deployments,
+        routes,
+        retirements,
+        ..
+    } = state;
     let options = shared.options.clone();
     let mut discard = Vec::new();
     let mut candidates = Vec::new();
     {
         let mut registry = shared.registry();
-        for record in state.deployments {
+        for record in deployments {
             let key = record.spec.key();
             let spec = Arc::new(record.spec);
             let keep = record.confirmed && spec.validate().is_ok();
@@ -1746,6 +2190,7 @@ async fn recover(shared: &Arc<Shared>, state: StateFile) {
                     Deployment {
                         spec,
                         confirmed: true,
+                        stopping: false,
                         replicas: BTreeMap::new(),
                     },
                 );
@@ -1849,6 +2294,8 @@ async fn recover(shared: &Arc<Shared>, state: StateFile) {
         );
     }
     shared.persist(&registry);
+    drop(registry);
+    routing::recover(shared, routes, retirements).await;
 }
 
 /// The recorded process of a replica, when it still runs (same start time, leading its
@@ -2417,6 +2864,8 @@ fn read_state(dir: &Path) -> Result<StateFile> {
             return Ok(StateFile {
                 format_version: STATE_FORMAT_VERSION,
                 deployments: Vec::new(),
+                routes: Vec::new(),
+                retirements: Vec::new(),
             })
         }
         Err(source) => return Err(Error::ReadState { path, source }),
@@ -2425,11 +2874,12 @@ fn read_state(dir: &Path) -> Result<StateFile> {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    if state.format_version != STATE_FORMAT_VERSION {
+    // Version 1 is version 2 without routes or scheduled stops (they default to none).
+    if !(1..=STATE_FORMAT_VERSION).contains(&state.format_version) {
         return Err(Error::ParseState {
             path,
             message: format!(
-                "format version {} (this supervisor reads {STATE_FORMAT_VERSION})",
+                "format version {} (this supervisor reads 1 to {STATE_FORMAT_VERSION})",
                 state.format_version
             ),
         });
@@ -2689,6 +3139,7 @@ mod tests {
             Deployment {
                 spec: Arc::new(spec()),
                 confirmed: true,
+                stopping: false,
                 replicas: BTreeMap::from([(
                     0,
                     Replica {
@@ -2724,6 +3175,105 @@ mod tests {
             .unwrap()
             .deployments
             .is_empty());
+    }
+
+    #[test]
+    fn version_1_state_loads_and_routes_are_written_since_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = serde_json::json!({
+            "format_version": 1,
+            "deployments": [{"spec": spec(), "confirmed": true, "replicas": []}],
+        });
+        std::fs::write(dir.path().join(STATE_FILE), v1.to_string()).unwrap();
+        let read = read_state(dir.path()).unwrap();
+        assert_eq!(read.deployments[0].spec, spec());
+        assert!(read.routes.is_empty() && read.retirements.is_empty());
+
+        let mut registry = Registry::default();
+        let route = RouteSpec {
+            endpoint: "risk-api".into(),
+            listen: loopback(8080),
+            backends: [("blue".to_string(), Backend::new("blue", "6b28a728a74d"))].into(),
+            weights: [("blue".to_string(), 100)].into(),
+            mirror: None,
+            key_sha256: Some("ab".repeat(32)),
+        };
+        registry
+            .routes
+            .insert("risk-api".into(), Hosted::new(route.clone()));
+        registry.retirements.insert(
+            spec().key(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+        );
+        write_state(dir.path(), &registry.to_file()).unwrap();
+        let read = read_state(dir.path()).unwrap();
+        assert_eq!(read.format_version, 2);
+        assert_eq!(read.routes, vec![route]);
+        assert_eq!(
+            read.retirements,
+            vec![RetirementRecord::new(
+                &spec().key(),
+                SystemTime::UNIX_EPOCH + Duration::from_secs(7)
+            )]
+        );
+
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{"format_version": 3, "deployments": []}"#,
+        )
+        .unwrap();
+        let error = read_state(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("format version 3 (this supervisor reads 1 to 2)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn routing_errors_cross_the_wire_typed() {
+        let errors = [
+            Error::PortInUse {
+                endpoint: "risk-api".into(),
+                listen: loopback(8080),
+                holder: Some("fraud-api".into()),
+            },
+            Error::StillRouted {
+                deployment: "risk-api/blue@v1".into(),
+                endpoint: "risk-api".into(),
+                backend: "blue".into(),
+                weight: 40,
+            },
+            Error::NotServing {
+                endpoint: "risk-api".into(),
+                listen: loopback(8080),
+                reason: "the port of 127.0.0.1:8080 is in use".into(),
+            },
+        ];
+        for error in errors {
+            let message = error.to_string();
+            let line = serde_json::to_string(&Response::Error {
+                error: error.into(),
+            })
+            .unwrap();
+            let Response::Error { error } = serde_json::from_str(&line).unwrap() else {
+                panic!("not an error: {line}");
+            };
+            let error = Error::from(error);
+            assert!(!matches!(error, Error::Refused { .. }), "{error:?}");
+            assert_eq!(error.to_string(), message);
+        }
+        let stats = Response::Stats {
+            stats: Stats {
+                requests: 2,
+                errors: 0,
+                latency: vec![(0.1, 2), (f64::INFINITY, 2)],
+            },
+        };
+        let line = serde_json::to_string(&stats).unwrap();
+        let Response::Stats { stats } = serde_json::from_str(&line).unwrap() else {
+            panic!("not stats: {line}");
+        };
+        assert_eq!(stats.latency[1], (f64::INFINITY, 2));
     }
 
     #[test]

@@ -129,6 +129,10 @@ fn main() {
         rows.push((pace, conns, pair));
     }
     print!("{}", table(&rows));
+    println!(
+        "(closed loop: each side runs at its own maximum, so latencies compare unlike loads; \
+         the open loop compares them at the same rate)"
+    );
 
     let switches = switches(&config, &client, &handle, &model, blue.addr, tmp.path());
 

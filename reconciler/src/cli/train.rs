@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cairn::workload::{train, TrainOptions};
+use cairn::workload::{train, Device, Error, TrainOptions};
 
 use super::{CommandError, Format, Output};
 
@@ -41,8 +41,30 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     seed: u64,
 
+    /// Where the matrix work runs: `auto` (GPU 0 through cuBLAS when the CUDA driver,
+    /// cuBLAS and a GPU are there, else the CPU), `cpu`, or `cuda` (an error without a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(device: DeviceArg) -> Device {
+        match device {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
 }
 
 pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
@@ -55,8 +77,13 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
         l2: args.l2,
         holdout: args.holdout,
         seed: args.seed,
+        device: args.device.into(),
     };
-    let report = train(&options).map_err(|e| CommandError::from_error(&e))?;
+    let report = train(&options).map_err(|e| {
+        let hint = matches!(e, Error::GpuUnavailable { .. })
+            .then(|| "use `--device auto` or `--device cpu` to train on the CPU".to_string());
+        CommandError::from_error(&e).hint_opt(hint)
+    })?;
     if args.format == Format::Json {
         println!(
             "{}",
@@ -66,12 +93,14 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     }
     let m = &report.metrics;
     println!(
-        "Trained a logistic regression on {} rows ({} train, {} test), {} features, label `{}`.",
+        "Trained a logistic regression on {} rows ({} train, {} test), {} features, label `{}`, \
+         on {}.",
         report.rows,
         report.train_rows,
         report.test_rows,
         report.features.len(),
-        report.label
+        report.label,
+        report.device
     );
     if !report.skipped_columns.is_empty() {
         println!(

@@ -14,9 +14,12 @@
 //! JSON, metrics at the top level).
 //!
 //! Guarantees:
-//! - Deterministic: the same data and options give byte-identical files. The split hashes
-//!   the row index with the seed, and the fit is a sequential, full-batch loop in `f64`.
-//! - CPU only, and no terminal I/O: results and errors are typed and the CLI renders them.
+//! - Deterministic: the same data and options give byte-identical files on one device. The
+//!   split hashes the row index with the seed, and the fit is a sequential, full-batch loop
+//!   in `f64`. On the GPU ([`Device::Cuda`]) the two matrix products of each epoch are
+//!   cuBLAS calls, whose sums agree with the CPU's within float rounding, not bit for bit;
+//!   `metrics.json` names the device.
+//! - No terminal I/O: results and errors are typed and the CLI renders them.
 //! - Bad input is an [`Error`] that names the file and line, never a panic.
 //!
 //! Caveats: the whole table is held in memory (it is meant for example-sized data), and a
@@ -31,7 +34,7 @@ use std::path::PathBuf;
 
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
 pub use serve::{bind, serve, ServeOptions, Server};
-pub use train::{train, Metrics, TrainOptions, TrainReport, METRICS_FILE};
+pub use train::{train, Device, Metrics, TrainOptions, TrainReport, METRICS_FILE};
 
 /// Errors from reading training data, training, and reading or using a model.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,14 @@ pub enum Error {
          try a smaller learning rate"
     )]
     Diverged { learning_rate: f64 },
+    #[error("cannot train on the GPU: {reason}")]
+    GpuUnavailable { reason: String },
+    #[error("training on the GPU failed while {operation}")]
+    Gpu {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot create the output folder `{}`", path.display())]
     CreateOut {
         path: PathBuf,

@@ -6,6 +6,20 @@
 //! mean and population standard deviation (1 where that is 0). The fit is full-batch
 //! gradient descent on the mean log loss plus `l2 / 2 · ‖w‖²` (the bias is not penalized),
 //! starting from zero, summed sequentially in `f64`: no threads, so no reordered sums.
+//!
+//! The matrix work of each epoch (the logits `X·w` and the gradient `Xᵀ·(p − y)`) runs on
+//! the [`Device`] the options name. On the CPU it is the sequential loop above. On the
+//! GPU ([`Device::Cuda`], or [`Device::Auto`] on a machine with one) the standardized
+//! training matrix is copied to GPU 0 once and both products are cuBLAS `dgemv` calls in
+//! `f64`; the sigmoid, the bias and the update stay on the host, in the same order as on
+//! the CPU. cuBLAS sums in its own order, so the two devices agree within float rounding,
+//! not bit for bit: the same data and options give byte-identical files on one device, and
+//! `metrics.json` names the device that trained.
+//!
+//! cudarc loads the CUDA libraries at run time, so the binary starts and trains on
+//! machines without them; [`Device::Cuda`] there is [`Error::GpuUnavailable`], naming the
+//! library or device that is missing. cudarc calls panic when a library is missing, so
+//! both libraries are probed before any other call.
 
 use std::fs;
 use std::path::PathBuf;
@@ -37,6 +51,23 @@ pub struct TrainOptions {
     pub holdout: f64,
     /// Seeds the train/test split.
     pub seed: u64,
+    /// Where the matrix work runs. The library's default is the CPU, so that library
+    /// users get the same numbers on every machine; `cairn train` defaults to
+    /// [`Device::Auto`].
+    pub device: Device,
+}
+
+/// Where the matrix work of training runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Device {
+    /// GPU 0 when it can be used (the CUDA driver, cuBLAS and a GPU are there), else the
+    /// CPU.
+    Auto,
+    /// The CPU: a sequential loop.
+    #[default]
+    Cpu,
+    /// GPU 0 through cuBLAS; [`Error::GpuUnavailable`] when it cannot be used.
+    Cuda,
 }
 
 impl Default for TrainOptions {
@@ -50,6 +81,7 @@ impl Default for TrainOptions {
             l2: 1e-3,
             holdout: 0.2,
             seed: 7,
+            device: Device::Cpu,
         }
     }
 }
@@ -88,6 +120,8 @@ pub struct TrainReport {
     pub features: Vec<String>,
     /// Columns other than the label left out because not every value is a number.
     pub skipped_columns: Vec<String>,
+    /// What did the matrix work: `cpu`, or `cuda:ORDINAL NAME` (e.g. `cuda:0 NVIDIA H200`).
+    pub device: String,
     /// The trained model, as written to `model.safetensors`.
     #[serde(skip)]
     pub model: Model,
@@ -97,8 +131,10 @@ pub struct TrainReport {
 /// into `options.out`.
 pub fn train(options: &TrainOptions) -> Result<TrainReport> {
     check_options(options)?;
+    // Before the data: a missing GPU is reported at once, whatever the data holds.
+    let engine = Engine::open(options.device)?;
     let table = data::load(&options.data, &options.label)?;
-    let report = fit(&table, options)?.report;
+    let report = fit(&table, options, &engine)?.report;
 
     let out = &options.out;
     fs::create_dir_all(out).map_err(|source| Error::CreateOut {
@@ -160,7 +196,32 @@ struct Split {
     y: Vec<f64>,
 }
 
-fn fit(table: &Table, options: &TrainOptions) -> Result<Fit> {
+/// What runs the matrix work, opened once per [`train`].
+enum Engine {
+    Cpu,
+    Cuda(cuda::Gpu),
+}
+
+impl Engine {
+    fn open(device: Device) -> Result<Engine> {
+        Ok(match device {
+            Device::Cpu => Engine::Cpu,
+            Device::Cuda => Engine::Cuda(cuda::Gpu::open()?),
+            // Any reason the GPU cannot be used means the CPU; errors once it is in use
+            // are still errors.
+            Device::Auto => cuda::Gpu::open().map_or(Engine::Cpu, Engine::Cuda),
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Engine::Cpu => "cpu".to_string(),
+            Engine::Cuda(gpu) => gpu.name(),
+        }
+    }
+}
+
+fn fit(table: &Table, options: &TrainOptions, engine: &Engine) -> Result<Fit> {
     let rows = table.rows();
     let d = table.features.len();
     if d == 0 {
@@ -198,7 +259,10 @@ fn fit(table: &Table, options: &TrainOptions) -> Result<Fit> {
     let train = split(train_index);
     let test = split(test_index);
 
-    let (weights, bias) = gradient_descent(&train, d, options);
+    let (weights, bias) = match engine {
+        Engine::Cpu => gradient_descent(&train, d, options),
+        Engine::Cuda(gpu) => gpu.gradient_descent(&train.x, &train.y, d, options)?,
+    };
     let features: Vec<String> = table.features.iter().map(|c| c.name.clone()).collect();
     let model = Model::new(
         features.clone(),
@@ -232,6 +296,7 @@ fn fit(table: &Table, options: &TrainOptions) -> Result<Fit> {
         epochs: options.epochs,
         features,
         skipped_columns: table.skipped.clone(),
+        device: engine.name(),
         model,
     };
     Ok(Fit {
@@ -359,6 +424,197 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The GPU path: cuBLAS `dgemv` on GPU 0 through cudarc, loaded at run time.
+mod cuda {
+    use std::sync::Arc;
+
+    use cudarc::cublas::sys::cublasOperation_t;
+    use cudarc::cublas::{CudaBlas, Gemv, GemvConfig};
+    use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+
+    use super::super::model::sigmoid;
+    use super::super::{Error, Result};
+    use super::TrainOptions;
+
+    /// GPU 0, with a stream and a cuBLAS handle on it.
+    pub(super) struct Gpu {
+        ordinal: usize,
+        name: String,
+        stream: Arc<CudaStream>,
+        blas: CudaBlas,
+    }
+
+    fn unavailable(reason: impl Into<String>) -> Error {
+        Error::GpuUnavailable {
+            reason: reason.into(),
+        }
+    }
+
+    fn failed(
+        operation: &'static str,
+    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
+        move |source| Error::Gpu { operation, source }
+    }
+
+    /// Returns whether the CUDA driver and cuBLAS libraries can be loaded, naming the
+    /// first that cannot. Every other cudarc call panics when its library is missing.
+    pub fn libraries() -> Result<(), String> {
+        // SAFETY: each only tries to load the shared library, and unloads it.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("the CUDA driver library (libcuda.so) cannot be loaded; \
+                        is an NVIDIA driver installed?"
+                .into());
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(
+                "the cuBLAS library (libcublas.so) cannot be loaded; install \
+                        CUDA's cuBLAS (e.g. the `libcublas-12-*` package) or add its \
+                        folder to LD_LIBRARY_PATH"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    impl Gpu {
+        /// Opens GPU 0, or says what is missing.
+        pub fn open() -> Result<Gpu> {
+            libraries().map_err(unavailable)?;
+            use cudarc::driver::result;
+            result::init()
+                .map_err(|e| unavailable(format!("the CUDA driver did not start: {e}")))?;
+            let count = result::device::get_count()
+                .map_err(|e| unavailable(format!("the CUDA driver cannot count GPUs: {e}")))?;
+            if count < 1 {
+                return Err(unavailable("the CUDA driver reports no GPU"));
+            }
+            let ordinal = 0;
+            let context = CudaContext::new(ordinal)
+                .map_err(|e| unavailable(format!("cannot open GPU {ordinal}: {e}")))?;
+            let name = context.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+            let stream = context.default_stream();
+            let blas = CudaBlas::new(stream.clone())
+                .map_err(|e| unavailable(format!("cuBLAS did not start: {e}")))?;
+            Ok(Gpu {
+                ordinal,
+                name,
+                stream,
+                blas,
+            })
+        }
+
+        /// `cuda:ORDINAL NAME`, for the report.
+        pub fn name(&self) -> String {
+            format!("cuda:{} {}", self.ordinal, self.name)
+        }
+
+        /// The CPU's [`super::gradient_descent`], with `X·w` and `Xᵀ·e` on the GPU.
+        ///
+        /// `x` is the row-major `n × d` training matrix, which cuBLAS (column-major) reads
+        /// as the `d × n` matrix `Xᵀ` with leading dimension `d`: the logits are `(Xᵀ)ᵀ·w`
+        /// (`dgemv` transposed) and the gradient is `Xᵀ·e` (`dgemv` as is).
+        pub fn gradient_descent(
+            &self,
+            x: &[f64],
+            y: &[f64],
+            d: usize,
+            options: &TrainOptions,
+        ) -> Result<(Vec<f64>, f64)> {
+            let rows = y.len();
+            let too_large = || {
+                unavailable(format!(
+                    "{rows} rows × {d} features is too large for one cuBLAS call"
+                ))
+            };
+            let n = i32::try_from(rows).map_err(|_| too_large())?;
+            let m = i32::try_from(d).map_err(|_| too_large())?;
+            let stream = &self.stream;
+            let boxed = |e: cudarc::driver::DriverError| Box::new(e) as Box<_>;
+            let x_dev: CudaSlice<f64> = stream
+                .clone_htod(x)
+                .map_err(boxed)
+                .map_err(failed("copying the training matrix to the GPU"))?;
+            let mut w_dev: CudaSlice<f64> = stream
+                .alloc_zeros(d)
+                .map_err(boxed)
+                .map_err(failed("allocating GPU memory"))?;
+            let mut z_dev: CudaSlice<f64> = stream
+                .alloc_zeros(rows)
+                .map_err(boxed)
+                .map_err(failed("allocating GPU memory"))?;
+            let mut e_dev: CudaSlice<f64> = stream
+                .alloc_zeros(rows)
+                .map_err(boxed)
+                .map_err(failed("allocating GPU memory"))?;
+            let mut g_dev: CudaSlice<f64> = stream
+                .alloc_zeros(d)
+                .map_err(boxed)
+                .map_err(failed("allocating GPU memory"))?;
+            let forward = GemvConfig {
+                trans: cublasOperation_t::CUBLAS_OP_T,
+                m,
+                n,
+                alpha: 1.0,
+                lda: m,
+                incx: 1,
+                beta: 0.0,
+                incy: 1,
+            };
+            let backward = GemvConfig {
+                trans: cublasOperation_t::CUBLAS_OP_N,
+                ..forward
+            };
+
+            let count = rows as f64;
+            let mut weights = vec![0.0; d];
+            let mut bias = 0.0;
+            let mut z = vec![0.0; rows];
+            let mut error = vec![0.0; rows];
+            let mut gradient = vec![0.0; d];
+            for _ in 0..options.epochs {
+                stream
+                    .memcpy_htod(&weights, &mut w_dev)
+                    .map_err(boxed)
+                    .map_err(failed("copying the weights to the GPU"))?;
+                // SAFETY: the shapes match the allocations: x_dev is d × n (lda d), w_dev
+                // holds d values and z_dev n.
+                unsafe { self.blas.gemv(forward, &x_dev, &w_dev, &mut z_dev) }
+                    .map_err(|e| Box::new(e) as Box<_>)
+                    .map_err(failed("running cuBLAS dgemv for the logits"))?;
+                stream
+                    .memcpy_dtoh(&z_dev, &mut z)
+                    .and_then(|()| stream.synchronize())
+                    .map_err(boxed)
+                    .map_err(failed("copying the logits from the GPU"))?;
+                let mut gradient_bias = 0.0;
+                for ((e, z), y) in error.iter_mut().zip(&z).zip(y) {
+                    *e = sigmoid(bias + z) - y;
+                    gradient_bias += *e;
+                }
+                stream
+                    .memcpy_htod(&error, &mut e_dev)
+                    .map_err(boxed)
+                    .map_err(failed("copying the errors to the GPU"))?;
+                // SAFETY: x_dev is d × n (lda d), e_dev holds n values and g_dev d.
+                unsafe { self.blas.gemv(backward, &x_dev, &e_dev, &mut g_dev) }
+                    .map_err(|e| Box::new(e) as Box<_>)
+                    .map_err(failed("running cuBLAS dgemv for the gradient"))?;
+                stream
+                    .memcpy_dtoh(&g_dev, &mut gradient)
+                    .and_then(|()| stream.synchronize())
+                    .map_err(boxed)
+                    .map_err(failed("copying the gradient from the GPU"))?;
+                for (w, g) in weights.iter_mut().zip(&gradient) {
+                    *w -= options.learning_rate * (g / count + options.l2 * *w);
+                }
+                bias -= options.learning_rate * gradient_bias / count;
+            }
+            Ok((weights, bias))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -472,7 +728,7 @@ mod tests {
         assert_eq!(model.label, "y");
 
         let table = data::load(&data, "y").unwrap();
-        let fit = fit(&table, &options).unwrap();
+        let fit = fit(&table, &options, &Engine::Cpu).unwrap();
         assert_eq!(fit.train_index.len(), report.train_rows);
         for (&i, &expected) in fit.train_index.iter().zip(&fit.train_probabilities) {
             let row: BTreeMap<String, f64> = table

@@ -1,0 +1,837 @@
+//! Serving benchmark: predictions through the local router against the model server
+//! reached directly, and how fast a blue-green switch driven by the rollout engine moves
+//! traffic once the new deployment is ready. Prints figures; it has no pass/fail threshold
+//! besides "no request fails".
+//!
+//! Set-up, all on this machine: a model trained with the library on generated data; two
+//! real `cairn serve` processes (`--name blue`, `--name green`, on free loopback ports); the
+//! router (`cairn::backend::local::router`) in this process on a runtime of its own; and a
+//! load generator in this process on another runtime: hyper HTTP/1.1 connections kept
+//! alive, each sending real `POST /v1/predict` bodies one after the other.
+//!
+//! 1. Closed loop: `CAIRN_BENCH_CONNS` connections send as fast as answers come, for
+//!    `CAIRN_BENCH_SECS` seconds: the maximum throughput and its latency (from send to the
+//!    whole response).
+//! 2. Open loop: `CAIRN_BENCH_RATE` requests/s (2,000 by default) spread over
+//!    `CAIRN_BENCH_OPEN_CONNS` connections, each request due at a fixed time; latency is
+//!    counted from when the request was due, so a stalled server is not hidden by the
+//!    client waiting for it (no coordinated omission).
+//!
+//! Each runs against blue directly and through the router (all traffic to blue), after a
+//! short warm-up, and the two are printed side by side.
+//!
+//! 3. Switch: the router sends 100 % to blue under open-loop load; green is started; the
+//!    rollout engine (`cairn::rollout::run` with the router's `Handle` as `Traffic`, steps
+//!    `[100]`, no step wait, polling readiness every 5 ms) waits for green to be ready and
+//!    moves all traffic to it. The bench polls green's `/healthz` every 5 ms itself and
+//!    measures from the first 200 to (a) the first response carrying
+//!    `x-cairn-deployment: green` and (b) the last request that blue answered, after which
+//!    every new request goes to green. Both can come out slightly negative: the bench's
+//!    and the router's readiness polls are independent, 5 ms apart each. Repeated
+//!    `CAIRN_BENCH_SWITCHES` times (a fresh green process and port each time); no request
+//!    may fail.
+//!
+//! Knobs (environment): `CAIRN_BENCH_SECS` (default 4), `CAIRN_BENCH_CONNS` (16),
+//! `CAIRN_BENCH_RATE` (2000), `CAIRN_BENCH_OPEN_CONNS` (64), `CAIRN_BENCH_SWITCHES` (5),
+//! `CAIRN_BENCH_ROUTER_THREADS` (2), `CAIRN_BENCH_CLIENT_THREADS` (2). With the defaults
+//! the whole run takes well under two minutes.
+//!
+//! Caveat: the client, the router and both servers share this machine's cores, so the
+//! router's figures include competing with the client for CPU: compare the columns with
+//! each other, not with other machines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn::backend::local::router::{self, Handle, RouterOptions, Routes};
+use cairn::rollout::{self, Outcome, RolloutEvent, RolloutPolicy, Weights};
+use cairn::workload::{train, TrainOptions};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+fn main() {
+    let config = Config::from_env();
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let model = trained(tmp.path());
+
+    let blue = Serving::start(&model, "blue", tmp.path());
+    let router_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.router_threads)
+        .thread_name("router")
+        .enable_all()
+        .build()
+        .expect("the router's runtime");
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.client_threads)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .expect("the client's runtime");
+
+    client.block_on(wait_ready(blue.addr, Duration::from_secs(20)));
+    // Green's first port: nothing listens there until a switch starts it.
+    let routes = routes(blue.addr, free_port());
+    let mut options = RouterOptions::new("127.0.0.1:0".parse().unwrap(), routes);
+    options.probe_timeout = Duration::from_millis(300);
+    let bound = router_runtime
+        .block_on(router::bind(options))
+        .expect("the router binds");
+    let router_addr = bound.local_addr();
+    let handle = bound.handle();
+    let (stop_router, router_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router_task = router_runtime.spawn(bound.run(async {
+        let _ = router_stopped.await;
+    }));
+
+    println!(
+        "serving bench: {} CPU(s); blue {} (cairn serve), router {} (in process, {} thread(s)), \
+         client {} thread(s); {} s per measurement",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        blue.addr,
+        router_addr,
+        config.router_threads,
+        config.client_threads,
+        config.secs.as_secs_f64()
+    );
+
+    let bodies = Arc::new(bodies());
+    let mut rows = Vec::new();
+    for (pace, conns) in [
+        (Pace::Closed, config.conns),
+        (Pace::Open(config.rate), config.open_conns),
+    ] {
+        let mut pair = Vec::new();
+        for target in [blue.addr, router_addr] {
+            // Warm-up: connections, caches, the router's pool to blue.
+            client.block_on(load(
+                target,
+                conns,
+                pace,
+                Duration::from_millis(500),
+                &bodies,
+                None,
+            ));
+            let run = client.block_on(load(target, conns, pace, config.secs, &bodies, None));
+            pair.push(run.summary());
+        }
+        rows.push((pace, conns, pair));
+    }
+    print!("{}", table(&rows));
+    println!(
+        "(closed loop: each side runs at its own maximum, so latencies compare unlike loads; \
+         the open loop compares them at the same rate)"
+    );
+
+    let switches = switches(&config, &client, &handle, &model, blue.addr, tmp.path());
+
+    let _ = stop_router.send(());
+    let _ = router_runtime.block_on(router_task);
+    drop(blue);
+    println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+
+    let failed: u64 = rows
+        .iter()
+        .flat_map(|(_, _, pair)| pair.iter().map(|s| s.failures))
+        .chain(switches.iter().map(|s| s.failures))
+        .sum();
+    assert_eq!(failed, 0, "requests failed (see above)");
+    let stats = handle.stats("blue").expect("blue's counters");
+    assert_eq!(stats.errors, 0, "the router counted errors on blue");
+}
+
+/// The knobs, from the environment.
+struct Config {
+    secs: Duration,
+    conns: usize,
+    rate: f64,
+    open_conns: usize,
+    switches: usize,
+    router_threads: usize,
+    client_threads: usize,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+            match std::env::var(name) {
+                Ok(value) => value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={value} is not a valid number")),
+                Err(_) => default,
+            }
+        }
+        Config {
+            secs: Duration::from_secs_f64(var("CAIRN_BENCH_SECS", 4.0)),
+            conns: var("CAIRN_BENCH_CONNS", 16usize).max(1),
+            rate: var("CAIRN_BENCH_RATE", 2000.0),
+            open_conns: var("CAIRN_BENCH_OPEN_CONNS", 64usize).max(1),
+            switches: var("CAIRN_BENCH_SWITCHES", 5usize),
+            router_threads: var("CAIRN_BENCH_ROUTER_THREADS", 2usize).max(1),
+            client_threads: var("CAIRN_BENCH_CLIENT_THREADS", 2usize).max(1),
+        }
+    }
+}
+
+/// Trains the model the servers load, with the real trainer, on generated data.
+fn trained(tmp: &Path) -> PathBuf {
+    let mut csv = String::from("age,income,utilization,label\n");
+    let mut rng = Lcg(7);
+    for _ in 0..2_000 {
+        let (age, income, utilization) = (
+            20.0 + 50.0 * rng.float(),
+            20e3 + 80e3 * rng.float(),
+            rng.float(),
+        );
+        let label = u8::from(utilization + 0.01 * (45.0 - age) + rng.float() > 1.0);
+        writeln!(csv, "{age:.1},{income:.0},{utilization:.3},{label}").unwrap();
+    }
+    let data = tmp.join("data.csv");
+    std::fs::write(&data, csv).expect("the data is written");
+    let dir = tmp.join("model");
+    train(&TrainOptions {
+        data,
+        out: dir.clone(),
+        ..TrainOptions::default()
+    })
+    .expect("the model trains");
+    dir
+}
+
+/// Prediction bodies, one to three rows each, sent in turn.
+fn bodies() -> Vec<Bytes> {
+    let mut rng = Lcg(11);
+    (0..32)
+        .map(|i| {
+            let rows: Vec<String> = (0..1 + i % 3)
+                .map(|_| {
+                    format!(
+                        r#"{{"age": {:.0}, "income": {:.0}, "utilization": {:.3}}}"#,
+                        18.0 + 60.0 * rng.float(),
+                        10e3 + 120e3 * rng.float(),
+                        rng.float()
+                    )
+                })
+                .collect();
+            Bytes::from(format!(r#"{{"rows": [{}]}}"#, rows.join(", ")))
+        })
+        .collect()
+}
+
+/// A tiny deterministic generator of numbers in [0, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn float(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Returns a loopback port nothing listens on (now).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().unwrap().port()
+}
+
+fn routes(blue: SocketAddr, green_port: u16) -> Routes {
+    Routes {
+        deployments: BTreeMap::from([
+            ("blue".to_string(), vec![blue]),
+            (
+                "green".to_string(),
+                vec![SocketAddr::from(([127, 0, 0, 1], green_port))],
+            ),
+        ]),
+        weights: weights(100, 0),
+        mirror: None,
+    }
+}
+
+fn weights(blue: u32, green: u32) -> Weights {
+    Weights::from([("blue".to_string(), blue), ("green".to_string(), green)])
+}
+
+/// A running `cairn serve`, stopped (SIGTERM, then waited for) on drop.
+struct Serving {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Serving {
+    fn start(model: &Path, name: &str, logs: &Path) -> Serving {
+        Serving::start_on(model, name, free_port(), logs)
+    }
+
+    fn start_on(model: &Path, name: &str, port: u16, logs: &Path) -> Serving {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::File::create(logs.join(format!("{name}-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .args(["--listen", &addr.to_string(), "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cairn serve starts");
+        Serving { child, addr }
+    }
+
+    /// Sends SIGTERM and waits until the server has finished its requests and exited.
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: a plain kill(2) of our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Polls `GET /healthz` every 5 ms until it answers 200; returns when it did.
+async fn wait_ready(addr: SocketAddr, limit: Duration) -> Instant {
+    let deadline = Instant::now() + limit;
+    loop {
+        if healthz(addr).await == Some(StatusCode::OK) {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} not ready after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `GET /healthz` on a fresh connection: the status, or `None` when nothing answers.
+async fn healthz(addr: SocketAddr) -> Option<StatusCode> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = Request::get("/healthz")
+        .header(HOST, addr.to_string())
+        .body(Empty::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    Some(status)
+}
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Each connection sends its next request when the answer to the last one is in.
+    Closed,
+    /// Requests per second over all connections, each due at a fixed time.
+    Open(f64),
+}
+
+/// Which deployment answered, from `x-cairn-deployment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    Blue,
+    Green,
+    Other,
+}
+
+/// One answered request, kept during switches.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    sent: Instant,
+    done: Instant,
+    by: Answered,
+}
+
+/// What one connection saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Latency of each successful request, in microseconds.
+    latencies: Vec<u64>,
+    failures: u64,
+    first_failure: Option<String>,
+    /// Every successful request, when asked for.
+    events: Vec<Event>,
+}
+
+/// What all connections saw in one measurement.
+struct Run {
+    seen: Seen,
+    elapsed: Duration,
+}
+
+/// Runs `conns` connections against `addr` for `duration` (or until `stop` is set).
+async fn load(
+    addr: SocketAddr,
+    conns: usize,
+    pace: Pace,
+    duration: Duration,
+    bodies: &Arc<Vec<Bytes>>,
+    stop: Option<(Arc<AtomicBool>, bool)>,
+) -> Run {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let (stop, keep_events) = stop.unwrap_or_else(|| (Arc::new(AtomicBool::new(false)), false));
+    let workers: Vec<_> = (0..conns)
+        .map(|index| {
+            let bodies = bodies.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                connection(
+                    addr,
+                    index,
+                    conns,
+                    pace,
+                    (start, deadline),
+                    &bodies,
+                    &stop,
+                    keep_events,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut seen = Seen::default();
+    for worker in workers {
+        let one = worker.await.expect("a load connection does not panic");
+        seen.latencies.extend(one.latencies);
+        seen.failures += one.failures;
+        if seen.first_failure.is_none() {
+            seen.first_failure = one.first_failure;
+        }
+        seen.events.extend(one.events);
+    }
+    Run {
+        seen,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// One keep-alive connection's loop; reconnects after a failure.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    addr: SocketAddr,
+    index: usize,
+    conns: usize,
+    pace: Pace,
+    (start, deadline): (Instant, Instant),
+    bodies: &[Bytes],
+    stop: &AtomicBool,
+    keep_events: bool,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    for k in 0.. {
+        let due = match pace {
+            Pace::Closed => Instant::now(),
+            Pace::Open(rate) => start + Duration::from_secs_f64((index + k * conns) as f64 / rate),
+        };
+        if due >= deadline || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Pace::Open(_) = pace {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let sent = Instant::now();
+        let body = bodies[(index + k) % bodies.len()].clone();
+        match predict(&mut sender, addr, body).await {
+            Ok(by) => {
+                let done = Instant::now();
+                let latency = done.saturating_duration_since(due);
+                seen.latencies
+                    .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                if keep_events {
+                    seen.events.push(Event { sent, done, by });
+                }
+            }
+            Err(error) => {
+                seen.failures += 1;
+                seen.first_failure.get_or_insert(error);
+                sender = None;
+            }
+        }
+    }
+    seen
+}
+
+/// Sends one prediction on the connection (opening it when there is none).
+async fn predict(
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+    addr: SocketAddr,
+    body: Bytes,
+) -> Result<Answered, String> {
+    if sender.is_none() {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (new, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+        tokio::spawn(connection);
+        *sender = Some(new);
+    }
+    let sender = sender.as_mut().expect("just connected");
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection to {addr}: {e}"))?;
+    let request = Request::post("/v1/predict")
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("a valid request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("POST {addr}/v1/predict: {e}"))?;
+    let status = response.status();
+    let by = match response
+        .headers()
+        .get("x-cairn-deployment")
+        .map(|v| v.as_bytes())
+    {
+        Some(b"blue") => Answered::Blue,
+        Some(b"green") => Answered::Green,
+        _ => Answered::Other,
+    };
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer of {addr}: {e}"))?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!(
+            "{status} from {by:?}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(by)
+}
+
+/// One measurement's figures.
+#[derive(Debug, Clone)]
+struct Summary {
+    requests: u64,
+    failures: u64,
+    first_failure: Option<String>,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Run {
+    fn summary(mut self) -> Summary {
+        let latencies = &mut self.seen.latencies;
+        latencies.sort_unstable();
+        let quantile = |q: f64| -> f64 {
+            if latencies.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
+            latencies[rank - 1] as f64 / 1000.0
+        };
+        let summary = Summary {
+            requests: latencies.len() as u64,
+            failures: self.seen.failures,
+            first_failure: self.seen.first_failure.take(),
+            rate: latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            p50_ms: quantile(0.50),
+            p99_ms: quantile(0.99),
+            max_ms: quantile(1.0),
+        };
+        if let Some(failure) = &summary.first_failure {
+            println!(
+                "  {} request(s) failed; the first: {failure}",
+                summary.failures
+            );
+        }
+        summary
+    }
+}
+
+/// The side-by-side table: direct, through the router, and the router's cost.
+fn table(rows: &[(Pace, usize, Vec<Summary>)]) -> String {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n{:<34} {:>14} {:>14} {:>16}",
+        "", "direct (blue)", "router → blue", "router overhead"
+    )
+    .unwrap();
+    for (pace, conns, pair) in rows {
+        let (direct, routed) = (&pair[0], &pair[1]);
+        let title = match pace {
+            Pace::Closed => format!("closed loop, {conns} connections"),
+            Pace::Open(rate) => format!("open loop at {rate:.0} req/s, {conns} connections"),
+        };
+        writeln!(out, "{title}").unwrap();
+        let rate_label = match pace {
+            Pace::Closed => "  throughput (req/s)",
+            Pace::Open(_) => "  achieved rate (req/s)",
+        };
+        writeln!(
+            out,
+            "{rate_label:<34} {:>14.0} {:>14.0} {:>15.1}%",
+            direct.rate,
+            routed.rate,
+            (routed.rate / direct.rate - 1.0) * 100.0
+        )
+        .unwrap();
+        for (label, d, r) in [
+            ("  latency p50 (ms)", direct.p50_ms, routed.p50_ms),
+            ("  latency p99 (ms)", direct.p99_ms, routed.p99_ms),
+            ("  latency max (ms)", direct.max_ms, routed.max_ms),
+        ] {
+            writeln!(out, "{label:<34} {d:>14.3} {r:>14.3} {:>+13.3} ms", r - d).unwrap();
+        }
+        writeln!(
+            out,
+            "{:<34} {:>14} {:>14}",
+            "  requests ok / failed",
+            format!("{} / {}", direct.requests, direct.failures),
+            format!("{} / {}", routed.requests, routed.failures)
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// One blue → green switch's figures, in milliseconds from green's first ready answer.
+#[derive(Debug, Clone)]
+struct Switch {
+    /// From starting the process to its first ready answer.
+    startup_ms: f64,
+    /// To the rollout engine setting the weights (its `Step` event).
+    weights_set_ms: f64,
+    /// To the first response from green.
+    first_green_ms: f64,
+    /// To the send time of the last request blue answered: every later request went to
+    /// green.
+    all_green_ms: f64,
+    requests: usize,
+    failures: u64,
+}
+
+/// Runs the blue → green switches and prints their figures.
+fn switches(
+    config: &Config,
+    client: &tokio::runtime::Runtime,
+    handle: &Handle,
+    model: &Path,
+    blue: SocketAddr,
+    logs: &Path,
+) -> Vec<Switch> {
+    let bodies = Arc::new(bodies());
+    let mut results = Vec::new();
+    println!(
+        "\nswitch blue → green under {:.0} req/s through the router (rollout engine, steps \
+         [100], step_wait 0, readiness polled every 5 ms), {} time(s):",
+        config.rate, config.switches
+    );
+    for round in 1..=config.switches {
+        let port = free_port();
+        handle
+            .set_routes(routes(blue, port))
+            .expect("the routes are valid");
+        let green_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let result = client.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let traffic = tokio::spawn({
+                let bodies = bodies.clone();
+                let stop = stop.clone();
+                let router = handle.local_addr();
+                let (conns, rate) = (config.open_conns, config.rate);
+                async move {
+                    load(
+                        router,
+                        conns,
+                        Pace::Open(rate),
+                        Duration::from_secs(60),
+                        &bodies,
+                        Some((stop, true)),
+                    )
+                    .await
+                }
+            });
+            // Load on blue alone first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+
+            let spawned = Instant::now();
+            let green = Serving::start_on(model, "green", port, logs);
+            let step_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+            let rollout = tokio::spawn({
+                let handle = handle.clone();
+                let step_at = step_at.clone();
+                async move {
+                    let policy = RolloutPolicy {
+                        steps: vec![100],
+                        step_wait: Duration::ZERO,
+                        poll: Duration::from_millis(5),
+                        ready_timeout: Duration::from_secs(30),
+                        ..RolloutPolicy::default()
+                    };
+                    let on_event = move |event: RolloutEvent| {
+                        if let RolloutEvent::Step { .. } = event {
+                            step_at.lock().unwrap().get_or_insert(Instant::now());
+                        }
+                    };
+                    rollout::run(
+                        &handle,
+                        &weights(100, 0),
+                        &weights(0, 100),
+                        &policy,
+                        &on_event,
+                    )
+                    .await
+                }
+            });
+            let ready = wait_ready(green_addr, Duration::from_secs(30)).await;
+            let outcome = rollout
+                .await
+                .expect("the rollout does not panic")
+                .expect("the rollout runs");
+            assert!(
+                matches!(outcome, Outcome::Promoted { .. }),
+                "round {round}: {outcome:?}"
+            );
+            // Green alone for a while.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, Ordering::Relaxed);
+            let run = traffic.await.expect("the load does not panic");
+            let step_at = step_at
+                .lock()
+                .unwrap()
+                .expect("the rollout set the weights");
+            (green, spawned, ready, step_at, run)
+        });
+        let (green, spawned, ready, step_at, run) = result;
+        // Back to blue before green stops, so that nothing is routed to a stopping server.
+        handle
+            .set_weights(&weights(100, 0))
+            .expect("the weights are valid");
+        green.stop();
+
+        let signed_ms = |at: Instant| {
+            if at >= ready {
+                at.duration_since(ready).as_secs_f64() * 1000.0
+            } else {
+                -(ready.duration_since(at).as_secs_f64() * 1000.0)
+            }
+        };
+        let first_green = run
+            .seen
+            .events
+            .iter()
+            .filter(|e| e.by == Answered::Green)
+            .map(|e| e.done)
+            .min()
+            .expect("green answered");
+        let last_blue = run
+            .seen
+            .events
+            .iter()
+            .filter(|e| e.by == Answered::Blue)
+            .map(|e| e.sent)
+            .max()
+            .expect("blue answered");
+        let others = run
+            .seen
+            .events
+            .iter()
+            .filter(|e| e.by == Answered::Other)
+            .count();
+        let switch = Switch {
+            startup_ms: ready.duration_since(spawned).as_secs_f64() * 1000.0,
+            weights_set_ms: signed_ms(step_at),
+            first_green_ms: signed_ms(first_green),
+            all_green_ms: signed_ms(last_blue),
+            requests: run.seen.events.len(),
+            failures: run.seen.failures + others as u64,
+        };
+        println!(
+            "  round {round}: green ready {:.0} ms after start; from ready: weights set {:+.1} ms, \
+             first green answer {:+.1} ms, all new requests to green {:+.1} ms; {} requests, \
+             {} failed",
+            switch.startup_ms,
+            switch.weights_set_ms,
+            switch.first_green_ms,
+            switch.all_green_ms,
+            switch.requests,
+            switch.failures
+        );
+        if let Some(failure) = &run.seen.first_failure {
+            println!("    first failure: {failure}");
+        }
+        results.push(switch);
+    }
+    if results.is_empty() {
+        return results;
+    }
+    let stat = |f: fn(&Switch) -> f64| {
+        let mut values: Vec<f64> = results.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2], values[values.len() - 1])
+    };
+    println!(
+        "{:<44} {:>10} {:>10}",
+        "switch, from green's first ready answer", "median", "max"
+    );
+    for (label, f) in [
+        (
+            "  rollout engine sets the weights (ms)",
+            (|s: &Switch| s.weights_set_ms) as fn(&Switch) -> f64,
+        ),
+        ("  first response from green (ms)", |s| s.first_green_ms),
+        ("  100 % of new requests to green (ms)", |s| s.all_green_ms),
+        ("  (green start-up to ready, ms)", |s| s.startup_ms),
+    ] {
+        let (median, max) = stat(f);
+        println!("{label:<44} {median:>10.1} {max:>10.1}");
+    }
+    println!(
+        "  failed requests during switches: {}",
+        results.iter().map(|s| s.failures).sum::<u64>()
+    );
+    results
+}

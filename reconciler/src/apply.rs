@@ -1137,10 +1137,16 @@ fn describe_event(event: &RolloutEvent) -> String {
             error_rate,
             p99_ms,
         } => format!(
-            "step {step}% passed: {requests} requests, error rate {:.2}%, p99 {}",
+            "{} passed: {requests} requests, error rate {:.2}%, p99 {}",
+            if *step == 0 {
+                "mirror phase".to_string()
+            } else {
+                format!("step {step}%")
+            },
             error_rate * 100.0,
             p99_ms.map_or("n/a".to_string(), |p| format!("{p:.1} ms"))
         ),
+        RolloutEvent::GateFailed { step: 0, reason } => format!("mirror phase failed: {reason}"),
         RolloutEvent::GateFailed { step, reason } => format!("step {step}% failed: {reason}"),
         RolloutEvent::RolledBack { weights: w } => format!("rolled back to {}", weights(w)),
         RolloutEvent::Promoted { weights: w } => format!("promoted: {}", weights(w)),

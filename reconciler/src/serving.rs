@@ -519,6 +519,24 @@ fn show_weights(w: &Weights) -> String {
         .join(", ")
 }
 
+/// "blue 100% (c085e0311ef0)": the deployments with traffic and their revisions.
+fn describe_serving(after: &EndpointValue) -> String {
+    let shown: Vec<String> = after
+        .traffic
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(name, w)| match after.deployments.get(name) {
+            Some(d) => format!("{name} {w}% ({})", d.revision),
+            None => format!("{name} {w}%"),
+        })
+        .collect();
+    if shown.is_empty() {
+        "no traffic".to_string()
+    } else {
+        shown.join(", ")
+    }
+}
+
 fn describe_deployments(after: &EndpointValue) -> String {
     after
         .deployments
@@ -639,7 +657,7 @@ pub async fn apply(
             progress,
         )
         .await?;
-        return Ok(format!("serving {}", show_weights(&to)));
+        return Ok(format!("serving {}", describe_serving(after)));
     };
 
     // 2. New revisions join the router at 0 %, beside what serves.
@@ -684,7 +702,7 @@ pub async fn apply(
         }
         match rollout::run(traffic.as_ref(), &joined, &to_full, &policy, on_event).await? {
             Outcome::Promoted { .. } => {
-                summary = format!("promoted: {}", show_weights(&positive(&to)));
+                summary = format!("promoted: {}", describe_serving(after));
             }
             Outcome::RolledBack { step, reason, .. } => {
                 progress.note(&format!("rolled back: {reason}"));
@@ -703,7 +721,7 @@ pub async fn apply(
             }
         }
     } else {
-        summary = format!("serving {}", show_weights(&positive(&to)));
+        summary = format!("serving {}", describe_serving(after));
     }
 
     // 4. Promote: new revisions take their deployment's name; old ones stay at 0 % until

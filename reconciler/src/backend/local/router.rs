@@ -402,6 +402,14 @@ impl Traffic for Handle {
     async fn stats(&self, deployment: &str) -> Result<Stats, String> {
         Handle::stats(self, deployment).map_err(|e| error_chain(&e))
     }
+
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+        let mirror = mirror.map(|(deployment, percent)| Mirror {
+            deployment: deployment.to_string(),
+            percent,
+        });
+        Handle::set_mirror(self, mirror).map_err(|e| error_chain(&e))
+    }
 }
 
 /// State shared by the request handler and the handles.

@@ -868,6 +868,10 @@ enum Request {
         endpoint: String,
         weights: Weights,
     },
+    SetMirror {
+        endpoint: String,
+        mirror: Option<super::router::Mirror>,
+    },
     Routes,
     Ready {
         endpoint: String,
@@ -1857,6 +1861,10 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
         }),
         Ok(Request::SetWeights { endpoint, weights }) => reply(
             routing::set_weights(&shared, &endpoint, weights).await,
+            |()| Response::Done,
+        ),
+        Ok(Request::SetMirror { endpoint, mirror }) => reply(
+            routing::set_mirror(&shared, &endpoint, mirror).await,
             |()| Response::Done,
         ),
         Ok(Request::Routes) => Response::Routes {

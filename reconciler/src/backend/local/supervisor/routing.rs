@@ -244,6 +244,15 @@ impl SupervisorClient {
         done(self.request(&request, Duration::from_secs(10)).await?)
     }
 
+    /// Sets or clears only the mirror (the rollout's mirror phase).
+    pub async fn set_mirror(&self, endpoint: &str, mirror: Option<Mirror>) -> Result<()> {
+        let request = Request::SetMirror {
+            endpoint: endpoint.into(),
+            mirror,
+        };
+        done(self.request(&request, Duration::from_secs(10)).await?)
+    }
+
     /// Returns every router, by endpoint name.
     pub async fn routes(&self) -> Result<Vec<RouteStatus>> {
         match self
@@ -357,6 +366,17 @@ impl Traffic for RouteTraffic {
     async fn stats(&self, backend: &str) -> Result<Stats, String> {
         self.client
             .stats(&self.endpoint, backend)
+            .await
+            .map_err(|e| error_chain(&e))
+    }
+
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+        let mirror = mirror.map(|(deployment, percent)| Mirror {
+            deployment: deployment.to_string(),
+            percent,
+        });
+        self.client
+            .set_mirror(&self.endpoint, mirror)
             .await
             .map_err(|e| error_chain(&e))
     }
@@ -932,6 +952,53 @@ pub(super) async fn set_weights(
         });
     }
     let change = format!("weights {}", describe_weights(&hosted.spec.weights));
+    shared.persist(&registry);
+    drop(registry);
+    shared.event(Event::RoutesChanged {
+        endpoint: endpoint.to_string(),
+        change,
+    });
+    Ok(())
+}
+
+pub(super) async fn set_mirror(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    mirror: Option<Mirror>,
+) -> Result<()> {
+    let _routing = shared.routing.lock().await;
+    refuse_if_closing(shared)?;
+    let mut registry = shared.registry();
+    let Registry {
+        deployments,
+        routes,
+        ..
+    } = &mut *registry;
+    let hosted = routes.get_mut(endpoint).ok_or_else(|| Error::NoRoute {
+        endpoint: endpoint.to_string(),
+    })?;
+    if let Some(m) = &mirror {
+        if !hosted.spec.backends.contains_key(&m.deployment) {
+            return Err(hosted.unknown_backend(&m.deployment));
+        }
+    }
+    let spec = RouteSpec {
+        mirror,
+        ..hosted.spec.clone()
+    };
+    spec.validate()?;
+    let before = std::mem::replace(&mut hosted.spec, spec);
+    if let Err(error) = hosted.push(deployments) {
+        hosted.spec = before;
+        return Err(Error::InvalidRoute {
+            endpoint: endpoint.to_string(),
+            reason: error.to_string(),
+        });
+    }
+    let change = match &hosted.spec.mirror {
+        Some(m) => format!("mirror {}% to {}", m.percent, m.deployment),
+        None => "mirror off".to_string(),
+    };
     shared.persist(&registry);
     drop(registry);
     shared.event(Event::RoutesChanged {

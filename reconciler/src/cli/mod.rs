@@ -65,12 +65,13 @@ enum Command {
     /// traffic maps, GPU quotas, paths. Reports every problem at once.
     Validate(validate::Args),
     /// Show what `apply` would change, and why: dataset versions, job runs, model
-    /// versions, in dependency order.
+    /// versions and endpoint rollouts (steps and gates), in dependency order.
     Plan(plan::Args),
     /// Carry out a plan: a fresh one after confirmation, or a saved one exactly.
     Apply(apply::Args),
     /// Show what is live per workspace: applied resources and their versions, the last
-    /// apply, a held lock.
+    /// apply, a held lock, and each endpoint's deployments, weights, health and request
+    /// rates.
     Status(status::Args),
     /// List past applies from the journal.
     History(history::Args),

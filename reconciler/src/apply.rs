@@ -732,17 +732,24 @@ impl Applier<'_> {
             );
         }
         let objects = store.objects().clone();
+        // Resume: files an interrupted apply already stored are not sent again. One listing
+        // of the version's folder finds them (not one request per file).
+        let mut stored: HashMap<String, u64> = HashMap::new();
+        if !uploads.is_empty() {
+            let prefix = match kind {
+                SourceKind::Dataset => Store::dataset_file_key(name, &version, ""),
+                SourceKind::Model => Store::model_file_key(name, &version, ""),
+            };
+            if let Ok(listed) = objects.list(&prefix).await {
+                stored.extend(listed.into_iter().map(|m| (m.key, m.size)));
+            }
+        }
+        uploads.retain(|(key, _, size)| stored.get(key) != Some(size));
         let results: Vec<Result<(), String>> =
             futures::stream::iter(uploads.into_iter().map(|(key, rel, size)| {
                 let objects = objects.clone();
                 let address = address.clone();
                 async move {
-                    // Resume: a file stored by an interrupted apply is not sent again.
-                    if let Ok(Some(meta)) = objects.head(&key).await {
-                        if meta.size == size {
-                            return Ok(());
-                        }
-                    }
                     let result = match self.snapshot.disk_path(&rel) {
                         Some(disk) => objects.put_file(&key, &disk).await.map(|_| ()),
                         None => {

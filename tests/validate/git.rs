@@ -577,3 +577,24 @@ fn a_committed_link_out_of_the_root_is_refused_at_a_revision() {
     let run = Run::of(cairn(tmp.path()).args(["validate", "manifests", "--rev", "HEAD"]));
     run.expect_exit(0, "the link stays inside the root");
 }
+
+/// A path holding NUL (a TOML `\u0000` escape) can't name a Git entry: it is reported as
+/// missing, at `--rev` as in the working tree, never a panic (found by the fuzz test).
+#[test]
+fn a_nul_in_a_committed_path_is_a_missing_path_not_a_panic() {
+    let h = History::new();
+    let data = h.manifests().join("credit-risk").join("data.toml");
+    edit(&data, "source = \"data/loans/\"", "source = \"data\\u0000/loans/\"");
+    let repo = Repository::open(h.dir()).unwrap();
+    commit_all(&repo, "A NUL in a source path");
+    for args in [&["--rev", "HEAD"][..], &[][..]] {
+        let run = h.validate(args);
+        run.expect_exit(1, &format!("{args:?}"));
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("credit-risk/data.toml"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}

@@ -764,6 +764,10 @@ fn resolve_git_path(repo: &git2::Repository, root: &git2::Tree<'_>, path: &str) 
                 id: root.id(),
             };
         }
+        // Git names can't hold NUL (and git2 panics on one): no such entry.
+        if parts.iter().any(|p| p.contains('\0')) {
+            return GitPath::Missing;
+        }
         let mut current = root.clone();
         let mut next = None;
         for (i, part) in parts.iter().enumerate() {

@@ -584,7 +584,11 @@ fn a_committed_link_out_of_the_root_is_refused_at_a_revision() {
 fn a_nul_in_a_committed_path_is_a_missing_path_not_a_panic() {
     let h = History::new();
     let data = h.manifests().join("credit-risk").join("data.toml");
-    edit(&data, "source = \"data/loans/\"", "source = \"data\\u0000/loans/\"");
+    edit(
+        &data,
+        "source = \"data/loans/\"",
+        "source = \"data\\u0000/loans/\"",
+    );
     let repo = Repository::open(h.dir()).unwrap();
     commit_all(&repo, "A NUL in a source path");
     for args in [&["--rev", "HEAD"][..], &[][..]] {

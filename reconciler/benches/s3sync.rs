@@ -1,0 +1,252 @@
+//! Dataset transfer to an S3 store, side by side with `aws s3 sync`, against the same
+//! local S3 server in one run (`cargo bench --bench s3sync`):
+//!
+//! 1. First upload of a generated dataset (1,000 files, 256 MiB by default): `cairn apply`
+//!    (dataset version, manifests → store) vs `aws s3 sync` of the same folder. Wall time
+//!    and peak memory (through `/usr/bin/time`).
+//! 2. Re-sync of the unchanged dataset: `cairn plan` (nothing to do) vs `aws s3 sync`
+//!    again, and the S3 requests each made (counted by the server's access log lines).
+//!
+//! Needs `s3s-fs` (installed by `.ci/run`) and `aws` (awscli from PyPI) on `PATH`.
+//! Sizes: `CAIRN_BENCH_FILES` (1000), `CAIRN_BENCH_MB` (256).
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+const ACCESS_KEY: &str = "AKBENCHCAIRN";
+const SECRET_KEY: &str = "SKBENCHCAIRNSECRET";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(root: &Path, log: &Path) -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(root.join("bench")).unwrap();
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new("s3s-fs")
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg(root)
+        .env("RUST_LOG", "s3s::service=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); `.ci/run` installs it"));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "s3s-fs did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, port }
+}
+
+fn with_env(cmd: &mut Command, port: u16) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+}
+
+/// Runs a command under `/usr/bin/time`; returns wall time, peak RSS in MiB, and output.
+fn measure(mut cmd: Command) -> (Duration, Option<f64>, String) {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let timed = Path::new("/usr/bin/time").exists();
+    let mut run = if timed {
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-f").arg("PEAK_KB %M").arg(&program).args(&args);
+        c
+    } else {
+        let mut c = Command::new(&program);
+        c.args(&args);
+        c
+    };
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => run.env(k, v),
+            None => run.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        run.current_dir(dir);
+    }
+    let started = Instant::now();
+    let out = run.stdin(Stdio::null()).output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let peak = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_KB "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0);
+    let text = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{program:?} failed:\n{text}");
+    (took, peak, text)
+}
+
+/// S3 requests the server logged since `from` bytes of its log.
+fn requests_since(log: &Path, from: usize) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let new = &text[from.min(text.len())..];
+    // s3s logs one `req: Request { method: M, uri: U, ...` line per request at debug level.
+    let requests: Vec<&str> = new
+        .lines()
+        .filter_map(|l| l.split_once("req: Request { method: ").map(|(_, r)| r))
+        .collect();
+    let reads = requests
+        .iter()
+        .filter(|r| {
+            let uri = r.split_once("uri: ").map_or("", |(_, u)| u);
+            let uri = uri.split([',', ' ']).next().unwrap_or("");
+            r.starts_with("HEAD") || (r.starts_with("GET") && !uri.contains('?'))
+        })
+        .count();
+    (requests.len(), reads)
+}
+
+fn main() {
+    let files = env_usize("CAIRN_BENCH_FILES", 1000);
+    let mb = env_usize("CAIRN_BENCH_MB", 256);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let log = tmp.path().join("s3s-fs.log");
+    let server = start_server(&tmp.path().join("s3"), &log);
+    let port = server.port;
+
+    // The dataset: `files` files of pseudo-random bytes, `mb` MiB in all.
+    let data = root.join("bench/data/big");
+    std::fs::create_dir_all(&data).unwrap();
+    let size = mb * 1024 * 1024 / files;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..files {
+        let mut bytes = vec![0u8; size];
+        for chunk in bytes.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+        }
+        let dir = data.join(format!("shard-{:02}", i % 16));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(dir.join(format!("part-{i:05}.bin")))
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+    }
+    std::fs::write(
+        root.join("bench/workspace.toml"),
+        format!(
+            "[workspace]\nenvironment = \"dev\"\nstore = \"s3://bench/cairn\"\n\
+             endpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\npath_style = true\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("bench/data.toml"),
+        "[dataset.big]\nsource = \"data/big/\"\nformat = \"parquet\"\n",
+    )
+    .unwrap();
+    println!(
+        "s3sync: {files} files, {} MiB, s3s-fs on 127.0.0.1:{port}",
+        size * files / (1024 * 1024)
+    );
+
+    let cairn = || {
+        let mut c = Command::new(CAIRN);
+        c.args(["apply", root.to_str().unwrap(), "--auto-approve"]);
+        with_env(&mut c, port);
+        c
+    };
+    let aws = |dest: &str| {
+        let mut c = Command::new("aws");
+        c.args(["s3", "sync", data.to_str().unwrap(), dest, "--only-show-errors"]);
+        with_env(&mut c, port);
+        c
+    };
+
+    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let (cairn_first, cairn_peak, _) = measure(cairn());
+    let (cairn_calls_first, _) = requests_since(&log, mark);
+    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let (aws_first, aws_peak, _) = measure(aws("s3://bench/awscli/"));
+    let (aws_calls_first, _) = requests_since(&log, mark);
+
+    // Re-sync: the plan finds the dataset unchanged (an apply would also take and release
+    // the lock: two more small requests).
+    let plan = || {
+        let mut c = Command::new(CAIRN);
+        c.args(["plan", root.to_str().unwrap()]);
+        with_env(&mut c, port);
+        c
+    };
+    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let (cairn_again, _, out) = measure(plan());
+    let (cairn_calls, cairn_reads) = requests_since(&log, mark);
+    assert!(out.contains("No changes"), "{out}");
+    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let (aws_again, _, _) = measure(aws("s3://bench/awscli/"));
+    let (aws_calls, aws_reads) = requests_since(&log, mark);
+
+    let mib = |p: Option<f64>| p.map_or("n/a".into(), |v| format!("{v:.0} MiB"));
+    println!();
+    println!("                                   cairn            aws s3 sync");
+    println!(
+        "first upload, wall                 {:>9.2} s      {:>9.2} s   ({:.1}x)",
+        cairn_first.as_secs_f64(),
+        aws_first.as_secs_f64(),
+        aws_first.as_secs_f64() / cairn_first.as_secs_f64()
+    );
+    println!(
+        "first upload, peak memory          {:>11}      {:>11}",
+        mib(cairn_peak),
+        mib(aws_peak)
+    );
+    println!(
+        "first upload, S3 requests          {:>11}      {:>11}",
+        cairn_calls_first, aws_calls_first
+    );
+    println!(
+        "unchanged re-sync, wall            {:>9.3} s      {:>9.3} s",
+        cairn_again.as_secs_f64(),
+        aws_again.as_secs_f64()
+    );
+    println!(
+        "unchanged re-sync, S3 requests     {:>11}      {:>11}",
+        cairn_calls, aws_calls
+    );
+    println!(
+        "unchanged re-sync, object reads    {:>11}      {:>11}",
+        cairn_reads, aws_reads
+    );
+    drop(server);
+}

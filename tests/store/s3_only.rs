@@ -1,0 +1,447 @@
+//! Behaviour only the S3 store has, against a real `s3s-fs`: typed errors for refused
+//! credentials, a missing bucket and an unreachable endpoint (never showing a secret),
+//! multipart uploads, a server killed mid-upload, and independent clients and processes
+//! racing for the lock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn::backend::store::{
+    Condition, Error, ObjectStore, S3Store, Store, StoreOptions, PART_SIZE,
+};
+
+use super::s3_server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+
+/// Recognisable credentials that must never appear in a message.
+const FAKE_SECRET: &str = "CAIRNSECRETDONOTPRINT1234";
+const FAKE_TOKEN: &str = "CAIRNTOKENDONOTPRINT5678";
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [FAKE_SECRET, FAKE_TOKEN, SECRET_KEY] {
+        assert!(!text.contains(secret), "{what} shows a secret: {text}");
+    }
+}
+
+/// Bytes that don't repeat with a short period, so a shifted or truncated copy differs.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Runs every object operation once; returns each one's error (`None` if it succeeded).
+async fn every_operation(store: &dyn ObjectStore, scratch: &Path) -> Vec<(&'static str, Error)> {
+    let source = scratch.join("source");
+    std::fs::write(&source, b"bytes").unwrap();
+    let dest = scratch.join("dest");
+    let results: Vec<(&'static str, Result<(), Error>)> = vec![
+        ("get", store.get("k").await.map(|_| ())),
+        (
+            "put",
+            store
+                .put("k", Bytes::from_static(b"x"), Condition::None)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "put IfAbsent",
+            store
+                .put("k", Bytes::from_static(b"x"), Condition::IfAbsent)
+                .await
+                .map(|_| ()),
+        ),
+        ("put_file", store.put_file("k", &source).await.map(|_| ())),
+        ("get_file", store.get_file("k", &dest).await),
+        ("list", store.list("").await.map(|_| ())),
+        ("delete", store.delete("k", Condition::None).await),
+    ];
+    assert!(!dest.exists(), "a failed get_file left a file");
+    results
+        .into_iter()
+        .map(|(op, r)| match r {
+            Ok(()) => panic!("{op} succeeded against {}", store.url()),
+            Err(e) => (op, e),
+        })
+        .collect()
+}
+
+/// Wrong secrets, unknown keys and session tokens are refused with
+/// [`Error::Credentials`], which names the store and gives a hint; neither it nor any
+/// `Debug` output shows the secret key or the session token.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_are_typed_and_never_show_the_secret() {
+    let server = S3Server::start();
+    let scratch = tempfile::tempdir().unwrap();
+    for (case, access_key, token) in [
+        ("wrong secret", ACCESS_KEY, None),
+        (
+            "wrong secret and a session token",
+            ACCESS_KEY,
+            Some(FAKE_TOKEN),
+        ),
+        ("unknown access key", "AKIDCAIRNUNKNOWN", None),
+    ] {
+        let store = S3Store::new(&format!("s3://{BUCKET}/p"), &server.options())
+            .unwrap()
+            .with_credentials(access_key, FAKE_SECRET, token);
+        assert_no_secret("the store's Debug", &format!("{store:?}"));
+        for (op, e) in every_operation(&store, scratch.path()).await {
+            assert!(
+                matches!(e, Error::Credentials { .. }),
+                "{case}, {op}: expected Credentials, got {e:?}"
+            );
+            let message = e.to_string();
+            assert!(message.contains(BUCKET), "{case}, {op}: {message}");
+            assert!(message.contains(&server.endpoint()), "{message}");
+            assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
+            assert_no_secret(&format!("{case}, {op}: the message"), &message);
+            assert_no_secret(&format!("{case}, {op}: Debug"), &format!("{e:?}"));
+        }
+        // `head` gets no error body from S3: it still tells refused credentials apart.
+        let e = store.head("k").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Credentials { .. }),
+            "{case}, head: {e:?}"
+        );
+        assert_no_secret("head", &format!("{e} {e:?}"));
+
+        let layered = Store::new(Arc::new(store));
+        let e = layered
+            .try_lock("alice@ci", "cairn apply", LEASE)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Credentials { .. }), "{case}: {e:?}");
+        assert_no_secret("try_lock", &format!("{e} {e:?} {layered:?}"));
+    }
+    // Nothing got in.
+    assert!(server.store("p").list("").await.unwrap().is_empty());
+}
+
+/// A bucket that does not exist is [`Error::NoSuchBucket`], naming it and the endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_is_typed() {
+    let server = S3Server::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let store = S3Store::new("s3://no-such-bucket/p", &server.options())
+        .unwrap()
+        .with_credentials(ACCESS_KEY, SECRET_KEY, None);
+    for (op, e) in every_operation(&store, scratch.path()).await {
+        match &e {
+            Error::NoSuchBucket { bucket, endpoint } => {
+                assert_eq!(bucket, "no-such-bucket", "{op}");
+                assert_eq!(endpoint, &server.endpoint(), "{op}");
+            }
+            other => panic!("{op}: expected NoSuchBucket, got {other:?}"),
+        }
+        let message = e.to_string();
+        assert!(
+            message.contains("`no-such-bucket` does not exist"),
+            "{message}"
+        );
+        assert!(message.contains(&server.endpoint()), "{message}");
+        assert_no_secret(op, &format!("{e} {e:?}"));
+    }
+}
+
+/// An endpoint nobody listens on is [`Error::Unreachable`], after the retries, quickly.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_endpoint_is_typed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let options = StoreOptions {
+        endpoint: Some(endpoint.clone()),
+        region: None,
+        path_style: None,
+    };
+    let store = Store::open_with(&format!("s3://{BUCKET}/p"), Path::new("/"), &options).unwrap();
+    let started = Instant::now();
+    let e = store.state().await.unwrap_err();
+    match &e {
+        Error::Unreachable {
+            endpoint: named, ..
+        } => assert_eq!(named, &endpoint),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    let message = e.to_string();
+    assert!(message.contains(&endpoint), "{message}");
+    assert!(message.contains("`endpoint`"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(store.url(), format!("s3://{BUCKET}/p (at {endpoint})"));
+}
+
+/// `put_file` sends one `PUT` up to [`PART_SIZE`] and a multipart upload above it; both
+/// come back byte for byte, and the metadata it returns is the object's.
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_uploads_round_trip() {
+    let server = S3Server::start();
+    let store = server.store("multipart");
+    let scratch = tempfile::tempdir().unwrap();
+    let part = PART_SIZE as usize;
+    for (i, len) in [part, part + 1, 3 * part + 12_345].into_iter().enumerate() {
+        let source = scratch.path().join(format!("in-{i}"));
+        let body = pseudo_random(len, i as u64);
+        std::fs::write(&source, &body).unwrap();
+        let key = format!("blobs/{i}.bin");
+        let meta = store.put_file(&key, &source).await.unwrap();
+        assert_eq!(meta.size, len as u64);
+        assert_eq!(store.head(&key).await.unwrap(), Some(meta.clone()));
+        let dest = scratch.path().join(format!("out-{i}"));
+        store.get_file(&key, &dest).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == body, "{len} bytes differ");
+    }
+    // No upload left behind: the parts were assembled into the objects.
+    let leftovers: Vec<String> = server
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("upload"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Waits until the server holds a part of an unfinished multipart upload.
+async fn wait_for_a_part(server: &S3Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.files().iter().any(|f| f.contains(".part-")) {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The server is killed in the middle of a multipart upload. Left down, the upload fails
+/// (after its retries) and no object, whole or partial, is visible once it is back; a
+/// retried `put_file` then stores the whole file. Killed and restarted at once, the
+/// retries ride the restart out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_mid_upload() {
+    let mut server = S3Server::start();
+    let store = Arc::new(server.store("crash"));
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("model.safetensors");
+    let body = pseudo_random(6 * PART_SIZE as usize + 777, 42);
+    std::fs::write(&source, &body).unwrap();
+    let key = "models/m/v1/model.safetensors";
+    // An earlier object under a sibling key, to see that a listing shows only whole ones.
+    store
+        .put(
+            "models/m/v1/README",
+            Bytes::from_static(b"v1"),
+            Condition::None,
+        )
+        .await
+        .unwrap();
+
+    // Killed and left down.
+    let upload = {
+        let store = store.clone();
+        let source = source.clone();
+        tokio::spawn(async move { store.put_file(key, &source).await })
+    };
+    wait_for_a_part(&server).await;
+    server.kill();
+    let e = upload.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, Error::Unreachable { .. }),
+        "expected Unreachable, got {e:?}"
+    );
+    server.restart();
+    assert!(store.head(key).await.unwrap().is_none(), "a partial object");
+    let keys: Vec<String> = store
+        .list("models/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["models/m/v1/README"]);
+
+    // The retry converges.
+    let meta = store.put_file(key, &source).await.unwrap();
+    assert_eq!(meta.size, body.len() as u64);
+    let dest = scratch.path().join("fetched");
+    store.get_file(key, &dest).await.unwrap();
+    assert!(
+        std::fs::read(&dest).unwrap() == body,
+        "the stored file differs"
+    );
+
+    // Killed and restarted at once: the same put_file survives.
+    let key2 = "models/m/v2/model.safetensors";
+    let upload = {
+        let store = store.clone();
+        let source = source.clone();
+        tokio::spawn(async move { store.put_file(key2, &source).await })
+    };
+    wait_for_a_part(&server).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.restart();
+    let meta = upload
+        .await
+        .unwrap()
+        .expect("the upload should survive a restart");
+    assert_eq!(meta.size, body.len() as u64);
+    store.get_file(key2, &dest).await.unwrap();
+    assert!(
+        std::fs::read(&dest).unwrap() == body,
+        "the stored file differs"
+    );
+}
+
+/// Independent clients (each its own S3 client and store value) race for the lock of one
+/// store: exactly one wins, every other is told who holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn independent_clients_race_for_the_lock() {
+    let server = S3Server::start();
+    for round in 0..5 {
+        let prefix = format!("race-{round}");
+        let n = 8;
+        let barrier = Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let store = Store::new(Arc::new(server.store(&prefix)));
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    // Connected before the start, so the race is on the lock alone.
+                    store.state().await.unwrap();
+                    barrier.wait().await;
+                    store
+                        .try_lock(&format!("client-{i}@host"), "cairn apply", LEASE)
+                        .await
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(guard) => won.push(guard.info),
+                Err(Error::Locked { .. }) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: {won:?}");
+        let held = Store::new(Arc::new(server.store(&prefix)))
+            .lock_info()
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(held, won[0], "round {round}");
+    }
+}
+
+/// Set by [`two_processes_race_for_the_lock`] for the processes it starts.
+const CONTENDER_ENV: &str = "CAIRN_TEST_LOCK_CONTENDER";
+
+/// Not a test on its own: one contender of [`two_processes_race_for_the_lock`], run in
+/// a process of its own. Takes `<endpoint> <prefix> <start, unix ms> <name>` from
+/// `CAIRN_TEST_LOCK_CONTENDER` and prints `won` or `lost`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run by two_processes_race_for_the_lock"]
+async fn lock_contender() {
+    let Ok(spec) = std::env::var(CONTENDER_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [endpoint, prefix, start, name] = parts[..] else {
+        panic!("bad {CONTENDER_ENV}: {spec}");
+    };
+    let options = StoreOptions {
+        endpoint: Some(endpoint.to_string()),
+        region: Some("us-east-1".into()),
+        path_style: Some(true),
+    };
+    let store = Store::new(Arc::new(
+        S3Store::new(&format!("s3://{BUCKET}/{prefix}"), &options)
+            .unwrap()
+            .with_credentials(ACCESS_KEY, SECRET_KEY, None),
+    ));
+    store.state().await.unwrap();
+    let start: u128 = start.parse().unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    tokio::time::sleep(Duration::from_millis(start.saturating_sub(now) as u64)).await;
+    match store
+        .try_lock(&format!("{name}@host"), "cairn apply", LEASE)
+        .await
+    {
+        Ok(_) => println!("CONTENDER {name} won"),
+        Err(Error::Locked { holder, .. }) => println!("CONTENDER {name} lost to {holder}"),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+/// Two processes, each with its own client, race for the lock of one store at the same
+/// instant: exactly one wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_race_for_the_lock() {
+    let server = S3Server::start();
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..4 {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 1500;
+        let children: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "s3_only::lock_contender",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env(
+                        CONTENDER_ENV,
+                        format!("{} race-{round} {start} {name}", server.endpoint()),
+                    )
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut lines = Vec::new();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "a contender failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            lines.extend(
+                stdout
+                    .lines()
+                    .filter(|l| l.starts_with("CONTENDER"))
+                    .map(str::to_string),
+            );
+        }
+        let won = lines.iter().filter(|l| l.ends_with("won")).count();
+        assert_eq!(lines.len(), 2, "round {round}: {lines:?}");
+        assert_eq!(won, 1, "round {round}: {lines:?}");
+    }
+}

@@ -95,10 +95,11 @@ fn file_backend() -> Backend {
 
 store_suite!(file, file_backend());
 
-/// The S3 store against its own `s3s-fs` server: every fresh store is a new prefix of
-/// the server's bucket.
+/// The S3 store against its own `s3s-fs` server, behind the front that makes its
+/// conditional writes atomic as S3's are (see `tests/support/s3_server.rs`): every fresh
+/// store is a new prefix of the server's bucket.
 fn s3_backend() -> Backend {
-    let server = s3_server::S3Server::start();
+    let server = s3_server::S3Server::start_serialized();
     let next = AtomicUsize::new(0);
     let stores = server.options();
     let make = move || {

@@ -6,15 +6,21 @@
 //! `.ci/run` installs `s3s-fs`; without it the tests that need it fail (never skip),
 //! saying so. `CAIRN_S3S_FS` may name the binary.
 //!
-//! s3s-fs 0.14 checks `If-None-Match` and `If-Match` before it writes, not atomically
-//! with the write: of concurrent conditional `PUT`s that all pass the check, all
-//! succeed. AWS S3 (and MinIO) make the check and the write one step, which the lock
-//! and the state rely on. [`S3Server::start_serialized`] puts a front on loopback that
-//! gives s3s-fs that one property and nothing else: it passes every request through
-//! unchanged (signatures included) and holds a lock across each write that changes an
-//! object (`PUT`, `POST`, `DELETE`; not the upload of a part), shared by reads. Use it
-//! for tests of the store's contract; use [`S3Server::start`] (no front) for tests of
-//! crashes and errors, which must see the server itself.
+//! s3s-fs 0.14 departs from S3 in two ways the store's contract can see:
+//! - It checks `If-None-Match` and `If-Match` before it writes, not atomically with the
+//!   write: of concurrent conditional `PUT`s that all pass the check, all succeed. AWS
+//!   S3 (and MinIO) make the check and the write one step, which the lock and the state
+//!   rely on.
+//! - It keeps objects as files, so a key that is only a prefix of others (`a` of
+//!   `a/b`) is a folder, and reading it answers 500 where S3 answers 404 `NoSuchKey`.
+//!
+//! [`S3Server::start_serialized`] puts a front on loopback that gives s3s-fs these two
+//! S3 behaviours and nothing else: it passes every request through unchanged
+//! (signatures included), holds a lock across each write that changes an object
+//! (`PUT`, `POST`, `DELETE`; not the upload of a part), shared by reads, and answers
+//! 404 `NoSuchKey` to a `GET` or `HEAD` of a folder. Use it for tests of the store's
+//! contract; use [`S3Server::start`] (no front) for tests of crashes and errors, which
+//! must see the server itself.
 //!
 //! Include with `#[path = "../support/s3_server.rs"] mod s3_server;`.
 
@@ -144,7 +150,7 @@ impl S3Server {
     /// writes atomic (see the module's doc).
     pub fn start_serialized() -> S3Server {
         let mut server = S3Server::start();
-        server.front = Some(Front::start(server.port));
+        server.front = Some(Front::start(server.port, server.data_dir()));
         server
     }
 
@@ -241,6 +247,8 @@ struct Front {
 
 struct FrontState {
     upstream: u16,
+    /// The folder s3s-fs serves, to tell folders from objects.
+    data: PathBuf,
     /// Held exclusively across a write, shared across a read.
     lock: tokio::sync::RwLock<()>,
     client: hyper_util::client::legacy::Client<
@@ -250,7 +258,7 @@ struct FrontState {
 }
 
 impl Front {
-    fn start(upstream: u16) -> Front {
+    fn start(upstream: u16, data: PathBuf) -> Front {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("front port");
         listener.set_nonblocking(true).expect("front socket");
         let port = listener.local_addr().expect("front address").port();
@@ -264,6 +272,7 @@ impl Front {
             runtime.block_on(async move {
                 let state = Arc::new(FrontState {
                     upstream,
+                    data,
                     lock: tokio::sync::RwLock::new(()),
                     client: hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
@@ -320,6 +329,31 @@ async fn forward(
         _write = state.lock.write().await;
     } else {
         _read = state.lock.read().await;
+    }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    // `/bucket/key…` (path style): a key that is a folder on disk is no object.
+    if read {
+        let path = request.uri().path().trim_start_matches('/');
+        let key = path.split_once('/').map_or("", |(_, key)| key);
+        let listing = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("list-type"));
+        if !key.is_empty() && !listing && !path.contains('%') && state.data.join(path).is_dir() {
+            let body = if *request.method() == Method::HEAD {
+                String::new()
+            } else {
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+                 <Message>The specified key does not exist.</Message></Error>"
+                    .to_string()
+            };
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                [(axum::http::header::CONTENT_TYPE, "application/xml")],
+                body,
+            )
+                .into_response();
+        }
     }
     let (mut parts, body) = request.into_parts();
     let path = parts

@@ -15,8 +15,10 @@
 //! - `IfAbsent` is `If-None-Match: *`, `IfMatch` is `If-Match`; 412, and 409
 //!   `ConditionalRequestConflict` (a concurrent conditional write), are
 //!   [`Error::PreconditionFailed`]. So the lock and the state are only as safe as the
-//!   server's conditional writes are atomic: AWS S3 and MinIO are; see the tests for
-//!   servers that are not.
+//!   server's conditional writes are atomic. AWS S3 and MinIO's are; s3s-fs 0.14's are
+//!   not (it checks, then writes: concurrent creators can all win), which is why the
+//!   tests put a serializing front before it (`tests/support/s3_server.rs`). Don't keep
+//!   a shared store on a server like that.
 //! - Large files go up as multipart uploads of [`PART_SIZE`] parts, at most
 //!   [`PARTS_IN_FLIGHT`] at a time per file, so memory stays bounded (32 MiB per file).
 //!   A multipart object becomes visible only when the upload completes; a failed upload
@@ -43,8 +45,16 @@
 //!   `HEAD` and the `DELETE` is deleted; for the lock this needs a lease that already
 //!   ran out, taken over within that round trip.
 //! - Listings that omit etags (some servers do) are completed with one `HEAD` per key.
-//! - A `HEAD` of a key in a missing bucket answers 404 without saying which is missing:
-//!   `head` reports no object; `get`, `list` and writes report the missing bucket.
+//! - The first request of a store looks the bucket up (`HEAD` of the bucket, which needs
+//!   the `s3:ListBucket` permission listing needs anyway), so a missing bucket, a bucket
+//!   in another region or an unreachable endpoint is reported as such by any operation
+//!   (S3-compatible servers differ in what they answer to a `GET` or `PUT` there).
+//! - A conditional write whose answer is lost (a timeout, a dropped connection) may
+//!   have landed; its retry then fails its condition. The store retries conditional
+//!   writes itself and, when a retry fails its condition after such a loss, reads the
+//!   object back: if it holds exactly the bytes written, the write is taken as done.
+//!   Records written conditionally (lock, state, journal) are unique, so no one else's
+//!   write can hold the same bytes.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -58,7 +68,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedCredentialsProvider, SharedHttpClient,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -299,12 +309,55 @@ impl S3Store {
             .to_builder()
             .retry_config(RetryConfig::disabled())
             .build();
-        Ok(Connection {
+        let connection = Connection {
             client: Client::from_conf(config),
             once: Client::from_conf(once),
             region,
             secrets,
-        })
+        };
+        self.check_bucket(&connection).await?;
+        Ok(connection)
+    }
+
+    /// Looks the bucket up once (`HEAD`, which needs the `s3:ListBucket` permission that
+    /// listing needs anyway), so that a missing bucket, a bucket in another region or an
+    /// unreachable endpoint is reported as such by the first operation, whatever the
+    /// server answers to that operation. Refusals (403) are left to the operations,
+    /// whose answers carry an error code.
+    async fn check_bucket(&self, c: &Connection) -> Result<()> {
+        let Err(e) = c.client.head_bucket().bucket(&self.bucket).send().await else {
+            return Ok(());
+        };
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        match (&e, status) {
+            (_, Some(404)) => Err(Error::NoSuchBucket {
+                bucket: self.bucket.clone(),
+                endpoint: self.endpoint_label(),
+            }),
+            (_, Some(301)) => {
+                let region = e
+                    .raw_response()
+                    .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                    .unwrap_or("another region")
+                    .to_string();
+                Err(Error::S3 {
+                    op: "open",
+                    key: String::new(),
+                    store: self.url(),
+                    status,
+                    code: "PermanentRedirect".into(),
+                    message: format!(
+                        "the bucket `{}` is in {region}, not {}; set `region = \"{region}\"` \
+                         in the workspace",
+                        self.bucket, c.region
+                    ),
+                })
+            }
+            (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
+                Err(self.error("open", "", e))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -362,7 +415,7 @@ impl S3Store {
                 if failure.is_io() || failure.is_timeout() {
                     let reason = failure
                         .as_connector_error()
-                        .map(|e| DisplayErrorContext(e).to_string())
+                        .map(|e| chain(e))
                         .unwrap_or_else(|| "connection failed".into());
                     return Error::Unreachable {
                         endpoint: self.endpoint_label(),
@@ -376,7 +429,7 @@ impl S3Store {
                     store: self.url(),
                     status: None,
                     code: "RequestFailed".into(),
-                    message: self.scrub(DisplayErrorContext(&err).to_string()),
+                    message: self.scrub(chain(&err)),
                 };
             }
             SdkError::ConstructionFailure(_) => {
@@ -386,7 +439,7 @@ impl S3Store {
                     store: self.url(),
                     status: None,
                     code: "InvalidRequest".into(),
-                    message: self.scrub(DisplayErrorContext(&err).to_string()),
+                    message: self.scrub(chain(&err)),
                 }
             }
             _ => {}
@@ -409,7 +462,8 @@ impl S3Store {
                 | "InvalidToken"
                 | "TokenRefreshRequired"
                 | "InvalidClientTokenId"
-                | "MissingSecurityHeader",
+                | "MissingSecurityHeader"
+                | "NotSignedUp",
             ) => {
                 return Error::Credentials {
                     store: self.url(),
@@ -1042,18 +1096,33 @@ fn scrub_static(credentials: &Option<StaticCredentials>, mut text: String) -> St
     text
 }
 
+/// An error and its sources, each by its `Display`, joined by `: ` (repeats dropped).
+/// Never their `Debug`, which for SDK errors holds whole requests and answers.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Finds a credentials-provider failure in an error's chain and describes it.
 fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
         {
-            return Some(DisplayErrorContext(c).to_string());
+            return Some(chain(c));
         }
         current = e.source();
     }
     // Identity resolution failures without a typed source still say so.
-    let text = DisplayErrorContext(err).to_string();
+    let text = chain(err);
     (text.contains("credentials") && text.contains("provider")).then_some(text)
 }
 

@@ -461,3 +461,112 @@ async fn two_processes_race_for_the_lock() {
         assert_eq!(won, 1, "round {round}: {lines:?}");
     }
 }
+
+/// What the user reads for each kind of failure (ports filtered out).
+#[tokio::test(flavor = "multi_thread")]
+async fn error_messages() {
+    let server = S3Server::start();
+    let url = format!("s3://{BUCKET}/team");
+    let mut messages = Vec::new();
+    for (access_key, secret) in [(ACCESS_KEY, FAKE_SECRET), ("AKIDCAIRNUNKNOWN", FAKE_SECRET)] {
+        let store = S3Store::new(&url, &server.options())
+            .unwrap()
+            .with_credentials(access_key, secret, None);
+        messages.push(store.get("k").await.unwrap_err().to_string());
+    }
+    let missing = S3Store::new("s3://no-such-bucket/team", &server.options())
+        .unwrap()
+        .with_credentials(ACCESS_KEY, SECRET_KEY, None);
+    messages.push(missing.get("k").await.unwrap_err().to_string());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = StoreOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..StoreOptions::default()
+    };
+    let unreachable = S3Store::new(&url, &closed)
+        .unwrap()
+        .with_credentials(ACCESS_KEY, SECRET_KEY, None);
+    messages.push(unreachable.get("k").await.unwrap_err().to_string());
+    let store = server.store("team");
+    store
+        .put("k", Bytes::from_static(b"1"), Condition::IfAbsent)
+        .await
+        .unwrap();
+    messages.push(
+        store
+            .put("k", Bytes::from_static(b"2"), Condition::IfAbsent)
+            .await
+            .unwrap_err()
+            .to_string(),
+    );
+    for url in ["s3://Bad_Bucket/x", "s3://bucket/a/../b", "gs://bucket/x"] {
+        messages.push(
+            Store::open_with(url, Path::new("/"), &StoreOptions::default())
+                .unwrap_err()
+                .to_string(),
+        );
+    }
+    for message in &messages {
+        assert_no_secret("a message", message);
+    }
+    insta::with_settings!({filters => vec![(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT")]}, {
+        insta::assert_snapshot!(messages.join("\n"));
+    });
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Not a timed test: a measurement. Uploads and downloads a file (256 MiB, or
+/// `CAIRN_THROUGHPUT_MIB`) against s3s-fs and prints the times and the peak memory:
+/// `cargo test --test store -- --ignored s3_only::throughput --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a test"]
+async fn throughput() {
+    let mib: usize = std::env::var("CAIRN_THROUGHPUT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let server = S3Server::start();
+    let store = server.store("throughput");
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
+        let block = pseudo_random(1024 * 1024, 9);
+        for i in 0..mib {
+            // Every MiB differs, so no part is a copy of another.
+            let mut block = block.clone();
+            block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            file.write_all(&block).unwrap();
+        }
+    }
+    let before = peak_rss_mib();
+    let started = Instant::now();
+    let meta = store.put_file("big.bin", &source).await.unwrap();
+    let put = started.elapsed();
+    let after_put = peak_rss_mib();
+    let dest = scratch.path().join("back.bin");
+    let started = Instant::now();
+    store.get_file("big.bin", &dest).await.unwrap();
+    let get = started.elapsed();
+    assert_eq!(meta.size, (mib * 1024 * 1024) as u64);
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), meta.size);
+    let rate = |d: Duration| mib as f64 / d.as_secs_f64();
+    println!(
+        "THROUGHPUT {mib} MiB: put_file {put:.2?} ({:.0} MiB/s), get_file {get:.2?} ({:.0} MiB/s); \
+         peak RSS {before:?} MiB before, {after_put:?} MiB after the upload",
+        rate(put),
+        rate(get)
+    );
+}

@@ -100,12 +100,12 @@ pub enum Error {
     )]
     Credentials { store: String, reason: String },
     #[error(
-        "cannot reach {endpoint} for {store}: {reason}; check `endpoint` in the workspace \
-         and that the server is running and reachable from here"
+        "cannot reach {endpoint} (bucket `{bucket}`): {reason}; check `endpoint` in the \
+         workspace and that the server is running and reachable from here"
     )]
     Unreachable {
         endpoint: String,
-        store: String,
+        bucket: String,
         reason: String,
     },
     #[error("{op} `{key}` in {store} failed: {code}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]

@@ -126,6 +126,8 @@ struct Connection {
     region: String,
     /// Values to scrub from every message: the secret key and session token in use.
     secrets: Vec<String>,
+    /// The access key in use (an identifier, not a secret), for messages.
+    access_key_id: Option<String>,
 }
 
 /// An S3 bucket and prefix as an [`ObjectStore`].
@@ -231,9 +233,10 @@ impl S3Store {
     fn endpoint_label(&self) -> String {
         match &self.options.endpoint {
             Some(e) => strip_userinfo(e),
-            None => match self.connection.get() {
-                Some(c) => format!("AWS S3 ({})", c.region),
-                None => "AWS S3".to_string(),
+            None => match (self.connection.get(), &self.options.region) {
+                (Some(c), _) => format!("AWS S3 in {}", c.region),
+                (None, Some(region)) => format!("AWS S3 in {region}"),
+                (None, None) => "AWS S3".to_string(),
             },
         }
     }
@@ -263,6 +266,7 @@ impl S3Store {
             loader = loader.region(Region::new(region.clone()));
         }
         let mut secrets = Vec::new();
+        let mut access_key_id = None;
         if let Some(c) = &self.credentials {
             loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
                 &c.access_key_id,
@@ -279,6 +283,7 @@ impl S3Store {
         if let Some(provider) = sdk.credentials_provider() {
             use aws_sdk_s3::config::ProvideCredentials;
             if let Ok(creds) = provider.provide_credentials().await {
+                access_key_id = Some(creds.access_key_id().to_string());
                 secrets.push(creds.secret_access_key().to_string());
                 if let Some(token) = creds.session_token() {
                     secrets.push(token.to_string());
@@ -314,6 +319,7 @@ impl S3Store {
             once: Client::from_conf(once),
             region,
             secrets,
+            access_key_id,
         };
         self.check_bucket(&connection).await?;
         Ok(connection)
@@ -401,7 +407,7 @@ impl S3Store {
             SdkError::TimeoutError(_) => {
                 return Error::Unreachable {
                     endpoint: self.endpoint_label(),
-                    store: self.url(),
+                    bucket: self.bucket.clone(),
                     reason: "the request timed out".into(),
                 }
             }
@@ -419,7 +425,7 @@ impl S3Store {
                         .unwrap_or_else(|| "connection failed".into());
                     return Error::Unreachable {
                         endpoint: self.endpoint_label(),
-                        store: self.url(),
+                        bucket: self.bucket.clone(),
                         reason: self.scrub(reason),
                     };
                 }
@@ -465,13 +471,28 @@ impl S3Store {
                 | "MissingSecurityHeader"
                 | "NotSignedUp",
             ) => {
+                let what = match code_str {
+                    "SignatureDoesNotMatch" => {
+                        "the signature does not match: the secret key is not this access key's"
+                    }
+                    "ExpiredToken" | "TokenRefreshRequired" => "the session token has expired",
+                    "InvalidToken" => "the session token is not valid",
+                    "MissingSecurityHeader" => "the request carried no credentials",
+                    _ => "the server does not know this access key",
+                };
+                let access_key = self
+                    .connection
+                    .get()
+                    .and_then(|c| c.access_key_id.clone())
+                    .map_or(String::new(), |id| format!("access key `{id}`; "));
+                let said = match message.as_deref() {
+                    Some(m) if !m.is_empty() => format!("{code_str}: {m}"),
+                    _ => code_str.to_string(),
+                };
                 return Error::Credentials {
                     store: self.url(),
-                    reason: self.scrub(format!(
-                        "{code_str}: {}",
-                        message.as_deref().unwrap_or("refused by the server")
-                    )),
-                }
+                    reason: self.scrub(format!("{what} ({access_key}the server said {said})")),
+                };
             }
             (_, "AccessDenied" | "AllAccessDisabled") | (Some(403), "") => {
                 return Error::AccessDenied {
@@ -508,7 +529,7 @@ impl S3Store {
     fn body_error(&self, op: &'static str, key: &str, e: impl fmt::Display) -> Error {
         Error::Unreachable {
             endpoint: self.endpoint_label(),
-            store: self.url(),
+            bucket: self.bucket.clone(),
             reason: self.scrub(format!("the answer to {op} `{key}` broke off: {e}")),
         }
     }

@@ -322,6 +322,43 @@ async fn a_server_killed_mid_upload() {
     );
 }
 
+/// A conditional write that lands but whose answer is lost (here: answered 500 after
+/// the server made it) is retried; the retry fails its condition against the write
+/// itself, and the store recognises its own bytes instead of reporting a conflict. Other
+/// writers' bytes still fail the condition.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conditional_write_whose_answer_is_lost() {
+    let server = S3Server::start_serialized();
+    let store = Store::new(Arc::new(server.store("lost")));
+
+    server.lose_next_write_answers(1);
+    let guard = store
+        .try_lock("alice@ci", "cairn apply", LEASE)
+        .await
+        .expect("the lock this client wrote is its own");
+    assert_eq!(store.lock_info().await.unwrap().unwrap().0, guard.info);
+
+    server.lose_next_write_answers(1);
+    let mut guard = guard;
+    store.renew_lock(&mut guard).await.unwrap();
+    assert_eq!(store.lock_info().await.unwrap().unwrap().0, guard.info);
+    store.unlock(guard).await.unwrap();
+
+    let objects = store.objects();
+    server.lose_next_write_answers(1);
+    objects
+        .put("once", Bytes::from_static(b"mine"), Condition::IfAbsent)
+        .await
+        .unwrap();
+    match objects
+        .put("once", Bytes::from_static(b"other"), Condition::IfAbsent)
+        .await
+    {
+        Err(Error::PreconditionFailed { .. }) => {}
+        other => panic!("expected PreconditionFailed, got {other:?}"),
+    }
+}
+
 /// Independent clients (each its own S3 client and store value) race for the lock of one
 /// store: exactly one wins, every other is told who holds it. (Behind the front that
 /// makes s3s-fs's conditional writes atomic; without it, several win.)

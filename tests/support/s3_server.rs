@@ -154,6 +154,16 @@ impl S3Server {
         server
     }
 
+    /// Makes the front answer the next `n` writes with a 500 after s3s-fs made them, as
+    /// if their answers were lost. Needs [`S3Server::start_serialized`].
+    pub fn lose_next_write_answers(&self, n: usize) {
+        let front = self.front.as_ref().expect("a server with a front");
+        front
+            .state
+            .lose_answers
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The port clients connect to (the front's, if there is one).
     pub fn port(&self) -> u16 {
         self.front.as_ref().map_or(self.port, |f| f.port)
@@ -241,11 +251,15 @@ impl Drop for S3Server {
 /// server outlives none of them), stopped when dropped.
 struct Front {
     port: u16,
+    state: Arc<FrontState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct FrontState {
+    /// How many of the next writes get a 500 instead of s3s-fs's answer, after s3s-fs
+    /// made them: a write that landed and whose answer was lost.
+    lose_answers: std::sync::atomic::AtomicUsize,
     upstream: u16,
     /// The folder s3s-fs serves, to tell folders from objects.
     data: PathBuf,
@@ -263,6 +277,17 @@ impl Front {
         listener.set_nonblocking(true).expect("front socket");
         let port = listener.local_addr().expect("front address").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(FrontState {
+            lose_answers: std::sync::atomic::AtomicUsize::new(0),
+            upstream,
+            data,
+            lock: tokio::sync::RwLock::new(()),
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        });
+        let shared = state.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -270,15 +295,7 @@ impl Front {
                 .build()
                 .expect("front runtime");
             runtime.block_on(async move {
-                let state = Arc::new(FrontState {
-                    upstream,
-                    data,
-                    lock: tokio::sync::RwLock::new(()),
-                    client: hyper_util::client::legacy::Client::builder(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .build_http(),
-                });
+                let state = shared;
                 let app = axum::Router::new()
                     .fallback(forward)
                     .with_state(state);
@@ -293,6 +310,7 @@ impl Front {
         });
         Front {
             port,
+            state,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -372,7 +390,27 @@ async fn forward(
     {
         // s3s-fs has finished the request when it answers; the body of a `GET` is read
         // from a file it already opened.
-        Ok(response) => response.map(axum::body::Body::new),
+        Ok(response) => {
+            let lose = writes
+                && state
+                    .lose_answers
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+            if lose {
+                return (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [(axum::http::header::CONTENT_TYPE, "application/xml")],
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError\
+                     </Code><Message>answer lost by the test front</Message></Error>",
+                )
+                    .into_response();
+            }
+            response.map(axum::body::Body::new)
+        }
         Err(e) => (
             axum::http::StatusCode::BAD_GATEWAY,
             format!("the front could not reach s3s-fs: {e}"),

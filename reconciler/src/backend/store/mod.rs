@@ -100,6 +100,18 @@ pub enum Error {
     )]
     Credentials { store: String, reason: String },
     #[error(
+        "the bucket `{bucket}` is in {}, not in {signed_for}; set `region` in the \
+         workspace{}",
+        region.as_deref().unwrap_or("another region"),
+        region.as_deref().map_or(String::new(), |r| format!(" (`region = \"{r}\"`)"))
+    )]
+    WrongRegion {
+        bucket: String,
+        /// The bucket's region, when the server said.
+        region: Option<String>,
+        signed_for: String,
+    },
+    #[error(
         "cannot reach {endpoint} (bucket `{bucket}`): {reason}; check `endpoint` in the \
          workspace and that the server is running and reachable from here"
     )]

@@ -119,8 +119,9 @@ struct StaticCredentials {
 /// What the lazily built client needs to know; what it learned once built.
 struct Connection {
     client: Client,
-    /// The same client without the SDK's retries, for conditional writes: their retries
-    /// are [`S3Store::send_conditional`]'s, which knows when an attempt may have landed.
+    /// The same client without the SDK's retries, for conditional writes and deletes:
+    /// `put` and `delete` retry those themselves, knowing when an attempt may have
+    /// landed (see the module's caveats).
     once: Client,
     /// The region the requests are signed for.
     region: String,
@@ -340,25 +341,14 @@ impl S3Store {
                 bucket: self.bucket.clone(),
                 endpoint: self.endpoint_label(),
             }),
-            (_, Some(301)) => {
-                let region = e
+            (_, Some(301)) => Err(Error::WrongRegion {
+                bucket: self.bucket.clone(),
+                region: e
                     .raw_response()
                     .and_then(|r| r.headers().get("x-amz-bucket-region"))
-                    .unwrap_or("another region")
-                    .to_string();
-                Err(Error::S3 {
-                    op: "open",
-                    key: String::new(),
-                    store: self.url(),
-                    status,
-                    code: "PermanentRedirect".into(),
-                    message: format!(
-                        "the bucket `{}` is in {region}, not {}; set `region = \"{region}\"` \
-                         in the workspace",
-                        self.bucket, c.region
-                    ),
-                })
-            }
+                    .map(str::to_string),
+                signed_for: c.region.clone(),
+            }),
             (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
                 Err(self.error("open", "", e))
             }
@@ -1266,6 +1256,38 @@ mod tests {
         assert!(matches!(s.full_key("../a"), Err(Error::InvalidKey(_))));
         let s = store("s3://bucket").unwrap();
         assert_eq!(s.full_key("a").unwrap(), "a");
+    }
+
+    #[test]
+    fn a_bucket_in_another_region_says_which() {
+        let e = Error::WrongRegion {
+            bucket: "cairn-data".into(),
+            region: Some("eu-west-1".into()),
+            signed_for: "us-east-1".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the bucket `cairn-data` is in eu-west-1, not in us-east-1; set `region` in the \
+             workspace (`region = \"eu-west-1\"`)"
+        );
+        let e = Error::WrongRegion {
+            bucket: "cairn-data".into(),
+            region: None,
+            signed_for: "us-east-1".into(),
+        };
+        assert!(e.to_string().contains("is in another region"), "{e}");
+    }
+
+    #[test]
+    fn error_chains_show_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = Error::Io {
+            op: "read",
+            key: "k".into(),
+            store: "s3://b".into(),
+            source: inner,
+        };
+        assert_eq!(chain(&outer), "read `k` in s3://b failed: refused");
     }
 
     #[test]

@@ -739,8 +739,7 @@ impl ObjectStore for S3Store {
                         },
                     )));
                 }
-                Err(e) if attempt < BODY_ATTEMPTS => {
-                    let _ = e;
+                Err(_) if attempt < BODY_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
                 Err(e) => return Err(self.body_error("read", key, e)),

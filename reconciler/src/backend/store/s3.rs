@@ -10,8 +10,9 @@
 //!   synchronous. Credentials come from the standard AWS chain (environment, profile,
 //!   web identity, container and instance metadata) through `aws-config`; this is the
 //!   one place the library reads the environment, as every AWS tool does. A workspace's
-//!   `endpoint`, `region` and `path_style` override the chain; with an `endpoint` and no
-//!   `path_style`, path-style addressing is used (what self-hosted servers expect).
+//!   `endpoint`, `region` and `path_style` override the chain; with an endpoint (the
+//!   workspace's, or `AWS_ENDPOINT_URL`) and no `path_style`, path-style addressing is
+//!   used (what self-hosted servers expect). No region anywhere means `us-east-1`.
 //! - `IfAbsent` is `If-None-Match: *`, `IfMatch` is `If-Match`; 412, and 409
 //!   `ConditionalRequestConflict` (a concurrent conditional write), are
 //!   [`Error::PreconditionFailed`]. So the lock and the state are only as safe as the
@@ -129,6 +130,8 @@ struct Connection {
     secrets: Vec<String>,
     /// The access key in use (an identifier, not a secret), for messages.
     access_key_id: Option<String>,
+    /// The endpoint the AWS configuration names, when the workspace names none.
+    configured_endpoint: Option<String>,
 }
 
 /// An S3 bucket and prefix as an [`ObjectStore`].
@@ -139,6 +142,8 @@ pub struct S3Store {
     options: StoreOptions,
     credentials: Option<StaticCredentials>,
     connection: OnceCell<Connection>,
+    /// Set once the bucket was found (see [`S3Store::check_bucket`]).
+    bucket_found: OnceCell<()>,
     /// Whether the server checks `If-Match` on `DELETE`; probed once.
     conditional_delete: OnceCell<bool>,
 }
@@ -201,6 +206,7 @@ impl S3Store {
             options: options.clone(),
             credentials: None,
             connection: OnceCell::new(),
+            bucket_found: OnceCell::new(),
             conditional_delete: OnceCell::new(),
         })
     }
@@ -235,15 +241,23 @@ impl S3Store {
         match &self.options.endpoint {
             Some(e) => strip_userinfo(e),
             None => match (self.connection.get(), &self.options.region) {
-                (Some(c), _) => format!("AWS S3 in {}", c.region),
+                (Some(c), _) => match &c.configured_endpoint {
+                    Some(e) => strip_userinfo(e),
+                    None => format!("AWS S3 in {}", c.region),
+                },
                 (None, Some(region)) => format!("AWS S3 in {region}"),
                 (None, None) => "AWS S3".to_string(),
             },
         }
     }
 
+    /// The client, built on first use, once the bucket is known to be there.
     async fn connection(&self) -> Result<&Connection> {
-        self.connection.get_or_try_init(|| self.connect()).await
+        let c = self.connection.get_or_try_init(|| self.connect()).await?;
+        self.bucket_found
+            .get_or_try_init(|| self.check_bucket(c))
+            .await?;
+        Ok(c)
     }
 
     async fn connect(&self) -> Result<Connection> {
@@ -302,10 +316,12 @@ impl S3Store {
             // the streaming checksum trailers the SDK sends by default now.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // An endpoint of the workspace's, or of the AWS configuration
+            // (`AWS_ENDPOINT_URL`, a profile's `endpoint_url`), is a self-hosted server.
             .force_path_style(
                 self.options
                     .path_style
-                    .unwrap_or(self.options.endpoint.is_some()),
+                    .unwrap_or(self.options.endpoint.is_some() || sdk.endpoint_url().is_some()),
             );
         if let Some(endpoint) = &self.options.endpoint {
             config = config.endpoint_url(endpoint);
@@ -321,8 +337,8 @@ impl S3Store {
             region,
             secrets,
             access_key_id,
+            configured_endpoint: sdk.endpoint_url().map(str::to_string),
         };
-        self.check_bucket(&connection).await?;
         Ok(connection)
     }
 

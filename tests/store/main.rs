@@ -1,9 +1,15 @@
-//! The store test suite (`suite.rs`), run against every store backend.
+//! The store test suite (`suite.rs`), run against every store backend: the folder store
+//! and the S3 store against a real S3 server (`s3s-fs`, see `tests/support/s3_server.rs`).
 //!
-//! Adding a backend is one line at the bottom, e.g. `store_suite!(s3, s3_backend().await);`
-//! (the second argument is a `Backend` expression, evaluated inside each async test).
-//! Each suite function becomes one test per backend, `<backend>::<function>`.
+//! Adding a backend is one line, e.g. `store_suite!(s3, s3_backend());` (the second
+//! argument is a `Backend` expression, evaluated inside each async test). Each suite
+//! function becomes one test per backend, `<backend>::<function>`. Behaviour only one
+//! backend has is tested in `file_only` below and in `s3_only.rs`.
 
+#[path = "../support/s3_server.rs"]
+mod s3_server;
+
+mod s3_only;
 mod suite;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,6 +94,28 @@ fn file_backend() -> Backend {
 }
 
 store_suite!(file, file_backend());
+
+/// The S3 store against its own `s3s-fs` server, behind the front that makes its
+/// conditional writes atomic as S3's are (see `tests/support/s3_server.rs`): every fresh
+/// store is a new prefix of the server's bucket.
+fn s3_backend() -> Backend {
+    let server = s3_server::S3Server::start_serialized();
+    let next = AtomicUsize::new(0);
+    let stores = server.options();
+    let make = move || {
+        let prefix = format!("store-{}", next.fetch_add(1, Ordering::Relaxed));
+        let store = cairn::backend::store::S3Store::new(
+            &format!("s3://{}/{prefix}", s3_server::BUCKET),
+            &stores,
+        )
+        .expect("store URL")
+        .with_credentials(s3_server::ACCESS_KEY, s3_server::SECRET_KEY, None);
+        async move { Arc::new(store) as Arc<dyn ObjectStore> }
+    };
+    Backend::new(server, make)
+}
+
+store_suite!(s3, s3_backend());
 
 /// Behaviour only the folder store has: its compare-and-swap guard files.
 mod file_only {

@@ -10,14 +10,30 @@
 //! .cairn/journal/<time>-<rev>-<id>.json   one record per apply
 //! ```
 //!
-//! The layout is written once, here, over the [`ObjectStore`] trait; backends (folder,
-//! S3) only move bytes. Readers trust a version only once its marker exists, so a version
-//! whose upload was interrupted is never seen. A dataset version lists its files with
-//! their SHA-256 and the key holding their bytes, which may belong to an earlier version:
-//! unchanged files are never stored twice.
+//! The layout is written once, here, over the [`ObjectStore`] trait; backends only move
+//! bytes: [`FileStore`] (`file://…`, a folder) and [`S3Store`] (`s3://bucket/prefix`,
+//! AWS S3 or any S3-compatible server). [`Store::open_with`] picks one from a
+//! workspace's `store` URL and its `endpoint`, `region` and `path_style`.
+//!
+//! Guarantees, on every backend:
+//! - Readers trust a version only once its marker exists, so a version whose upload was
+//!   interrupted is never seen. A dataset version lists its files with their SHA-256
+//!   and the key holding their bytes, which may belong to an earlier version: unchanged
+//!   files are never stored twice.
+//! - An object is never seen half written (rename into place; S3 makes an object visible
+//!   when its `PUT` or multipart upload completes).
+//! - The lock and the state are compare-and-swap writes (`IfAbsent`, `IfMatch`): of
+//!   concurrent writers from the same etag, one wins and the others get
+//!   [`Error::PreconditionFailed`].
+//! - Errors name the store by URL (and S3 errors the bucket and endpoint), say what to
+//!   check, and never contain a credential.
+//!
+//! Caveats: the compare-and-swap is as atomic as the backend's conditional writes (see
+//! [`FileStore`] and [`S3Store`] for how each gets there and where it can't).
 
 mod file;
 mod object;
+mod s3;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
+pub use s3::{S3Store, PARTS_IN_FLIGHT, PART_SIZE};
 
 use crate::address::Kind;
 
@@ -55,8 +72,63 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    #[error("unsupported store URL `{0}`")]
+    #[error(
+        "unsupported store URL `{0}` (a store is `file://<folder>` or `s3://<bucket>/<prefix>`)"
+    )]
     Unsupported(String),
+    #[error("invalid store URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error(
+        "the bucket `{bucket}` does not exist at {endpoint}; create it \
+         (`aws s3 mb s3://{bucket}`) or fix `store` (and `endpoint`) in the workspace"
+    )]
+    NoSuchBucket { bucket: String, endpoint: String },
+    #[error(
+        "access denied to {op} `{key}` in bucket `{bucket}` at {endpoint}; the credentials \
+         in use lack the permission (check the bucket policy and the IAM policy of the \
+         user or role), or are not the ones meant for this bucket"
+    )]
+    AccessDenied {
+        op: &'static str,
+        key: String,
+        bucket: String,
+        endpoint: String,
+    },
+    #[error(
+        "the credentials for {store} were refused: {reason}; check AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and renew an expired session token"
+    )]
+    Credentials { store: String, reason: String },
+    #[error(
+        "the bucket `{bucket}` is in {}, not in {signed_for}; set `region` in the \
+         workspace{}",
+        region.as_deref().unwrap_or("another region"),
+        region.as_deref().map_or(String::new(), |r| format!(" (`region = \"{r}\"`)"))
+    )]
+    WrongRegion {
+        bucket: String,
+        /// The bucket's region, when the server said.
+        region: Option<String>,
+        signed_for: String,
+    },
+    #[error(
+        "cannot reach {endpoint} (bucket `{bucket}`): {reason}; check `endpoint` in the \
+         workspace and that the server is running and reachable from here"
+    )]
+    Unreachable {
+        endpoint: String,
+        bucket: String,
+        reason: String,
+    },
+    #[error("{op} `{key}` in {store} failed: {code}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    S3 {
+        op: &'static str,
+        key: String,
+        store: String,
+        status: Option<u16>,
+        code: String,
+        message: String,
+    },
     #[error(
         "the store at {store} is locked by {holder} ({command}, since {started_at}, lock id {id})"
     )]
@@ -252,6 +324,18 @@ const STATE_KEY: &str = ".cairn/state.json";
 const LOCK_KEY: &str = ".cairn/lock";
 const JOURNAL_PREFIX: &str = ".cairn/journal/";
 
+/// How to reach an S3 store: a workspace's `endpoint`, `region` and `path_style`.
+/// Ignored by folder stores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// An S3-compatible server's URL (`http://127.0.0.1:9000`); AWS S3 when absent.
+    pub endpoint: Option<String>,
+    /// The region to sign for; the AWS chain's (`AWS_REGION`, profile), else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); on by default with an `endpoint`.
+    pub path_style: Option<bool>,
+}
+
 /// A workspace's store: the layout above, over any [`ObjectStore`].
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -263,9 +347,18 @@ impl Store {
         Store { objects }
     }
 
-    /// Opens the store a workspace names. `file://` paths are relative to `base` (the
-    /// manifests root) unless absolute.
+    /// Opens the store a workspace names, with default [`StoreOptions`].
     pub fn open(url: &str, base: &Path) -> Result<Store> {
+        Store::open_with(url, base, &StoreOptions::default())
+    }
+
+    /// Opens the store a workspace names. `file://` paths are relative to `base` (the
+    /// manifests root) unless absolute; `s3://bucket/prefix` uses `options`. Sends no
+    /// request: an S3 store connects, and resolves its credentials, on first use.
+    pub fn open_with(url: &str, base: &Path, options: &StoreOptions) -> Result<Store> {
+        if url.starts_with("s3://") {
+            return Ok(Store::new(Arc::new(S3Store::new(url, options)?)));
+        }
         if let Some(path) = url.strip_prefix("file://") {
             let path = Path::new(path);
             let root = if path.is_absolute() {

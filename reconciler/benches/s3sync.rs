@@ -78,7 +78,7 @@ fn with_env(cmd: &mut Command, port: u16) -> &mut Command {
 }
 
 /// Runs a command under `/usr/bin/time`; returns wall time, peak RSS in MiB, and output.
-fn measure(mut cmd: Command) -> (Duration, Option<f64>, String) {
+fn measure(cmd: Command) -> (Duration, Option<f64>, String) {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let timed = Path::new("/usr/bin/time").exists();
@@ -189,15 +189,25 @@ fn main() {
     };
     let aws = |dest: &str| {
         let mut c = Command::new("aws");
-        c.args(["s3", "sync", data.to_str().unwrap(), dest, "--only-show-errors"]);
+        c.args([
+            "s3",
+            "sync",
+            data.to_str().unwrap(),
+            dest,
+            "--only-show-errors",
+        ]);
         with_env(&mut c, port);
         c
     };
 
-    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let mark = std::fs::metadata(&log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     let (cairn_first, cairn_peak, _) = measure(cairn());
     let (cairn_calls_first, _) = requests_since(&log, mark);
-    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let mark = std::fs::metadata(&log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     let (aws_first, aws_peak, _) = measure(aws("s3://bench/awscli/"));
     let (aws_calls_first, _) = requests_since(&log, mark);
 
@@ -209,11 +219,15 @@ fn main() {
         with_env(&mut c, port);
         c
     };
-    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let mark = std::fs::metadata(&log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     let (cairn_again, _, out) = measure(plan());
     let (cairn_calls, cairn_reads) = requests_since(&log, mark);
     assert!(out.contains("No changes"), "{out}");
-    let mark = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+    let mark = std::fs::metadata(&log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     let (aws_again, _, _) = measure(aws("s3://bench/awscli/"));
     let (aws_calls, aws_reads) = requests_since(&log, mark);
 

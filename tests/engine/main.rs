@@ -5,13 +5,18 @@
 //! - `failures`: failing, retried and timed-out jobs.
 //! - `locking`: concurrent applies, `unlock`, `history`.
 //! - `crash`: `kill -9` during a run or an upload, then convergence.
+//! - `s3`: the same flow on an S3 store (a real S3 server on loopback).
 //!
 //! Tests that need a lock lease to run out use short leases (`--lock-lease 2s`).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+#[path = "../support/s3_server.rs"]
+mod s3_server;
+
 mod crash;
 mod failures;
 mod flow;
 mod locking;
+mod s3;

@@ -60,12 +60,6 @@ fn unsupported(desired: &DesiredState, workspace: &str) -> Option<String> {
         .filter(|r| r.address.workspace == workspace)
     {
         match &r.spec {
-            Spec::Workspace(w) if !w.store_url().starts_with("file://") => {
-                return Some(format!(
-                    "its store `{}` needs the S3 backend, which is not available yet",
-                    w.store_url()
-                ));
-            }
             Spec::Compute(c) if *c.target.get_ref() == Target::Kubernetes => {
                 return Some(format!(
                     "{} runs on Kubernetes, which is not available yet",
@@ -116,9 +110,27 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
         else {
             continue;
         };
-        let store = Store::open(spec.store_url(), &loaded.root).map_err(|e| {
-            CommandError::new(format!("cannot open the store of workspace `{name}`: {e}"))
-        })?;
+        let options = cairn::backend::store::StoreOptions {
+            endpoint: spec.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            region: spec.region.clone(),
+            path_style: spec.path_style,
+        };
+        let mut store =
+            Store::open_with(spec.store_url(), &loaded.root, &options).map_err(|e| {
+                CommandError::new(format!(
+                    "cannot open the store of workspace `{name}`: {}",
+                    cairn::diagnostics::error_chain(&e)
+                ))
+            })?;
+        if !spec.store_url().starts_with("file://") {
+            // A remote state is checked by etag, not read again, when it did not change.
+            let id = cairn::content::short_hash(store.url().as_bytes());
+            store = store.with_state_cache(
+                local_dir(&loaded.root)
+                    .join("cache")
+                    .join(format!("state-{name}-{id}.json")),
+            );
+        }
         stores.insert(name, store);
     }
     if stores.is_empty() {

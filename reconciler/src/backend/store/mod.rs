@@ -36,7 +36,7 @@ mod object;
 mod s3;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -340,11 +340,23 @@ pub struct StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
+    /// A local copy of the state with its etag (see [`Store::with_state_cache`]).
+    state_cache: Option<Arc<PathBuf>>,
+}
+
+/// What the state cache file holds.
+#[derive(Serialize, Deserialize)]
+struct CachedState {
+    etag: String,
+    state: State,
 }
 
 impl Store {
     pub fn new(objects: Arc<dyn ObjectStore>) -> Store {
-        Store { objects }
+        Store {
+            objects,
+            state_cache: None,
+        }
     }
 
     /// Opens the store a workspace names, with default [`StoreOptions`].
@@ -413,13 +425,73 @@ impl Store {
     // ---- state ----------------------------------------------------------------------
 
     pub async fn state(&self) -> Result<VersionedState> {
+        if let Some(cache) = &self.state_cache {
+            if let Some(hit) = self.cached_state(cache).await? {
+                return Ok(hit);
+            }
+        }
         Ok(match self.get_json::<State>(STATE_KEY).await? {
-            Some((state, etag)) => VersionedState {
-                state,
-                etag: Some(etag),
-            },
+            Some((state, etag)) => {
+                let versioned = VersionedState {
+                    state,
+                    etag: Some(etag),
+                };
+                self.remember_state(&versioned);
+                versioned
+            }
             None => VersionedState::default(),
         })
+    }
+
+    /// Keeps a local copy of the state, checked by etag with one listing instead of read
+    /// again: an unchanged remote state costs no object read. For stores where a read is
+    /// a network round trip with a body (S3); a missing or unreadable copy is just a miss.
+    pub fn with_state_cache(mut self, path: PathBuf) -> Store {
+        self.state_cache = Some(Arc::new(path));
+        self
+    }
+
+    /// The cached state, if the store's copy still has the cached etag. A store without
+    /// a state gives the empty state.
+    async fn cached_state(&self, cache: &Path) -> Result<Option<VersionedState>> {
+        let Ok(bytes) = std::fs::read(cache) else {
+            return Ok(None);
+        };
+        let Ok(cached) = serde_json::from_slice::<CachedState>(&bytes) else {
+            return Ok(None);
+        };
+        let listed = self.objects.list(STATE_KEY).await?;
+        match listed.into_iter().find(|m| m.key == STATE_KEY) {
+            None => {
+                let _ = std::fs::remove_file(cache);
+                Ok(Some(VersionedState::default()))
+            }
+            Some(meta) if meta.etag == cached.etag => Ok(Some(VersionedState {
+                state: cached.state,
+                etag: Some(cached.etag),
+            })),
+            Some(_) => Ok(None),
+        }
+    }
+
+    fn remember_state(&self, versioned: &VersionedState) {
+        let (Some(cache), Some(etag)) = (&self.state_cache, &versioned.etag) else {
+            return;
+        };
+        let record = CachedState {
+            etag: etag.clone(),
+            state: versioned.state.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&record) else {
+            return;
+        };
+        if let Some(dir) = cache.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = cache.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, cache.as_path()).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 
     /// Writes the state back if nobody changed it since it was read; updates the etag.
@@ -434,6 +506,7 @@ impl Store {
             .put_json(STATE_KEY, &versioned.state, condition)
             .await?;
         versioned.etag = Some(meta.etag);
+        self.remember_state(versioned);
         Ok(())
     }
 

@@ -1034,12 +1034,19 @@ impl Applier<'_> {
         std::fs::create_dir_all(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         for f in files {
-            let target = dest.join(&f.path);
+            let Some(rel) = join_inside("", &f.path) else {
+                return Err(format!(
+                    "input {reference} lists a file outside its folder: {}",
+                    f.path
+                ));
+            };
+            let target = dest.join(rel);
             store
                 .objects()
                 .get_file(&f.key, &target)
                 .await
                 .map_err(|e| error_chain(&e))?;
+            verify_sha256(&target, &f.sha256, reference)?;
         }
         Ok(())
     }
@@ -1108,6 +1115,20 @@ impl Applier<'_> {
 enum SourceKind {
     Dataset,
     Model,
+}
+
+/// Checks a downloaded file against the SHA-256 its version recorded.
+pub(crate) fn verify_sha256(path: &Path, expected: &str, what: &str) -> Result<(), String> {
+    let actual = tokio::task::block_in_place(|| content::sha256_file(path))
+        .map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
+    if actual != expected {
+        let _ = std::fs::remove_file(path);
+        return Err(format!(
+            "{what}: `{}` arrived with SHA-256 {actual}, but the version records {expected}; the stored copy is damaged",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Passes the endpoint orchestration's news on as notes about the change.

@@ -208,3 +208,35 @@ fn timeout_kills_the_jobs_children() {
         "the job's child outlived the timeout; kill calls: {kills}"
     );
 }
+
+/// A stored file that no longer matches the SHA-256 its version recorded is refused when a
+/// job fetches it: the run fails saying the stored copy is damaged, and nothing runs on it.
+#[test]
+fn a_damaged_stored_file_is_refused_by_its_checksum() {
+    let root = manifests(&Job::default());
+    root.cairn(&["apply", "ROOT", "--auto-approve"]).ok();
+    let version = root.committed("datasets", "loans").pop().unwrap();
+    let stored = root
+        .store()
+        .join("datasets/loans")
+        .join(&version)
+        .join("loans.csv");
+    std::fs::write(&stored, "loan_id,age,income,defaulted\nL9,1,1,1\n").unwrap();
+    // A new job spec: a new run, which fetches the dataset again.
+    root.set_job(&Job {
+        script: format!("echo retrained\n{}", crate::support::TRAIN),
+        ..Job::default()
+    });
+    let run = root.cairn(&["apply", "ROOT", "--auto-approve"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("the stored copy is damaged"),
+        "{}",
+        run.both()
+    );
+    assert_eq!(
+        root.committed("models", "scorer").len(),
+        1,
+        "no model version came from the damaged data"
+    );
+}

@@ -145,11 +145,14 @@ impl LocalServing {
                     file.path
                 )));
             };
+            let target = partial.join(path);
             store
                 .objects()
-                .get_file(&file.key, &partial.join(path))
+                .get_file(&file.key, &target)
                 .await
                 .map_err(|e| Error::Target(error_chain(&e)))?;
+            crate::apply::verify_sha256(&target, &file.sha256, &format!("model.{model}@{version}"))
+                .map_err(Error::Target)?;
         }
         std::fs::write(partial.join(".complete"), b"").map_err(|e| io("write", &partial, e))?;
         let _ = std::fs::remove_dir_all(&dir);

@@ -39,7 +39,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(root: &Path, log: &Path) -> Server {
+fn start_server(root: &Path, log: &Path, logging: bool) -> Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -51,8 +51,13 @@ fn start_server(root: &Path, log: &Path) -> Server {
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg(root)
-        .env("RUST_LOG", "s3s::service=debug")
-        .stdout(Stdio::null())
+        .env(
+            "RUST_LOG",
+            if logging { "s3s::service=debug" } else { "off" },
+        )
+        .env("NO_COLOR", "1")
+        // The server logs (one line per request at debug level) on stdout.
+        .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start s3s-fs ({e}); `.ci/run` installs it"));
@@ -128,10 +133,85 @@ fn requests_since(log: &Path, from: usize) -> (usize, usize) {
         .filter(|r| {
             let uri = r.split_once("uri: ").map_or("", |(_, u)| u);
             let uri = uri.split([',', ' ']).next().unwrap_or("");
-            r.starts_with("HEAD") || (r.starts_with("GET") && !uri.contains('?'))
+            // Object reads: GET or HEAD of a key (not of the bucket, not a listing).
+            let is_object = uri.trim_matches('/').contains('/');
+            (r.starts_with("HEAD") || r.starts_with("GET")) && is_object && !uri.contains('?')
         })
         .count();
     (requests.len(), reads)
+}
+
+/// What one pass measured.
+struct Figures {
+    cairn_first: Duration,
+    cairn_peak: Option<f64>,
+    aws_first: Duration,
+    aws_peak: Option<f64>,
+    cairn_again: Duration,
+    aws_again: Duration,
+    /// Requests (all, object reads): first upload and re-sync, cairn then aws.
+    requests: [(usize, usize); 4],
+}
+
+/// Uploads with both tools, then re-syncs, against a fresh server; with `logging`, the
+/// server logs each request (which slows it down: the timed pass runs without).
+fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
+    let dir = tmp.join(if logging { "counted" } else { "timed" });
+    let log = dir.join("s3s-fs.log");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = start_server(&dir.join("s3"), &log, logging);
+    let port = server.port;
+    // A fresh start for cairn too: no state, no hash cache.
+    let _ = std::fs::remove_dir_all(root.join(".cairn"));
+    std::fs::write(
+        root.join("bench/workspace.toml"),
+        format!(
+            "[workspace]\nenvironment = \"dev\"\nstore = \"s3://bench/cairn\"\n\
+             endpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\npath_style = true\n"
+        ),
+    )
+    .unwrap();
+    let cairn = |args: &[&str]| {
+        let mut c = Command::new(CAIRN);
+        c.args(args).arg(root);
+        with_env(&mut c, port);
+        c
+    };
+    let aws = || {
+        let mut c = Command::new("aws");
+        c.args(["s3", "sync"])
+            .arg(data)
+            .args(["s3://bench/awscli/", "--only-show-errors"]);
+        with_env(&mut c, port);
+        c
+    };
+    let mark = || std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+
+    let m = mark();
+    let (cairn_first, cairn_peak, _) = measure(cairn(&["apply", "--auto-approve"]));
+    let r0 = requests_since(&log, m);
+    let m = mark();
+    let (aws_first, aws_peak, _) = measure(aws());
+    let r1 = requests_since(&log, m);
+    // Re-sync: the plan finds the dataset unchanged (an apply would also take and release
+    // the lock: two more small requests).
+    let m = mark();
+    let (cairn_again, _, out) = measure(cairn(&["plan"]));
+    let r2 = requests_since(&log, m);
+    assert!(out.contains("No changes"), "{out}");
+    let m = mark();
+    let (aws_again, _, _) = measure(aws());
+    let r3 = requests_since(&log, m);
+    drop(server);
+    Figures {
+        cairn_first,
+        cairn_peak,
+        aws_first,
+        aws_peak,
+        cairn_again,
+        aws_again,
+        requests: [r0, r1, r2, r3],
+    }
 }
 
 fn main() {
@@ -139,9 +219,6 @@ fn main() {
     let mb = env_usize("CAIRN_BENCH_MB", 256);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("repo");
-    let log = tmp.path().join("s3s-fs.log");
-    let server = start_server(&tmp.path().join("s3"), &log);
-    let port = server.port;
 
     // The dataset: `files` files of pseudo-random bytes, `mb` MiB in all.
     let data = root.join("bench/data/big");
@@ -164,103 +241,59 @@ fn main() {
             .unwrap();
     }
     std::fs::write(
-        root.join("bench/workspace.toml"),
-        format!(
-            "[workspace]\nenvironment = \"dev\"\nstore = \"s3://bench/cairn\"\n\
-             endpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\npath_style = true\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
         root.join("bench/data.toml"),
         "[dataset.big]\nsource = \"data/big/\"\nformat = \"parquet\"\n",
     )
     .unwrap();
     println!(
-        "s3sync: {files} files, {} MiB, s3s-fs on 127.0.0.1:{port}",
+        "s3sync: {files} files, {} MiB, against s3s-fs on loopback",
         size * files / (1024 * 1024)
     );
 
-    let cairn = || {
-        let mut c = Command::new(CAIRN);
-        c.args(["apply", root.to_str().unwrap(), "--auto-approve"]);
-        with_env(&mut c, port);
-        c
-    };
-    let aws = |dest: &str| {
-        let mut c = Command::new("aws");
-        c.args([
-            "s3",
-            "sync",
-            data.to_str().unwrap(),
-            dest,
-            "--only-show-errors",
-        ]);
-        with_env(&mut c, port);
-        c
-    };
-
-    let mark = std::fs::metadata(&log)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    let (cairn_first, cairn_peak, _) = measure(cairn());
-    let (cairn_calls_first, _) = requests_since(&log, mark);
-    let mark = std::fs::metadata(&log)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    let (aws_first, aws_peak, _) = measure(aws("s3://bench/awscli/"));
-    let (aws_calls_first, _) = requests_since(&log, mark);
-
-    // Re-sync: the plan finds the dataset unchanged (an apply would also take and release
-    // the lock: two more small requests).
-    let plan = || {
-        let mut c = Command::new(CAIRN);
-        c.args(["plan", root.to_str().unwrap()]);
-        with_env(&mut c, port);
-        c
-    };
-    let mark = std::fs::metadata(&log)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    let (cairn_again, _, out) = measure(plan());
-    let (cairn_calls, cairn_reads) = requests_since(&log, mark);
-    assert!(out.contains("No changes"), "{out}");
-    let mark = std::fs::metadata(&log)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    let (aws_again, _, _) = measure(aws("s3://bench/awscli/"));
-    let (aws_calls, aws_reads) = requests_since(&log, mark);
+    let timed = pass(tmp.path(), &root, &data, false);
+    let counted = pass(tmp.path(), &root, &data, true);
 
     let mib = |p: Option<f64>| p.map_or("n/a".into(), |v| format!("{v:.0} MiB"));
+    let [r0, r1, r2, r3] = counted.requests;
     println!();
     println!("                                   cairn            aws s3 sync");
     println!(
         "first upload, wall                 {:>9.2} s      {:>9.2} s   ({:.1}x)",
-        cairn_first.as_secs_f64(),
-        aws_first.as_secs_f64(),
-        aws_first.as_secs_f64() / cairn_first.as_secs_f64()
+        timed.cairn_first.as_secs_f64(),
+        timed.aws_first.as_secs_f64(),
+        timed.aws_first.as_secs_f64() / timed.cairn_first.as_secs_f64()
     );
     println!(
         "first upload, peak memory          {:>11}      {:>11}",
-        mib(cairn_peak),
-        mib(aws_peak)
+        mib(timed.cairn_peak),
+        mib(timed.aws_peak)
     );
     println!(
         "first upload, S3 requests          {:>11}      {:>11}",
-        cairn_calls_first, aws_calls_first
+        r0.0, r1.0
     );
     println!(
         "unchanged re-sync, wall            {:>9.3} s      {:>9.3} s",
-        cairn_again.as_secs_f64(),
-        aws_again.as_secs_f64()
+        timed.cairn_again.as_secs_f64(),
+        timed.aws_again.as_secs_f64()
     );
     println!(
         "unchanged re-sync, S3 requests     {:>11}      {:>11}",
-        cairn_calls, aws_calls
+        r2.0, r3.0
     );
     println!(
         "unchanged re-sync, object reads    {:>11}      {:>11}",
-        cairn_reads, aws_reads
+        r2.1, r3.1
     );
-    drop(server);
+    println!(
+        "(requests counted in a second pass with the server logging each one; wall times from the first, without)"
+    );
+    let _ = counted.cairn_first;
+    let _ = (
+        counted.aws_first,
+        counted.cairn_again,
+        counted.aws_again,
+        counted.cairn_peak,
+        counted.aws_peak,
+    );
 }

@@ -37,8 +37,14 @@ use crate::plan::{Action, Plan, ResourceChange};
 use crate::rollout::RolloutEvent;
 use crate::serving::{self, EndpointId, EndpointValue, Serving};
 
-/// How many files of one dataset are transferred at once.
-const TRANSFER_CONCURRENCY: usize = 8;
+/// How many small files (at most [`SMALL_FILE`] bytes) of one dataset are transferred at
+/// once: small uploads are bound by round trips, so many go in parallel.
+const TRANSFER_CONCURRENCY: usize = 32;
+/// How many large files are transferred at once (each is itself a parallel multipart
+/// upload on S3), which bounds the memory in flight.
+const LARGE_TRANSFER_CONCURRENCY: usize = 2;
+/// The size up to which a file counts as small.
+const SMALL_FILE: u64 = 8 << 20;
 
 /// Errors that stop an apply before (or instead of) running changes.
 #[derive(Debug, thiserror::Error)]
@@ -745,29 +751,37 @@ impl Applier<'_> {
             }
         }
         uploads.retain(|(key, _, size)| stored.get(key) != Some(size));
-        let results: Vec<Result<(), String>> =
-            futures::stream::iter(uploads.into_iter().map(|(key, rel, size)| {
-                let objects = objects.clone();
-                let address = address.clone();
-                async move {
-                    let result = match self.snapshot.disk_path(&rel) {
-                        Some(disk) => objects.put_file(&key, &disk).await.map(|_| ()),
-                        None => {
-                            let bytes = self.snapshot.read(&rel).map_err(|e| e.to_string())?;
-                            objects
-                                .put(&key, bytes.into(), store::Condition::None)
-                                .await
-                                .map(|_| ())
-                        }
-                    };
-                    self.events.bytes(&address, size);
-                    result.map_err(|e| error_chain(&e))
-                }
-            }))
-            .buffer_unordered(TRANSFER_CONCURRENCY)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<()>, String>>()?;
+        let (small, large): (Vec<_>, Vec<_>) = uploads
+            .into_iter()
+            .partition(|(_, _, size)| *size <= SMALL_FILE);
+        for (batch, parallel) in [
+            (small, TRANSFER_CONCURRENCY),
+            (large, LARGE_TRANSFER_CONCURRENCY),
+        ] {
+            let results: Vec<Result<(), String>> =
+                futures::stream::iter(batch.into_iter().map(|(key, rel, size)| {
+                    let objects = objects.clone();
+                    let address = address.clone();
+                    async move {
+                        let result = match self.snapshot.disk_path(&rel) {
+                            Some(disk) => objects.put_file(&key, &disk).await.map(|_| ()),
+                            None => {
+                                let bytes = self.snapshot.read(&rel).map_err(|e| e.to_string())?;
+                                objects
+                                    .put(&key, bytes.into(), store::Condition::None)
+                                    .await
+                                    .map(|_| ())
+                            }
+                        };
+                        self.events.bytes(&address, size);
+                        result.map_err(|e| error_chain(&e))
+                    }
+                }))
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>, String>>()?;
+        }
 
         let total_bytes = content.total_bytes;
         match kind {

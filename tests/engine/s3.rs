@@ -105,3 +105,80 @@ fn a_wrong_secret_is_a_clear_error_that_never_shows_it() {
         );
     }
 }
+
+/// The S3 server dies while a large file is going up as a multipart upload and comes back
+/// a second later: applying again converges, the version holds the right bytes, and no
+/// half-uploaded version was ever visible.
+#[test]
+fn an_apply_converges_after_the_server_dies_mid_upload() {
+    let mut server = S3Server::start();
+    let root = s3_root(&server);
+    // 96 MiB in one file: a multipart upload of 12 parts.
+    let big = root.path().join("risk/data/loans/big.bin");
+    let mut bytes = vec![0u8; 96 << 20];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in bytes.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&big, &bytes).unwrap();
+    let expected = crate::support::sha256_file(&big);
+
+    // A short lease: an apply that dies with the server may not release its lock.
+    let mut cmd = root.command(&["apply", "ROOT", "--auto-approve", "--lock-lease", "2s"]);
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let apply = cmd.spawn().unwrap();
+    // Kill the server once the large upload is under way: small files go first, then
+    // the large one (a fraction of a second here).
+    let started = Instant::now();
+    while !server.files().iter().any(|f| f.ends_with("loans.csv")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the upload never started: {:?}",
+            server.files()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    server.kill();
+    let no_marker = !server
+        .files()
+        .iter()
+        .any(|f| f.contains("datasets/loans/") && f.ends_with("_version.json"));
+    assert!(
+        no_marker,
+        "no version is visible before its files: {:?}",
+        server.files()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    server.restart();
+    let first = crate::support::wait_with_deadline(apply, std::time::Duration::from_secs(120));
+
+    // Whatever the interrupted apply managed, applying again converges.
+    if first.code != 0 {
+        cairn(
+            &root,
+            &["apply", "ROOT", "--auto-approve", "--lock-timeout", "20s"],
+            SECRET_KEY,
+        )
+        .ok();
+    }
+    cairn(&root, &["plan", "ROOT", "--detailed-exitcode"], SECRET_KEY).code(0);
+    let stored: Vec<String> = server
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("datasets/loans/") && f.ends_with("big.bin"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        crate::support::sha256_file(&server.data_dir().join(&stored[0])),
+        expected
+    );
+}

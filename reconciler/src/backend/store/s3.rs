@@ -909,7 +909,10 @@ impl ObjectStore for S3Store {
         if prefix.starts_with('/') || prefix.split('/').any(|s| s == ".." || s == ".") {
             return Err(Error::InvalidKey(prefix.to_string()));
         }
-        let c = self.connection().await?;
+        // No separate bucket check: a listing of a missing bucket answers `NoSuchBucket`
+        // itself, and one that succeeds proves the bucket is there. So an unchanged store
+        // costs one request (the state cache's listing).
+        let c = self.connection.get_or_try_init(|| self.connect()).await?;
         let mut pages = c
             .client
             .list_objects_v2()
@@ -921,6 +924,7 @@ impl ObjectStore for S3Store {
         let mut without_etag = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error("list", prefix, e))?;
+            let _ = self.bucket_found.set(());
             for object in page.contents() {
                 let Some(key) = object
                     .key()

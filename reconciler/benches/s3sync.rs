@@ -187,12 +187,20 @@ fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
     };
     let mark = || std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
 
+    // Each tool starts with nothing dirty in the page cache: writing back the generated
+    // data (or the other tool's upload) would otherwise land on whoever runs next.
+    let settle = || {
+        let _ = Command::new("sync").status();
+    };
+    settle();
     let m = mark();
     let (cairn_first, cairn_peak, _) = measure(cairn(&["apply", "--auto-approve"]));
+    settle();
     let r0 = requests_since(&log, m);
     let m = mark();
     let (aws_first, aws_peak, _) = measure(aws());
     let r1 = requests_since(&log, m);
+    settle();
     // Re-sync: the plan finds the dataset unchanged (an apply would also take and release
     // the lock: two more small requests).
     let m = mark();

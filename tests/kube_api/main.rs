@@ -4,6 +4,7 @@
 //! - `discovery`: `/version`, legacy and aggregated discovery, kinds registered later.
 //! - `objects`: create, get, list by label and field, pages, replace, merge patch, delete.
 //! - `apply`: server-side apply: idempotence, field managers, conflicts, force.
+//! - `kinds`: the defaults and validation of deployments, jobs, pods and services.
 //! - `status`: the `status` subresource and the test controls that drive it.
 //! - `watch`: raw watches and kube-runtime's watcher.
 //! - `strict`: what the server refuses, as the real one would.
@@ -15,6 +16,7 @@ mod kube_server;
 mod apply;
 mod controls;
 mod discovery;
+mod kinds;
 mod objects;
 mod status;
 mod strict;

@@ -32,6 +32,18 @@
 //! - Metadata: one global `resourceVersion` counter; `uid`, `creationTimestamp`;
 //!   `generation` starts at 1 and is bumped when anything but `metadata` and `status`
 //!   changes. Namespaces get the `kubernetes.io/metadata.name` label and phase `Active`.
+//! - The real server's defaults and validation for the workload kinds, limited to what
+//!   clients most often get wrong: Deployments (replicas, strategy, history and deadline
+//!   defaults; a selector that matches the template; the selector is immutable), Jobs (the
+//!   generated `controller-uid` selector and labels, `backoffLimit` and the like; restart
+//!   policy `Never` or `OnFailure`; template, selector and completions immutable), Pods
+//!   (only images may change), pod templates (containers named, unique, with an image;
+//!   ports; resource quantities that parse, requests within limits, whole extended
+//!   resources such as `nvidia.com/gpu` with requests equal to limits; pull policy,
+//!   DNS policy and the like defaulted) and Services (a cluster IP, kept and immutable;
+//!   ports required, named when several; protocol and target port defaulted). Defaults
+//!   are owned by an updater that sent the object, never by an applier, as on a real
+//!   server.
 //! - The `status` subresource (get, replace, merge patch, apply): writes to the object
 //!   ignore `status`, writes to `/status` change nothing else, creates drop `status`.
 //! - Watch (`?watch=true`): `ADDED`/`MODIFIED`/`DELETED` JSON lines after a
@@ -56,10 +68,11 @@
 //! not do; so is one on a custom resource, as the real server refuses it.
 //!
 //! # What it deliberately does not do
-//! - No schemas: no defaulting, no validation of `spec`, no pruning of unknown fields
-//!   (`fieldValidation` is accepted and ignored); no associative lists: every list is
-//!   atomic for server-side apply and for patches (the real server merges, e.g.,
-//!   `containers` by `name`). Apply bodies must be JSON (YAML is refused).
+//! - No schemas: other kinds (custom resources included) are stored as sent; nothing
+//!   prunes unknown fields (`fieldValidation` is accepted and ignored); no associative
+//!   lists: every list is atomic for server-side apply and for patches (the real server
+//!   merges, e.g., `containers` by `name`). Apply bodies must be JSON (YAML is refused).
+//!   No node ports or load balancers are allocated.
 //! - No controllers: nothing runs pods, jobs or deployments. Tests drive status with the
 //!   controls ([`KubeServer::set_status`], [`KubeServer::job_succeeded`],
 //!   [`KubeServer::deployment_available`]). Deletion is immediate (namespaces too, with
@@ -70,9 +83,20 @@
 //! - A list is always the latest state: `resourceVersionMatch=Exact` on an older version
 //!   is a 410, and `continue` tokens page through the current objects, not a snapshot.
 //!
-//! Start it with [`KubeServer::start`]; get a client with [`KubeServer::client`] or point
-//! anything at [`KubeServer::kubeconfig_path`] (context [`CONTEXT`]). The server lives on its
-//! own thread and runtime, so it outlives any test runtime; dropping it stops it.
+//! # Use
+//! The server lives on its own thread and runtime, so it outlives any test runtime and
+//! serves synchronous tests (a `cairn` child process) as well; dropping it stops it.
+//!
+//! ```ignore
+//! let server = KubeServer::start();
+//! let client = server.client().await; // read from its kubeconfig, as a user's would be
+//! // or: server.write_kubeconfig(&path, "ml-prod"), then KUBECONFIG=path for the binary
+//! let jobs: Api<Job> = Api::default_namespaced(client);
+//! // ... the code under test applies job "train" ...
+//! server.job_succeeded("default", "train"); // as the job controller would
+//! assert_eq!(server.count(Verb::Patch), 1);
+//! let everything = server.objects();
+//! ```
 //!
 //! Include with `#[path = "../support/kube_server.rs"] mod kube_server;`.
 
@@ -2101,6 +2125,8 @@ impl Shared {
             object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             object["status"] = json!({"phase": "Active"});
         }
+        prepare(&resource, None, &mut object)
+            .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), &name, &causes))?;
         if resource.group.is_empty() && resource.kind == "Service" {
             allocate_cluster_ip(&mut state, &mut object);
         }
@@ -2136,7 +2162,7 @@ impl Shared {
         };
         let resource = self.lock().resources[*res].clone();
         check_type(&resource, &body)?;
-        check_name(&resource, name, namespace.as_deref(), &body)?;
+        check_name(name, namespace.as_deref(), &body)?;
         let given = body["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or("")
@@ -2189,7 +2215,7 @@ impl Shared {
             return Err(ApiError::bad_request("the object must be a JSON object"));
         }
         check_type(&resource, &new)?;
-        check_name(&resource, name, namespace.as_deref(), &new)?;
+        check_name(name, namespace.as_deref(), &new)?;
         if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
             if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
                 return Err(ApiError::stale(&resource, name));
@@ -2198,12 +2224,17 @@ impl Shared {
         let scope = if *status { Scope::Status } else { Scope::Main };
         new = keep_unwritable(&resource, &old, new, scope);
         validate_meta(&resource, name, &new)?;
-        if resource.group.is_empty()
-            && resource.kind == "Service"
-            && new["spec"]["clusterIP"].is_null()
-        {
-            new["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
-            new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+        if resource.group.is_empty() && resource.kind == "Service" && new["spec"].is_object() {
+            // What the server allocated stays when a client leaves it out.
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if new["spec"][field].is_null() && !old["spec"][field].is_null() {
+                    new["spec"][field] = old["spec"][field].clone();
+                }
+            }
+        }
+        if scope == Scope::Main {
+            prepare(&resource, Some(&old), &mut new)
+                .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
         }
         // The writer owns every field it changed; nobody else does any more.
         let mut entries = read_managed(&old);
@@ -2255,7 +2286,7 @@ impl Shared {
                 "metadata.name: Required value: name is required in an apply patch",
             ));
         }
-        check_name(&resource, name, namespace.as_deref(), &config)?;
+        check_name(name, namespace.as_deref(), &config)?;
         if config["metadata"]
             .get("managedFields")
             .is_some_and(|m| !m.is_null() && m != &json!([]))
@@ -2363,6 +2394,10 @@ impl Shared {
         merge_into(&mut new, &config);
         new = keep_unwritable(&resource, &old, new, scope);
         validate_meta(&resource, name, &new)?;
+        if scope == Scope::Main {
+            prepare(&resource, Some(&old), &mut new)
+                .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
+        }
         // The applier's entry keeps its place (a reordering alone would be a write).
         match entries.iter_mut().find(|e| mine(e)) {
             Some(e) => e.fields = applied,
@@ -2599,9 +2634,11 @@ impl DeleteOptions {
                         options.resource_version =
                             value["resourceVersion"].as_str().map(str::to_string);
                     }
-                    other => return Err(ApiError::bad_request(format!(
+                    other => {
+                        return Err(ApiError::bad_request(format!(
                         "the test API server does not support the DeleteOptions field \"{other}\""
-                    ))),
+                    )))
+                    }
                 }
             }
         }
@@ -2647,12 +2684,7 @@ fn check_type(resource: &ResourceType, object: &Value) -> ApiResult<()> {
 }
 
 /// The body names the URL's object (or no name, or no namespace).
-fn check_name(
-    resource: &ResourceType,
-    name: &str,
-    namespace: Option<&str>,
-    object: &Value,
-) -> ApiResult<()> {
+fn check_name(name: &str, namespace: Option<&str>, object: &Value) -> ApiResult<()> {
     if let Some(given) = object["metadata"]["name"].as_str() {
         if given != name {
             return Err(ApiError::bad_request(format!(
@@ -2667,7 +2699,6 @@ fn check_name(
             ));
         }
     }
-    let _ = resource;
     Ok(())
 }
 
@@ -2737,13 +2768,578 @@ fn allocate_cluster_ip(state: &mut State, object: &mut Value) {
         object["spec"] = json!({});
     }
     let spec = &mut object["spec"];
-    if spec["clusterIP"].is_null() && spec["type"].as_str() != Some("ExternalName") {
+    if spec["type"].as_str() == Some("ExternalName") {
+        return;
+    }
+    if spec["clusterIP"].is_null() {
         let n = state.next_ip;
         state.next_ip += 1;
         let ip = format!("10.96.{}.{}", n / 250, n % 250 + 1);
         spec["clusterIP"] = json!(ip);
         spec["clusterIPs"] = json!([ip]);
     }
+    if spec["clusterIP"].as_str() != Some("None") {
+        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kinds: what the real server defaults and validates in the workload kinds served here,
+// limited to what clients most often get wrong. Other kinds are stored as sent.
+
+type Causes = Vec<(String, String)>;
+
+/// Fills the defaults the real server fills when it decodes an object of these kinds (a
+/// read shows them as a real cluster's would; an apply does not own them), and checks
+/// what it validates. `old` is the stored object, for an update.
+fn prepare(resource: &ResourceType, old: Option<&Value>, object: &mut Value) -> Result<(), Causes> {
+    let mut causes = Causes::new();
+    if !object["spec"].is_null() && !object["spec"].is_object() {
+        causes.push(("spec".into(), "Invalid value: must be an object".into()));
+        return Err(causes);
+    }
+    match (resource.group.as_str(), resource.kind.as_str()) {
+        ("apps", "Deployment") => prepare_deployment(old, object, &mut causes),
+        ("batch", "Job") => prepare_job(old, object, &mut causes),
+        ("", "Pod") => prepare_pod(old, object, &mut causes),
+        ("", "Service") => prepare_service(old, object, &mut causes),
+        _ => {}
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(causes)
+    }
+}
+
+/// Sets `value[key]` when it is absent or null (and `value` is a map).
+fn set_default(value: &mut Value, key: &str, default: Value) {
+    if let Some(map) = value.as_object_mut() {
+        let v = map.entry(key).or_insert(Value::Null);
+        if v.is_null() {
+            *v = default;
+        }
+    }
+}
+
+/// `value[key]`, an empty map when absent; `None` when it is something else.
+fn map_at<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    let map = value.as_object_mut()?;
+    let v = map.entry(key).or_insert_with(|| json!({}));
+    if v.is_null() {
+        *v = json!({});
+    }
+    v.is_object().then_some(v)
+}
+
+fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(value, |v, k| &v[*k])
+}
+
+/// A field that may not change once set.
+fn immutable(old: &Value, new: &Value, path: &[&str], causes: &mut Causes) {
+    let (before, after) = (at(old, path), at(new, path));
+    if before != after {
+        causes.push((
+            path.join("."),
+            format!("Invalid value: {after}: field is immutable"),
+        ));
+    }
+}
+
+fn prepare_deployment(old: Option<&Value>, object: &mut Value, causes: &mut Causes) {
+    let spec = map_at(object, "spec").expect("a map");
+    set_default(spec, "replicas", json!(1));
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    set_default(spec, "progressDeadlineSeconds", json!(600));
+    if let Some(strategy) = map_at(spec, "strategy") {
+        set_default(strategy, "type", json!("RollingUpdate"));
+        if strategy["type"] == "RollingUpdate" {
+            if let Some(rolling) = map_at(strategy, "rollingUpdate") {
+                set_default(rolling, "maxUnavailable", json!("25%"));
+                set_default(rolling, "maxSurge", json!("25%"));
+            }
+        }
+    }
+    if let Some(pod) = map_at(spec, "template").and_then(|t| map_at(t, "spec")) {
+        default_pod_spec(pod, Some("Always"));
+    }
+    let spec = &object["spec"];
+    if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
+        causes.push((
+            "spec.replicas".into(),
+            format!(
+                "Invalid value: {}: must be greater than or equal to 0",
+                spec["replicas"]
+            ),
+        ));
+    }
+    validate_selector(spec, "deployment", causes);
+    validate_pod_spec(
+        &spec["template"]["spec"],
+        "spec.template.spec",
+        &["Always"],
+        causes,
+    );
+    if let Some(old) = old {
+        immutable(old, object, &["spec", "selector"], causes);
+    }
+}
+
+fn prepare_job(old: Option<&Value>, object: &mut Value, causes: &mut Causes) {
+    let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let spec = map_at(object, "spec").expect("a map");
+    if old.is_none() && spec["manualSelector"] != true {
+        if !spec["selector"].is_null() {
+            causes.push((
+                "spec.selector".into(),
+                format!(
+                    "Invalid value: {}: `selector` will be auto-generated",
+                    spec["selector"]
+                ),
+            ));
+        }
+        spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        if let Some(labels) = map_at(spec, "template")
+            .and_then(|t| map_at(t, "metadata"))
+            .and_then(|m| map_at(m, "labels"))
+        {
+            for (k, v) in [
+                ("batch.kubernetes.io/controller-uid", &uid),
+                ("batch.kubernetes.io/job-name", &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels[k] = json!(v);
+            }
+        }
+    }
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    let replacement = if spec["podFailurePolicy"].is_null() {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set_default(spec, "podReplacementPolicy", json!(replacement));
+    if let Some(pod) = map_at(spec, "template").and_then(|t| map_at(t, "spec")) {
+        default_pod_spec(pod, None);
+    }
+    let spec = &object["spec"];
+    for field in ["parallelism", "completions", "backoffLimit"] {
+        if spec[field].as_i64().is_some_and(|n| n < 0) {
+            causes.push((
+                format!("spec.{field}"),
+                format!(
+                    "Invalid value: {}: must be greater than or equal to 0",
+                    spec[field]
+                ),
+            ));
+        }
+    }
+    validate_selector(spec, "job", causes);
+    validate_pod_spec(
+        &spec["template"]["spec"],
+        "spec.template.spec",
+        &["OnFailure", "Never"],
+        causes,
+    );
+    if let Some(old) = old {
+        for path in [
+            &["spec", "template"][..],
+            &["spec", "selector"],
+            &["spec", "completions"],
+            &["spec", "completionMode"],
+        ] {
+            immutable(old, object, path, causes);
+        }
+    }
+}
+
+fn prepare_pod(old: Option<&Value>, object: &mut Value, causes: &mut Causes) {
+    let spec = map_at(object, "spec").expect("a map");
+    default_pod_spec(spec, Some("Always"));
+    validate_pod_spec(
+        &object["spec"],
+        "spec",
+        &["Always", "OnFailure", "Never"],
+        causes,
+    );
+    if let Some(old) = old {
+        // Only images (and a few scheduling fields) of a pod may change.
+        let strip = |spec: &Value| {
+            let mut s = spec.clone();
+            for list in ["containers", "initContainers"] {
+                for c in s[list].as_array_mut().into_iter().flatten() {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("image");
+                    }
+                }
+            }
+            if let Some(s) = s.as_object_mut() {
+                s.remove("activeDeadlineSeconds");
+                s.remove("tolerations");
+            }
+            s
+        };
+        if strip(&old["spec"]) != strip(&object["spec"]) {
+            causes.push((
+                "spec".into(),
+                "Forbidden: pod updates may not change fields other than `spec.containers[*].image`, \
+                 `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations`"
+                    .into(),
+            ));
+        }
+    }
+}
+
+fn prepare_service(old: Option<&Value>, object: &mut Value, causes: &mut Causes) {
+    let spec = map_at(object, "spec").expect("a map");
+    set_default(spec, "type", json!("ClusterIP"));
+    set_default(spec, "sessionAffinity", json!("None"));
+    let kind = spec["type"].as_str().unwrap_or("").to_string();
+    if kind != "ExternalName" {
+        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    for port in spec["ports"].as_array_mut().into_iter().flatten() {
+        set_default(port, "protocol", json!("TCP"));
+        let number = port["port"].clone();
+        set_default(port, "targetPort", number);
+    }
+    let spec = &object["spec"];
+    if !matches!(
+        kind.as_str(),
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        causes.push((
+            "spec.type".into(),
+            format!(
+                "Unsupported value: \"{kind}\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+            ),
+        ));
+    }
+    let headless = spec["clusterIP"].as_str() == Some("None");
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    if ports.is_empty() && kind != "ExternalName" && !headless {
+        causes.push(("spec.ports".into(), "Required value".into()));
+    }
+    let mut names = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        match port["port"].as_i64() {
+            None => causes.push((format!("{at}.port"), "Required value".into())),
+            Some(p) if !(1..=65535).contains(&p) => causes.push((
+                format!("{at}.port"),
+                format!("Invalid value: {p}: must be between 1 and 65535, inclusive"),
+            )),
+            Some(_) => {}
+        }
+        match port["name"].as_str() {
+            None | Some("") if ports.len() > 1 => {
+                causes.push((format!("{at}.name"), "Required value".into()))
+            }
+            Some(n) if !n.is_empty() && !names.insert(n.to_string()) => {
+                causes.push((format!("{at}.name"), format!("Duplicate value: \"{n}\"")))
+            }
+            _ => {}
+        }
+        let protocol = port["protocol"].as_str().unwrap_or("");
+        if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+            causes.push((
+                format!("{at}.protocol"),
+                format!("Unsupported value: \"{protocol}\": supported values: \"SCTP\", \"TCP\", \"UDP\""),
+            ));
+        }
+    }
+    if let Some(selector) = spec["selector"].as_object() {
+        for (k, v) in selector {
+            let bad_key = qualified_name_error(k).is_some();
+            let bad_value = !v.as_str().is_some_and(is_label_value);
+            if bad_key || bad_value {
+                causes.push((
+                    "spec.selector".into(),
+                    format!("Invalid value: \"{k}\": {v}"),
+                ));
+            }
+        }
+    }
+    if let Some(old) = old {
+        if !old["spec"]["clusterIP"].is_null() {
+            immutable(old, object, &["spec", "clusterIP"], causes);
+        }
+    }
+}
+
+/// The pod spec defaults of the fields most often read back.
+fn default_pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
+    if let Some(policy) = restart_policy {
+        set_default(spec, "restartPolicy", json!(policy));
+    }
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            if !c.is_object() {
+                continue;
+            }
+            set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+            set_default(c, "terminationMessagePolicy", json!("File"));
+            let image = c["image"].as_str().unwrap_or("");
+            let last = image.rsplit('/').next().unwrap_or("");
+            let latest = !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+            set_default(
+                c,
+                "imagePullPolicy",
+                json!(if latest { "Always" } else { "IfNotPresent" }),
+            );
+            set_default(c, "resources", json!({}));
+            for p in c["ports"].as_array_mut().into_iter().flatten() {
+                set_default(p, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// Containers (named, unique, with an image, valid ports and resources) and the restart
+/// policy.
+fn validate_pod_spec(spec: &Value, at: &str, restart_policies: &[&str], causes: &mut Causes) {
+    let containers = spec["containers"].as_array().cloned().unwrap_or_default();
+    if containers.is_empty() {
+        causes.push((format!("{at}.containers"), "Required value".into()));
+    }
+    let init = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut names = BTreeSet::new();
+    for (list, items) in [("initContainers", &init), ("containers", &containers)] {
+        for (i, c) in items.iter().enumerate() {
+            let here = format!("{at}.{list}[{i}]");
+            match c["name"].as_str() {
+                None | Some("") => causes.push((format!("{here}.name"), "Required value".into())),
+                Some(n) if !is_dns_label(n) => causes.push((
+                    format!("{here}.name"),
+                    format!("Invalid value: \"{n}\": {LABEL_MESSAGE}"),
+                )),
+                Some(n) if !names.insert(n.to_string()) => {
+                    causes.push((format!("{here}.name"), format!("Duplicate value: \"{n}\"")))
+                }
+                Some(_) => {}
+            }
+            if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+                causes.push((format!("{here}.image"), "Required value".into()));
+            }
+            for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                match p["containerPort"].as_i64() {
+                    None => causes.push((
+                        format!("{here}.ports[{j}].containerPort"),
+                        "Required value".into(),
+                    )),
+                    Some(n) if !(1..=65535).contains(&n) => causes.push((
+                        format!("{here}.ports[{j}].containerPort"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    )),
+                    Some(_) => {}
+                }
+            }
+            validate_resources(&c["resources"], &format!("{here}.resources"), causes);
+        }
+    }
+    let supported = restart_policies
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match spec["restartPolicy"].as_str() {
+        None => causes.push((
+            format!("{at}.restartPolicy"),
+            format!("Required value: valid values: {supported}"),
+        )),
+        Some(p) if !restart_policies.contains(&p) => causes.push((
+            format!("{at}.restartPolicy"),
+            format!("Unsupported value: \"{p}\": supported values: {supported}"),
+        )),
+        Some(_) => {}
+    }
+}
+
+/// Quantities parse; a request is at most its limit; extended resources (such as
+/// `nvidia.com/gpu`) are whole numbers, and a request of one needs an equal limit.
+fn validate_resources(resources: &Value, at: &str, causes: &mut Causes) {
+    let mut parsed: BTreeMap<(&str, String), f64> = BTreeMap::new();
+    for part in ["limits", "requests"] {
+        for (name, q) in resources[part].as_object().into_iter().flatten() {
+            let text = match q {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => other.to_string(),
+            };
+            let here = format!("{at}.{part}[{name}]");
+            let Some(value) = parse_quantity(&text) else {
+                causes.push((here, format!("Invalid value: \"{text}\": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")));
+                continue;
+            };
+            if value < 0.0 {
+                causes.push((
+                    here.clone(),
+                    format!("Invalid value: \"{text}\": must be greater than or equal to 0"),
+                ));
+            }
+            let extended = name.contains('/') && !name.contains("kubernetes.io/");
+            if extended && value.fract() != 0.0 {
+                causes.push((
+                    here.clone(),
+                    format!("Invalid value: \"{text}\": must be an integer"),
+                ));
+            }
+            parsed.insert((part, name.clone()), value);
+        }
+    }
+    for ((_, name), request) in parsed.iter().filter(|((p, _), _)| *p == "requests") {
+        let limit = parsed.get(&("limits", name.clone())).copied();
+        let extended = name.contains('/') && !name.contains("kubernetes.io/");
+        let here = format!("{at}.requests[{name}]");
+        let shown = resources["requests"][name]
+            .to_string()
+            .trim_matches('"')
+            .to_string();
+        match limit {
+            _ if extended && limit != Some(*request) => causes.push((
+                here,
+                format!(
+                    "Invalid value: \"{shown}\": must be equal to {name} limit of {}",
+                    limit.unwrap_or(0.0)
+                ),
+            )),
+            Some(l) if *request > l => causes.push((
+                here,
+                format!(
+                    "Invalid value: \"{shown}\": must be less than or equal to {name} limit of {}",
+                    resources["limits"][name].to_string().trim_matches('"')
+                ),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// A Kubernetes quantity (`500m`, `2Gi`, `1e3`, `1.5`) as a number, if it is one.
+pub fn parse_quantity(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() || number.matches('.').count() > 1 || number[1..].contains(['+', '-']) {
+        return None;
+    }
+    let base: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp if exp.starts_with(['e', 'E']) => 10f64.powi(exp[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(base * factor)
+}
+
+/// A Deployment's or Job's selector: there, not empty, valid, and matching the template's
+/// labels.
+fn validate_selector(spec: &Value, kind: &str, causes: &mut Causes) {
+    let selector = &spec["selector"];
+    if selector.is_null() {
+        causes.push(("spec.selector".into(), "Required value".into()));
+        return;
+    }
+    let labels = selector["matchLabels"].as_object().map_or(0, Map::len);
+    let expressions = selector["matchExpressions"].as_array().map_or(0, Vec::len);
+    if labels + expressions == 0 {
+        causes.push((
+            "spec.selector".into(),
+            format!("Invalid value: {selector}: empty selector is invalid for {kind}"),
+        ));
+        return;
+    }
+    for (i, e) in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let op = e["operator"].as_str().unwrap_or("");
+        if !matches!(op, "In" | "NotIn" | "Exists" | "DoesNotExist") {
+            causes.push((
+                format!("spec.selector.matchExpressions[{i}].operator"),
+                format!("Invalid value: \"{op}\": not a valid selector operator"),
+            ));
+            return;
+        }
+    }
+    let template_labels = &spec["template"]["metadata"]["labels"];
+    if !selector_matches(selector, template_labels) {
+        causes.push((
+            "spec.template.metadata.labels".into(),
+            format!(
+                "Invalid value: {template_labels}: `selector` does not match template `labels`"
+            ),
+        ));
+    }
+}
+
+/// Whether a `LabelSelector` (matchLabels, matchExpressions) selects these labels.
+fn selector_matches(selector: &Value, labels: &Value) -> bool {
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
+    let by_label = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| get(k) == v.as_str());
+    let by_expression = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e["operator"].as_str() {
+                Some("In") => get(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => get(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => get(key).is_some(),
+                Some("DoesNotExist") => get(key).is_none(),
+                _ => false,
+            }
+        });
+    by_label && by_expression
 }
 
 // ---------------------------------------------------------------------------------------
@@ -3149,7 +3745,7 @@ fn validate_meta(resource: &ResourceType, name: &str, object: &Value) -> ApiResu
                     match v.as_str() {
                         Some(s) if is_label_value(s) => {}
                         Some(s) if s.len() > 63 => causes.push((
-                            format!("metadata.labels"),
+                            "metadata.labels".to_string(),
                             format!("Invalid value: \"{s}\": must be no more than 63 characters"),
                         )),
                         Some(s) => causes.push((

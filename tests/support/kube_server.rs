@@ -614,6 +614,21 @@ impl KubeServer {
         self.shared.lock().requests.clone()
     }
 
+    /// Every request answered so far, one line each: `METHOD path[?query] status`, for
+    /// asserting the exact calls a flow makes.
+    pub fn request_log(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .map(|r| {
+                let query = r.query.trim_start_matches('&');
+                let sep = if query.is_empty() { "" } else { "?" };
+                format!("{} {}{sep}{query} {}", r.method, r.path, r.status)
+            })
+            .collect()
+    }
+
     /// How many requests of this verb were answered (whatever their status).
     pub fn count(&self, verb: Verb) -> usize {
         self.shared

@@ -5,6 +5,8 @@
 //!   byte-identical run after run.
 //! - `overrides`: a repository's `templates/kubernetes/<name>` replaces the shipped
 //!   template, in a folder and at a Git revision.
+//! - `serving`: endpoints with Cairn's reference server, weights, a mirror, and a
+//!   compute without a gateway; stores pods can't reach.
 //! - `errors`: undefined variables, invalid YAML, objects Kubernetes would refuse and
 //!   the sandbox's refusal to read files, each a clear message (snapshots).
 //!
@@ -14,6 +16,7 @@
 mod errors;
 mod example;
 mod overrides;
+mod serving;
 
 use std::collections::BTreeMap;
 use std::fs;

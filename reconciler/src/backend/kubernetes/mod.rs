@@ -45,9 +45,11 @@
 //! The templates ship inside the binary (`templates/kubernetes/`). A repository
 //! overrides any of them by putting a file of the same name in `templates/kubernetes/`
 //! under its manifests root; it is read through the [`Snapshot`], so `--rev` renders the
-//! committed override. A file there that is not one of the names above is an error
-//! (a typo would otherwise be silently ignored). Each template's header lists the
-//! variables it gets.
+//! committed override. A `.j2` file there that is not one of the names above is an
+//! error (a typo would otherwise be silently ignored); other files are left alone. Each
+//! template's header lists the variables it gets; besides those, every template gets
+//! `workspace` (name, namespace, environment, store, labels), `cairn` (image, version)
+//! and `metadata` (the labels and annotations to write).
 //!
 //! Templates render in a sandbox: no loader (so no file can be read or included, only
 //! the eight templates by name), strict undefined variables (a typo is an error, not an

@@ -275,8 +275,8 @@ impl Renderer {
     }
 
     /// Renders template `name` for resource `what` (an address) with `context`, parses
-    /// the YAML it produces, checks each object, and stamps Cairn's labels and
-    /// annotations (`labels` and `annotations` hold the values Cairn owns).
+    /// the YAML it produces, checks each object, and stamps the labels and annotations
+    /// Cairn owns (`owned`). Returns each object with its apply rank.
     pub(super) fn render(
         &self,
         name: &str,

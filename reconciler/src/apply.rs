@@ -1204,7 +1204,7 @@ fn str_field(value: &Value, field: &str) -> Result<String, String> {
 }
 
 /// `train-data` → `TRAIN_DATA`.
-fn env_name(name: &str) -> String {
+pub(crate) fn env_name(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -1217,7 +1217,7 @@ fn env_name(name: &str) -> String {
 }
 
 /// Replaces `{{ inputs.x }}`, `{{ outputs.y }}` and `{{ run_id }}` in one argument.
-fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> String {
+pub(crate) fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(start) = rest.find("{{") {

@@ -3,6 +3,8 @@
 //!
 //! - [`store`]: datasets, models, runs, state, lock and journal, over any object store.
 //! - [`local`]: the `local` compute target: this machine's GPUs and processes.
+//! - [`kubernetes`]: the `kubernetes` compute target's objects, rendered from templates.
 
+pub mod kubernetes;
 pub mod local;
 pub mod store;

@@ -1159,13 +1159,7 @@ impl serving::Progress for NoteTo<'_> {
 
 /// One line per rollout event, for progress output.
 fn describe_event(event: &RolloutEvent) -> String {
-    let weights = |w: &crate::rollout::Weights| {
-        w.iter()
-            .filter(|(_, p)| **p > 0)
-            .map(|(n, p)| format!("{n} {p}%"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let weights = crate::rollout::describe_weights;
     match event {
         RolloutEvent::Ready { deployment } => format!("{deployment} is ready"),
         RolloutEvent::Mirror {

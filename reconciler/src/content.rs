@@ -69,11 +69,7 @@ pub fn version_of(files: &[HashedFile]) -> String {
 
 /// The SHA-256 of a file's bytes, in lowercase hex (streamed, not read whole).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    sha256_reader(std::fs::File::open(path)?, &|_| {})
 }
 
 /// Returns the short hex SHA-256 of some bytes, for ids derived from specs.

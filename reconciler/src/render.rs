@@ -9,6 +9,7 @@ use owo_colors::OwoColorize;
 use serde_json::Value;
 
 use crate::plan::{Action, Plan, ResourceChange};
+use crate::rollout::describe_weights;
 
 /// The markdown template shipped with Cairn.
 pub const PLAN_MARKDOWN_TEMPLATE: &str = include_str!("../../templates/plan.md.j2");
@@ -132,24 +133,10 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
     if let Some(r) = &change.rollout {
         let _ = writeln!(out, "      rollout: {}", r.summary);
         for (i, step) in r.steps.iter().enumerate() {
-            let _ = writeln!(out, "        step {}: {}", i + 1, show_weights(step));
+            let _ = writeln!(out, "        step {}: {}", i + 1, describe_weights(step));
         }
     }
     out.push('\n');
-}
-
-/// "blue 90%, blue@b2 10%": the deployments carrying traffic.
-fn show_weights(weights: &crate::rollout::Weights) -> String {
-    let shown: Vec<String> = weights
-        .iter()
-        .filter(|(_, w)| **w > 0)
-        .map(|(n, w)| format!("{n} {w}%"))
-        .collect();
-    if shown.is_empty() {
-        "no traffic".to_string()
-    } else {
-        shown.join(", ")
-    }
 }
 
 /// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
@@ -169,7 +156,7 @@ pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
                 "reason": c.reason,
                 "rollout": c.rollout.as_ref().map(|r| serde_json::json!({
                     "summary": r.summary,
-                    "steps": r.steps.iter().map(show_weights).collect::<Vec<_>>(),
+                    "steps": r.steps.iter().map(describe_weights).collect::<Vec<_>>(),
                 })),
                 "fields": c.changes.iter().map(|f| serde_json::json!({
                     "path": f.path,

@@ -181,6 +181,20 @@ pub enum Error {
     BadWeights(u32),
 }
 
+/// "blue 90%, green 10%": the deployments that get traffic, or "no traffic".
+pub fn describe_weights(weights: &Weights) -> String {
+    let shown: Vec<String> = weights
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(n, w)| format!("{n} {w}%"))
+        .collect();
+    if shown.is_empty() {
+        "no traffic".to_string()
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// Weights `fraction` of the way from `from` to `to` (both summing to 100), rounded to
 /// whole percents that still sum to 100 (largest remainder).
 pub fn interpolate(from: &Weights, to: &Weights, percent: u32) -> Weights {

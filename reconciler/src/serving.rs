@@ -27,7 +27,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{self, Outcome, RolloutEvent, RolloutPolicy, Traffic, Weights};
+use crate::rollout::{
+    self, describe_weights, Outcome, RolloutEvent, RolloutPolicy, Traffic, Weights,
+};
 
 /// How long an old revision keeps its replicas after a promotion, unless declared.
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
@@ -396,8 +398,8 @@ pub fn decide(
     if live_split != declared_split {
         why.push(format!(
             "traffic {} → {}",
-            show_weights(&live_split),
-            show_weights(&declared_split)
+            describe_weights(&live_split),
+            describe_weights(&declared_split)
         ));
     }
     let moves = shifts(&from, &to);
@@ -451,7 +453,7 @@ pub fn decide(
         ));
     }
     if changes.is_empty() && live_split != declared_split {
-        changes.push(format!("traffic → {}", show_weights(&declared_split)));
+        changes.push(format!("traffic → {}", describe_weights(&declared_split)));
     }
     if changes.is_empty() && before != after {
         let fields: Vec<String> = crate::plan::diff_values(
@@ -507,16 +509,6 @@ fn to_weights(after: &EndpointValue, targets: &BTreeMap<String, String>) -> Weig
         .iter()
         .map(|(d, w)| (targets.get(d).cloned().unwrap_or_else(|| d.clone()), *w))
         .collect()
-}
-
-fn show_weights(w: &Weights) -> String {
-    if w.is_empty() {
-        return "none".to_string();
-    }
-    w.iter()
-        .map(|(n, p)| format!("{n} {p}%"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// "blue 100% (c085e0311ef0)": the deployments with traffic and their revisions.
@@ -648,15 +640,7 @@ pub async fn apply(
             }
             return Err(e);
         }
-        retire_undeclared(
-            serving,
-            endpoint,
-            after,
-            live.as_ref(),
-            &BTreeSet::new(),
-            progress,
-        )
-        .await?;
+        retire_undeclared(serving, endpoint, after, live.as_ref(), progress).await?;
         return Ok(format!("serving {}", describe_serving(after)));
     };
 
@@ -863,7 +847,6 @@ async fn retire_undeclared(
     endpoint: &EndpointId,
     after: &EndpointValue,
     live: Option<&LiveEndpoint>,
-    keep: &BTreeSet<(String, String)>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let Some(live) = live else { return Ok(()) };
@@ -872,7 +855,7 @@ async fn retire_undeclared(
             .deployments
             .get(&b.deployment)
             .is_some_and(|d| d.revision == b.revision && d.replicas > 0);
-        if declared || keep.contains(&(b.deployment.clone(), b.revision.clone())) {
+        if declared {
             continue;
         }
         progress.note(&format!("stopping {}@{}", b.deployment, b.revision));

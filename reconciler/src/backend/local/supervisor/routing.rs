@@ -921,50 +921,57 @@ pub(super) async fn set_weights(
     endpoint: &str,
     weights: Weights,
 ) -> Result<()> {
-    let _routing = shared.routing.lock().await;
-    refuse_if_closing(shared)?;
-    let mut registry = shared.registry();
-    let Registry {
-        deployments,
-        routes,
-        ..
-    } = &mut *registry;
-    let hosted = routes.get_mut(endpoint).ok_or_else(|| Error::NoRoute {
-        endpoint: endpoint.to_string(),
-    })?;
-    if let Some(name) = weights
-        .keys()
-        .find(|name| !hosted.spec.backends.contains_key(*name))
-    {
-        return Err(hosted.unknown_backend(name));
-    }
-    let spec = RouteSpec {
-        weights,
-        ..hosted.spec.clone()
-    };
-    spec.validate()?;
-    let before = std::mem::replace(&mut hosted.spec, spec);
-    if let Err(error) = hosted.push(deployments) {
-        hosted.spec = before;
-        return Err(Error::InvalidRoute {
-            endpoint: endpoint.to_string(),
-            reason: error.to_string(),
-        });
-    }
-    let change = format!("weights {}", describe_weights(&hosted.spec.weights));
-    shared.persist(&registry);
-    drop(registry);
-    shared.event(Event::RoutesChanged {
-        endpoint: endpoint.to_string(),
-        change,
-    });
-    Ok(())
+    change_route(shared, endpoint, |hosted| {
+        if let Some(name) = weights
+            .keys()
+            .find(|name| !hosted.spec.backends.contains_key(*name))
+        {
+            return Err(hosted.unknown_backend(name));
+        }
+        let change = format!("weights {}", describe_weights(&weights));
+        Ok((
+            RouteSpec {
+                weights,
+                ..hosted.spec.clone()
+            },
+            change,
+        ))
+    })
+    .await
 }
 
 pub(super) async fn set_mirror(
     shared: &Arc<Shared>,
     endpoint: &str,
     mirror: Option<Mirror>,
+) -> Result<()> {
+    change_route(shared, endpoint, |hosted| {
+        if let Some(m) = &mirror {
+            if !hosted.spec.backends.contains_key(&m.deployment) {
+                return Err(hosted.unknown_backend(&m.deployment));
+            }
+        }
+        let change = match &mirror {
+            Some(m) => format!("mirror {}% to {}", m.percent, m.deployment),
+            None => "mirror off".to_string(),
+        };
+        Ok((
+            RouteSpec {
+                mirror,
+                ..hosted.spec.clone()
+            },
+            change,
+        ))
+    })
+    .await
+}
+
+/// Puts in force the spec `change` makes from the endpoint's current one (with a line
+/// for the log), keeping the current one when the router refuses it.
+async fn change_route(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    change: impl FnOnce(&Hosted) -> Result<(RouteSpec, String)>,
 ) -> Result<()> {
     let _routing = shared.routing.lock().await;
     refuse_if_closing(shared)?;
@@ -977,15 +984,7 @@ pub(super) async fn set_mirror(
     let hosted = routes.get_mut(endpoint).ok_or_else(|| Error::NoRoute {
         endpoint: endpoint.to_string(),
     })?;
-    if let Some(m) = &mirror {
-        if !hosted.spec.backends.contains_key(&m.deployment) {
-            return Err(hosted.unknown_backend(&m.deployment));
-        }
-    }
-    let spec = RouteSpec {
-        mirror,
-        ..hosted.spec.clone()
-    };
+    let (spec, change) = change(hosted)?;
     spec.validate()?;
     let before = std::mem::replace(&mut hosted.spec, spec);
     if let Err(error) = hosted.push(deployments) {
@@ -995,10 +994,6 @@ pub(super) async fn set_mirror(
             reason: error.to_string(),
         });
     }
-    let change = match &hosted.spec.mirror {
-        Some(m) => format!("mirror {}% to {}", m.percent, m.deployment),
-        None => "mirror off".to_string(),
-    };
     shared.persist(&registry);
     drop(registry);
     shared.event(Event::RoutesChanged {

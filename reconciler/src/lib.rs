@@ -22,6 +22,7 @@ pub mod diagnostics;
 pub mod events;
 pub mod manifest;
 pub mod plan;
+pub mod policy;
 pub mod render;
 pub mod rollout;
 pub mod serving;

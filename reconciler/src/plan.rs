@@ -166,6 +166,9 @@ pub struct Plan {
     /// Things the reader should know that are not changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the policies said; `None` when they were not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyReport>,
     pub summary: PlanSummary,
 }
 
@@ -422,6 +425,7 @@ impl Planner<'_> {
             workspaces,
             resource_changes: changes,
             notes,
+            policy: None,
             summary: PlanSummary::default(),
         };
         plan.summarize();

@@ -91,6 +91,24 @@ impl Address {
     pub fn local(&self) -> String {
         format!("{}.{}", self.kind, self.name)
     }
+
+    /// Reads an address as [`Display`](fmt::Display) writes it: `ws/kind.name` or
+    /// `ws/workspace`.
+    pub fn parse(text: &str) -> Option<Address> {
+        let (workspace, local) = text.split_once('/')?;
+        if workspace.is_empty() {
+            return None;
+        }
+        if local == "workspace" {
+            return Some(Address::workspace(workspace));
+        }
+        let (kind, name) = local.split_once('.')?;
+        let kind: Kind = kind.parse().ok()?;
+        if kind == Kind::Workspace || name.is_empty() {
+            return None;
+        }
+        Some(Address::new(workspace, kind, name))
+    }
 }
 
 impl fmt::Display for Address {

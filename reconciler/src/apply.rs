@@ -23,6 +23,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::address::Kind;
+use crate::artifacts;
+use crate::backend::kubernetes::{BoxError, KubeObject, KubeTarget, ObjectKey};
 use crate::backend::local::{Exit, Launch, Target};
 use crate::backend::store::{
     self, now_rfc3339, DatasetVersion, FileEntry, JournalOutcome, JournalRecord, LockGuard,
@@ -34,6 +36,7 @@ use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::Snapshot;
 use crate::plan::{Action, Plan, ResourceChange};
+use crate::plan_objects::ObjectChange;
 use crate::rollout::RolloutEvent;
 use crate::serving::{self, EndpointId, EndpointValue, Serving};
 
@@ -45,6 +48,14 @@ const TRANSFER_CONCURRENCY: usize = 32;
 const LARGE_TRANSFER_CONCURRENCY: usize = 2;
 /// The size up to which a file counts as small.
 const SMALL_FILE: u64 = 8 << 20;
+
+/// How long a Deployment may take to become available.
+const DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a Job without a `timeout` may take.
+const JOB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Added to a Job's own timeout (its `activeDeadlineSeconds`) for scheduling and image
+/// pulls.
+const JOB_START_SLACK: Duration = Duration::from_secs(600);
 
 /// Errors that stop an apply before (or instead of) running changes.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +164,8 @@ pub struct Applier<'a> {
     pub target: &'a dyn Target,
     /// Serves endpoints; plans with endpoint changes fail those changes without one.
     pub serving: Option<&'a dyn Serving>,
+    /// The clusters; plans with Kubernetes objects fail those changes without one.
+    pub kube: Option<&'a dyn KubeTarget>,
     pub cache: &'a HashCache,
     pub events: &'a dyn Events,
     pub options: ApplyOptions,
@@ -533,6 +546,17 @@ impl Applier<'_> {
 
     /// Carries out one change. Errors are messages for the report.
     async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, Failed> {
+        if !change.objects.is_empty() || on_kubernetes(change) {
+            return self
+                .kubernetes(plan, change)
+                .await
+                .map(|(value, message)| Done {
+                    value,
+                    message,
+                    events: Vec::new(),
+                })
+                .map_err(Failed::from);
+        }
         if change.kind == Kind::Endpoint {
             return self.endpoint(change).await;
         }
@@ -544,6 +568,192 @@ impl Applier<'_> {
                 events: Vec::new(),
             })
             .map_err(Failed::from)
+    }
+
+    /// A change on Kubernetes: its objects applied in order (a Job's run waited for,
+    /// Deployments waited for until available before Services and routes move traffic
+    /// to them), then the objects no longer desired deleted.
+    async fn kubernetes(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+    ) -> Result<(Option<Value>, Option<String>), String> {
+        let mut applied = 0;
+        let mut deleted = 0;
+        if !change.objects.is_empty() {
+            let kube = self.kube.ok_or(
+                "this plan changes Kubernetes objects, but this apply has no cluster connection",
+            )?;
+            let failed = |what: &str, e: BoxError| format!("{what}: {}", error_chain(&*e));
+            let (deletes, upserts): (Vec<&ObjectChange>, Vec<&ObjectChange>) = change
+                .objects
+                .iter()
+                .partition(|o| o.action == Action::Delete);
+            // Deployments first, then what routes traffic to them once they are ready.
+            let (workloads, rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
+                .into_iter()
+                .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
+            for batch in [workloads, rest] {
+                let replaced: Vec<ObjectKey> = batch
+                    .iter()
+                    .filter(|o| o.action == Action::Replace)
+                    .map(|o| o.key())
+                    .collect();
+                if !replaced.is_empty() {
+                    kube.delete(&replaced)
+                        .await
+                        .map_err(|e| failed("replacing objects", e))?;
+                }
+                // Objects the plan showed drifting are taken back from whoever changed
+                // them (the plan was approved); others are applied without force, so an
+                // edit made since the plan is a conflict, not silently overwritten.
+                for force in [false, true] {
+                    let objects: Vec<KubeObject> = batch
+                        .iter()
+                        .filter(|o| (o.action == Action::Update) == force)
+                        .filter_map(|o| o.desired())
+                        .collect();
+                    if !objects.is_empty() {
+                        kube.apply(&objects, force)
+                            .await
+                            .map_err(|e| failed("applying objects", e))?;
+                    }
+                }
+                applied += batch.iter().filter(|o| o.action != Action::NoOp).count();
+                for o in &batch {
+                    match o.kind.as_str() {
+                        "Deployment" => {
+                            self.events.note(
+                                &change.address,
+                                &format!("waiting for {} to be available", o.describe()),
+                            );
+                            kube.wait_available(&o.key(), DEPLOYMENT_TIMEOUT)
+                                .await
+                                .map_err(|e| failed(&o.describe(), e))?;
+                        }
+                        "Job" if change.action() == Action::Run => {
+                            self.wait_job(plan, change, kube, o).await?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !deletes.is_empty() {
+                let keys: Vec<ObjectKey> = deletes.iter().rev().map(|o| o.key()).collect();
+                kube.delete(&keys)
+                    .await
+                    .map_err(|e| failed("deleting objects", e))?;
+                deleted = keys.len();
+            }
+        }
+        let value = if change.action() == Action::Delete {
+            None
+        } else {
+            change.after.clone()
+        };
+        let message = match (applied, deleted) {
+            (0, 0) => None,
+            (a, 0) => Some(format!("applied {a} Kubernetes object{}", plural(a))),
+            (0, d) => Some(format!("deleted {d} Kubernetes object{}", plural(d))),
+            (a, d) => Some(format!(
+                "applied {a} and deleted {d} Kubernetes object{}",
+                plural(a + d)
+            )),
+        };
+        Ok((value, message))
+    }
+
+    /// Waits for a run's Job, then checks the pod stored its outputs and records the
+    /// run in the store.
+    async fn wait_job(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+        kube: &dyn KubeTarget,
+        job: &ObjectChange,
+    ) -> Result<(), String> {
+        let store = &self.stores[&change.workspace];
+        let after = change
+            .after
+            .as_ref()
+            .ok_or("the plan has no value for this job")?;
+        let run_id = str_field(after, "run_id")?;
+        let inputs: BTreeMap<String, String> =
+            serde_json::from_value(after.get("inputs").cloned().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        let outputs: BTreeMap<String, String> =
+            serde_json::from_value(after.get("outputs").cloned().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        let timeout = after
+            .get("timeout")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
+            .map_or(JOB_TIMEOUT, |d| d.as_std() + JOB_START_SLACK);
+        let retries = after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32;
+        self.events.note(
+            &change.address,
+            &format!("waiting for {} (run {run_id})", job.describe()),
+        );
+        let started_at = now_rfc3339();
+        let t = Instant::now();
+        let address = change.address.clone();
+        let events = self.events;
+        let on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
+        let waited = kube.wait_job(&job.key(), timeout, &on_log).await;
+        let mut error = waited.err().map(|e| error_chain(&*e));
+        let mut produced = BTreeMap::new();
+        let mut metrics = None;
+        if error.is_none() {
+            for (name, reference) in &outputs {
+                let model = reference
+                    .split('@')
+                    .next()
+                    .unwrap_or(reference)
+                    .trim_start_matches("model.");
+                match store.model_version(model, &run_id).await {
+                    Ok(Some(record)) => {
+                        metrics = metrics.or(record.metrics);
+                        produced.insert(name.clone(), reference.clone());
+                    }
+                    Ok(None) => {
+                        error = Some(format!(
+                            "{} succeeded but model.{model}@{run_id} is not in the store: the pod's `cairn upload` did not store it",
+                            job.describe()
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        error = Some(error_chain(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        let record = RunRecord {
+            job: change.name.clone(),
+            run_id: run_id.clone(),
+            status: if error.is_none() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
+            attempts: retries + 1,
+            started_at,
+            finished_at: now_rfc3339(),
+            duration_ms: t.elapsed().as_millis() as u64,
+            exit_code: None,
+            inputs,
+            outputs: produced,
+            metrics,
+            logs: Vec::new(),
+            error: error.clone(),
+            commit: plan.revision.clone(),
+        };
+        store.put_run(&record).await.map_err(|e| error_chain(&e))?;
+        match error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Brings an endpoint's serving to the plan's `after` (or removes it).
@@ -1024,45 +1234,10 @@ impl Applier<'_> {
     }
 
     async fn fetch_input(&self, store: &Store, reference: &str, dest: &Path) -> Result<(), String> {
-        let (what, version) = reference
-            .split_once('@')
-            .ok_or_else(|| format!("input `{reference}` has no version"))?;
-        let (kind, name) = what
-            .split_once('.')
-            .ok_or_else(|| format!("input `{reference}` is malformed"))?;
-        let files = match kind {
-            "dataset" => store
-                .dataset_version(name, version)
-                .await
-                .map_err(|e| error_chain(&e))?
-                .map(|v| v.files),
-            "model" => store
-                .model_version(name, version)
-                .await
-                .map_err(|e| error_chain(&e))?
-                .map(|v| v.files),
-            _ => None,
-        }
-        .ok_or_else(|| format!("input {reference} is not in the store"))?;
-        let _ = std::fs::remove_dir_all(dest);
-        std::fs::create_dir_all(dest)
-            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-        for f in files {
-            let Some(rel) = join_inside("", &f.path) else {
-                return Err(format!(
-                    "input {reference} lists a file outside its folder: {}",
-                    f.path
-                ));
-            };
-            let target = dest.join(rel);
-            store
-                .objects()
-                .get_file(&f.key, &target)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            verify_sha256(&target, &f.sha256, reference)?;
-        }
-        Ok(())
+        artifacts::fetch(store, reference, dest)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("input {}", error_chain(&e)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1077,27 +1252,6 @@ impl Applier<'_> {
         inputs: &BTreeMap<String, String>,
         metrics: Option<Value>,
     ) -> Result<(), String> {
-        let content = content::hash_folder(dir).map_err(|e| error_chain(&e))?;
-        if content.files.is_empty() {
-            return Err(format!(
-                "the job wrote nothing to its output folder for model.{model}"
-            ));
-        }
-        let mut files = Vec::new();
-        for f in &content.files {
-            let key = Store::model_file_key(model, run_id, &f.path);
-            store
-                .objects()
-                .put_file(&key, &dir.join(&f.path))
-                .await
-                .map_err(|e| error_chain(&e))?;
-            files.push(FileEntry {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: f.sha256.clone(),
-                key,
-            });
-        }
         let format = plan
             .resource_changes
             .iter()
@@ -1107,20 +1261,16 @@ impl Applier<'_> {
             .and_then(Value::as_str)
             .unwrap_or("custom")
             .to_string();
-        store
-            .commit_model_version(&ModelRecord {
-                model: model.to_string(),
-                version: run_id.to_string(),
-                format,
-                job: Some(job.to_string()),
-                run_id: Some(run_id.to_string()),
-                inputs: inputs.clone(),
-                commit: plan.revision.clone(),
-                metrics,
-                files,
-                created_at: now_rfc3339(),
-            })
+        let lineage = artifacts::Lineage {
+            job: Some(job.to_string()),
+            run_id: Some(run_id.to_string()),
+            inputs: inputs.clone(),
+            commit: plan.revision.clone(),
+            metrics,
+        };
+        artifacts::store_model(store, model, run_id, &format, dir, lineage)
             .await
+            .map(|_| ())
             .map_err(|e| error_chain(&e))
     }
 }
@@ -1255,5 +1405,24 @@ mod tests {
         assert_eq!(expand("{{run_id}}-x", &paths, "r1"), "r1-x");
         assert_eq!(expand("{{ other }}", &paths, "r1"), "{{ other }}");
         assert_eq!(env_name("train-data"), "TRAIN_DATA");
+    }
+}
+
+/// Whether a change is about a resource on Kubernetes (an endpoint's value says).
+fn on_kubernetes(change: &ResourceChange) -> bool {
+    [&change.after, &change.before]
+        .into_iter()
+        .flatten()
+        .any(|v| {
+            change.kind == Kind::Endpoint
+                && v.get("target").and_then(Value::as_str) == Some("kubernetes")
+        })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }

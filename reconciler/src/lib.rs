@@ -15,6 +15,7 @@
 
 pub mod address;
 pub mod apply;
+pub mod artifacts;
 pub mod backend;
 pub mod content;
 pub mod desired;
@@ -22,6 +23,7 @@ pub mod diagnostics;
 pub mod events;
 pub mod manifest;
 pub mod plan;
+pub mod plan_objects;
 pub mod policy;
 pub mod render;
 pub mod rollout;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::address::{Address, Kind, Reference};
+use crate::backend::kubernetes::Renderer;
 use crate::backend::store::{self, Store};
 use crate::content::{self, Content, ContentDiff, HashCache};
 use crate::desired::{DesiredState, Resource};
@@ -24,6 +25,7 @@ use crate::diagnostics::{error_chain, Diagnostic, Diagnostics, Location};
 use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::{Snapshot, Spec, Target};
+use crate::plan_objects::{self, KubeLive, ObjectChange};
 use crate::serving::{
     self, Decision, DeploymentValue, EndpointValue, LiveEndpoint, RolloutPlan, RolloutValue,
 };
@@ -101,6 +103,9 @@ pub struct ResourceChange {
     /// For a rollout: the weights at each step and the gates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutPlan>,
+    /// For resources on Kubernetes: the objects to create, update, replace or delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectChange>,
 }
 
 impl ResourceChange {
@@ -247,6 +252,9 @@ pub struct Planner<'a> {
     /// What serves each endpoint now, by address; `None` when serving was not observed
     /// (endpoints are then compared with the state alone).
     pub serving: Option<&'a BTreeMap<String, LiveEndpoint>>,
+    /// What is live on Kubernetes; needed when a planned workspace has a `kubernetes`
+    /// compute.
+    pub kube: Option<&'a KubeLive>,
 }
 
 /// Versions known while walking the graph: dataset content, model version, job run id.
@@ -324,8 +332,8 @@ impl Planner<'_> {
                     }),
                 )),
                 Spec::Compute(spec) => {
-                    if *spec.target.get_ref() == Target::Kubernetes {
-                        diagnostics.push(self.unsupported(resource, "the Kubernetes target is not available yet"));
+                    if *spec.target.get_ref() == Target::Kubernetes && self.kube.is_none() {
+                        diagnostics.push(self.unsupported(resource, "its clusters were not observed"));
                         None
                     } else {
                         Some(self.simple(resource, before, strip_description(serde_json::to_value(spec).expect("specs serialize"))))
@@ -409,8 +417,20 @@ impl Planner<'_> {
                     after: None,
                     depends_on: Vec::new(),
                     rollout: None,
+                    objects: Vec::new(),
                 });
             }
+        }
+
+        if let Some(kube) = self.kube {
+            self.kubernetes(
+                kube,
+                &selected,
+                &versions,
+                &running,
+                &mut changes,
+                &mut diagnostics,
+            );
         }
 
         diagnostics.sort();
@@ -430,6 +450,191 @@ impl Planner<'_> {
         };
         plan.summarize();
         Ok(plan)
+    }
+
+    /// The Kubernetes objects of the planned workspaces: rendered with the versions
+    /// found while planning, paired with the live ones, attached to the resources that
+    /// own them; and the GPUs the planned runs ask for, checked against each
+    /// namespace's quota and the cluster's nodes.
+    fn kubernetes(
+        &self,
+        kube: &KubeLive,
+        selected: &BTreeSet<&str>,
+        versions: &Versions,
+        running: &BTreeSet<Address>,
+        changes: &mut Vec<ResourceChange>,
+        diagnostics: &mut Diagnostics,
+    ) {
+        let on_kubernetes = |ws: &str| {
+            self.desired.resources.iter().any(|r| {
+                r.address.workspace == ws
+                    && matches!(&r.spec, Spec::Compute(c) if *c.target.get_ref() == Target::Kubernetes)
+            })
+        };
+        let renderer = match Renderer::from_snapshot(self.snapshot) {
+            Ok(r) => r.with_revision(self.snapshot.head_commit()),
+            Err(e) => {
+                diagnostics.push(kube_diagnostic(&e));
+                return;
+            }
+        };
+        for ws in selected.iter().copied().filter(|ws| on_kubernetes(ws)) {
+            let desired = match renderer.desired_objects(self.desired, ws, versions) {
+                Ok(objects) => objects,
+                Err(e) => {
+                    diagnostics.push(kube_diagnostic(&e));
+                    continue;
+                }
+            };
+            let current_jobs = desired
+                .iter()
+                .filter(|o| o.kind == "Job")
+                .filter(|o| {
+                    plan_objects::address_of(&o.value)
+                        .and_then(|a| Address::parse(&a))
+                        .is_some_and(|a| running.contains(&a))
+                })
+                .map(|o| o.key())
+                .collect();
+            let live: Vec<_> = kube
+                .objects
+                .iter()
+                .filter(|o| o.workspace() == Some(ws))
+                .cloned()
+                .collect();
+            for (address, objects) in plan_objects::compare(&desired, &live, &current_jobs) {
+                match changes.iter_mut().find(|c| c.address == address) {
+                    Some(change) => {
+                        if change.is_noop() {
+                            change.actions = vec![Action::Update];
+                            change.reason = plan_objects::summarize(&objects);
+                        }
+                        change.objects = objects;
+                    }
+                    None => changes.push(orphans(ws, &address, objects)),
+                }
+            }
+            self.gpu_capacity(kube, ws, changes, diagnostics);
+        }
+    }
+
+    /// Refuses runs that need more GPUs than their namespace's quota leaves free or
+    /// than the cluster's nodes have.
+    fn gpu_capacity(
+        &self,
+        kube: &KubeLive,
+        ws: &str,
+        changes: &[ResourceChange],
+        diagnostics: &mut Diagnostics,
+    ) {
+        // (context, namespace) → the runs there and their GPUs.
+        let mut needs: BTreeMap<(Option<String>, String), Vec<(&Resource, u64, String)>> =
+            BTreeMap::new();
+        for change in changes
+            .iter()
+            .filter(|c| c.workspace == ws && c.action() == Action::Run)
+        {
+            let Some(resource) = self
+                .desired
+                .resources
+                .iter()
+                .find(|r| r.address.to_string() == change.address)
+            else {
+                continue;
+            };
+            let Spec::Job(job) = &resource.spec else {
+                continue;
+            };
+            let Some(compute) = self.compute_of(resource, job.compute.get_ref()) else {
+                continue;
+            };
+            if *compute.target.get_ref() != Target::Kubernetes || job.gpus() == 0 {
+                continue;
+            }
+            let gpus = u64::from(job.gpus()) * u64::from(job.instances());
+            let how = if job.instances() > 1 {
+                format!("{} instances × {} GPUs", job.instances(), job.gpus())
+            } else {
+                format!(
+                    "{} GPU{}",
+                    job.gpus(),
+                    if job.gpus() == 1 { "" } else { "s" }
+                )
+            };
+            let namespace = self.kube_namespace(ws, compute);
+            let context = compute.context.as_ref().map(|c| c.get_ref().clone());
+            needs
+                .entry((context, namespace))
+                .or_default()
+                .push((resource, gpus, how));
+        }
+        for ((context, namespace), runs) in needs {
+            let Some(capacity) = kube.capacity.get(&(context.clone(), namespace.clone())) else {
+                continue;
+            };
+            let total: u64 = runs.iter().map(|(_, g, _)| g).sum();
+            let place = match &context {
+                Some(c) => format!("namespace `{namespace}` (context `{c}`)"),
+                None => format!("namespace `{namespace}`"),
+            };
+            let mut problems = Vec::new();
+            if let Some(hard) = capacity.quota_hard {
+                let used = capacity.quota_used.unwrap_or(0);
+                let free = hard.saturating_sub(used);
+                if total > free {
+                    problems.push(format!(
+                        "its ResourceQuota allows {hard} GPUs and {used} are in use ({free} free)"
+                    ));
+                }
+            }
+            if let Some(nodes) = capacity.nodes_allocatable {
+                if total > nodes {
+                    problems.push(format!("the cluster's nodes have {nodes} allocatable GPUs"));
+                }
+            }
+            if problems.is_empty() {
+                continue;
+            }
+            let asked: Vec<String> = runs
+                .iter()
+                .map(|(r, g, how)| format!("{} needs {g} ({how})", r.address.local()))
+                .collect();
+            for (resource, _, _) in &runs {
+                let Spec::Job(job) = &resource.spec else {
+                    continue;
+                };
+                let mut d = Diagnostic::error(
+                    "gpu-capacity",
+                    format!(
+                        "{}: the planned runs need {total} GPUs in {place}, but {}",
+                        resource.address.local(),
+                        problems.join(", and ")
+                    ),
+                )
+                .help(format!(
+                    "{}; lower `gpus` or `instances`, or raise the quota",
+                    asked.join("; ")
+                ));
+                if let Some(g) = &job.gpus {
+                    d = d.at(self.loc(resource, g.span()));
+                }
+                diagnostics.push(d);
+            }
+        }
+    }
+
+    /// The namespace a compute's objects live in.
+    fn kube_namespace(&self, ws: &str, compute: &crate::manifest::ComputeSpec) -> String {
+        if let Some(ns) = &compute.namespace {
+            return ns.get_ref().clone();
+        }
+        match self.desired.get(&Address::workspace(ws)).map(|r| &r.spec) {
+            Some(Spec::Workspace(spec)) => spec
+                .namespace
+                .as_ref()
+                .map_or_else(|| ws.to_string(), |n| n.get_ref().clone()),
+            _ => ws.to_string(),
+        }
     }
 
     fn loc(&self, resource: &Resource, span: std::ops::Range<usize>) -> Location {
@@ -862,9 +1067,6 @@ impl Planner<'_> {
             return Ok(None);
         };
         let target = *compute.target.get_ref();
-        if target != Target::Local {
-            return Ok(None);
-        }
         let mut deployments = BTreeMap::new();
         for (name, d) in &spec.deployments {
             let d = d.get_ref();
@@ -944,7 +1146,11 @@ impl Planner<'_> {
         };
         let after = EndpointValue {
             compute: spec.compute.get_ref().clone(),
-            target: "local".to_string(),
+            target: match target {
+                Target::Local => "local",
+                Target::Kubernetes => "kubernetes",
+            }
+            .to_string(),
             port: spec.port.as_ref().map(|p| *p.get_ref()),
             auth: serde_json::to_value(spec.auth)
                 .ok()
@@ -969,8 +1175,8 @@ impl Planner<'_> {
         let address = resource.address.to_string();
         let observed;
         let live = match self.serving {
-            Some(map) => map.get(&address),
-            None => {
+            Some(map) if target == Target::Local => map.get(&address),
+            _ => {
                 // Not observed: assume what the state recorded still serves.
                 observed = before_value.as_ref().map(assumed_live);
                 observed.as_ref()
@@ -982,7 +1188,20 @@ impl Planner<'_> {
             Decision::NoOp => (Action::NoOp, "up to date".to_string()),
             Decision::Create(reason) => (Action::Create, reason),
             Decision::Update(reason) => (Action::Update, reason),
-            Decision::Rollout(reason, plan) => {
+            Decision::Rollout(reason, mut plan) => {
+                if target == Target::Kubernetes {
+                    // The Kubernetes target switches traffic in one step, gated by the
+                    // new revision's readiness; say so rather than promise steps.
+                    let how = if compute.gateway.is_some() {
+                        "the HTTPRoute moves all traffic"
+                    } else {
+                        "the Service selector moves all traffic (without a gateway, only 0/100 is possible)"
+                    };
+                    plan.steps = vec![plan.to.clone()];
+                    plan.summary = format!(
+                        "{how} once the new revision's Deployment is available; stepped shifts with gates are not available on Kubernetes yet"
+                    );
+                }
                 rollout_plan = Some(plan);
                 (Action::Rollout, reason)
             }
@@ -1049,6 +1268,39 @@ fn change(
             .map(|d| d.address.to_string())
             .collect(),
         rollout: None,
+        objects: Vec::new(),
+    }
+}
+
+/// A change for live objects whose resource is gone from both the manifests and the
+/// state: they are deleted.
+fn orphans(ws: &str, address: &str, objects: Vec<ObjectChange>) -> ResourceChange {
+    let parsed = Address::parse(address);
+    ResourceChange {
+        address: if address.is_empty() {
+            format!("{ws}/?")
+        } else {
+            address.to_string()
+        },
+        workspace: ws.to_string(),
+        kind: parsed.as_ref().map_or(Kind::Compute, |a| a.kind),
+        name: parsed.map_or_else(|| address.to_string(), |a| a.name),
+        actions: vec![Action::Delete],
+        reason: format!("no longer declared: {}", plan_objects::summarize(&objects)),
+        before: None,
+        after: None,
+        changes: Vec::new(),
+        depends_on: Vec::new(),
+        rollout: None,
+        objects,
+    }
+}
+
+fn kube_diagnostic(e: &crate::backend::kubernetes::Error) -> Diagnostic {
+    let d = Diagnostic::error("kubernetes", error_chain(e));
+    match e.hint() {
+        Some(h) => d.help(h),
+        None => d,
     }
 }
 

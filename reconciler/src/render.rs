@@ -98,7 +98,38 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
     let head = format!("{:>3} {}", action.symbol(), change.address);
     let _ = writeln!(out, "{}", paint(&head, action, color));
     let _ = writeln!(out, "      {}", change.reason);
-    for field in &change.changes {
+    write_fields(out, &change.changes, "      ");
+    if let Some(r) = &change.rollout {
+        let _ = writeln!(out, "      rollout: {}", r.summary);
+        for (i, step) in r.steps.iter().enumerate() {
+            let _ = writeln!(out, "        step {}: {}", i + 1, describe_weights(step));
+        }
+    }
+    let objects: Vec<_> = change
+        .objects
+        .iter()
+        .filter(|o| o.action != Action::NoOp)
+        .collect();
+    if !objects.is_empty() {
+        let _ = writeln!(out, "      objects:");
+        for o in objects {
+            let head = format!("      {:>3} {}", o.action.symbol(), o.describe());
+            let _ = writeln!(out, "{}", paint(&head, o.action, color));
+            if !o.immutable.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "            replaced: {} can't change in place",
+                    o.immutable.join(", ")
+                );
+            }
+            write_fields(out, &o.changes, "            ");
+        }
+    }
+    out.push('\n');
+}
+
+fn write_fields(out: &mut String, fields: &[crate::plan::FieldChange], indent: &str) {
+    for field in fields {
         let multiline = [&field.before, &field.after].iter().any(|v| {
             v.as_ref()
                 .and_then(Value::as_str)
@@ -107,7 +138,7 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
         if multiline {
             let before = field.before.as_ref().and_then(Value::as_str).unwrap_or("");
             let after = field.after.as_ref().and_then(Value::as_str).unwrap_or("");
-            let _ = writeln!(out, "      ~ {}:", field.path);
+            let _ = writeln!(out, "{indent}~ {}:", field.path);
             let diff = similar::TextDiff::from_lines(before, after);
             for line in diff.iter_all_changes() {
                 let sign = match line.tag() {
@@ -115,7 +146,7 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
                     similar::ChangeTag::Insert => "+",
                     similar::ChangeTag::Equal => " ",
                 };
-                let _ = write!(out, "          {sign} {line}");
+                let _ = write!(out, "{indent}    {sign} {line}");
                 if line.missing_newline() {
                     out.push('\n');
                 }
@@ -123,20 +154,13 @@ fn write_change(out: &mut String, change: &ResourceChange, color: bool) {
             continue;
         }
         let line = match (&field.before, &field.after) {
-            (Some(b), Some(a)) => format!("      ~ {}: {} → {}", field.path, show(b), show(a)),
-            (None, Some(a)) => format!("      + {}: {}", field.path, show(a)),
-            (Some(b), None) => format!("      - {}: {}", field.path, show(b)),
+            (Some(b), Some(a)) => format!("{indent}~ {}: {} → {}", field.path, show(b), show(a)),
+            (None, Some(a)) => format!("{indent}+ {}: {}", field.path, show(a)),
+            (Some(b), None) => format!("{indent}- {}: {}", field.path, show(b)),
             (None, None) => continue,
         };
         let _ = writeln!(out, "{line}");
     }
-    if let Some(r) = &change.rollout {
-        let _ = writeln!(out, "      rollout: {}", r.summary);
-        for (i, step) in r.steps.iter().enumerate() {
-            let _ = writeln!(out, "        step {}: {}", i + 1, describe_weights(step));
-        }
-    }
-    out.push('\n');
 }
 
 /// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
@@ -162,6 +186,16 @@ pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
                     "path": f.path,
                     "before": f.before.as_ref().map(show),
                     "after": f.after.as_ref().map(show),
+                })).collect::<Vec<_>>(),
+                "objects": c.objects.iter().filter(|o| o.action != Action::NoOp).map(|o| serde_json::json!({
+                    "symbol": o.action.symbol(),
+                    "action": o.action.as_str(),
+                    "object": o.describe(),
+                    "fields": o.changes.iter().map(|f| serde_json::json!({
+                        "path": f.path,
+                        "before": f.before.as_ref().map(show),
+                        "after": f.after.as_ref().map(show),
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -101,6 +101,10 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         stores: &selection.stores,
         target: &target,
         serving: Some(&serving),
+        kube: selection
+            .clusters
+            .as_deref()
+            .map(|c| c as &dyn cairn::backend::kubernetes::KubeTarget),
         cache: &cache,
         events: &progress,
         options: ApplyOptions {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use cairn::backend::kubernetes::{Clusters, Scope};
 use cairn::backend::store::Store;
 use cairn::desired::DesiredState;
 use cairn::diagnostics::did_you_mean;
@@ -50,23 +51,56 @@ pub struct Selection {
     pub stores: BTreeMap<String, Store>,
     /// Why some workspaces were left out (only when none were named).
     pub skipped: Vec<String>,
+    /// The clusters, when a selected workspace has a `kubernetes` compute.
+    pub clusters: Option<std::sync::Arc<Clusters>>,
 }
 
-/// Why a workspace can't be planned on this build, if it can't.
-fn unsupported(desired: &DesiredState, workspace: &str) -> Option<String> {
+/// The (kube context, namespace) pairs a workspace's `kubernetes` computes use.
+pub fn kube_scopes(desired: &DesiredState, workspace: &str) -> Vec<Scope> {
+    let ws_namespace = match desired
+        .get(&cairn::Address::workspace(workspace))
+        .map(|r| &r.spec)
+    {
+        Some(Spec::Workspace(spec)) => spec.namespace.as_ref().map(|n| n.get_ref().clone()),
+        _ => None,
+    };
+    let mut scopes: Vec<Scope> = Vec::new();
     for r in desired
         .resources
         .iter()
         .filter(|r| r.address.workspace == workspace)
     {
-        match &r.spec {
-            Spec::Compute(c) if *c.target.get_ref() == Target::Kubernetes => {
-                return Some(format!(
-                    "{} runs on Kubernetes, which is not available yet",
-                    r.address.local()
-                ));
+        if let Spec::Compute(c) = &r.spec {
+            if *c.target.get_ref() != Target::Kubernetes {
+                continue;
             }
-            _ => {}
+            let scope = Scope {
+                context: c.context.as_ref().map(|c| c.get_ref().clone()),
+                namespace: c
+                    .namespace
+                    .as_ref()
+                    .map(|n| n.get_ref().clone())
+                    .or_else(|| ws_namespace.clone())
+                    .unwrap_or_else(|| workspace.to_string()),
+            };
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+    }
+    scopes
+}
+
+/// Why a workspace can't be planned with this kubeconfig, if it can't: a context its
+/// computes name is not there.
+fn unreachable_cluster(
+    desired: &DesiredState,
+    workspace: &str,
+    clusters: &Clusters,
+) -> Option<String> {
+    for scope in kube_scopes(desired, workspace) {
+        if let Err(e) = clusters.check_context(scope.context.as_deref()) {
+            return Some(cairn::diagnostics::error_chain(&e));
         }
     }
     None
@@ -77,6 +111,7 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
     let desired = &loaded.desired;
     let mut stores = BTreeMap::new();
     let mut skipped = Vec::new();
+    let mut clusters: Option<Clusters> = None;
     let names: Vec<String> = if named.is_empty() {
         desired.workspaces.clone()
     } else {
@@ -95,14 +130,22 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
         named.to_vec()
     };
     for name in names {
-        if let Some(why) = unsupported(desired, &name) {
-            if named.is_empty() {
-                skipped.push(format!("workspace `{name}` is not planned: {why}"));
-                continue;
+        if !kube_scopes(desired, &name).is_empty() {
+            let clusters = clusters.get_or_insert_with(Clusters::new);
+            if let Some(why) = unreachable_cluster(desired, &name, clusters) {
+                if named.is_empty() {
+                    skipped.push(format!(
+                        "workspace `{name}` is not planned: {why} (name it with `-w {name}` to see why)"
+                    ));
+                    continue;
+                }
+                return Err(CommandError::new(format!(
+                    "workspace `{name}` can't be planned: {why}"
+                ))
+                .hint_opt(Some(
+                    "add the context to your kubeconfig (`KUBECONFIG` or ~/.kube/config), or point the compute's `context` at one it has".into(),
+                )));
             }
-            return Err(CommandError::new(format!(
-                "workspace `{name}` can't be planned yet: {why}"
-            )));
         }
         let Some(Spec::Workspace(spec)) = desired
             .get(&cairn::Address::workspace(name.clone()))
@@ -138,7 +181,11 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
         err.hints.extend(skipped);
         return Err(err);
     }
-    Ok(Selection { stores, skipped })
+    Ok(Selection {
+        stores,
+        skipped,
+        clusters: clusters.map(std::sync::Arc::new),
+    })
 }
 
 /// `<root>/.cairn`: caches and scratch space, never committed.
@@ -159,4 +206,40 @@ pub fn local_serving(
 ) -> cairn::backend::local::serving::LocalServing {
     let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
     cairn::backend::local::serving::LocalServing::new(&serving_dir(&loaded.root), &program, stores)
+}
+
+/// What is live on Kubernetes for the selected workspaces: their objects and the GPU
+/// capacity of the namespaces they use. `None` when none of them uses Kubernetes.
+pub fn observe_kube(
+    rt: &tokio::runtime::Runtime,
+    loaded: &Loaded,
+    selection: &Selection,
+) -> Result<Option<cairn::plan_objects::KubeLive>, CommandError> {
+    let Some(clusters) = &selection.clusters else {
+        return Ok(None);
+    };
+    let mut live = cairn::plan_objects::KubeLive::default();
+    for workspace in selection.stores.keys() {
+        let scopes = kube_scopes(&loaded.desired, workspace);
+        if scopes.is_empty() {
+            continue;
+        }
+        let objects = rt
+            .block_on(clusters.observe(workspace, &scopes))
+            .map_err(|e| kube_error(&e))?;
+        live.objects.extend(objects);
+        for scope in scopes {
+            let capacity = rt
+                .block_on(clusters.capacity(scope.context.as_deref(), &scope.namespace))
+                .map_err(|e| kube_error(&e))?;
+            live.capacity
+                .insert((scope.context.clone(), scope.namespace.clone()), capacity);
+        }
+    }
+    Ok(Some(live))
+}
+
+/// A cluster error as the CLI reports it.
+pub fn kube_error(e: &cairn::backend::kubernetes::ClusterError) -> CommandError {
+    CommandError::from_error(e).hint_opt(e.hint())
 }

@@ -17,6 +17,7 @@ mod status;
 #[cfg(target_os = "linux")]
 mod supervise;
 mod train;
+mod transfer;
 mod validate;
 
 use std::io::IsTerminal;
@@ -83,6 +84,12 @@ enum Command {
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
+    /// Download a dataset or model version from a workspace store into a folder, each
+    /// file checked against its SHA-256 (what a Kubernetes training pod runs first).
+    Fetch(transfer::FetchArgs),
+    /// Store folders a job wrote as model versions, with their lineage (what a
+    /// Kubernetes training pod runs last).
+    Upload(transfer::UploadArgs),
     /// The daemon that keeps local endpoints serving after `apply` exits (Cairn starts it
     /// itself); `--stop` stops it and everything it serves.
     #[cfg(target_os = "linux")]
@@ -214,6 +221,8 @@ pub fn main() -> ExitCode {
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),
         Command::Serve(args) => serve::run(args, output),
+        Command::Fetch(args) => transfer::fetch(args, output),
+        Command::Upload(args) => transfer::upload(args, output),
         #[cfg(target_os = "linux")]
         Command::Supervise(args) => supervise::run(args, output),
     };

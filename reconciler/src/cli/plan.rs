@@ -57,6 +57,7 @@ pub fn make_plan(
         LocalTarget::with_gpus(Vec::new())
     };
     let live = observe_serving(rt, loaded, selection)?;
+    let kube = context::observe_kube(rt, loaded, selection)?;
     let progress = Progress::new(output.progress);
     let planner = Planner {
         snapshot: &loaded.snapshot,
@@ -70,6 +71,7 @@ pub fn make_plan(
             rev: source.rev.clone(),
         },
         serving: Some(&live),
+        kube: kube.as_ref(),
     };
     let result = rt.block_on(planner.plan());
     // A cache that can't be saved only costs time on the next plan.

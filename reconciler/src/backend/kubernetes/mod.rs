@@ -60,8 +60,11 @@
 //!
 //! [`Snapshot`]: crate::manifest::Snapshot
 
+mod client;
+mod diff;
 mod objects;
 mod render;
+mod target;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -72,9 +75,12 @@ use serde_json::Value;
 use crate::address::Address;
 use crate::diagnostics::Location;
 
+pub use client::{Capacity, Clusters, Error as ClusterError, LiveObject, Scope, MANAGED_KINDS};
+pub use diff::{diff, ObjectDiff, FIELD_MANAGER};
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };
+pub use target::{BoxError, KubeTarget};
 
 /// Label every managed object carries: `app.kubernetes.io/managed-by: cairn`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";

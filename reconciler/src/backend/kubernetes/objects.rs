@@ -405,9 +405,20 @@ impl<'a> Walk<'a> {
                 format!("CAIRN_OUTPUT_{}", crate::apply::env_name(name)),
                 path.clone(),
             );
+            let format = match self
+                .desired
+                .get(&Address::new(self.workspace, Kind::Model, &reference.name))
+                .map(|r| &r.spec)
+            {
+                Some(Spec::Model(model)) => {
+                    serde_json::to_value(model.format.get_ref()).unwrap_or(Value::Null)
+                }
+                _ => Value::Null,
+            };
             outputs.push(json!({
                 "name": name,
                 "model": reference.name,
+                "format": format,
                 "version": run_id,
                 "reference": format!("model.{}@{run_id}", reference.name),
                 "path": path,

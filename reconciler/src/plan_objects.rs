@@ -1,0 +1,375 @@
+//! The Kubernetes half of a plan: the objects each resource needs in its clusters, how
+//! they differ from what is live, and whether the GPUs the plan asks for fit.
+//!
+//! This module owns pairing desired objects (rendered from the templates) with live ones
+//! (read before planning by label, see [`KubeLive`]) and turning the differences into
+//! [`ObjectChange`]s grouped by the resource that owns them (the `cairn.dev/address`
+//! annotation). It does no I/O: the CLI observes the clusters, the planner calls this.
+//!
+//! Rules:
+//! - A desired object that is not live is created; one whose managed fields differ is
+//!   updated, or replaced when a changed field is immutable (a Job's template); one that
+//!   matches is left out of the plan.
+//! - A live object carrying Cairn's labels for the workspace that nothing desires any
+//!   more is deleted (pruned). Objects without the labels are never seen, so never
+//!   touched.
+//! - A training Job is desired only while its run is planned: a finished run's Job is
+//!   neither recreated nor compared, and Jobs of other runs are pruned. A planned run's
+//!   Job that is already live and unchanged (an apply that died while waiting) is listed
+//!   as a no-op, so the next apply waits for it instead of starting another.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::backend::kubernetes::{
+    diff, Capacity, KubeObject, LiveObject, ObjectKey, ANNOTATION_ADDRESS,
+};
+use crate::plan::{Action, FieldChange};
+
+/// What is live on Kubernetes for the workspaces being planned, read before planning.
+#[derive(Debug, Clone, Default)]
+pub struct KubeLive {
+    /// Every object carrying Cairn's labels for those workspaces, in the namespaces
+    /// their computes use.
+    pub objects: Vec<LiveObject>,
+    /// GPU capacity per (kube context, namespace).
+    pub capacity: BTreeMap<(Option<String>, String), Capacity>,
+}
+
+/// The planned change of one Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectChange {
+    /// Create, update, replace or delete; no-op only for a planned run's Job that is
+    /// already live.
+    pub action: Action,
+    /// The kubeconfig context; `None` is the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The managed fields that differ (live → desired); empty for create and delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
+    /// For a replace: the immutable fields that force it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable: Vec<String>,
+    /// The object to apply; `None` for a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Value>,
+}
+
+impl ObjectChange {
+    /// The object's identity in its cluster.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            context: self.context.clone(),
+            group: self
+                .api_version
+                .rsplit_once('/')
+                .map_or("", |(group, _)| group)
+                .to_string(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The desired object, for applying.
+    pub fn desired(&self) -> Option<KubeObject> {
+        self.object.as_ref().map(|value| KubeObject {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            context: self.context.clone(),
+            value: value.clone(),
+        })
+    }
+
+    /// `Deployment imaging-serve/triage-blue-3f9a2c1` (with `@context` when not the
+    /// current one).
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} ", self.kind);
+        if let Some(ns) = &self.namespace {
+            s.push_str(ns);
+            s.push('/');
+        }
+        s.push_str(&self.name);
+        if let Some(context) = &self.context {
+            s.push_str(" @");
+            s.push_str(context);
+        }
+        s
+    }
+}
+
+/// Pairs `desired` with `live` and returns the changes by owning resource address.
+/// `current_jobs` holds the Jobs (by key) whose runs are planned: other desired Jobs are
+/// left alone.
+pub fn compare(
+    desired: &[KubeObject],
+    live: &[LiveObject],
+    current_jobs: &BTreeSet<ObjectKey>,
+) -> BTreeMap<String, Vec<ObjectChange>> {
+    let live_by_key: BTreeMap<ObjectKey, &LiveObject> =
+        live.iter().map(|l| (l.key.clone(), l)).collect();
+    let mut wanted: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut out: BTreeMap<String, Vec<ObjectChange>> = BTreeMap::new();
+    for object in desired {
+        let key = object.key();
+        let is_job = object.kind == "Job" && key.group == "batch";
+        if is_job && !current_jobs.contains(&key) {
+            // A finished run's Job: neither recreated nor compared, but kept.
+            wanted.insert(key);
+            continue;
+        }
+        wanted.insert(key.clone());
+        let address = address_of(&object.value).unwrap_or_default();
+        let change = match live_by_key.get(&key) {
+            None => Some(ObjectChange::new(
+                Action::Create,
+                object,
+                Vec::new(),
+                Vec::new(),
+            )),
+            Some(live) => {
+                let d = diff(object, &live.value);
+                if !d.immutable.is_empty() {
+                    Some(ObjectChange::new(
+                        Action::Replace,
+                        object,
+                        d.changes,
+                        d.immutable,
+                    ))
+                } else if !d.changes.is_empty() {
+                    Some(ObjectChange::new(
+                        Action::Update,
+                        object,
+                        d.changes,
+                        Vec::new(),
+                    ))
+                } else if is_job {
+                    // Its run is planned: the apply waits for this Job.
+                    Some(ObjectChange::new(
+                        Action::NoOp,
+                        object,
+                        Vec::new(),
+                        Vec::new(),
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(change) = change {
+            out.entry(address).or_default().push(change);
+        }
+    }
+    for l in live {
+        if wanted.contains(&l.key) {
+            continue;
+        }
+        let address = address_of(&l.value).unwrap_or_default();
+        out.entry(address).or_default().push(ObjectChange {
+            action: Action::Delete,
+            context: l.key.context.clone(),
+            api_version: l.api_version.clone(),
+            kind: l.key.kind.clone(),
+            namespace: l.key.namespace.clone(),
+            name: l.key.name.clone(),
+            changes: Vec::new(),
+            immutable: Vec::new(),
+            object: None,
+        });
+    }
+    out
+}
+
+impl ObjectChange {
+    fn new(
+        action: Action,
+        object: &KubeObject,
+        changes: Vec<FieldChange>,
+        immutable: Vec<String>,
+    ) -> ObjectChange {
+        ObjectChange {
+            action,
+            context: object.context.clone(),
+            api_version: object.api_version.clone(),
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            changes,
+            immutable,
+            object: Some(object.value.clone()),
+        }
+    }
+}
+
+/// The `cairn.dev/address` annotation of an object.
+pub fn address_of(value: &Value) -> Option<String> {
+    value
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_ADDRESS))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// One line saying what happens to a resource's objects: "2 Kubernetes objects to
+/// create (Namespace imaging-train, ResourceQuota …)" or "drift: Deployment x:
+/// spec.replicas".
+pub fn summarize(changes: &[ObjectChange]) -> String {
+    let count = |a: Action| changes.iter().filter(|c| c.action == a).count();
+    let mut parts = Vec::new();
+    for (action, verb) in [
+        (Action::Create, "to create"),
+        (Action::Update, "to update"),
+        (Action::Replace, "to replace"),
+        (Action::Delete, "to delete"),
+    ] {
+        let n = count(action);
+        if n > 0 {
+            parts.push(format!("{n} {verb}"));
+        }
+    }
+    let drifted: Vec<String> = changes
+        .iter()
+        .filter(|c| c.action == Action::Update || c.action == Action::Replace)
+        .take(3)
+        .map(|c| {
+            let fields: Vec<&str> = c.changes.iter().take(3).map(|f| f.path.as_str()).collect();
+            format!("{} ({})", c.describe(), fields.join(", "))
+        })
+        .collect();
+    let mut line = format!(
+        "Kubernetes object{}: {}",
+        if changes.len() == 1 { "" } else { "s" },
+        parts.join(", ")
+    );
+    if !drifted.is_empty() {
+        line.push_str("; differs from the manifests: ");
+        line.push_str(&drifted.join("; "));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(kind: &str, api_version: &str, name: &str, address: &str, spec: Value) -> KubeObject {
+        KubeObject {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: Some("ns".into()),
+            name: name.into(),
+            context: None,
+            value: json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {
+                    "name": name,
+                    "namespace": "ns",
+                    "annotations": { ANNOTATION_ADDRESS: address },
+                },
+                "spec": spec,
+            }),
+        }
+    }
+
+    fn live(object: &KubeObject, spec: Value) -> LiveObject {
+        let mut value = object.value.clone();
+        value["spec"] = spec;
+        value["metadata"]["resourceVersion"] = json!("7");
+        LiveObject {
+            key: object.key(),
+            api_version: object.api_version.clone(),
+            value,
+        }
+    }
+
+    #[test]
+    fn pairs_desired_with_live() {
+        let same = object("Service", "v1", "same", "ws/endpoint.a", json!({"port": 1}));
+        let changed = object(
+            "Service",
+            "v1",
+            "changed",
+            "ws/endpoint.a",
+            json!({"port": 2}),
+        );
+        let missing = object(
+            "Service",
+            "v1",
+            "missing",
+            "ws/endpoint.b",
+            json!({"port": 3}),
+        );
+        let old = object("Service", "v1", "old", "ws/endpoint.b", json!({"port": 4}));
+        let live_objects = vec![
+            live(&same, json!({"port": 1, "defaulted": true})),
+            live(&changed, json!({"port": 9})),
+            live(&old, json!({"port": 4})),
+        ];
+        let changes = compare(&[same, changed, missing], &live_objects, &BTreeSet::new());
+        let a = &changes["ws/endpoint.a"];
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].action, Action::Update);
+        assert_eq!(a[0].changes[0].path, "spec.port");
+        let b: Vec<(Action, &str)> = changes["ws/endpoint.b"]
+            .iter()
+            .map(|c| (c.action, c.name.as_str()))
+            .collect();
+        assert_eq!(
+            b,
+            vec![(Action::Create, "missing"), (Action::Delete, "old")]
+        );
+    }
+
+    #[test]
+    fn finished_jobs_are_left_alone_and_old_ones_pruned() {
+        let current = object(
+            "Job",
+            "batch/v1",
+            "train-abc",
+            "ws/job.train",
+            json!({"x": 1}),
+        );
+        let finished = object(
+            "Job",
+            "batch/v1",
+            "train-abc",
+            "ws/job.train",
+            json!({"x": 1}),
+        );
+        let old = object(
+            "Job",
+            "batch/v1",
+            "train-old",
+            "ws/job.train",
+            json!({"x": 1}),
+        );
+        let live_objects = vec![live(&old, json!({"x": 1}))];
+        // Planned run: created.
+        let planned = compare(
+            std::slice::from_ref(&current),
+            &live_objects,
+            &BTreeSet::from([current.key()]),
+        );
+        let actions: Vec<Action> = planned["ws/job.train"].iter().map(|c| c.action).collect();
+        assert_eq!(actions, vec![Action::Create, Action::Delete]);
+        // Finished run: nothing for it, the old run's Job is pruned.
+        let done = compare(&[finished], &live_objects, &BTreeSet::new());
+        let actions: Vec<(Action, &str)> = done["ws/job.train"]
+            .iter()
+            .map(|c| (c.action, c.name.as_str()))
+            .collect();
+        assert_eq!(actions, vec![(Action::Delete, "train-old")]);
+    }
+}

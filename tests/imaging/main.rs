@@ -1,0 +1,577 @@
+//! The `imaging` example on Kubernetes, end to end: the real `cairn` binary plans and
+//! applies the example workspace against two test API servers (one kubeconfig, two
+//! contexts: the cloud GPU pool and the on-premises cluster) and a real S3 server.
+//!
+//! Nothing runs pods in the test API server, so a small "kubelet" here plays the node:
+//! for each new Job it runs the pod's steps as the cluster would, with the real binary
+//! for Cairn's own containers (`cairn fetch` of the dataset version from S3, `cairn
+//! upload` of the output folder as the model version) and a stand-in for the trainer's
+//! image (it checks its input folder and writes a model file), then marks the Job
+//! complete; for each Deployment it marks the rollout available.
+//!
+//! Checked: the first plan lists the objects per resource; apply converges (the model
+//! version is in the store with its lineage, the Deployment serves it, the route sends
+//! it all traffic); the next plan says "No changes"; a hand edit of a managed field by
+//! another field manager shows as drift on that field only, and apply repairs it; a
+//! Job asking for more GPUs than the namespace's quota is refused at plan time with the
+//! numbers.
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+#[path = "../support/s3_server.rs"]
+#[allow(dead_code)]
+mod s3_server;
+
+#[path = "../support/kube_server.rs"]
+#[allow(dead_code)]
+mod kube_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use kube_server::KubeServer;
+use s3_server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support::Run;
+
+const TRAIN_CONTEXT: &str = "aks-gpu-westeurope";
+const SERVE_CONTEXT: &str = "onprem-radiology";
+
+/// The example's manifests copied into a temporary folder, its store pointed at the
+/// test S3 server, with a kubeconfig naming both test clusters.
+struct World {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    s3: S3Server,
+    train: KubeServer,
+    serve: KubeServer,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("repo");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/imaging");
+        copy_dir(&example, &root.join("imaging"));
+        let s3 = S3Server::start_serialized();
+        let workspace = root.join("imaging/workspace.toml");
+        let text = std::fs::read_to_string(&workspace).unwrap();
+        let text = text
+            .replace(
+                "store = \"s3://st-marys-imaging/ml\"",
+                &format!(
+                    "store = \"s3://{BUCKET}/imaging\"\nendpoint = \"{}\"\npath_style = true",
+                    s3.endpoint()
+                ),
+            )
+            .replace("region = \"eu-west-1\"", "region = \"us-east-1\"");
+        assert!(
+            text.contains(&s3.endpoint()),
+            "the example's store line moved"
+        );
+        std::fs::write(&workspace, text).unwrap();
+
+        let train = KubeServer::start();
+        let serve = KubeServer::start();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            two_context_kubeconfig(&[(TRAIN_CONTEXT, &train), (SERVE_CONTEXT, &serve)]),
+        )
+        .unwrap();
+        World {
+            dir,
+            root,
+            kubeconfig,
+            s3,
+            train,
+            serve,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(args)
+            .arg(&self.root)
+            .current_dir(self.dir.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("NO_COLOR", "1")
+            .env("USER", "tester")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        aws_env(&mut cmd);
+        cmd
+    }
+
+    fn cairn(&self, args: &[&str]) -> Run {
+        let started = Instant::now();
+        Run::from(self.command(args).output().unwrap(), started.elapsed())
+    }
+
+    fn servers(&self) -> [(&str, &KubeServer); 2] {
+        [(TRAIN_CONTEXT, &self.train), (SERVE_CONTEXT, &self.serve)]
+    }
+}
+
+fn aws_env(cmd: &mut Command) {
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// One kubeconfig reaching several test servers, one context each.
+fn two_context_kubeconfig(servers: &[(&str, &KubeServer)]) -> String {
+    let q = |s: &str| Value::String(s.to_string()).to_string();
+    let mut clusters = String::new();
+    let mut users = String::new();
+    let mut contexts = String::new();
+    for (name, server) in servers {
+        let n = q(name);
+        clusters.push_str(&format!(
+            "- name: {n}\n  cluster:\n    server: {}\n",
+            q(&server.url())
+        ));
+        users.push_str(&format!(
+            "- name: {n}\n  user:\n    token: {}\n",
+            q(server.token())
+        ));
+        contexts.push_str(&format!(
+            "- name: {n}\n  context:\n    cluster: {n}\n    user: {n}\n"
+        ));
+    }
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n{clusters}users:\n{users}contexts:\n{contexts}current-context: {}\npreferences: {{}}\n",
+        q(servers[0].0)
+    )
+}
+
+/// Plays the nodes of both clusters until stopped: runs new Jobs' pods, makes new
+/// Deployment generations available. Returns what it did, for failure messages.
+struct Kubelet<'a> {
+    world: &'a World,
+    work: PathBuf,
+    log: Mutex<Vec<String>>,
+    /// When set, Jobs fail instead of running.
+    fail_jobs: AtomicBool,
+}
+
+impl<'a> Kubelet<'a> {
+    fn new(world: &'a World) -> Kubelet<'a> {
+        let work = world.dir.path().join("nodes");
+        std::fs::create_dir_all(&work).unwrap();
+        Kubelet {
+            world,
+            work,
+            log: Mutex::new(Vec::new()),
+            fail_jobs: AtomicBool::new(false),
+        }
+    }
+
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+
+    fn run(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            for (context, server) in self.world.servers() {
+                for object in server.objects() {
+                    let kind = object["kind"].as_str().unwrap_or("");
+                    let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+                    let name = object["metadata"]["name"].as_str().unwrap_or("");
+                    match kind {
+                        "Job" if object["status"].get("conditions").is_none() => {
+                            let ok = !self.fail_jobs.load(Ordering::SeqCst)
+                                && self.run_pod(context, &object);
+                            if ok {
+                                server.job_succeeded(ns, name);
+                            } else {
+                                server.job_failed(ns, name);
+                            }
+                        }
+                        "Deployment"
+                            if object["status"]["observedGeneration"]
+                                != object["metadata"]["generation"] =>
+                        {
+                            self.note(format!("{context}: Deployment {ns}/{name} available"));
+                            server.deployment_available(ns, name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Runs a Job's pod: init containers in order, then the main container. Returns
+    /// whether every step succeeded.
+    fn run_pod(&self, context: &str, job: &Value) -> bool {
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let root = self.work.join(context).join(name);
+        let steps = pod["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(pod["containers"].as_array().into_iter().flatten());
+        for container in steps {
+            let step = container["name"].as_str().unwrap_or("?");
+            let env: Vec<(String, String)> = container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().to_string(),
+                        local(&root, e["value"].as_str().unwrap_or("")),
+                    )
+                })
+                .collect();
+            let command: Vec<String> = container["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| local(&root, a.as_str().unwrap()))
+                .collect();
+            if command.first().map(String::as_str) == Some("cairn") {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+                cmd.args(&command[1..])
+                    .envs(env.iter().cloned())
+                    .env("NO_COLOR", "1")
+                    .stdin(Stdio::null());
+                aws_env(&mut cmd);
+                let out = cmd.output().unwrap();
+                self.note(format!(
+                    "{context}: {name}/{step}: {:?} exit {:?}\n{}{}",
+                    command,
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                if !out.status.success() {
+                    return false;
+                }
+            } else {
+                // The trainer's image: read what the fetch steps put in the inputs, write
+                // a model and its metrics into each output folder.
+                let inputs = root.join("inputs");
+                let files = count_files(&inputs);
+                self.note(format!("{context}: {name}/{step}: {files} input files"));
+                if files == 0 {
+                    return false;
+                }
+                for (key, dir) in &env {
+                    if key.starts_with("CAIRN_OUTPUT_") {
+                        std::fs::create_dir_all(dir).unwrap();
+                        std::fs::write(
+                            Path::new(dir).join("model.onnx"),
+                            format!("onnx model trained on {files} files"),
+                        )
+                        .unwrap();
+                        std::fs::write(Path::new(dir).join("metrics.json"), r#"{"auc": 0.91}"#)
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A merge patch by another field manager, as `kubectl edit` sends it.
+fn patch_as(server: &KubeServer, path: &str, patch: Value, manager: &str) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent
+        .patch(&format!("{}{path}?fieldManager={manager}", server.url()))
+        .header("Authorization", &format!("Bearer {}", server.token()))
+        .header("Content-Type", "application/merge-patch+json")
+        .send(patch.to_string())
+        .unwrap();
+    assert_eq!(response.status(), 200, "patch {path}");
+}
+
+/// A pod path (`/cairn/...`) on this machine.
+fn local(root: &Path, text: &str) -> String {
+    match text.strip_prefix("/cairn") {
+        Some(rest) => format!("{}{rest}", root.display()),
+        // `model.x@v=/cairn/outputs/model`
+        None => text.replace("=/cairn/", &format!("={}/", root.display())),
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Runs `body` while a kubelet plays the nodes.
+fn with_kubelet<T>(world: &World, body: impl FnOnce(&Kubelet) -> T) -> T {
+    /// Stops the kubelet however the body ends (a failed assertion included), so the
+    /// scope can join it.
+    struct StopOnDrop<'s>(&'s AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let kubelet = Kubelet::new(world);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| kubelet.run(&stop));
+        let _stop = StopOnDrop(&stop);
+        body(&kubelet)
+    })
+}
+
+fn kubelet_log(kubelet: &Kubelet) -> String {
+    kubelet.log.lock().unwrap().join("\n")
+}
+
+fn objects_of(server: &KubeServer, kind: &str) -> Vec<Value> {
+    server
+        .objects()
+        .into_iter()
+        .filter(|o| o["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
+    let world = World::new();
+    with_kubelet(&world, |kubelet| {
+        let plan = world.cairn(&["plan", "-w", "imaging"]);
+        plan.ok();
+        for expected in [
+            "+ imaging/compute.gpu-pool",
+            "+ Namespace imaging-train @aks-gpu-westeurope",
+            "+ ResourceQuota imaging-train/",
+            "+ Namespace imaging-serve @onprem-radiology",
+            "▶ imaging/job.train-pneumonia",
+            "+ Job imaging-train/train-pneumonia-",
+            "+ Deployment imaging-serve/triage-blue-",
+            "+ HTTPRoute imaging-serve/triage",
+        ] {
+            assert!(
+                plan.stdout.contains(expected),
+                "{expected}\n{}",
+                plan.both()
+            );
+        }
+        // Planning wrote nothing to either cluster.
+        assert_eq!(world.train.writes(), 0);
+        assert_eq!(world.serve.writes(), 0);
+
+        let apply = world.cairn(&["apply", "-w", "imaging", "--auto-approve"]);
+        assert_eq!(
+            apply.code,
+            0,
+            "{}\n--- kubelet:\n{}",
+            apply.both(),
+            kubelet_log(kubelet)
+        );
+
+        // Training ran on the GPU pool's cluster, serving on the on-premises one.
+        let jobs = objects_of(&world.train, "Job");
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert!(objects_of(&world.serve, "Job").is_empty());
+        let deployments = objects_of(&world.serve, "Deployment");
+        assert_eq!(deployments.len(), 1);
+        assert!(objects_of(&world.train, "Deployment").is_empty());
+
+        // The pod stored the model version named after the run, with its lineage.
+        let run_id = jobs[0]["metadata"]["labels"]["cairn.dev/run"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(world.s3.data_dir().join(BUCKET).join(format!(
+                "imaging/models/pneumonia-detector/{run_id}/_model.json"
+            )))
+            .unwrap_or_else(|e| panic!("model record: {e}\n{}", kubelet_log(kubelet))),
+        )
+        .unwrap();
+        assert_eq!(record["format"], "onnx");
+        assert_eq!(record["job"], "train-pneumonia");
+        assert!(record["inputs"]["xrays"]
+            .as_str()
+            .unwrap()
+            .starts_with("dataset.chest-xrays@"));
+        assert_eq!(record["metrics"]["auc"], 0.91);
+
+        // The Deployment fetches that version; the route sends it everything.
+        let fetch =
+            deployments[0]["spec"]["template"]["spec"]["initContainers"][0]["command"].to_string();
+        assert!(
+            fetch.contains(&format!("model.pneumonia-detector@{run_id}")),
+            "{fetch}"
+        );
+        let route = &objects_of(&world.serve, "HTTPRoute")[0];
+        let backends = &route["spec"]["rules"][0]["backendRefs"];
+        assert_eq!(backends.as_array().unwrap().len(), 1, "{backends}");
+        assert_eq!(backends[0]["weight"], 100);
+
+        // Every object carries Cairn's labels and was applied by its field manager.
+        for (_, server) in world.servers() {
+            for o in server.objects() {
+                let name = o["metadata"]["name"].as_str().unwrap_or("");
+                let namespace = o["metadata"]["namespace"].as_str().unwrap_or(name);
+                if !namespace.starts_with("imaging-") {
+                    continue; // the server's own (`default`)
+                }
+                assert_eq!(
+                    o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cairn",
+                    "{o}"
+                );
+                assert_eq!(o["metadata"]["labels"]["cairn.dev/workspace"], "imaging");
+                assert!(o["metadata"]["managedFields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["manager"] == "cairn" && m["operation"] == "Apply"));
+            }
+        }
+
+        // Converged: nothing to do, and planning again writes nothing.
+        let writes = world.train.writes() + world.serve.writes();
+        let again = world.cairn(&["plan", "-w", "imaging", "--detailed-exitcode"]);
+        assert_eq!(again.code, 0, "{}", again.both());
+        assert!(again.stdout.contains("No changes"), "{}", again.both());
+        assert_eq!(world.train.writes() + world.serve.writes(), writes);
+
+        // Someone scales the Deployment by hand (another field manager): drift on that
+        // field only.
+        let name = deployments[0]["metadata"]["name"].as_str().unwrap();
+        patch_as(
+            &world.serve,
+            &format!("/apis/apps/v1/namespaces/imaging-serve/deployments/{name}"),
+            json!({"spec": {"replicas": 3}}),
+            "kubectl-edit",
+        );
+        let drift = world.cairn(&["plan", "-w", "imaging", "--detailed-exitcode"]);
+        assert_eq!(drift.code, 2, "{}", drift.both());
+        let objects_section = drift
+            .stdout
+            .split("objects:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", drift.both()));
+        assert!(
+            objects_section.contains("~ spec.replicas: 3 → 1"),
+            "{}",
+            drift.both()
+        );
+        let field_lines = objects_section
+            .lines()
+            .filter(|l| {
+                l.trim_start().starts_with("~ spec") || l.trim_start().starts_with("~ metadata")
+            })
+            .count();
+        assert_eq!(
+            field_lines,
+            1,
+            "only the edited field drifts:\n{}",
+            drift.both()
+        );
+        assert!(
+            drift.stdout.contains("~ imaging/endpoint.triage"),
+            "{}",
+            drift.both()
+        );
+
+        // Apply puts it back.
+        world
+            .cairn(&["apply", "-w", "imaging", "--auto-approve"])
+            .ok();
+        let repaired = world
+            .serve
+            .object("apps/v1", "Deployment", Some("imaging-serve"), name)
+            .unwrap();
+        assert_eq!(repaired["spec"]["replicas"], 1);
+        world
+            .cairn(&["plan", "-w", "imaging", "--detailed-exitcode"])
+            .code(0);
+    });
+}
+
+#[test]
+fn a_job_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
+    let world = World::new();
+    // The platform team's own quota in the training namespace (not Cairn's).
+    world.train.create(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "imaging-train"}}),
+        "platform-team",
+    );
+    world.train.create(
+        json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "gpu-budget", "namespace": "imaging-train"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "6"}},
+        }),
+        "platform-team",
+    );
+    world.train.set_status(
+        "v1",
+        "ResourceQuota",
+        Some("imaging-train"),
+        "gpu-budget",
+        json!({"hard": {"requests.nvidia.com/gpu": "6"}, "used": {"requests.nvidia.com/gpu": "2"}}),
+    );
+    let plan = world.cairn(&["plan", "-w", "imaging"]);
+    plan.code(1);
+    // The renderer wraps long lines: compare with the wrapping taken out.
+    let text = plan
+        .both()
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("aks- gpu", "aks-gpu");
+    for expected in [
+        "job.train-pneumonia",
+        "need 8 GPUs in namespace `imaging-train` (context `aks-gpu-westeurope`)",
+        "allows 6 GPUs and 2 are in use (4 free)",
+        "2 instances × 4 GPUs",
+        "train.toml",
+    ] {
+        assert!(text.contains(expected), "{expected}\n{text}");
+    }
+    assert_eq!(world.train.writes(), 0, "planning wrote nothing");
+}

@@ -25,8 +25,13 @@ pub enum Error {
     Missing(String),
     #[error("{reference} lists a file outside its folder: `{path}`")]
     Escapes { reference: String, path: String },
-    #[error("{reference}: `{path}` does not match the SHA-256 its version recorded")]
-    Checksum { reference: String, path: String },
+    #[error("{reference}: `{path}` arrived with SHA-256 {actual}, but the version records {expected}; the stored copy is damaged")]
+    Checksum {
+        reference: String,
+        path: String,
+        actual: String,
+        expected: String,
+    },
     #[error("the job wrote nothing into {} for model.{model}", .folder.display())]
     EmptyOutput { model: String, folder: PathBuf },
     #[error("cannot read or write {}", .path.display())]
@@ -153,12 +158,18 @@ pub async fn fetch(store: &Store, reference: &str, dest: &Path) -> Result<Fetche
         };
         let target = dest.join(rel);
         store.objects().get_file(&f.key, &target).await?;
-        let actual = content::sha256_file(&target).map_err(io(&target))?;
+        let hashed = target.clone();
+        let actual = tokio::task::spawn_blocking(move || content::sha256_file(&hashed))
+            .await
+            .map_err(|e| io(&target)(std::io::Error::other(e)))?
+            .map_err(io(&target))?;
         if actual != f.sha256 {
             let _ = std::fs::remove_file(&target);
             return Err(Error::Checksum {
                 reference: reference.to_string(),
                 path: f.path.clone(),
+                actual,
+                expected: f.sha256.clone(),
             });
         }
         fetched.files += 1;

@@ -100,7 +100,7 @@ fn unreachable_cluster(
 ) -> Option<String> {
     for scope in kube_scopes(desired, workspace) {
         if let Err(e) = clusters.check_context(scope.context.as_deref()) {
-            return Some(cairn::diagnostics::error_chain(&e));
+            return Some(e.to_string());
         }
     }
     None

@@ -50,7 +50,7 @@ pub const MANAGED_KINDS: [(&str, &str, bool); 8] = [
 /// Errors from talking to clusters.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no kubeconfig could be read")]
+    #[error("no kubeconfig was found (`KUBECONFIG` or ~/.kube/config)")]
     NoKubeconfig {
         #[source]
         source: kube::config::KubeconfigError,

@@ -8,6 +8,14 @@ use cairn::backend::kubernetes::{diff, ApplyOptions, Clusters, Scope};
 use crate::kube_server::KubeServer;
 use crate::{imaging_objects, names, outcomes, scope, WS};
 
+/// The error of a client that can't be made.
+fn no_client(result: Result<kube::Client, Error>) -> Error {
+    match result {
+        Ok(_) => panic!("expected no client"),
+        Err(e) => e,
+    }
+}
+
 const TRAIN: &str = "aks-gpu-westeurope";
 const SERVE: &str = "onprem-radiology";
 
@@ -113,7 +121,7 @@ async fn objects_go_to_their_contexts_cluster() {
 #[tokio::test]
 async fn an_unknown_context_names_the_known_ones() {
     let (_train, _serve, clusters, _dir) = two_clusters();
-    let error = clusters.client(Some("aks-gpu-eastus")).await.unwrap_err();
+    let error = no_client(clusters.client(Some("aks-gpu-eastus")).await);
     assert!(matches!(error, Error::UnknownContext { .. }), "{error:?}");
     let message = error.to_string();
     assert!(
@@ -175,20 +183,14 @@ async fn a_broken_or_missing_kubeconfig_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken");
     std::fs::write(&broken, "clusters: [unclosed").unwrap();
-    let error = Clusters::from_kubeconfig_path(&broken)
-        .client(None)
-        .await
-        .unwrap_err();
+    let error = no_client(Clusters::from_kubeconfig_path(&broken).client(None).await);
     assert!(matches!(error, Error::Kubeconfig { .. }), "{error:?}");
     assert!(error
         .to_string()
         .starts_with("cannot read the kubeconfig `"));
 
     let missing = dir.path().join("missing");
-    let error = Clusters::from_kubeconfig_path(&missing)
-        .client(None)
-        .await
-        .unwrap_err();
+    let error = no_client(Clusters::from_kubeconfig_path(&missing).client(None).await);
     assert!(matches!(error, Error::Kubeconfig { .. }), "{error:?}");
 
     let no_current = dir.path().join("no-current");
@@ -197,10 +199,11 @@ async fn a_broken_or_missing_kubeconfig_is_a_clear_error() {
         "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts:\n- name: a\n  context: {cluster: a, user: a}\n",
     )
     .unwrap();
-    let error = Clusters::from_kubeconfig_path(&no_current)
-        .client(None)
-        .await
-        .unwrap_err();
+    let error = no_client(
+        Clusters::from_kubeconfig_path(&no_current)
+            .client(None)
+            .await,
+    );
     assert!(
         error
             .to_string()
@@ -208,10 +211,11 @@ async fn a_broken_or_missing_kubeconfig_is_a_clear_error() {
         "{error}"
     );
     // Contexts that are named still work... as far as their cluster exists.
-    let error = Clusters::from_kubeconfig_path(&no_current)
-        .client(Some("a"))
-        .await
-        .unwrap_err();
+    let error = no_client(
+        Clusters::from_kubeconfig_path(&no_current)
+            .client(Some("a"))
+            .await,
+    );
     assert!(matches!(error, Error::Context { .. }), "{error:?}");
 }
 

@@ -17,9 +17,9 @@ async fn a_job_that_succeeds_ends_the_wait() {
     apply_ok(&clusters, &objects).await;
     let key = objects[1].key();
     let mut lines = Vec::new();
+    let mut on_log = |l: &str| lines.push(l.to_string());
     let (waited, _) = tokio::join!(
-        clusters.wait_job(&key, Duration::from_secs(10), &mut |l: &str| lines
-            .push(l.to_string())),
+        clusters.wait_job(&key, Duration::from_secs(10), &mut on_log),
         later(|| {
             server.job_succeeded(NS, "train-1");
         }),
@@ -34,8 +34,9 @@ async fn a_job_that_fails_is_an_error_with_its_reason() {
     let objects = vec![namespace(WS, NS), job(WS, "train-1", "trainer:1")];
     apply_ok(&clusters, &objects).await;
     let key = objects[1].key();
+    let mut on_log = |_: &str| {};
     let (waited, _) = tokio::join!(
-        clusters.wait_job(&key, Duration::from_secs(10), &mut |_: &str| {}),
+        clusters.wait_job(&key, Duration::from_secs(10), &mut on_log),
         later(|| {
             server.job_failed(NS, "train-1");
         }),
@@ -104,9 +105,9 @@ async fn a_jobs_pod_logs_are_passed_on_once_each() {
 
     let key = objects[1].key();
     let mut lines = Vec::new();
+    let mut on_log = |l: &str| lines.push(l.to_string());
     let (waited, _) = tokio::join!(
-        clusters.wait_job(&key, Duration::from_secs(10), &mut |l: &str| lines
-            .push(l.to_string())),
+        clusters.wait_job(&key, Duration::from_secs(10), &mut on_log),
         async {
             later(|| server.pod_log(NS, "train-1-abcde", "train", "epoch 2 loss 0.5")).await;
             later(|| {
@@ -133,8 +134,9 @@ async fn a_deployment_that_becomes_available_ends_the_wait() {
     let (server, clusters) = start();
     let objects = vec![namespace(WS, NS), deployment(WS, "scoring-blue", 2)];
     apply_ok(&clusters, &objects).await;
+    let key = objects[1].key();
     let (waited, _) = tokio::join!(
-        clusters.wait_available(&objects[1].key(), Duration::from_secs(10)),
+        clusters.wait_available(&key, Duration::from_secs(10)),
         later(|| {
             server.deployment_available(NS, "scoring-blue");
         }),

@@ -11,8 +11,9 @@
 //! 2. plan with nothing changed: observe by labels, then diff every object,
 //! 3. apply again with nothing changed (every object read, none written).
 //!
-//! Prints wall time, objects per second, requests made, the most requests the server
-//! handled at once (the client keeps at most 16 in flight), and the ratio of the
+//! Prints, for each phase, the median over `CAIRN_BENCH_REPEAT` runs (3; a fresh
+//! server each): wall time, objects per second, requests made, the most requests the
+//! server handled at once (the client keeps at most 16 in flight), and the ratio of the
 //! largest N's times to the smallest's, which should be about the ratio of the Ns
 //! (linear).
 
@@ -226,7 +227,19 @@ async fn run(endpoints: usize) -> Run {
     }
 }
 
+/// The run whose time for `phase` is the median of `runs`.
+fn median<'a>(runs: &'a [Run], phase: fn(&Run) -> &Phase) -> &'a Phase {
+    let mut sorted: Vec<&Run> = runs.iter().collect();
+    sorted.sort_by_key(|r| phase(r).time);
+    phase(sorted[sorted.len() / 2])
+}
+
 fn main() {
+    let repeat: usize = std::env::var("CAIRN_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
     let sizes: Vec<usize> = std::env::var("CAIRN_BENCH_ENDPOINTS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -240,37 +253,44 @@ fn main() {
         "{:>9} {:>7}  {:<22} {:>9} {:>10} {:>9} {:>7} {:>10}",
         "endpoints", "objects", "phase", "time", "objects/s", "requests", "writes", "in flight"
     );
-    let mut runs = Vec::new();
+    let mut medians = Vec::new();
     for &n in &sizes {
-        let run = runtime.block_on(run(n));
+        let runs: Vec<Run> = (0..repeat).map(|_| runtime.block_on(run(n))).collect();
+        let objects = runs[0].objects;
+        let (create, plan, reapply) = (
+            median(&runs, |r| &r.create),
+            median(&runs, |r| &r.plan),
+            median(&runs, |r| &r.reapply),
+        );
         for (name, phase) in [
-            ("first apply (create)", &run.create),
-            ("plan, nothing changed", &run.plan),
-            ("apply, nothing changed", &run.reapply),
+            ("first apply (create)", create),
+            ("plan, nothing changed", plan),
+            ("apply, nothing changed", reapply),
         ] {
             println!(
                 "{:>9} {:>7}  {:<22} {:>8.3}s {:>10.0} {:>9} {:>7} {:>10}",
                 n,
-                run.objects,
+                objects,
                 name,
                 phase.time.as_secs_f64(),
-                run.objects as f64 / phase.time.as_secs_f64(),
+                objects as f64 / phase.time.as_secs_f64(),
                 phase.requests,
                 phase.writes,
                 phase.max_in_flight,
             );
         }
-        runs.push((n, run));
+        medians.push((n, [create.time, plan.time, reapply.time]));
     }
-    if let (Some((small_n, small)), Some((large_n, large))) = (runs.first(), runs.last()) {
+    println!("(median of {repeat} runs each)");
+    if let (Some((small_n, small)), Some((large_n, large))) = (medians.first(), medians.last()) {
         if large_n > small_n {
-            let ratio = |a: &Phase, b: &Phase| b.time.as_secs_f64() / a.time.as_secs_f64();
+            let ratio = |i: usize| large[i].as_secs_f64() / small[i].as_secs_f64();
             println!(
                 "time ratio {large_n}/{small_n} endpoints (linear = {:.1}): create {:.2}, plan {:.2}, re-apply {:.2}",
                 *large_n as f64 / *small_n as f64,
-                ratio(&small.create, &large.create),
-                ratio(&small.plan, &large.plan),
-                ratio(&small.reapply, &large.reapply),
+                ratio(0),
+                ratio(1),
+                ratio(2),
             );
         }
     }

@@ -1281,6 +1281,9 @@ async fn serve(
 ) -> Response {
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    // Handling is synchronous: without a yield, a request would be answered before the
+    // next connection's is even seen, and the count would only show the worker threads.
+    tokio::task::yield_now().await;
     let response = serve_counted(&shared, request).await;
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     response

@@ -261,8 +261,8 @@ impl Applied {
     }
 }
 
-/// Where the connection settings come from.
-#[derive(Debug)]
+/// Where the connection settings come from. Deliberately not `Debug`: a kubeconfig
+/// holds credentials.
 enum Source {
     Kubeconfig {
         config: Box<Kubeconfig>,

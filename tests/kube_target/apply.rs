@@ -352,7 +352,18 @@ async fn objects_cairn_did_not_create_are_never_taken_over() {
         .contains("never takes over"));
     assert_eq!(server.resource_version(), rv, "nothing was written");
 
-    // Another workspace's object is named as such.
+    // Another workspace's object is named as such; another workspace's namespace is
+    // used as it is.
+    let applied = clusters
+        .apply(&[namespace("other", "shared")], &ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&applied), ["Namespace/shared created"]);
+    let applied = clusters
+        .apply(&[namespace(WS, "shared")], &ApplyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&applied), ["Namespace/shared foreign"]);
     let applied = clusters
         .apply(&objects[2..3], &ApplyOptions::default())
         .await

@@ -31,10 +31,10 @@
 //!    node allocatable for plan-time checks.
 //!
 //! # Caveats
-//! - A pre-existing Namespace without Cairn's labels (`default`, or one a platform team
-//!   made) is left alone and reported as [`Outcome::Foreign`]; Cairn applies the objects
-//!   inside it but never the Namespace itself. Any other kind in that state is an
-//!   error.
+//! - A pre-existing Namespace without Cairn's labels for the workspace (`default`, one
+//!   a platform team made, one another workspace made) is left alone and reported as
+//!   [`Outcome::Foreign`]; Cairn applies the objects inside it but never the Namespace
+//!   itself. Any other kind in that state is an error.
 //! - Pruning a Namespace Cairn created deletes everything in it, as `kubectl delete
 //!   namespace` would.
 //! - Log lines of a Job's pods are fetched by polling `pods/log` with timestamps (so a
@@ -225,7 +225,8 @@ pub enum Outcome {
     Unchanged,
     /// Deleted and created again (an immutable field changed, or it was asked for).
     Replaced,
-    /// A Namespace that exists without Cairn's labels: used, never changed.
+    /// A Namespace that exists without Cairn's labels for this workspace: used, never
+    /// changed.
     Foreign,
     Failed(Error),
     /// Not attempted because an earlier wave failed.
@@ -808,7 +809,9 @@ impl Clusters {
                 return Ok((Outcome::Created, resource_version(&applied)));
             };
             if !is_managed(&live, workspace) {
-                if object.kind == "Namespace" && label(&live, LABEL_MANAGED_BY) != Some("cairn") {
+                // A namespace someone else made (a platform team, another workspace)
+                // is used as it is.
+                if object.kind == "Namespace" {
                     return Ok((Outcome::Foreign, resource_version(&live)));
                 }
                 return Err(Error::NotManaged {

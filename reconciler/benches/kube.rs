@@ -18,7 +18,7 @@
 //! (linear).
 
 #[path = "../../tests/support/kube_server.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod kube_server;
 
 use std::collections::HashMap;
@@ -228,7 +228,7 @@ async fn run(endpoints: usize) -> Run {
 }
 
 /// The run whose time for `phase` is the median of `runs`.
-fn median<'a>(runs: &'a [Run], phase: fn(&Run) -> &Phase) -> &'a Phase {
+fn median(runs: &[Run], phase: fn(&Run) -> &Phase) -> &Phase {
     let mut sorted: Vec<&Run> = runs.iter().collect();
     sorted.sort_by_key(|r| phase(r).time);
     phase(sorted[sorted.len() / 2])

@@ -100,8 +100,10 @@ async fn a_hand_edit_shows_on_that_field_only() {
         .unwrap()["spec"]["template"]["spec"]["containers"]
         .clone();
     containers[0]["image"] = json!("registry.example/scoring:hotfix");
-    let mut params = PatchParams::default();
-    params.field_manager = Some("kubectl-edit".into());
+    let params = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
     api.patch(
         "scoring-blue",
         &params,

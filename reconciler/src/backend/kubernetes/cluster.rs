@@ -299,6 +299,9 @@ struct Resolved {
 
 type Kinds = HashMap<String, Resolved>;
 
+/// Per (context, apiVersion), the kinds discovered, filled once.
+type KindCache = HashMap<(Option<String>, String), Arc<OnceCell<Arc<Kinds>>>>;
+
 /// Connections to the clusters a workspace uses: one `kube::Client` per kubeconfig
 /// context (`None` is the current context), made lazily and cached, with the kinds
 /// each serves.
@@ -307,7 +310,7 @@ pub struct Clusters {
     clients: Mutex<HashMap<Option<String>, Cluster>>,
     /// Per (context, apiVersion): the kinds that group version serves (empty when the
     /// server does not serve it).
-    kinds: Mutex<HashMap<(Option<String>, String), Arc<OnceCell<Arc<Kinds>>>>>,
+    kinds: Mutex<KindCache>,
     concurrency: usize,
     poll: Duration,
 }
@@ -815,7 +818,7 @@ impl Clusters {
                     return Ok((Outcome::Foreign, resource_version(&live)));
                 }
                 return Err(Error::NotManaged {
-                    object: key,
+                    object: Box::new(key),
                     workspace: workspace.to_string(),
                     owner: label(&live, LABEL_WORKSPACE)
                         .filter(|_| label(&live, LABEL_MANAGED_BY) == Some("cairn"))
@@ -861,7 +864,7 @@ impl Clusters {
             }
         }
         Err(Error::Raced {
-            object: key,
+            object: Box::new(key),
             attempts: ATTEMPTS,
         })
     }
@@ -984,7 +987,7 @@ impl Clusters {
             }
         }
         Err(Error::Raced {
-            object: key.clone(),
+            object: Box::new(key.clone()),
             attempts: ATTEMPTS,
         })
     }
@@ -1009,7 +1012,7 @@ impl Clusters {
         loop {
             let Some(job) = get(&api, &cluster, key).await? else {
                 return Err(Error::Gone {
-                    object: key.clone(),
+                    object: Box::new(key.clone()),
                 });
             };
             let state = job_state(&job);
@@ -1020,7 +1023,7 @@ impl Clusters {
                 JobState::Succeeded => return Ok(()),
                 JobState::Failed { reason, message } => {
                     return Err(Error::JobFailed {
-                        job: key.clone(),
+                        job: Box::new(key.clone()),
                         reason,
                         message,
                     })
@@ -1054,7 +1057,7 @@ impl Clusters {
         loop {
             let Some(deployment) = get(&api, &cluster, key).await? else {
                 return Err(Error::Gone {
-                    object: key.clone(),
+                    object: Box::new(key.clone()),
                 });
             };
             let n = |p: &str| deployment.pointer(p).and_then(Value::as_i64);
@@ -1078,7 +1081,7 @@ impl Clusters {
             if let Some(progressing) = condition(&deployment, "Progressing") {
                 if progressing.status == "False" && observed >= generation {
                     return Err(Error::NotProgressing {
-                        object: key.clone(),
+                        object: Box::new(key.clone()),
                         reason: progressing.reason,
                         message: progressing.message,
                         state,
@@ -1165,14 +1168,14 @@ fn api_for(
         )),
         (false, None) => Ok(Api::all_with(cluster.client.clone(), &resolved.resource)),
         (true, None) => Err(Error::InvalidObject {
-            object: key.clone(),
+            object: Box::new(key.clone()),
             problem: format!(
                 "{} is namespaced, and the object names no namespace",
                 resolved.resource.kind
             ),
         }),
         (false, Some(ns)) => Err(Error::InvalidObject {
-            object: key.clone(),
+            object: Box::new(key.clone()),
             problem: format!(
                 "{} is cluster-scoped, and the object names namespace `{ns}`",
                 resolved.resource.kind
@@ -1302,7 +1305,7 @@ fn apply_error(cluster: &Cluster, key: &ObjectKey, error: kube::Error) -> Error 
                 }
             }
             return Error::Conflict {
-                object: key.clone(),
+                object: Box::new(key.clone()),
                 fields,
                 managers: managers.into_iter().collect(),
             };
@@ -1568,7 +1571,7 @@ pub enum Error {
     },
     #[error("{object}: {}", conflict_message(.fields, .managers))]
     Conflict {
-        object: ObjectKey,
+        object: Box<ObjectKey>,
         /// The conflicting fields, as the server names them (`.spec.replicas`).
         fields: Vec<String>,
         /// The field managers that own them.
@@ -1576,7 +1579,7 @@ pub enum Error {
     },
     #[error("{object} exists and is not managed by Cairn for workspace `{workspace}`{}", .owner.as_ref().map(|o| format!(" (it belongs to workspace `{o}`)")).unwrap_or_default())]
     NotManaged {
-        object: ObjectKey,
+        object: Box<ObjectKey>,
         workspace: String,
         /// The workspace that manages it, when another one does.
         owner: Option<String>,
@@ -1588,16 +1591,19 @@ pub enum Error {
         kind: String,
     },
     #[error("{object}: {problem}")]
-    InvalidObject { object: ObjectKey, problem: String },
+    InvalidObject {
+        object: Box<ObjectKey>,
+        problem: String,
+    },
     #[error("{job} failed: {reason}: {message}")]
     JobFailed {
-        job: ObjectKey,
+        job: Box<ObjectKey>,
         reason: String,
         message: String,
     },
     #[error("{object} is not progressing: {reason}: {message} ({state})")]
     NotProgressing {
-        object: ObjectKey,
+        object: Box<ObjectKey>,
         reason: String,
         message: String,
         state: String,
@@ -1609,9 +1615,12 @@ pub enum Error {
         state: String,
     },
     #[error("{object} kept changing while Cairn wrote it ({attempts} attempts)")]
-    Raced { object: ObjectKey, attempts: usize },
+    Raced {
+        object: Box<ObjectKey>,
+        attempts: usize,
+    },
     #[error("{object} disappeared while Cairn waited for it")]
-    Gone { object: ObjectKey },
+    Gone { object: Box<ObjectKey> },
 }
 
 fn conflict_message(fields: &[String], managers: &[String]) -> String {

@@ -149,6 +149,8 @@ struct Phase {
 
 struct Run {
     objects: usize,
+    /// Of the plan: the time spent diffing (the rest is observing).
+    diff: Duration,
     create: Phase,
     plan: Phase,
     reapply: Phase,
@@ -192,18 +194,21 @@ async fn run(endpoints: usize) -> Run {
         context: None,
         namespace: NS.to_string(),
     }];
+    let mut diff_time = Duration::ZERO;
     let plan = measure(&server, async {
         let live = clusters
             .observe_desired(WS, &scopes, &desired)
             .await
             .unwrap();
         assert_eq!(live.len(), desired.len());
+        let start = Instant::now();
         let by_key: HashMap<_, _> = live.iter().map(|o| (o.key.clone(), &o.value)).collect();
         let changed = desired
             .iter()
             .filter(|o| !diff(o, by_key[&o.key()]).is_empty())
             .count();
         assert_eq!(changed, 0, "nothing changed");
+        diff_time = start.elapsed();
     })
     .await;
 
@@ -221,6 +226,7 @@ async fn run(endpoints: usize) -> Run {
 
     Run {
         objects: desired.len(),
+        diff: diff_time,
         create,
         plan,
         reapply,
@@ -279,6 +285,16 @@ fn main() {
                 phase.max_in_flight,
             );
         }
+        let mut diffs: Vec<Duration> = runs.iter().map(|r| r.diff).collect();
+        diffs.sort();
+        println!(
+            "{:>9} {:>7}  {:<22} {:>8.3}s {:>10.0}",
+            n,
+            objects,
+            "  of which diff",
+            diffs[diffs.len() / 2].as_secs_f64(),
+            objects as f64 / diffs[diffs.len() / 2].as_secs_f64(),
+        );
         medians.push((n, [create.time, plan.time, reapply.time]));
     }
     println!("(median of {repeat} runs each)");

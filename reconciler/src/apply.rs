@@ -594,16 +594,11 @@ impl Applier<'_> {
                 .into_iter()
                 .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
             for batch in [workloads, rest] {
-                let replaced: Vec<ObjectKey> = batch
+                let replace: BTreeSet<ObjectKey> = batch
                     .iter()
                     .filter(|o| o.action == Action::Replace)
                     .map(|o| o.key())
                     .collect();
-                if !replaced.is_empty() {
-                    kube.delete(&replaced)
-                        .await
-                        .map_err(|e| failed("replacing objects", e))?;
-                }
                 // Objects the plan showed drifting are taken back from whoever changed
                 // them (the plan was approved); others are applied without force, so an
                 // edit made since the plan is a conflict, not silently overwritten.
@@ -614,7 +609,7 @@ impl Applier<'_> {
                         .filter_map(|o| o.desired())
                         .collect();
                     if !objects.is_empty() {
-                        kube.apply(&objects, force)
+                        kube.apply(&objects, force, &replace)
                             .await
                             .map_err(|e| failed("applying objects", e))?;
                     }
@@ -639,11 +634,14 @@ impl Applier<'_> {
                 }
             }
             if !deletes.is_empty() {
-                let keys: Vec<ObjectKey> = deletes.iter().rev().map(|o| o.key()).collect();
-                kube.delete(&keys)
+                let objects: Vec<(ObjectKey, String)> = deletes
+                    .iter()
+                    .map(|o| (o.key(), o.api_version.clone()))
+                    .collect();
+                kube.delete(&change.workspace, &objects)
                     .await
                     .map_err(|e| failed("deleting objects", e))?;
-                deleted = keys.len();
+                deleted = objects.len();
             }
         }
         let value = if change.action() == Action::Delete {
@@ -698,8 +696,8 @@ impl Applier<'_> {
         let t = Instant::now();
         let address = change.address.clone();
         let events = self.events;
-        let on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
-        let waited = kube.wait_job(&job.key(), timeout, &on_log).await;
+        let mut on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
+        let waited = kube.wait_job(&job.key(), timeout, &mut on_log).await;
         let mut error = waited.err().map(|e| error_chain(&*e));
         let mut produced = BTreeMap::new();
         let mut metrics = None;

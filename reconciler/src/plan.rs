@@ -499,7 +499,7 @@ impl Planner<'_> {
             let live: Vec<_> = kube
                 .objects
                 .iter()
-                .filter(|o| o.workspace() == Some(ws))
+                .filter(|o| o.is_managed_by(ws))
                 .cloned()
                 .collect();
             for (address, objects) in plan_objects::compare(&desired, &live, &current_jobs) {

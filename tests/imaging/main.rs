@@ -80,6 +80,21 @@ impl World {
 
         let train = KubeServer::start();
         let serve = KubeServer::start();
+        // The GPU pool: two nodes with four GPUs each.
+        for i in 0..2 {
+            let node = format!("a100-{i}");
+            train.create(
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
+                "kubelet",
+            );
+            train.set_status(
+                "v1",
+                "Node",
+                None,
+                &node,
+                json!({"allocatable": {"cpu": "24", "memory": "220Gi", "nvidia.com/gpu": "4"}}),
+            );
+        }
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(
             &kubeconfig,

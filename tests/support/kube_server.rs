@@ -53,6 +53,16 @@
 //!   `timeoutSeconds`.
 //! - `Accept: ...;as=PartialObjectMetadata[List]` (kube's `get_metadata`, `list_metadata`).
 //! - Bearer-token authentication (401 without the kubeconfig's token).
+//! - `pods/<name>/log` (not followed): the lines a test wrote with
+//!   [`KubeServer::pod_log`], with `container`, `timestamps`, `sinceTime` and
+//!   `tailLines`.
+//!
+//! # Test controls beyond the API
+//! - [`KubeServer::interleave`]: another client's merge patch lands just before the next
+//!   matching request, to test how a client handles objects changing under it.
+//! - [`KubeServer::forbid`]: every request on a resource is a 403 `Forbidden`, as RBAC
+//!   would answer a role without it.
+//! - [`KubeServer::max_in_flight`]: the most requests the server was handling at once.
 //!
 //! # Strictness
 //! When unsure it refuses, with the `Status` object and code the real server would give:
@@ -78,8 +88,8 @@
 //!   [`KubeServer::deployment_available`]). Deletion is immediate (namespaces too, with
 //!   their contents) unless finalizers hold it; foreground and background propagation both
 //!   delete dependents at once; `gracePeriodSeconds` is ignored.
-//! - No JSON patch (`application/json-patch+json`: 415), no `/scale`, `/log`, `/exec` or
-//!   other subresources, no tables, protobuf, RBAC, admission, or old `/watch/` paths.
+//! - No JSON patch (`application/json-patch+json`: 415), no `/scale`, `/exec` or other
+//!   subresources besides `status` and pods' `log`, no tables, protobuf, RBAC, admission, or old `/watch/` paths.
 //! - A list is always the latest state: `resourceVersionMatch=Exact` on an older version
 //!   is a 410, and `continue` tokens page through the current objects, not a snapshot.
 //!
@@ -105,6 +115,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -337,10 +348,15 @@ impl KubeServer {
                 events: Vec::new(),
                 requests: Vec::new(),
                 next_ip: 1,
+                interleaves: Vec::new(),
+                forbidden: BTreeSet::new(),
+                pod_logs: BTreeMap::new(),
             }),
             changed,
             token: format!("cairn-test-{}", uuid::Uuid::new_v4().simple()),
             port,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         for r in resources {
             register(&mut shared.lock(), r);
@@ -658,6 +674,54 @@ impl KubeServer {
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv
     }
+
+    /// Just before the next `method` request on `path` (e.g. `PATCH
+    /// /apis/apps/v1/namespaces/ns/deployments/web`), `manager` merge-patches the object
+    /// at `path` (an update, as `kubectl annotate` would): the request then sees an
+    /// object changed since its client last read it. Once only.
+    pub fn interleave(&self, method: &str, path: &str, manager: &str, patch: Value) {
+        self.shared.lock().interleaves.push(Interleave {
+            method: method.to_string(),
+            path: path.to_string(),
+            manager: manager.to_string(),
+            patch,
+        });
+    }
+
+    /// From now on, every request on `plural` of `group` (`""` for core) is a 403, as
+    /// for a role without access to it.
+    pub fn forbid(&self, group: &str, plural: &str) {
+        self.shared
+            .lock()
+            .forbidden
+            .insert((group.to_string(), plural.to_string()));
+    }
+
+    /// Appends a line to the log of `container` in pod `pod`, stamped now, as the
+    /// kubelet would (the pod need not exist yet; its log is read through `pods/log`).
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str, line: &str) {
+        self.shared
+            .lock()
+            .pod_logs
+            .entry((
+                namespace.to_string(),
+                pod.to_string(),
+                container.to_string(),
+            ))
+            .or_default()
+            .push((k8s_openapi::jiff::Timestamp::now(), line.to_string()));
+    }
+
+    /// The most requests the server was handling at once (from the request's arrival
+    /// to its answer; a watch counts until its answer starts).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting [`KubeServer::max_in_flight`] again.
+    pub fn reset_max_in_flight(&self) {
+        self.shared.max_in_flight.store(0, Ordering::SeqCst);
+    }
 }
 
 impl Drop for KubeServer {
@@ -699,6 +763,18 @@ struct Shared {
     changed: tokio::sync::watch::Sender<u64>,
     token: String,
     port: u16,
+    /// Requests being handled now, and the most at once so far.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Another client's write that lands just before a request (see
+/// [`KubeServer::interleave`]).
+struct Interleave {
+    method: String,
+    path: String,
+    manager: String,
+    patch: Value,
 }
 
 struct State {
@@ -711,6 +787,11 @@ struct State {
     requests: Vec<RecordedRequest>,
     /// For service cluster IPs.
     next_ip: u32,
+    interleaves: Vec<Interleave>,
+    /// (group, plural) of the resources every request on is forbidden.
+    forbidden: BTreeSet<(String, String)>,
+    /// Log lines (RFC 3339 time, text) by namespace, pod and container.
+    pod_logs: BTreeMap<(String, String, String), Vec<(k8s_openapi::jiff::Timestamp, String)>>,
 }
 
 /// Where an object lives: its kind (an index into the table), namespace (`""` for
@@ -1198,6 +1279,17 @@ async fn serve(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     request: axum::extract::Request,
 ) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    // Handling is synchronous: without a yield, a request would be answered before the
+    // next connection's is even seen, and the count would only show the worker threads.
+    tokio::task::yield_now().await;
+    let response = serve_counted(&shared, request).await;
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn serve_counted(shared: &Arc<Shared>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let content_type = parts
         .headers
@@ -1216,13 +1308,173 @@ async fn serve(
         body: serde_json::from_slice(&body).ok(),
         status: 0,
     };
-    let response = match route(&shared, &parts, &body, &mut record) {
+    run_interleave(shared, parts.method.as_str(), parts.uri.path());
+    let response = match route(shared, &parts, &body, &mut record) {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
     record.status = response.status().as_u16();
     shared.lock().requests.push(record);
     response
+}
+
+/// Runs the [`Interleave`] waiting for this request, if any.
+fn run_interleave(shared: &Arc<Shared>, method: &str, path: &str) {
+    let hook = {
+        let mut state = shared.lock();
+        let found = state
+            .interleaves
+            .iter()
+            .position(|h| h.method == method && h.path == path);
+        found.map(|i| state.interleaves.remove(i))
+    };
+    let Some(hook) = hook else { return };
+    let target = parse_path(&shared.lock(), path);
+    let result = target.and_then(|target| {
+        shared.update_with(&target, &Writer::test(&hook.manager), |old| {
+            let mut new = old.clone();
+            merge_patch(&mut new, &hook.patch);
+            Ok(new)
+        })
+    });
+    if let Err(e) = result {
+        panic!("the interleaved write on {path} failed: {}", e.message);
+    }
+}
+
+/// The 403 RBAC would give a request on a resource [`KubeServer::forbid`] named.
+fn forbidden(state: &State, path: &str, method: &Method) -> Option<ApiError> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, plural, name) = match rest {
+        ["namespaces", ns, plural, name @ ..] => (Some(*ns), *plural, name.first().copied()),
+        [plural, name @ ..] => (None, *plural, name.first().copied()),
+        _ => return None,
+    };
+    if !state
+        .forbidden
+        .contains(&(group.to_string(), plural.to_string()))
+    {
+        return None;
+    }
+    let verb = match (method, name) {
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, None) => "deletecollection",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => "get",
+    };
+    let scope = match namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    let resource = name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
+    Some(
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{plural}{resource} is forbidden: User \"cairn-test\" cannot {verb} resource \"{plural}\" in API group \"{group}\" {scope}"
+            ),
+        )
+        .details(json!({"kind": plural})),
+    )
+}
+
+/// `GET /api/v1/namespaces/<ns>/pods/<name>/log`: the lines [`KubeServer::pod_log`]
+/// wrote. `None` for any other path.
+fn pod_log_route(
+    shared: &Arc<Shared>,
+    parts: &axum::http::request::Parts,
+    record: &mut RecordedRequest,
+) -> ApiResult<Option<Response>> {
+    let segments: Vec<&str> = parts.uri.path().split('/').skip(1).collect();
+    let ["api", "v1", "namespaces", namespace, "pods", pod, "log"] = segments.as_slice() else {
+        return Ok(None);
+    };
+    record.verb = Verb::Get;
+    if parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let query = Query::parse(&parts.uri)?;
+    query.only(
+        "pods/log",
+        &["container", "timestamps", "sinceTime", "tailLines"],
+    )?;
+    let state = shared.lock();
+    let res = state
+        .find_kind("v1", "Pod")
+        .ok_or_else(ApiError::no_resource)?;
+    let object = state
+        .objects
+        .get(&Key::new(res, Some(namespace), pod))
+        .ok_or_else(|| ApiError::not_found(&state.resources[res], pod))?;
+    let names = |key: &str| -> Vec<String> {
+        object["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    let container = match query.get("container") {
+        Some(c) if containers.iter().chain(&init).any(|n| n == c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {pod}"
+            )))
+        }
+        None if containers.len() == 1 && init.is_empty() => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {pod}, choose one of: [{}] or one of the init containers: [{}]",
+                containers.join(" "),
+                init.join(" ")
+            )))
+        }
+    };
+    let since = match query.get("sinceTime") {
+        None => None,
+        Some(t) => Some(t.parse::<k8s_openapi::jiff::Timestamp>().map_err(|_| {
+            ApiError::bad_request(format!("sinceTime: invalid RFC 3339 time \"{t}\""))
+        })?),
+    };
+    let timestamps = query.flag("timestamps")?;
+    let lines: Vec<&(k8s_openapi::jiff::Timestamp, String)> = state
+        .pod_logs
+        .get(&(namespace.to_string(), pod.to_string(), container))
+        .into_iter()
+        .flatten()
+        .filter(|(t, _)| since.is_none_or(|s| *t >= s))
+        .collect();
+    let skip = match query.get("tailLines") {
+        None => 0,
+        Some(n) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("tailLines: invalid value \"{n}\"")))?;
+            lines.len().saturating_sub(n)
+        }
+    };
+    let mut text = String::new();
+    for (t, line) in lines.into_iter().skip(skip) {
+        if timestamps {
+            text.push_str(&format!("{t:.9} "));
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    Ok(Some(
+        (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response(),
+    ))
 }
 
 fn route(
@@ -1240,6 +1492,12 @@ fn route(
         .is_some_and(|v| v == format!("Bearer {}", shared.token));
     if !open && !authorized {
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
+    if let Some(forbidden) = forbidden(&shared.lock(), path, &parts.method) {
+        return Err(forbidden);
+    }
+    if let Some(response) = pod_log_route(shared, parts, record)? {
+        return Ok(response);
     }
     let target = parse_path(&shared.lock(), path)?;
     let query = Query::parse(&parts.uri)?;

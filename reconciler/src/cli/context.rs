@@ -93,13 +93,16 @@ pub fn kube_scopes(desired: &DesiredState, workspace: &str) -> Vec<Scope> {
 
 /// Why a workspace can't be planned with this kubeconfig, if it can't: a context its
 /// computes name is not there.
-fn unreachable_cluster(
-    desired: &DesiredState,
-    workspace: &str,
-    clusters: &Clusters,
-) -> Option<String> {
+fn unreachable_cluster(desired: &DesiredState, workspace: &str) -> Option<String> {
+    // Making a client reads the kubeconfig and connects to nothing. A client belongs to
+    // the runtime it was made in, so this check makes its own, thrown away after.
+    let clusters = Clusters::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
     for scope in kube_scopes(desired, workspace) {
-        if let Err(e) = clusters.check_context(scope.context.as_deref()) {
+        if let Err(e) = rt.block_on(clusters.client(scope.context.as_deref())) {
             return Some(e.to_string());
         }
     }
@@ -131,8 +134,8 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
     };
     for name in names {
         if !kube_scopes(desired, &name).is_empty() {
-            let clusters = clusters.get_or_insert_with(Clusters::new);
-            if let Some(why) = unreachable_cluster(desired, &name, clusters) {
+            clusters.get_or_insert_with(Clusters::new);
+            if let Some(why) = unreachable_cluster(desired, &name) {
                 if named.is_empty() {
                     skipped.push(format!(
                         "workspace `{name}` is not planned: {why} (name it with `-w {name}` to see why)"

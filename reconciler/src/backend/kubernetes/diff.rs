@@ -16,7 +16,8 @@
 //! - Lists of maps that all have a `name` (containers, env, ports, volumes) are matched
 //!   by name, as the real API server merges them; other lists are compared element by
 //!   element when both have the same length (so defaults inside the elements don't
-//!   show), and as a whole otherwise.
+//!   show), and as a whole otherwise. `metadata.finalizers` is a set: others'
+//!   finalizers beside Cairn's are no drift.
 //! - Quantities under `requests`, `limits`, `hard` and the like compare by value: `"1"`,
 //!   `1` and `"1000m"` are the same CPU, `"1Gi"` and `"1024Mi"` the same memory.
 //! - Server-owned metadata (`managedFields`, `resourceVersion`, `uid`,
@@ -157,6 +158,20 @@ fn diff_metadata(desired: &Value, live: Option<&Value>, out: &mut Vec<FieldChang
         }
         let l_value = live.and_then(|l| l.get(key));
         let path = format!("metadata.{key}");
+        if key == "finalizers" {
+            // A set: others' finalizers stay beside Cairn's.
+            let missing = d_value.as_array().is_some_and(|d| {
+                d.iter().any(|f| {
+                    !l_value
+                        .and_then(Value::as_array)
+                        .is_some_and(|l| l.contains(f))
+                })
+            });
+            if missing {
+                out.push(change(path, l_value.cloned(), Some(d_value.clone())));
+            }
+            continue;
+        }
         if key == "annotations" {
             if let (Value::Object(d_ann), l_ann) = (d_value, l_value) {
                 let mut d_ann = d_ann.clone();
@@ -900,6 +915,49 @@ mod tests {
         let d = diff(&object("Deployment", desired), &live_deployment());
         assert_eq!(paths(&d), ["spec.template.spec.tolerations"]);
         assert_eq!(d.changes[0].before, None);
+    }
+
+    #[test]
+    fn set_and_index_entries_of_managed_fields() {
+        let mut live = live_deployment();
+        live["metadata"]["finalizers"] = json!(["cairn.dev/drain", "other.example/keep"]);
+        live["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "gpu", "operator": "Exists"}]);
+        let fields = &mut live["metadata"]["managedFields"][0]["fieldsV1"];
+        fields["f:metadata"]["f:finalizers"] = json!({"v:\"cairn.dev/drain\"": {}});
+        fields["f:spec"]["f:template"]["f:spec"]["f:tolerations"] =
+            json!({"i:0": {"f:key": {}, "f:operator": {}}});
+        let d = diff(&object("Deployment", deployment()), &live);
+        assert_eq!(
+            d.changes,
+            vec![
+                change(
+                    "metadata.finalizers[0]".into(),
+                    Some(json!("cairn.dev/drain")),
+                    None
+                ),
+                change(
+                    "spec.template.spec.tolerations[0].key".into(),
+                    Some(json!("gpu")),
+                    None
+                ),
+                change(
+                    "spec.template.spec.tolerations[0].operator".into(),
+                    Some(json!("Exists")),
+                    None
+                ),
+            ]
+        );
+        // Still desired: nothing to remove.
+        let mut desired = deployment();
+        desired["metadata"]["finalizers"] = json!(["cairn.dev/drain"]);
+        desired["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "gpu", "operator": "Exists"}]);
+        let d = diff(&object("Deployment", desired.clone()), &live);
+        assert!(d.is_empty(), "finalizers are a set: {:#?}", d.changes);
+        desired["metadata"]["finalizers"] = json!(["cairn.dev/drain", "cairn.dev/new"]);
+        let d = diff(&object("Deployment", desired), &live);
+        assert_eq!(paths(&d), ["metadata.finalizers"]);
     }
 
     #[test]

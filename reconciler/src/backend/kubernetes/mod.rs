@@ -2,8 +2,10 @@
 //! jobs and endpoints become in a cluster, rendered from minijinja templates.
 //!
 //! This module owns the templates, rendering them safely, and the rules every rendered
-//! object follows. It does not talk to a cluster: applying, observing and diffing
-//! objects belong to the Kubernetes client, which takes the [`KubeObject`]s made here.
+//! object follows. Talking to clusters (observing, applying, pruning, waiting) is
+//! `cluster.rs` ([`Clusters`]), and the managed-field diff of a rendered object against
+//! its live counterpart is `diff.rs` ([`diff()`]); both take the [`KubeObject`]s made
+//! here.
 //!
 //! # Objects
 //!
@@ -60,8 +62,8 @@
 //!
 //! [`Snapshot`]: crate::manifest::Snapshot
 
-mod client;
-mod diff;
+pub mod cluster;
+pub mod diff;
 mod objects;
 mod render;
 mod target;
@@ -75,8 +77,11 @@ use serde_json::Value;
 use crate::address::Address;
 use crate::diagnostics::Location;
 
-pub use client::{Capacity, Clusters, Error as ClusterError, LiveObject, Scope, MANAGED_KINDS};
-pub use diff::{diff, ObjectDiff, FIELD_MANAGER};
+pub use cluster::{
+    Applied, ApplyOptions, Capacity, Clusters, Error as ClusterError, KindRef, LiveObject, Outcome,
+    Scope,
+};
+pub use diff::{diff, ObjectDiff};
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };

@@ -16,10 +16,13 @@
 pub mod address;
 pub mod apply;
 pub mod backend;
+pub mod changes;
 pub mod content;
 pub mod desired;
 pub mod diagnostics;
+pub mod drift;
 pub mod events;
+pub mod github;
 pub mod manifest;
 pub mod plan;
 pub mod policy;

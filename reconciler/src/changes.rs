@@ -187,7 +187,9 @@ pub fn touched(
         }
         let source = match &r.spec {
             Spec::Dataset(d) => Some(d.source.get_ref().as_str()),
-            Spec::Model(m) if m.from_job.is_none() => m.source.as_ref().map(|s| s.get_ref().as_str()),
+            Spec::Model(m) if m.from_job.is_none() => {
+                m.source.as_ref().map(|s| s.get_ref().as_str())
+            }
             _ => None,
         };
         let Some(source) = source.filter(|s| !s.contains("://")) else {
@@ -206,7 +208,11 @@ pub fn touched(
         }
     }
     if let Some(base) = base {
-        for file in base.files.iter().filter(|f| files.contains(f.path.as_str())) {
+        for file in base
+            .files
+            .iter()
+            .filter(|f| files.contains(f.path.as_str()))
+        {
             for declared in parse_file(file).resources {
                 out.entry(declared.address.to_string())
                     .or_default()

@@ -108,7 +108,10 @@ fn the_examples_use_the_action_as_it_is_declared() {
     let inputs = action["inputs"].as_mapping().expect("inputs");
     for step in action["runs"]["steps"].as_sequence().unwrap() {
         if step.get("run").is_some() {
-            assert!(step.get("shell").is_some(), "composite run steps need a shell: {step:?}");
+            assert!(
+                step.get("shell").is_some(),
+                "composite run steps need a shell: {step:?}"
+            );
         }
     }
     let required: Vec<&str> = inputs

@@ -14,7 +14,13 @@ use crate::{REPO, TOKEN};
 
 /// Runs `cairn <args>` against `server` with the token and repository set the way
 /// GitHub Actions sets them; `token: None` leaves GITHUB_TOKEN unset.
-fn cairn(root: &Root, server: &FakeGitHub, args: &[&str], token: Option<&str>, event: Option<&Path>) -> Run {
+fn cairn(
+    root: &Root,
+    server: &FakeGitHub,
+    args: &[&str],
+    token: Option<&str>,
+    event: Option<&Path>,
+) -> Run {
     let mut cmd = root.command(args);
     for var in [
         "GITHUB_TOKEN",
@@ -76,26 +82,42 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     let server = FakeGitHub::start(REPO, TOKEN, &[7]);
     let ev = event(&root, 7, &base, &head);
 
-    let run = cairn(&root, &server, &["plan", "ROOT", "--rev", &head, "--comment"], Some(TOKEN), Some(&ev));
+    let run = cairn(
+        &root,
+        &server,
+        &["plan", "ROOT", "--rev", &head, "--comment"],
+        Some(TOKEN),
+        Some(&ev),
+    );
     run.ok();
     assert!(run.stdout.contains("Plan: 4 to add"), "{}", run.both());
     assert!(
-        run.stderr.contains("Posted the plan comment on acme/ml-infra#7 (1 part): https://github.test/"),
+        run.stderr
+            .contains("Posted the plan comment on acme/ml-infra#7 (1 part): https://github.test/"),
         "{}",
         run.both()
     );
     let comments = server.comments(7);
     assert_eq!(comments.len(), 1);
     let body = &comments[0].body;
-    assert!(body.starts_with("<!-- cairn:plan key=risk part=1/1 -->\n"), "{body}");
-    assert!(body.contains(&format!("### Cairn plan for `risk` at {}", &head[..7])), "{body}");
+    assert!(
+        body.starts_with("<!-- cairn:plan key=risk part=1/1 -->\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("### Cairn plan for `risk` at {}", &head[..7])),
+        "{body}"
+    );
     assert!(
         body.contains("- `risk/dataset.loans`: `risk/data/loans/loans.csv`"),
         "{body}"
     );
     assert!(body.contains(&format!("at commit `{head}`")), "{body}");
     assert!(body.contains("```mermaid"), "{body}");
-    assert!(body.contains("<summary>▶ <code>risk/job.train</code> run:"), "{body}");
+    assert!(
+        body.contains("<summary>▶ <code>risk/job.train</code> run:"),
+        "{body}"
+    );
 
     let statuses = server.statuses();
     assert_eq!(statuses.len(), 1);
@@ -108,7 +130,10 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     );
     assert_eq!(
         statuses[0].1["target_url"],
-        format!("https://github.test/acme/ml-infra/pull/7#issuecomment-{}", comments[0].id)
+        format!(
+            "https://github.test/acme/ml-infra/pull/7#issuecomment-{}",
+            comments[0].id
+        )
     );
 
     // Another push to the pull request: the same comment is updated.
@@ -116,9 +141,19 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     let head2 = root.git_commit_all("less income");
     let ev = event(&root, 7, &base, &head2);
     server.clear_requests();
-    let run = cairn(&root, &server, &["plan", "ROOT", "--rev", &head2, "--comment"], Some(TOKEN), Some(&ev));
+    let run = cairn(
+        &root,
+        &server,
+        &["plan", "ROOT", "--rev", &head2, "--comment"],
+        Some(TOKEN),
+        Some(&ev),
+    );
     run.ok();
-    assert!(run.stderr.contains("Updated the plan comment"), "{}", run.both());
+    assert!(
+        run.stderr.contains("Updated the plan comment"),
+        "{}",
+        run.both()
+    );
     let after = server.comments(7);
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].id, comments[0].id);
@@ -131,9 +166,18 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     assert_eq!(
         calls,
         [
-            ("GET".into(), "/repos/acme/ml-infra/issues/7/comments?per_page=100&page=1".into()),
-            ("PATCH".into(), format!("/repos/acme/ml-infra/issues/comments/{}", comments[0].id)),
-            ("POST".into(), format!("/repos/acme/ml-infra/statuses/{head2}")),
+            (
+                "GET".into(),
+                "/repos/acme/ml-infra/issues/7/comments?per_page=100&page=1".into()
+            ),
+            (
+                "PATCH".into(),
+                format!("/repos/acme/ml-infra/issues/comments/{}", comments[0].id)
+            ),
+            (
+                "POST".into(),
+                format!("/repos/acme/ml-infra/statuses/{head2}")
+            ),
         ]
     );
     assert!(server.requests().iter().all(|r| r.authorized));
@@ -144,11 +188,30 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
 fn plan_comment_from_flags_retries_a_502() {
     let (root, base, head) = pull_request();
     let server = FakeGitHub::start(REPO, TOKEN, &[12]);
-    server.fail(Some("GET"), "/issues/12/comments", 502, 1, &[], "<html>bad gateway</html>");
+    server.fail(
+        Some("GET"),
+        "/issues/12/comments",
+        502,
+        1,
+        &[],
+        "<html>bad gateway</html>",
+    );
     let run = cairn(
         &root,
         &server,
-        &["plan", "ROOT", "--rev", &head, "--comment", "--pr", "12", "--sha", &head, "--base", &base],
+        &[
+            "plan",
+            "ROOT",
+            "--rev",
+            &head,
+            "--comment",
+            "--pr",
+            "12",
+            "--sha",
+            &head,
+            "--base",
+            &base,
+        ],
         Some(TOKEN),
         None,
     );
@@ -170,7 +233,17 @@ fn github_errors_say_what_is_missing_and_never_show_the_token() {
         cairn(
             &root,
             server,
-            &["plan", "ROOT", "--rev", &head, "--comment", "--pr", pr, "--sha", &head],
+            &[
+                "plan",
+                "ROOT",
+                "--rev",
+                &head,
+                "--comment",
+                "--pr",
+                pr,
+                "--sha",
+                &head,
+            ],
             token,
             None,
         )
@@ -198,23 +271,43 @@ fn github_errors_say_what_is_missing_and_never_show_the_token() {
     );
 
     // A token without the statuses permission.
-    server.fail(Some("POST"), "/statuses/", 403, 1, &[], r#"{"message": "Resource not accessible by integration"}"#);
+    server.fail(
+        Some("POST"),
+        "/statuses/",
+        403,
+        1,
+        &[],
+        r#"{"message": "Resource not accessible by integration"}"#,
+    );
     let run = plan(&server, "7", Some(TOKEN));
     run.code(1);
     assert!(
-        run.stderr.contains("the token lacks `statuses: write` on acme/ml-infra"),
+        run.stderr
+            .contains("the token lacks `statuses: write` on acme/ml-infra"),
         "{}",
         run.both()
     );
-    assert!(run.stderr.contains("permissions: { statuses: write }"), "{}", run.both());
+    assert!(
+        run.stderr.contains("permissions: { statuses: write }"),
+        "{}",
+        run.both()
+    );
 
     // No token at all: nothing is sent.
     let server = FakeGitHub::start(REPO, TOKEN, &[7]);
     let run = plan(&server, "7", None);
     run.code(1);
-    assert!(run.stderr.contains("GITHUB_TOKEN is not set"), "{}", run.both());
+    assert!(
+        run.stderr.contains("GITHUB_TOKEN is not set"),
+        "{}",
+        run.both()
+    );
     assert!(server.requests().is_empty());
-    assert!(run.stdout.is_empty(), "fails before planning: {}", run.both());
+    assert!(
+        run.stdout.is_empty(),
+        "fails before planning: {}",
+        run.both()
+    );
 }
 
 /// Makes `main` the current branch at HEAD, whatever `git init` named it.
@@ -236,7 +329,13 @@ fn drift_opens_an_issue_and_a_clean_check_closes_it() {
     root.cairn(&["apply", "ROOT", "--auto-approve"]).ok();
 
     // Live matches main: exit 0, no issue.
-    let run = cairn(&root, &server, &["drift", "ROOT", "--github-issue"], Some(TOKEN), None);
+    let run = cairn(
+        &root,
+        &server,
+        &["drift", "ROOT", "--github-issue"],
+        Some(TOKEN),
+        None,
+    );
     run.ok();
     assert!(run.stdout.starts_with("No drift."), "{}", run.both());
     assert!(server.issues().is_empty());
@@ -244,7 +343,13 @@ fn drift_opens_an_issue_and_a_clean_check_closes_it() {
     // main moves on without an apply: drift.
     root.edit_row(99_000);
     let head = root.git_commit_all("more income");
-    let run = cairn(&root, &server, &["drift", "ROOT", "--github-issue"], Some(TOKEN), None);
+    let run = cairn(
+        &root,
+        &server,
+        &["drift", "ROOT", "--github-issue"],
+        Some(TOKEN),
+        None,
+    );
     run.code(2);
     assert!(
         run.stdout.starts_with(&format!(
@@ -254,32 +359,74 @@ fn drift_opens_an_issue_and_a_clean_check_closes_it() {
         "{}",
         run.both()
     );
-    assert!(run.stdout.contains("~ risk/dataset.loans"), "{}", run.both());
-    assert!(run.stdout.contains("- version: "), "per field: {}", run.both());
-    assert!(run.stderr.contains("Opened drift issue #1"), "{}", run.both());
+    assert!(
+        run.stdout.contains("~ risk/dataset.loans"),
+        "{}",
+        run.both()
+    );
+    assert!(
+        run.stdout.contains("- version: "),
+        "per field: {}",
+        run.both()
+    );
+    assert!(
+        run.stderr.contains("Opened drift issue #1"),
+        "{}",
+        run.both()
+    );
     let issues = server.issues();
     assert_eq!(issues.len(), 1);
     assert_eq!(issues[0].labels, ["drift"]);
     assert_eq!(issues[0].title, "Drift: 3 resources differ from main");
-    assert!(issues[0].body.starts_with("<!-- cairn:drift key=risk -->\n"));
-    assert!(issues[0].body.contains("<code>risk/dataset.loans</code>"), "{}", issues[0].body);
+    assert!(issues[0]
+        .body
+        .starts_with("<!-- cairn:drift key=risk -->\n"));
+    assert!(
+        issues[0].body.contains("<code>risk/dataset.loans</code>"),
+        "{}",
+        issues[0].body
+    );
 
     // Still drifted: the same issue.
-    let run = cairn(&root, &server, &["drift", "ROOT", "--rev", "main", "--github-issue"], Some(TOKEN), None);
+    let run = cairn(
+        &root,
+        &server,
+        &["drift", "ROOT", "--rev", "main", "--github-issue"],
+        Some(TOKEN),
+        None,
+    );
     run.code(2);
-    assert!(run.stderr.contains("Updated drift issue #1"), "{}", run.both());
+    assert!(
+        run.stderr.contains("Updated drift issue #1"),
+        "{}",
+        run.both()
+    );
     assert_eq!(server.issues().len(), 1);
 
     // Applied: the check is clean and closes the issue with a comment.
     root.cairn(&["apply", "ROOT", "--auto-approve"]).ok();
-    let run = cairn(&root, &server, &["drift", "ROOT", "--github-issue"], Some(TOKEN), None);
+    let run = cairn(
+        &root,
+        &server,
+        &["drift", "ROOT", "--github-issue"],
+        Some(TOKEN),
+        None,
+    );
     run.ok();
-    assert!(run.stderr.contains("Closed drift issue #1"), "{}", run.both());
+    assert!(
+        run.stderr.contains("Closed drift issue #1"),
+        "{}",
+        run.both()
+    );
     let issues = server.issues();
     assert_eq!(issues[0].state, "closed");
     let closing = server.comments(1);
     assert_eq!(closing.len(), 1);
-    assert!(closing[0].body.starts_with("No drift found at main"), "{}", closing[0].body);
+    assert!(
+        closing[0].body.starts_with("No drift found at main"),
+        "{}",
+        closing[0].body
+    );
     assert!(server.unexpected().is_empty(), "{:?}", server.unexpected());
 }
 

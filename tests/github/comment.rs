@@ -202,14 +202,22 @@ fn a_big_plan_splits_into_parts_that_fit() {
     assert!(total > 200_000, "{total}");
     assert!(parts.len() >= 4, "{}", parts.len());
     for (i, p) in parts.iter().enumerate() {
-        assert!(p.len() <= GITHUB_COMMENT_LIMIT, "part {}: {}", i + 1, p.len());
+        assert!(
+            p.len() <= GITHUB_COMMENT_LIMIT,
+            "part {}: {}",
+            i + 1,
+            p.len()
+        );
         assert_eq!(
             p.lines().filter(|l| l.starts_with("```")).count() % 2,
             0,
             "part {} cuts a code block",
             i + 1
         );
-        assert_eq!(p.matches("<details>").count(), p.matches("</details>").count());
+        assert_eq!(
+            p.matches("<details>").count(),
+            p.matches("</details>").count()
+        );
     }
     // Every resource is in exactly one part, in order.
     let all = parts.concat();

@@ -46,7 +46,9 @@ fn the_sticky_comment_is_created_once_then_updated_in_place() {
     let comments = server.comments(7);
     assert_eq!(comments.len(), 2);
     let ours = comments[1].clone();
-    assert!(ours.body.starts_with("<!-- cairn:plan key=risk part=1/1 -->"));
+    assert!(ours
+        .body
+        .starts_with("<!-- cairn:plan key=risk part=1/1 -->"));
 
     // A new push: the same comment changes, nothing is added.
     server.clear_requests();
@@ -153,13 +155,25 @@ fn the_drift_issue_is_opened_updated_and_closed() {
     let gh = GitHub::connect(&server.url, TOKEN).unwrap();
     let repo = Repo::parse(REPO).unwrap();
     let opened = rt
-        .block_on(sync_drift_issue(&gh, &repo, "risk", Some(("Drift: 1", "body 1")), "closing"))
+        .block_on(sync_drift_issue(
+            &gh,
+            &repo,
+            "risk",
+            Some(("Drift: 1", "body 1")),
+            "closing",
+        ))
         .unwrap();
     let DriftIssue::Opened { number, .. } = opened else {
         panic!("{opened:?}")
     };
     let updated = rt
-        .block_on(sync_drift_issue(&gh, &repo, "risk", Some(("Drift: 2", "body 2")), "closing"))
+        .block_on(sync_drift_issue(
+            &gh,
+            &repo,
+            "risk",
+            Some(("Drift: 2", "body 2")),
+            "closing",
+        ))
         .unwrap();
     assert!(matches!(updated, DriftIssue::Updated { number: n, .. } if n == number));
     // Another key's issue is someone else's.

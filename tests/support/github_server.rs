@@ -131,7 +131,15 @@ impl FakeGitHub {
 
     /// Answers the next `times` requests whose path contains `path_contains` (and whose
     /// method is `method`, when given) with `status` and `body`.
-    pub fn fail(&self, method: Option<&str>, path_contains: &str, status: u16, times: usize, headers: &[(&str, &str)], body: &str) {
+    pub fn fail(
+        &self,
+        method: Option<&str>,
+        path_contains: &str,
+        status: u16,
+        times: usize,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) {
         self.state.lock().unwrap().faults.push_back(Fault {
             method: method.map(str::to_string),
             path_contains: path_contains.into(),
@@ -212,7 +220,10 @@ fn reply(status: u16, body: Value) -> Response {
 }
 
 fn not_found() -> Response {
-    reply(404, json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}))
+    reply(
+        404,
+        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+    )
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -306,26 +317,39 @@ async fn handle(
         return not_found();
     };
     let parts: Vec<&str> = rest.split('/').collect();
-    let issue_exists = |s: &State, n: u64| s.pulls.contains(&n) || s.issues.iter().any(|i| i.number == n);
+    let issue_exists =
+        |s: &State, n: u64| s.pulls.contains(&n) || s.issues.iter().any(|i| i.number == n);
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["issues", n, "comments"]) => {
-            let Ok(n) = n.parse::<u64>() else { return not_found() };
+            let Ok(n) = n.parse::<u64>() else {
+                return not_found();
+            };
             if !issue_exists(&s, n) {
                 return not_found();
             }
-            let per_page: usize = query_param(&query, "per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
-            let page: usize = query_param(&query, "page").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let per_page: usize = query_param(&query, "per_page")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(30);
+            let page: usize = query_param(&query, "page")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
             let all: Vec<Value> = s
                 .comments
                 .iter()
                 .filter(|c| c.issue == n)
                 .map(|c| comment_json(&s, c))
                 .collect();
-            let slice: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+            let slice: Vec<Value> = all
+                .into_iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .collect();
             reply(200, Value::Array(slice))
         }
         ("POST", ["issues", n, "comments"]) => {
-            let Ok(n) = n.parse::<u64>() else { return not_found() };
+            let Ok(n) = n.parse::<u64>() else {
+                return not_found();
+            };
             if !issue_exists(&s, n) {
                 return not_found();
             }
@@ -333,7 +357,10 @@ async fn handle(
                 return reply(422, json!({"message": "body is missing"}));
             };
             if text.chars().count() > 65_536 {
-                return reply(422, json!({"message": "Validation Failed: body is too long (maximum is 65536 characters)"}));
+                return reply(
+                    422,
+                    json!({"message": "Validation Failed: body is too long (maximum is 65536 characters)"}),
+                );
             }
             s.next_id += 1;
             let c = StoredComment {
@@ -346,12 +373,21 @@ async fn handle(
             reply(201, out)
         }
         ("PATCH", ["issues", "comments", id]) => {
-            let Ok(id) = id.parse::<u64>() else { return not_found() };
-            let Some(text) = json_body.as_ref().and_then(|b| b["body"].as_str()).map(str::to_string) else {
+            let Ok(id) = id.parse::<u64>() else {
+                return not_found();
+            };
+            let Some(text) = json_body
+                .as_ref()
+                .and_then(|b| b["body"].as_str())
+                .map(str::to_string)
+            else {
                 return reply(422, json!({"message": "body is missing"}));
             };
             if text.chars().count() > 65_536 {
-                return reply(422, json!({"message": "Validation Failed: body is too long (maximum is 65536 characters)"}));
+                return reply(
+                    422,
+                    json!({"message": "Validation Failed: body is too long (maximum is 65536 characters)"}),
+                );
             }
             let Some(i) = s.comments.iter().position(|c| c.id == id) else {
                 return not_found();
@@ -362,7 +398,9 @@ async fn handle(
             reply(200, out)
         }
         ("DELETE", ["issues", "comments", id]) => {
-            let Ok(id) = id.parse::<u64>() else { return not_found() };
+            let Ok(id) = id.parse::<u64>() else {
+                return not_found();
+            };
             let Some(i) = s.comments.iter().position(|c| c.id == id) else {
                 return not_found();
             };
@@ -373,19 +411,31 @@ async fn handle(
             let Some(b) = json_body.clone() else {
                 return reply(422, json!({"message": "body is missing"}));
             };
-            let state_ok = matches!(b["state"].as_str(), Some("error" | "failure" | "pending" | "success"));
-            let description_ok = b["description"].as_str().is_none_or(|d| d.chars().count() <= 140);
+            let state_ok = matches!(
+                b["state"].as_str(),
+                Some("error" | "failure" | "pending" | "success")
+            );
+            let description_ok = b["description"]
+                .as_str()
+                .is_none_or(|d| d.chars().count() <= 140);
             if !state_ok || !description_ok {
                 return reply(422, json!({"message": "Validation Failed"}));
             }
             s.statuses.push((sha.to_string(), b.clone()));
-            reply(201, json!({"id": 1, "state": b["state"], "context": b["context"]}))
+            reply(
+                201,
+                json!({"id": 1, "state": b["state"], "context": b["context"]}),
+            )
         }
         ("GET", ["issues"]) => {
             let want_state = query_param(&query, "state").unwrap_or_else(|| "open".into());
             let labels = query_param(&query, "labels").unwrap_or_default();
-            let page: usize = query_param(&query, "page").and_then(|v| v.parse().ok()).unwrap_or(1);
-            let per_page: usize = query_param(&query, "per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
+            let page: usize = query_param(&query, "page")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let per_page: usize = query_param(&query, "per_page")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(30);
             let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
             let mut out: Vec<Value> = s
                 .issues
@@ -400,21 +450,36 @@ async fn handle(
                     out.push(json!({"number": n, "title": "a pull request", "state": "open", "pull_request": {}}));
                 }
             }
-            let slice: Vec<Value> = out.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+            let slice: Vec<Value> = out
+                .into_iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .collect();
             reply(200, Value::Array(slice))
         }
         ("POST", ["issues"]) => {
             let Some(b) = json_body.clone() else {
                 return reply(422, json!({"message": "body is missing"}));
             };
-            let number = s.pulls.iter().chain(s.issues.iter().map(|i| &i.number)).max().copied().unwrap_or(0) + 1;
+            let number = s
+                .pulls
+                .iter()
+                .chain(s.issues.iter().map(|i| &i.number))
+                .max()
+                .copied()
+                .unwrap_or(0)
+                + 1;
             let issue = StoredIssue {
                 number,
                 title: b["title"].as_str().unwrap_or("").into(),
                 body: b["body"].as_str().unwrap_or("").into(),
                 labels: b["labels"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|l| l.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 state: "open".into(),
             };
@@ -423,7 +488,9 @@ async fn handle(
             reply(201, out)
         }
         ("PATCH", ["issues", n]) => {
-            let Ok(n) = n.parse::<u64>() else { return not_found() };
+            let Ok(n) = n.parse::<u64>() else {
+                return not_found();
+            };
             let Some(i) = s.issues.iter().position(|i| i.number == n) else {
                 return not_found();
             };

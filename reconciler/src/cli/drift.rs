@@ -59,7 +59,9 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 source.root().display(),
                 DEFAULT_REVS.join(" nor ")
             ))
-            .hint_opt(Some("pass --rev with the branch that holds the truth".into()))
+            .hint_opt(Some(
+                "pass --rev with the branch that holds the truth".into(),
+            ))
         })?);
     }
     let loaded = context::load(&source, output)?;

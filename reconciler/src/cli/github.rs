@@ -119,8 +119,9 @@ pub fn connect(args: &GitHubArgs, event_repo: Option<&str>) -> Result<Connection
     let token = env("GITHUB_TOKEN").ok_or_else(|| {
         CommandError::new("GITHUB_TOKEN is not set: Cairn needs a token to talk to GitHub")
             .hint_opt(Some(
-                "in a workflow add `env: { GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }} }` to the step".into(),
-            ))
+            "in a workflow add `env: { GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }} }` to the step"
+                .into(),
+        ))
     })?;
     let api = args
         .github_api
@@ -259,7 +260,8 @@ pub fn comment_on_plan(
         key: &key,
         pr: pr.as_ref(),
     };
-    let parts = comment::build(&input, COMMENT_TEMPLATE).map_err(|e| CommandError::from_error(&e))?;
+    let parts =
+        comment::build(&input, COMMENT_TEMPLATE).map_err(|e| CommandError::from_error(&e))?;
     let Connection { gh, repo } = &target.conn;
     let sync: CommentSync = rt
         .block_on(publish::sync_comment(gh, repo, target.number, &key, &parts))
@@ -287,7 +289,11 @@ pub fn comment_on_plan(
     }
     eprintln!(
         "{} the plan comment on {repo}#{} ({} part{}{}): {}",
-        if sync.created == parts.len() { "Posted" } else { "Updated" },
+        if sync.created == parts.len() {
+            "Posted"
+        } else {
+            "Updated"
+        },
         target.number,
         parts.len(),
         if parts.len() == 1 { "" } else { "s" },
@@ -322,6 +328,9 @@ pub fn report_failure(rt: &tokio::runtime::Runtime, target: &PrTarget, why: &str
     ));
     if let Err(e) = result {
         let e = error(e);
-        eprintln!("Note: could not set the failing commit status: {}", e.message);
+        eprintln!(
+            "Note: could not set the failing commit status: {}",
+            e.message
+        );
     }
 }

@@ -113,7 +113,9 @@ pub enum Error {
     BadApiUrl(String),
     #[error("the GitHub client could not be set up: {0}")]
     Setup(String),
-    #[error("the token holds characters no GitHub token has (spaces, control characters or non-ASCII)")]
+    #[error(
+        "the token holds characters no GitHub token has (spaces, control characters or non-ASCII)"
+    )]
     BadToken,
     #[error("GitHub rejected the token (401 Unauthorized) while {action}")]
     Unauthorized { action: String },
@@ -767,7 +769,11 @@ mod tests {
         }
     }
 
-    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Result<HttpResponse, TransportError> {
+    fn answer(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<HttpResponse, TransportError> {
         Ok(HttpResponse {
             status,
             headers: headers
@@ -826,10 +832,18 @@ mod tests {
             answer(503, &[], ""),
             answer(503, &[], ""),
         ]);
-        let err = rt()
-            .block_on(gh.delete_comment(&repo(), 9))
-            .unwrap_err();
-        assert!(matches!(err, Error::Server { status: 503, attempts: 3, .. }), "{err}");
+        let err = rt().block_on(gh.delete_comment(&repo(), 9)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Server {
+                    status: 503,
+                    attempts: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(t.seen.lock().unwrap().len(), 3);
     }
 
@@ -840,10 +854,18 @@ mod tests {
             &[("x-ratelimit-remaining", "0"), ("retry-after", "3600")],
             r#"{"message": "API rate limit exceeded"}"#,
         )]);
-        let err = rt()
-            .block_on(gh.list_comments(&repo(), 3))
-            .unwrap_err();
-        assert!(matches!(err, Error::RateLimited { attempts: 1, wait_secs: Some(3600), .. }), "{err}");
+        let err = rt().block_on(gh.list_comments(&repo(), 3)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RateLimited {
+                    attempts: 1,
+                    wait_secs: Some(3600),
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(t.seen.lock().unwrap().len(), 1);
     }
 
@@ -855,10 +877,20 @@ mod tests {
             r#"{"message": "Resource not accessible by integration ghp_SECRET"}"#,
         )]);
         let err = rt()
-            .block_on(gh.create_status(&repo(), "abc", StatusState::Success, "cairn/plan", "ok", None))
+            .block_on(gh.create_status(
+                &repo(),
+                "abc",
+                StatusState::Success,
+                "cairn/plan",
+                "ok",
+                None,
+            ))
             .unwrap_err();
         let text = format!("{err} {}", err.hint().unwrap());
-        assert!(text.contains("lacks `statuses: write` on acme/infra"), "{text}");
+        assert!(
+            text.contains("lacks `statuses: write` on acme/infra"),
+            "{text}"
+        );
         assert!(!text.contains("ghp_SECRET"), "{text}");
 
         let (gh, _) = client(vec![answer(404, &[], r#"{"message": "Not Found"}"#)]);
@@ -884,7 +916,11 @@ mod tests {
         assert_eq!(all.len(), 101);
         assert_eq!(all[100].body(), "");
         let seen = t.seen.lock().unwrap();
-        assert!(seen[1].path.ends_with("per_page=100&page=2"), "{:?}", seen[1]);
+        assert!(
+            seen[1].path.ends_with("per_page=100&page=2"),
+            "{:?}",
+            seen[1]
+        );
     }
 
     #[test]

@@ -221,7 +221,12 @@ fn show(value: &Value) -> String {
 
 /// The diff lines of one field: `- path: before` / `+ path: after`, or for multi-line
 /// strings a line diff under `~ path:`.
-pub(crate) fn field_lines(out: &mut Vec<String>, path: &str, before: Option<&Value>, after: Option<&Value>) {
+pub(crate) fn field_lines(
+    out: &mut Vec<String>,
+    path: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) {
     let multiline = [before, after]
         .iter()
         .any(|v| v.and_then(Value::as_str).is_some_and(|s| s.contains('\n')));
@@ -236,7 +241,10 @@ pub(crate) fn field_lines(out: &mut Vec<String>, path: &str, before: Option<&Val
                 similar::ChangeTag::Insert => '+',
                 similar::ChangeTag::Equal => ' ',
             };
-            out.push(format!("{sign}     {}", line.value().trim_end_matches('\n')));
+            out.push(format!(
+                "{sign}     {}",
+                line.value().trim_end_matches('\n')
+            ));
         }
         return;
     }
@@ -385,7 +393,9 @@ pub fn split(body: &str, key: &str, limit: usize) -> Vec<String> {
             out.push('\n');
             if n > 1 {
                 if i == 0 {
-                    out.push_str(&format!("<sub>Part 1 of {n}. The plan continues in the next comments.</sub>\n\n"));
+                    out.push_str(&format!(
+                        "<sub>Part 1 of {n}. The plan continues in the next comments.</sub>\n\n"
+                    ));
                 } else {
                     out.push_str(&format!(
                         "**Cairn plan for `{key}`, part {} of {n}** (continued)\n",
@@ -454,7 +464,10 @@ mod tests {
     fn markers_round_trip() {
         let m = marker("fraud,risk", 2, 3);
         assert_eq!(m, "<!-- cairn:plan key=fraud,risk part=2/3 -->");
-        assert_eq!(parse_marker(&format!("{m}\nbody")), Some(("fraud,risk".into(), 2)));
+        assert_eq!(
+            parse_marker(&format!("{m}\nbody")),
+            Some(("fraud,risk".into(), 2))
+        );
         assert_eq!(
             parse_marker("<!-- cairn:plan key=risk -->"),
             Some(("risk".into(), 1))
@@ -475,7 +488,10 @@ mod tests {
 
     /// Every code fence and `<details>` opened in a part is closed in it.
     fn balanced(part: &str) -> bool {
-        let fences = part.lines().filter(|l| l.trim_start().starts_with("```")).count();
+        let fences = part
+            .lines()
+            .filter(|l| l.trim_start().starts_with("```"))
+            .count();
         fences % 2 == 0 && part.matches("<details>").count() == part.matches("</details>").count()
     }
 
@@ -500,15 +516,26 @@ mod tests {
         // Nothing lost: every resource appears exactly once.
         let all = parts.concat();
         for i in 0..60 {
-            assert_eq!(all.matches(&format!("resource {i}<")).count(), 1, "resource {i}");
+            assert_eq!(
+                all.matches(&format!("resource {i}<")).count(),
+                1,
+                "resource {i}"
+            );
         }
         assert!(parts[n - 1].contains("footer"));
     }
 
     #[test]
     fn a_short_comment_is_one_part() {
-        let parts = split(&format!("hello\n{SPLIT}\nfooter\n"), "k", GITHUB_COMMENT_LIMIT);
-        assert_eq!(parts, vec!["<!-- cairn:plan key=k part=1/1 -->\nhello\nfooter\n"]);
+        let parts = split(
+            &format!("hello\n{SPLIT}\nfooter\n"),
+            "k",
+            GITHUB_COMMENT_LIMIT,
+        );
+        assert_eq!(
+            parts,
+            vec!["<!-- cairn:plan key=k part=1/1 -->\nhello\nfooter\n"]
+        );
     }
 
     #[test]

@@ -86,12 +86,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.number, 12);
-        assert_eq!((event.head_sha.as_str(), event.base_ref.as_str()), ("aaa", "main"));
+        assert_eq!(
+            (event.head_sha.as_str(), event.base_ref.as_str()),
+            ("aaa", "main")
+        );
         assert_eq!(event.repository.as_deref(), Some("acme/infra"));
         assert!(matches!(
             PullRequestEvent::from_json(r#"{"ref": "refs/heads/main"}"#),
             Err(Error::NotAPullRequest)
         ));
-        assert!(matches!(PullRequestEvent::from_json("nope"), Err(Error::Json(_))));
+        assert!(matches!(
+            PullRequestEvent::from_json("nope"),
+            Err(Error::Json(_))
+        ));
     }
 }

@@ -47,8 +47,7 @@ impl Repo {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s
-                    .chars()
+                && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         (ok(owner) && ok(name)).then(|| Repo {

@@ -106,9 +106,18 @@ pub fn drift_marker(key: &str) -> String {
 /// What the drift check did to the issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriftIssue {
-    Opened { number: u64, url: String },
-    Updated { number: u64, url: String },
-    Closed { number: u64, url: String },
+    Opened {
+        number: u64,
+        url: String,
+    },
+    Updated {
+        number: u64,
+        url: String,
+    },
+    Closed {
+        number: u64,
+        url: String,
+    },
     /// No drift and no open issue.
     NothingOpen,
 }
@@ -157,7 +166,8 @@ pub async fn sync_drift_issue(
         (None, Some(_)) => {
             let mut last = None;
             for issue in &open {
-                gh.create_comment(repo, issue.number, closing_comment).await?;
+                gh.create_comment(repo, issue.number, closing_comment)
+                    .await?;
                 let closed = gh
                     .update_issue(repo, issue.number, None, None, Some("closed"))
                     .await?;

@@ -241,3 +241,97 @@ pub fn first_existing_revision(root: &Path, candidates: &[&str]) -> Option<Strin
         })
         .map(|rev| rev.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Commits the whole working tree (deletions included); returns the commit id.
+    fn commit_all(repo: &git2::Repository, message: &str) -> String {
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.update_all(["*"].iter(), None).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("Tester", "tester@example.com").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn changed_files_touch_declaring_files_sources_and_removed_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().canonicalize().unwrap();
+        let repo = git2::Repository::init(&top).unwrap();
+        let root = top.join("manifests");
+        write(
+            &root,
+            "risk/workspace.toml",
+            "[workspace]\nenvironment = \"dev\"\nstore = \"file://.cairn/store\"\n",
+        );
+        write(
+            &root,
+            "risk/data.toml",
+            "[dataset.loans]\nsource = \"data/loans/\"\nformat = \"csv\"\n",
+        );
+        write(&root, "risk/data/loans/loans.csv", "a,b\n1,2\n");
+        write(
+            &root,
+            "risk/old.toml",
+            "[dataset.old]\nsource = \"data/loans/\"\nformat = \"csv\"\n",
+        );
+        write(&top, "README.md", "hello\n");
+        let base = commit_all(&repo, "base");
+
+        write(&root, "risk/data/loans/loans.csv", "a,b\n1,3\n");
+        std::fs::remove_file(root.join("risk/old.toml")).unwrap();
+        write(&top, "README.md", "hello again\n");
+        let head = commit_all(&repo, "head");
+
+        let changed = changed_files(&root, &base, &head).unwrap();
+        assert_eq!(changed.base, base);
+        assert_eq!(
+            changed.files,
+            ["risk/data/loans/loans.csv", "risk/old.toml"]
+        );
+        assert_eq!(changed.outside, 1);
+
+        let snapshot = crate::manifest::load_revision(&root, &head).unwrap();
+        let desired = crate::desired::resolve(&snapshot).unwrap().state;
+        let base_snapshot = crate::manifest::load_revision(&root, &changed.base).unwrap();
+        let touched = touched(&changed, &desired, Some(&base_snapshot));
+        assert_eq!(
+            touched,
+            [
+                Touched {
+                    address: "risk/dataset.loans".into(),
+                    files: vec!["risk/data/loans/loans.csv".into()],
+                },
+                Touched {
+                    address: "risk/dataset.old".into(),
+                    files: vec!["risk/old.toml".into()],
+                },
+            ]
+        );
+
+        assert!(matches!(
+            changed_files(&root, "no-such-branch", &head),
+            Err(Error::RevisionNotFound { .. })
+        ));
+        assert_eq!(
+            first_existing_revision(&root, &["origin/HEAD", &head[..12]]).as_deref(),
+            Some(&head[..12])
+        );
+    }
+}

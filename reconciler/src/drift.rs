@@ -147,7 +147,7 @@ impl DriftReport {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
         env.add_filter("html", |s: String| crate::github::comment::escape_html(&s));
         env.add_template("drift.md", template)
             .map_err(Error::Template)?;

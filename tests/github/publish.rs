@@ -18,6 +18,12 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A client on `rt` (octocrab runs a task on the runtime it was made in).
+fn connect(rt: &tokio::runtime::Runtime, url: &str) -> GitHub {
+    let _inside = rt.enter();
+    GitHub::connect(url, TOKEN).unwrap()
+}
+
 fn parts(plan: &cairn::plan::Plan) -> Vec<String> {
     comment::build(
         &CommentInput {
@@ -35,7 +41,7 @@ fn the_sticky_comment_is_created_once_then_updated_in_place() {
     let server = FakeGitHub::start(REPO, TOKEN, &[7]);
     let other = server.add_comment(7, "LGTM <!-- not cairn -->");
     let rt = rt();
-    let gh = GitHub::connect(&server.url, TOKEN).unwrap();
+    let gh = connect(&rt, &server.url);
     let repo = Repo::parse(REPO).unwrap();
 
     let plan = sample_plan();
@@ -94,7 +100,7 @@ fn the_sticky_comment_is_created_once_then_updated_in_place() {
 fn a_200k_plan_goes_out_in_parts_and_stale_parts_are_removed() {
     let server = FakeGitHub::start(REPO, TOKEN, &[8]);
     let rt = rt();
-    let gh = GitHub::connect(&server.url, TOKEN).unwrap();
+    let gh = connect(&rt, &server.url);
     let repo = Repo::parse(REPO).unwrap();
 
     let big = parts(&big_plan(220, "first"));
@@ -152,7 +158,7 @@ fn a_200k_plan_goes_out_in_parts_and_stale_parts_are_removed() {
 fn the_drift_issue_is_opened_updated_and_closed() {
     let server = FakeGitHub::start(REPO, TOKEN, &[3]);
     let rt = rt();
-    let gh = GitHub::connect(&server.url, TOKEN).unwrap();
+    let gh = connect(&rt, &server.url);
     let repo = Repo::parse(REPO).unwrap();
     let opened = rt
         .block_on(sync_drift_issue(

@@ -43,8 +43,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let rt = super::runtime()?;
     let conn = match args.github_issue {
-        true => Some(super::github::connect(&args.github, None)?),
+        true => Some(super::github::connect(&rt, &args.github, None)?),
         false => None,
     };
     let mut source = SourceArgs {
@@ -66,7 +67,6 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     }
     let loaded = context::load(&source, output)?;
     let selection = context::select(&loaded, &args.workspaces)?;
-    let rt = super::runtime()?;
     let plan = make_plan(&rt, &loaded, &selection, &source, output)?;
     let report = DriftReport::from_plan(&plan);
 

@@ -99,8 +99,13 @@ fn event() -> Result<Option<PullRequestEvent>, CommandError> {
     }
 }
 
-/// Connects to GitHub with the token from `GITHUB_TOKEN`.
-pub fn connect(args: &GitHubArgs, event_repo: Option<&str>) -> Result<Connection, CommandError> {
+/// Connects to GitHub with the token from `GITHUB_TOKEN`; the client's worker runs on
+/// `rt`.
+pub fn connect(
+    rt: &tokio::runtime::Runtime,
+    args: &GitHubArgs,
+    event_repo: Option<&str>,
+) -> Result<Connection, CommandError> {
     let repo_text = args
         .repo
         .clone()
@@ -128,15 +133,22 @@ pub fn connect(args: &GitHubArgs, event_repo: Option<&str>) -> Result<Connection
         .clone()
         .or_else(|| env("GITHUB_API_URL"))
         .unwrap_or_else(|| DEFAULT_API.to_string());
-    let gh = GitHub::connect(&api, &token).map_err(error)?;
+    let gh = {
+        let _inside = rt.enter();
+        GitHub::connect(&api, &token).map_err(error)?
+    };
     Ok(Connection { gh, repo })
 }
 
 /// Works out the pull request to comment on, before planning, so a missing token or
 /// pull request fails fast.
-pub fn pr_target(args: &CommentArgs) -> Result<PrTarget, CommandError> {
+pub fn pr_target(
+    rt: &tokio::runtime::Runtime,
+    args: &CommentArgs,
+) -> Result<PrTarget, CommandError> {
     let event = event()?;
     let conn = connect(
+        rt,
         &args.github,
         event.as_ref().and_then(|e| e.repository.as_deref()),
     )?;

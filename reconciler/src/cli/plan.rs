@@ -125,12 +125,12 @@ fn observe_serving(
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let rt = super::runtime()?;
     // With --comment, the token and pull request are checked before planning.
     let target = match args.github.comment {
-        true => Some(super::github::pr_target(&args.github)?),
+        true => Some(super::github::pr_target(&rt, &args.github)?),
         false => None,
     };
-    let rt = super::runtime()?;
     let planned = context::load(&args.source, output).and_then(|loaded| {
         let selection = context::select(&loaded, &args.workspaces)?;
         let plan = make_plan(&rt, &loaded, &selection, &args.source, output)?;

@@ -206,7 +206,8 @@ pub struct OctocrabTransport {
 
 impl OctocrabTransport {
     /// Builds a client for the API at `api` (`https://api.github.com`, or a GitHub
-    /// Enterprise Server's `https://host/api/v3`) that sends `token`.
+    /// Enterprise Server's `https://host/api/v3`) that sends `token`. Call it inside a
+    /// Tokio runtime (`Runtime::enter`): the client runs a task on it.
     pub fn new(api: &str, token: &str) -> Result<OctocrabTransport> {
         // octocrab panics on a token that is not a valid header value.
         let token = token.trim();
@@ -219,6 +220,12 @@ impl OctocrabTransport {
             .map_err(|_| Error::BadApiUrl(api.to_string()))?;
         if api_uri.scheme().is_none() || api_uri.authority().is_none() {
             return Err(Error::BadApiUrl(api.to_string()));
+        }
+        // octocrab starts a worker task on the current Tokio runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Setup(
+                "the GitHub client must be set up inside a Tokio runtime".into(),
+            ));
         }
         let client = octocrab::Octocrab::builder()
             .base_uri(api_uri)
@@ -921,6 +928,31 @@ mod tests {
             "{:?}",
             seen[1]
         );
+    }
+
+    #[test]
+    fn bad_setups_are_errors_not_panics() {
+        assert!(matches!(
+            GitHub::connect("http://127.0.0.1:1", "ghp_x"),
+            Err(Error::Setup(_))
+        ));
+        let rt = rt();
+        let _inside = rt.enter();
+        for token in ["", "ghp_a b", "ghp_\u{e9}", "ghp_\n1"] {
+            assert!(
+                matches!(
+                    GitHub::connect("http://127.0.0.1:1", token),
+                    Err(Error::BadToken)
+                ),
+                "{token:?}"
+            );
+        }
+        for api in ["not a url", "/relative", "127.0.0.1:1"] {
+            assert!(
+                matches!(GitHub::connect(api, "ghp_x"), Err(Error::BadApiUrl(_))),
+                "{api}"
+            );
+        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn render(input: &CommentInput<'_>, template: &str) -> Result<String, Error>
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
     env.add_filter("cell", |s: String| escape_cell(&s));
     env.add_filter("html", |s: String| escape_html(&s));
     env.add_template("comment.md", template)

@@ -310,6 +310,37 @@ fn github_errors_say_what_is_missing_and_never_show_the_token() {
     );
 }
 
+#[test]
+fn a_plan_that_cannot_be_made_fails_the_commit_status() {
+    let (root, base, _) = pull_request();
+    root.write(
+        "risk/train.toml",
+        "[job.train]\ncompute = \"compute.nowhere\"\n",
+    );
+    let head = root.git_commit_all("broken");
+    let server = FakeGitHub::start(REPO, TOKEN, &[7]);
+    let ev = event(&root, 7, &base, &head);
+    let run = cairn(
+        &root,
+        &server,
+        &["plan", "ROOT", "--rev", &head, "--comment"],
+        Some(TOKEN),
+        Some(&ev),
+    );
+    run.code(1);
+    let statuses = server.statuses();
+    assert_eq!(statuses.len(), 1, "{}", run.both());
+    assert_eq!(statuses[0].0, head);
+    assert_eq!(statuses[0].1["state"], "failure");
+    let description = statuses[0].1["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("The plan failed: the manifests in "),
+        "{description}"
+    );
+    assert!(description.chars().count() <= 140);
+    assert!(server.comments(7).is_empty());
+}
+
 /// Makes `main` the current branch at HEAD, whatever `git init` named it.
 fn on_main(root: &Root) {
     let repo = git2::Repository::open(root.path()).unwrap();

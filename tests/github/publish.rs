@@ -2,8 +2,9 @@
 //! and then updated in place, a 200,000-character plan goes out in parts that each fit,
 //! parts a longer plan left behind are deleted, and others' comments are left alone.
 
+use cairn::github::client::StatusState;
 use cairn::github::comment::{self, CommentInput, COMMENT_TEMPLATE, GITHUB_COMMENT_LIMIT};
-use cairn::github::publish::{sync_comment, sync_drift_issue, DriftIssue};
+use cairn::github::publish::{plan_status, sync_comment, sync_drift_issue, DriftIssue};
 use cairn::github::{GitHub, Repo};
 
 use crate::comment::{big_plan, sample_plan};
@@ -197,4 +198,27 @@ fn the_drift_issue_is_opened_updated_and_closed() {
         .block_on(sync_drift_issue(&gh, &repo, "risk", None, "all clear"))
         .unwrap();
     assert_eq!(again, DriftIssue::NothingOpen);
+}
+
+#[test]
+fn a_policy_deny_fails_the_commit_status() {
+    let plan = sample_plan();
+    assert_eq!(
+        plan_status(&plan),
+        (
+            StatusState::Failure,
+            "Denied by 1 policy. Plan: 1 to add, 2 to change, 1 to destroy, 1 to run, 1 to roll out."
+                .to_string()
+        )
+    );
+    let mut allowed = sample_plan();
+    allowed.policy.as_mut().unwrap().deny.clear();
+    assert_eq!(plan_status(&allowed).0, StatusState::Success);
+    let mut unchanged = sample_plan();
+    unchanged.resource_changes.truncate(1);
+    unchanged.policy = None;
+    assert_eq!(
+        plan_status(&unchanged),
+        (StatusState::Success, "No changes.".to_string())
+    );
 }

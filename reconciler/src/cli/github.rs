@@ -241,21 +241,6 @@ fn pr_changes(
     }
 }
 
-/// The commit status description: the summary line, with policy denials first. At most
-/// 140 characters (the client cuts).
-fn status_description(plan: &Plan) -> String {
-    let line = cairn::render::summary_line(plan);
-    match &plan.policy {
-        Some(p) if p.denied() => format!(
-            "Denied by {} polic{}. {line}",
-            p.deny.len(),
-            if p.deny.len() == 1 { "y" } else { "ies" }
-        ),
-        _ if !plan.has_changes() => "No changes.".into(),
-        _ => line,
-    }
-}
-
 /// Posts (or updates) the plan comment and sets the commit status. Returns an error
 /// after posting when a policy denies the plan, so the check fails.
 pub fn comment_on_plan(
@@ -282,17 +267,13 @@ pub fn comment_on_plan(
     let sha = target.sha.clone().or_else(|| plan.revision.clone());
     match &sha {
         Some(sha) => {
-            let state = if denied {
-                StatusState::Failure
-            } else {
-                StatusState::Success
-            };
+            let (state, description) = publish::plan_status(plan);
             rt.block_on(publish::set_status(
                 gh,
                 repo,
                 sha,
                 state,
-                &status_description(plan),
+                &description,
                 sync.urls.first().map(String::as_str),
             ))
             .map_err(error)?;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use super::client::{Comment, GitHub, Issue, Result, StatusState};
 use super::comment::parse_marker;
 use super::Repo;
+use crate::plan::Plan;
 
 /// The commit status context Cairn sets on pull requests.
 pub const STATUS_CONTEXT: &str = "cairn/plan";
@@ -80,6 +81,24 @@ pub async fn sync_comment(
         sync.deleted += 1;
     }
     Ok(sync)
+}
+
+/// The commit status a plan earns: `failure` when a policy denies it, else `success`;
+/// the description is the summary line (denials first), cut to 140 characters when set.
+pub fn plan_status(plan: &Plan) -> (StatusState, String) {
+    let line = crate::render::summary_line(plan);
+    match &plan.policy {
+        Some(p) if p.denied() => (
+            StatusState::Failure,
+            format!(
+                "Denied by {} polic{}. {line}",
+                p.deny.len(),
+                if p.deny.len() == 1 { "y" } else { "ies" }
+            ),
+        ),
+        _ if !plan.has_changes() => (StatusState::Success, "No changes.".into()),
+        _ => (StatusState::Success, line),
+    }
 }
 
 /// Sets the `cairn/plan` commit status on `sha`.

@@ -418,6 +418,13 @@ fn drift_opens_an_issue_and_a_clean_check_closes_it() {
         issues[0].body
     );
 
+    // The same report as JSON, without GitHub.
+    let run = root.cairn(&["drift", "ROOT", "--format", "json"]);
+    run.code(2);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["resources"][0]["address"], "risk/dataset.loans");
+    assert_eq!(report["resources"][0]["fields"][0]["path"], "version");
+
     // Still drifted: the same issue.
     let run = cairn(
         &root,

@@ -196,6 +196,29 @@ fn change_view(c: &ResourceChange) -> Value {
     for f in &c.changes {
         field_lines(&mut lines, &f.path, f.before.as_ref(), f.after.as_ref());
     }
+    // A new or removed resource has no field diff: show what it will be or was.
+    if c.changes.is_empty() {
+        let (value, created) = match c.action() {
+            Action::Delete => (c.before.as_ref(), false),
+            _ => (c.after.as_ref(), true),
+        };
+        if let Some(Value::Object(fields)) = value {
+            let empty = |v: &Value| match v {
+                Value::Null => true,
+                Value::Object(m) => m.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => false,
+            };
+            for (key, v) in fields.iter().filter(|(_, v)| !empty(v)) {
+                let (before, after) = if created {
+                    (None, Some(v))
+                } else {
+                    (Some(v), None)
+                };
+                field_lines(&mut lines, key, before, after);
+            }
+        }
+    }
     let longest_run = lines.iter().map(|l| backtick_run(l)).max().unwrap_or(0);
     serde_json::json!({
         "address": c.address,

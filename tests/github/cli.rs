@@ -114,6 +114,8 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     );
     assert!(body.contains(&format!("at commit `{head}`")), "{body}");
     assert!(body.contains("```mermaid"), "{body}");
+    // A new resource shows what it will be.
+    assert!(body.contains("+ target: \"local\""), "{body}");
     assert!(
         body.contains("<summary>▶ <code>risk/job.train</code> run:"),
         "{body}"

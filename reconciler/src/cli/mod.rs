@@ -7,6 +7,8 @@
 
 mod apply;
 mod context;
+mod drift;
+mod github;
 mod history;
 mod lock;
 mod plan;
@@ -70,6 +72,10 @@ enum Command {
     Plan(plan::Args),
     /// Carry out a plan: a fresh one after confirmation, or a saved one exactly.
     Apply(apply::Args),
+    /// Check whether what is live still matches the default branch: exit 0 when it
+    /// does, 2 with a report per resource and field when it drifted, 1 on errors.
+    /// `--github-issue` keeps one `drift` issue open while drift lasts.
+    Drift(drift::Args),
     /// Show what is live per workspace: applied resources and their versions, the last
     /// apply, a held lock, and each endpoint's deployments, weights, health and request
     /// rates.
@@ -216,6 +222,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args, output),
         Command::Plan(args) => plan::run(args, output),
         Command::Apply(args) => apply::run(args, output),
+        Command::Drift(args) => drift::run(args, output),
         Command::Status(args) => status::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),

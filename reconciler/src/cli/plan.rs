@@ -33,6 +33,9 @@ pub struct Args {
     /// Exit 2 when the plan has changes, 0 when it has none, 1 on errors.
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    #[command(flatten)]
+    pub github: super::github::CommentArgs,
 }
 
 /// Makes a plan from loaded manifests. Shared with `apply`.
@@ -124,21 +127,34 @@ fn observe_serving(
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
-    let loaded = context::load(&args.source, output)?;
-    let selection = context::select(&loaded, &args.workspaces)?;
-    let plan = make_plan(
-        &super::runtime()?,
-        &loaded,
-        &selection,
-        &args.source,
-        output,
-    )?;
+    let rt = super::runtime()?;
+    // With --comment, the token and pull request are checked before planning.
+    let target = match args.github.comment {
+        true => Some(super::github::pr_target(&rt, &args.github)?),
+        false => None,
+    };
+    let planned = context::load(&args.source, output).and_then(|loaded| {
+        let selection = context::select(&loaded, &args.workspaces)?;
+        let plan = make_plan(&rt, &loaded, &selection, &args.source, output)?;
+        Ok((loaded, plan))
+    });
+    let (loaded, plan) = match (planned, &target) {
+        (Ok(planned), _) => planned,
+        (Err(e), Some(target)) => {
+            super::github::report_failure(&rt, target, &e.message);
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
     if let Some(path) = &args.out {
         std::fs::write(path, plan.to_json()).map_err(|e| {
             CommandError::new(format!("cannot write the plan to {}: {e}", path.display()))
         })?;
     }
     print_plan(&plan, args.format, output)?;
+    if let Some(target) = &target {
+        super::github::comment_on_plan(&rt, target, &plan, &loaded, &args.source)?;
+    }
     if let Some(path) = &args.out {
         eprintln!(
             "Saved the plan to {}. Apply exactly it with `cairn apply {}`.",

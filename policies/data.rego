@@ -7,7 +7,10 @@ package cairn.data
 
 pii(dataset) if dataset.spec.tags.pii == "true"
 
-regions(dataset) := {trim_space(r) | some r in split(dataset.spec.tags.region, ",")}
+regions(dataset) := {region |
+	some part in split(dataset.spec.tags.region, ",")
+	region := trim_space(part)
+}
 
 # `dataset.loans` or `dataset.loans@3f9a2c1` in workspace `ws` → `ws/dataset.loans`.
 address_of(workspace, reference) := sprintf("%s/%s", [workspace, split(reference, "@")[0]])

@@ -1,4 +1,6 @@
-package cairn.data
+package cairn.data_test
+
+import data.cairn.data as sovereignty
 
 state(tags, compute_spec) := {"resources": {
 	"ml/dataset.people": {
@@ -17,26 +19,26 @@ state(tags, compute_spec) := {"resources": {
 }}
 
 test_pii_in_allowed_region_passes if {
-	count(deny) == 0 with input as state({"pii": "true", "region": "eu-west"}, {"region": "eu-west"})
-	count(deny) == 0 with input as state({"pii": "true", "region": "eu-west, eu-central"}, {"region": "eu-central"})
+	count(sovereignty.deny) == 0 with input as state({"pii": "true", "region": "eu-west"}, {"region": "eu-west"})
+	count(sovereignty.deny) == 0 with input as state({"pii": "true", "region": "eu-west, eu-central"}, {"region": "eu-central"})
 }
 
 test_pii_in_other_region_is_denied if {
-	some m in deny with input as state({"pii": "true", "region": "eu-west"}, {"region": "us-east"})
+	some m in sovereignty.deny with input as state({"pii": "true", "region": "eu-west"}, {"region": "us-east"})
 	m.address == "ml/job.train"
 	contains(m.msg, "in region us-east")
 }
 
 test_pii_on_compute_without_region_is_denied if {
-	some m in deny with input as state({"pii": "true", "region": "eu-west"}, {"target": "local"})
+	some m in sovereignty.deny with input as state({"pii": "true", "region": "eu-west"}, {"target": "local"})
 	contains(m.msg, "declares no region")
 }
 
 test_pii_without_region_tag_is_denied if {
-	some m in deny with input as state({"pii": "true"}, {"region": "eu-west"})
+	some m in sovereignty.deny with input as state({"pii": "true"}, {"region": "eu-west"})
 	m.address == "ml/dataset.people"
 }
 
 test_data_without_pii_goes_anywhere if {
-	count(deny) == 0 with input as state({"pii": "false", "region": "eu-west"}, {"region": "us-east"})
+	count(sovereignty.deny) == 0 with input as state({"pii": "false", "region": "eu-west"}, {"region": "us-east"})
 }

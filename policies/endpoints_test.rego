@@ -1,4 +1,6 @@
-package cairn.endpoints
+package cairn.endpoints_test
+
+import data.cairn.endpoints
 
 steps := {"steps": [10, 50, 100]}
 
@@ -11,25 +13,25 @@ endpoint(environment, spec) := {
 }
 
 test_authenticated_endpoint_with_steps_passes if {
-	count(deny) == 0 with input as endpoint("production", {"auth": "key", "rollout": steps})
+	count(endpoints.deny) == 0 with input as endpoint("production", {"auth": "key", "rollout": steps})
 }
 
 test_unauthenticated_endpoint_in_production_is_denied if {
-	some m in deny with input as endpoint("production", {"auth": "none", "rollout": steps})
+	some m in endpoints.deny with input as endpoint("production", {"auth": "none", "rollout": steps})
 	m.address == "ml/endpoint.api"
 	contains(m.msg, "auth = \"none\"")
 }
 
 test_unauthenticated_endpoint_in_dev_passes if {
-	count(deny) == 0 with input as endpoint("dev", {"auth": "none"})
+	count(endpoints.deny) == 0 with input as endpoint("dev", {"auth": "none"})
 }
 
 test_production_endpoint_without_rollout_is_denied if {
-	some m in deny with input as endpoint("production", {"auth": "token"})
+	some m in endpoints.deny with input as endpoint("production", {"auth": "token"})
 	contains(m.msg, "no rollout steps")
 }
 
 test_production_endpoint_with_one_step_is_denied if {
-	some m in deny with input as endpoint("production", {"auth": "token", "rollout": {"steps": [100]}})
+	some m in endpoints.deny with input as endpoint("production", {"auth": "token", "rollout": {"steps": [100]}})
 	contains(m.msg, "one step")
 }

@@ -7,12 +7,16 @@ package cairn.gpu
 
 requests(r) := object.get(r.spec, "gpus", 0) * object.get(r.spec, "instances", 1) if r.kind == "job"
 
-requests(r) := sum([object.get(d, "gpus", 0) * object.get(d, "replicas", 1) | some d in r.spec.deployments]) if r.kind == "endpoint"
+requests(r) := sum([n |
+	some d in r.spec.deployments
+	n := object.get(d, "gpus", 0) * object.get(d, "replicas", 1)
+]) if r.kind == "endpoint"
 
-requested(workspace) := sum([requests(r) |
+requested(workspace) := sum([n |
 	some r in input.resources
 	r.workspace == workspace
 	r.kind in {"job", "endpoint"}
+	n := requests(r)
 ])
 
 deny contains {"msg": msg, "address": address} if {

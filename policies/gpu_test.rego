@@ -1,4 +1,6 @@
-package cairn.gpu
+package cairn.gpu_test
+
+import data.cairn.gpu
 
 workspace(labels, resources) := {
 	"workspaces": {"ml": {"environment": "production", "labels": labels}},
@@ -22,24 +24,24 @@ other := {"other/job.train": {
 }}
 
 test_requests_add_jobs_and_endpoints if {
-	requested("ml") == 11 with input as workspace({}, object.union(object.union(job, endpoint), other))
+	gpu.requested("ml") == 11 with input as workspace({}, object.union(object.union(job, endpoint), other))
 }
 
 test_within_budget_passes if {
-	count(deny) == 0 with input as workspace({"gpu-budget": "11"}, object.union(object.union(job, endpoint), other))
+	count(gpu.deny) == 0 with input as workspace({"gpu-budget": "11"}, object.union(object.union(job, endpoint), other))
 }
 
 test_over_budget_is_denied if {
-	some m in deny with input as workspace({"gpu-budget": "8"}, object.union(job, endpoint))
+	some m in gpu.deny with input as workspace({"gpu-budget": "8"}, object.union(job, endpoint))
 	m.address == "ml/workspace"
 	contains(m.msg, "requests 11 GPUs")
 }
 
 test_no_budget_no_check if {
-	count(deny) == 0 with input as workspace({"team": "risk"}, job)
+	count(gpu.deny) == 0 with input as workspace({"team": "risk"}, job)
 }
 
 test_budget_that_is_not_a_number_is_denied if {
-	some m in deny with input as workspace({"gpu-budget": "lots"}, job)
+	some m in gpu.deny with input as workspace({"gpu-budget": "lots"}, job)
 	contains(m.msg, "whole number")
 }

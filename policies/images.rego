@@ -36,7 +36,7 @@ explicit_registry(host) if contains(host, ".")
 
 explicit_registry(host) if contains(host, ":")
 
-explicit_registry("localhost")
+explicit_registry(host) if host == "localhost"
 
 from_approved(image) if {
 	some registry in approved

@@ -114,7 +114,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Syntax { text, .. } => Some(format!(
-                "the line reads `{}`; Cairn reads Rego v1: rules need `if` before their body and sets are built with `contains` (`deny contains msg if {{ … }}`)",
+                "the line reads `{}`; policies are Rego v1: a rule's body follows `if`, and sets are built with `contains` (`deny contains msg if {{ … }}`)",
                 text.trim()
             )),
             Error::BadFile { .. } | Error::Read { .. } => Some(format!(
@@ -361,6 +361,25 @@ impl Policies {
                     .add_policy(file.path.clone(), file.text.clone())
                     .map_err(|e| syntax_error(file, &e.to_string()))?;
             }
+        }
+        // The first evaluation analyses every module; a variable used before it is bound
+        // is found here, once, rather than on every rule evaluated.
+        if let Err(e) = engine.eval_bool_query("true".into(), false) {
+            let text = e.to_string();
+            let (location, message) = split_location(&text);
+            let file = location.as_deref().and_then(|l| {
+                self.files
+                    .iter()
+                    .find(|f| l.starts_with(&format!("{}:", f.path)))
+            });
+            return Err(match file {
+                Some(file) => syntax_error(file, &text),
+                None => Error::Eval {
+                    rule: "the policies".into(),
+                    location,
+                    message,
+                },
+            });
         }
         Ok(engine)
     }
@@ -834,6 +853,21 @@ mod tests {
         assert_eq!(path, "policies/bad.rego");
         assert_eq!(*line, 3);
         assert!(err.hint().unwrap().contains("deny contains msg"));
+    }
+
+    #[test]
+    fn an_unbound_variable_is_found_before_evaluating() {
+        let mut policies = Policies::default();
+        policies.add(file(
+            "p.rego",
+            "package p\n\nf(x) := x\n\ndeny contains m if {\n\tsome f in input.xs\n\tm := f\n}\n",
+        ));
+        policies.add(file("q.rego", "package q\n\nx := y\n"));
+        let err = policies.check().unwrap_err();
+        assert!(
+            matches!(&err, Error::Syntax { path, .. } if path.starts_with("policies/")),
+            "{err:?}"
+        );
     }
 
     #[test]

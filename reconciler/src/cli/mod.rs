@@ -10,6 +10,7 @@ mod context;
 mod history;
 mod lock;
 mod plan;
+mod policy;
 mod progress;
 mod render;
 mod serve;
@@ -73,6 +74,10 @@ enum Command {
     /// apply, a held lock, and each endpoint's deployments, weights, health and request
     /// rates.
     Status(status::Args),
+    /// Rego policies: run their unit tests (`cairn policy test`), or evaluate them
+    /// against the manifests (`cairn policy eval`). `plan` and `apply` evaluate them
+    /// on every run; a deny makes both exit 1.
+    Policy(policy::Args),
     /// List past applies from the journal.
     History(history::Args),
     /// Release a store lock left behind by an apply that died.
@@ -210,6 +215,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args, output),
         Command::Apply(args) => apply::run(args, output),
         Command::Status(args) => status::run(args, output),
+        Command::Policy(args) => policy::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),

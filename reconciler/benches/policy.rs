@@ -100,7 +100,11 @@ fn main() {
             "over"
         }
     );
-    // The generated repository is clean except for a few deliberate findings.
+    // The generated repository is clean except for the unauthenticated endpoints.
+    assert!(
+        !report.deny.is_empty(),
+        "the unauthenticated endpoints are denied"
+    );
     assert!(
         report.deny.len() < declared / 50,
         "unexpected denies: {:#?}",
@@ -167,9 +171,11 @@ fn workspace(root: &Path, w: usize, resources: usize) {
     }
     for e in 0..endpoints {
         let model = e % n.max(1);
+        // Every 50th endpoint is unauthenticated: denied in production workspaces.
+        let auth = if e % 50 == 0 { "none" } else { "key" };
         let _ = write!(
             serve,
-            "[endpoint.api-{e:04}]\ncompute = \"compute.inference\"\nauth = \"key\"\n\n\
+            "[endpoint.api-{e:04}]\ncompute = \"compute.inference\"\nauth = \"{auth}\"\n\n\
              [endpoint.api-{e:04}.deployments.blue]\nmodel = \"model.m-{model:04}\"\nreplicas = 2\ninstance_type = \"t4\"\ngpus = 1\nimage = \"registry.example.com/serve:1.{e}\"\n\n\
              [endpoint.api-{e:04}.traffic]\nblue = 100\n\n\
              [endpoint.api-{e:04}.rollout]\nsteps = [10, 50, 100]\n\n"

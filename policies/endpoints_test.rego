@@ -31,7 +31,9 @@ test_production_endpoint_without_rollout_is_denied if {
 	contains(m.msg, "no rollout steps")
 }
 
-test_production_endpoint_with_one_step_is_denied if {
-	some m in endpoints.deny with input as endpoint("production", {"auth": "token", "rollout": {"steps": [100]}})
+test_production_endpoint_with_one_step_is_warned_about if {
+	count(endpoints.deny) == 0 with input as endpoint("production", {"auth": "token", "rollout": {"steps": [100]}})
+	some m in endpoints.warn with input as endpoint("production", {"auth": "token", "rollout": {"steps": [100]}})
 	contains(m.msg, "one step")
+	count(endpoints.warn) == 0 with input as endpoint("production", {"auth": "token", "rollout": steps})
 }

@@ -45,9 +45,14 @@ test_deployment_images_are_checked if {
 	m.address == "ml/endpoint.api"
 }
 
-test_without_configuration_every_image_is_denied if {
-	some m in images.deny with input as job("registry.example.com/team/trainer:1.0")
-	contains(m.msg, "none are configured")
+test_without_configuration_images_are_warned_about if {
+	count(images.deny) == 0 with input as job("evil.example.net/trainer:1.0")
+	some m in images.warn with input as job("evil.example.net/trainer:1.0")
+	contains(m, "1 image(s) not checked")
+}
+
+test_with_configuration_there_is_no_warning if {
+	count(images.warn) == 0 with input as job("registry.example.com/team/trainer:1.0") with data.cairn.config as config.cairn.config
 }
 
 test_jobs_without_image_pass if {

@@ -33,13 +33,29 @@ fn the_examples_pass_the_shipped_policies() {
         "{policies:?}"
     );
 
-    // Without the example's approved registries, the imaging images are denied.
+    assert_eq!(report.get("warn"), None, "{}", eval.both());
+
+    // Without the example's approved registries, the images go unchecked, with a warning.
     repo.remove("policies/registries.rego");
+    let eval = repo.cairn(&["policy", "eval", "ROOT"]);
+    eval.ok();
+    assert!(
+        eval.stdout.contains("2 image(s) not checked"),
+        "{}",
+        eval.both()
+    );
+
+    // Approving another registry denies the imaging images, naming job and file.
+    repo.write(
+        "policies/registries.rego",
+        "package cairn.config\n\napproved_registries := [\"ghcr.io/acme\"]\n",
+    );
     let eval = repo.cairn(&["policy", "eval", "ROOT"]);
     eval.code(1);
     assert!(
-        eval.stdout
-            .contains("imaging/job.train-pneumonia (imaging/train.toml)"),
+        eval.stdout.contains(
+            "imaging/job.train-pneumonia (imaging/train.toml): image registry.stmarys.example/"
+        ),
         "{}",
         eval.both()
     );

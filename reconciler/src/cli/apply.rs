@@ -99,7 +99,10 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 "{}",
                 cairn::render::policy_text(&report, output.color_stderr)
             );
-            return Err(super::policy::denied(&report));
+            return Err(super::policy::denied(
+                &report,
+                "refusing to apply: the plan is denied by policy, nothing was applied",
+            ));
         }
     }
 
@@ -147,7 +150,10 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             print_plan(&plan, PlanFormat::Text, output)?;
             if let Some(report) = plan.policy.as_ref().filter(|r| r.denied()) {
                 rt.block_on(applier.unlock(locks));
-                return Err(super::policy::denied(report));
+                return Err(super::policy::denied(
+                    report,
+                    "refusing to apply: the plan is denied by policy, nothing was applied",
+                ));
             }
             if plan.has_changes() && !args.auto_approve {
                 if let Err(e) = confirm() {

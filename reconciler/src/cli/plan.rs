@@ -148,7 +148,10 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         );
     }
     if let Some(report) = plan.policy.as_ref().filter(|r| r.denied()) {
-        return Err(super::policy::denied(report));
+        return Err(super::policy::denied(
+            report,
+            "the plan is denied by policy",
+        ));
     }
     let code = if args.detailed_exitcode && plan.has_changes() {
         2

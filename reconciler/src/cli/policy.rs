@@ -167,16 +167,17 @@ fn eval(args: EvalArgs, output: Output) -> Result<u8, CommandError> {
         }
     }
     if report.denied() {
-        return Err(denied(&report));
+        return Err(denied(&report, "denied by policy"));
     }
     Ok(0)
 }
 
-/// The error for a denied plan (or manifests).
-pub fn denied(report: &cairn::policy::PolicyReport) -> CommandError {
+/// The error for a denied plan (or manifests); `what` says what was refused, e.g.
+/// "the plan is denied by policy".
+pub fn denied(report: &cairn::policy::PolicyReport, what: &str) -> CommandError {
     let n = report.deny.len();
     CommandError::new(format!(
-        "denied by policy: {n} message{} above",
+        "{what}: {n} message{} above",
         if n == 1 { "" } else { "s" }
     ))
     .hint_opt(Some(

@@ -29,6 +29,7 @@ use regorus::{Engine, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{DesiredState, Resource};
+use crate::diagnostics::{error_chain, Diagnostic, Location};
 use crate::manifest::{EntryKind, Snapshot, Spec};
 use crate::plan::Plan;
 
@@ -90,6 +91,8 @@ pub enum Error {
         message: String,
         /// The offending line, as written.
         text: String,
+        /// Byte offset of the place in the file.
+        offset: usize,
     },
     #[error("the policy data file `{path}` is not valid JSON: {message}")]
     Data { path: String, message: String },
@@ -129,6 +132,42 @@ impl Error {
             Error::BadMessage { .. } => Some(
                 "write `deny contains msg if { … }` with a string `msg`, or an object {\"msg\": msg, \"address\": r.address}".into(),
             ),
+        }
+    }
+}
+
+impl Error {
+    /// The error as a finding of `cairn validate`, at its place when it has one.
+    pub fn diagnostic(&self) -> Diagnostic {
+        let (message, location) = match self {
+            Error::Syntax {
+                path,
+                line,
+                column,
+                message,
+                offset,
+                ..
+            } => (
+                message.clone(),
+                Location {
+                    file: path.clone(),
+                    line: *line as usize,
+                    column: *column as usize,
+                    span: *offset..*offset,
+                },
+            ),
+            Error::Read { path, .. } | Error::BadFile { path, .. } | Error::Data { path, .. } => {
+                (error_chain(self), Location::file(path))
+            }
+            Error::Eval { .. } | Error::BadMessage { .. } => {
+                return Diagnostic::error("policy", error_chain(self))
+                    .help(self.hint().unwrap_or_default())
+            }
+        };
+        let diagnostic = Diagnostic::error("policy", message).at(location);
+        match self.hint() {
+            Some(hint) => diagnostic.help(hint),
+            None => diagnostic,
         }
     }
 }
@@ -755,18 +794,33 @@ fn syntax_error(file: &PolicyFile, text: &str) -> Error {
         Some((line, column))
     });
     match place {
-        Some((line, column)) => Error::Syntax {
-            path: file.path.clone(),
-            line,
-            column,
-            message,
-            text: file
+        Some((line, column)) => {
+            let line_start: usize = file
                 .text
+                .split_inclusive('\n')
+                .take(line.saturating_sub(1) as usize)
+                .map(str::len)
+                .sum();
+            let text = file.text[line_start..]
                 .lines()
-                .nth(line.saturating_sub(1) as usize)
+                .next()
                 .unwrap_or("")
-                .to_string(),
-        },
+                .to_string();
+            // regorus counts columns in characters.
+            let within: usize = text
+                .chars()
+                .take(column.saturating_sub(1) as usize)
+                .map(char::len_utf8)
+                .sum();
+            Error::Syntax {
+                path: file.path.clone(),
+                line,
+                column,
+                message,
+                text,
+                offset: line_start + within,
+            }
+        }
         None => Error::BadFile {
             path: file.path.clone(),
             problem: message,
@@ -847,11 +901,17 @@ mod tests {
             "package cairn.bad\n\ndeny contains msg {\n  msg := \"x\"\n}\n",
         ));
         let err = policies.check().unwrap_err();
-        let Error::Syntax { path, line, .. } = &err else {
+        let Error::Syntax {
+            path, line, offset, ..
+        } = &err
+        else {
             panic!("{err:?}")
         };
         assert_eq!(path, "policies/bad.rego");
         assert_eq!(*line, 3);
+        // Line 3 starts at byte 19; the place is on it.
+        assert!((19..38).contains(offset), "{offset}");
+        assert_eq!(err.diagnostic().location.unwrap().span, *offset..*offset);
         assert!(err.hint().unwrap().contains("deny contains msg"));
     }
 

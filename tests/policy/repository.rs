@@ -96,6 +96,15 @@ fn a_syntax_error_names_the_place() {
     plan.code(1);
     assert_eq!(plan.stdout, "", "{}", plan.both());
     insta::assert_snapshot!("syntax_error", plan.stderr);
+    let validate = repo.cairn(&["validate", "ROOT"]);
+    validate.code(1);
+    assert!(
+        validate
+            .stderr
+            .contains("policies/broken.rego:3:19: `if` keyword is required before rule body"),
+        "{}",
+        validate.both()
+    );
     let test = repo.cairn(&["policy", "test", "--root", "ROOT"]);
     test.code(1);
     assert!(

@@ -7,7 +7,9 @@
 //!   → desired (resolve references, validate, build the dependency graph)
 //! ```
 //!
-//! Later stages (observe, diff, plan, apply, rollout) build on [`desired::DesiredState`].
+//! Later stages (observe, diff, plan, policy, apply, rollout) build on
+//! [`desired::DesiredState`]; [`policy`] checks the desired state and the plan against
+//! Rego policies before anything is applied.
 //!
 //! The library never talks to the terminal and never reads the environment on its own:
 //! it returns typed results ([`desired::DesiredState`], [`diagnostics::Diagnostics`]) and

@@ -9,6 +9,7 @@ use owo_colors::OwoColorize;
 use serde_json::Value;
 
 use crate::plan::{Action, Plan, ResourceChange};
+use crate::policy::{PolicyMessage, PolicyReport};
 use crate::rollout::describe_weights;
 
 /// The markdown template shipped with Cairn.
@@ -61,6 +62,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
         ),
         _ => format!("{} (working tree)", plan.source.root),
     };
+    if let Some(report) = &plan.policy {
+        out.push_str(&policy_text(report, color));
+    }
     if !plan.has_changes() {
         let _ = writeln!(
             out,
@@ -90,6 +94,40 @@ pub fn text(plan: &Plan, color: bool) -> String {
     } else {
         let _ = writeln!(out, "{line}");
     }
+    out
+}
+
+/// The policies' deny and warn messages, one block each, or nothing when there are none.
+pub fn policy_text(report: &PolicyReport, color: bool) -> String {
+    let mut out = String::new();
+    let mut block = |messages: &[PolicyMessage], head: &str, mark: &str| {
+        if messages.is_empty() {
+            return;
+        }
+        let head = match (color, mark) {
+            (false, _) => head.to_string(),
+            (true, "✗") => head.red().bold().to_string(),
+            (true, _) => head.yellow().bold().to_string(),
+        };
+        let _ = writeln!(out, "{head}");
+        for m in messages {
+            let what = match (&m.address, &m.file) {
+                (Some(address), Some(file)) => format!("{address} ({file}): "),
+                (Some(address), None) => format!("{address}: "),
+                (None, Some(file)) => format!("{file}: "),
+                (None, None) => String::new(),
+            };
+            let _ = writeln!(out, "  {mark} {what}{}", m.message);
+            let _ = writeln!(out, "      {}", m.policy);
+        }
+        out.push('\n');
+    };
+    block(
+        &report.deny,
+        "Denied by policy (nothing can be applied until these are fixed):",
+        "✗",
+    );
+    block(&report.warn, "Policy warnings:", "!");
     out
 }
 

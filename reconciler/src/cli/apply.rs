@@ -89,6 +89,23 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         None => context::select(&loaded, &args.workspaces)?,
     };
 
+    // A saved plan is checked against the policies as they are now, before anything is
+    // locked: its own report could be stale, or edited.
+    if let Some(plan) = &saved_plan {
+        let report = cairn::policy::check(&loaded.snapshot, &loaded.desired, plan)
+            .map_err(|e| super::policy::policy_error(&e))?;
+        if report.denied() {
+            eprint!(
+                "{}",
+                cairn::render::policy_text(&report, output.color_stderr)
+            );
+            return Err(super::policy::denied(
+                &report,
+                "refusing to apply: the plan is denied by policy, nothing was applied",
+            ));
+        }
+    }
+
     let rt = super::runtime()?;
     let local = context::local_dir(&loaded.root);
     let cache = HashCache::load(&local.join("cache").join("content.json"));
@@ -135,6 +152,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 }
             };
             print_plan(&plan, PlanFormat::Text, output)?;
+            if let Some(report) = plan.policy.as_ref().filter(|r| r.denied()) {
+                rt.block_on(applier.unlock(locks));
+                return Err(super::policy::denied(
+                    report,
+                    "refusing to apply: the plan is denied by policy, nothing was applied",
+                ));
+            }
             if plan.has_changes() && !args.auto_approve {
                 if let Err(e) = confirm() {
                     rt.block_on(applier.unlock(locks));

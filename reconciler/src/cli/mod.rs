@@ -12,6 +12,7 @@ mod github;
 mod history;
 mod lock;
 mod plan;
+mod policy;
 mod progress;
 mod render;
 mod serve;
@@ -80,6 +81,10 @@ enum Command {
     /// apply, a held lock, and each endpoint's deployments, weights, health and request
     /// rates.
     Status(status::Args),
+    /// Rego policies: run their unit tests (`cairn policy test`), or evaluate them
+    /// against the manifests (`cairn policy eval`). `plan` and `apply` evaluate them
+    /// on every run; a deny makes both exit 1.
+    Policy(policy::Args),
     /// List past applies from the journal.
     History(history::Args),
     /// Release a store lock left behind by an apply that died.
@@ -224,6 +229,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args, output),
         Command::Drift(args) => drift::run(args, output),
         Command::Status(args) => status::run(args, output),
+        Command::Policy(args) => policy::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Train(args) => train::run(args, output),

@@ -91,6 +91,9 @@ pub fn make_plan(
         Err(e) => return Err(CommandError::from_error(&e)),
     };
     plan.notes.extend(selection.skipped.iter().cloned());
+    let report = cairn::policy::check(&loaded.snapshot, &loaded.desired, &plan)
+        .map_err(|e| super::policy::policy_error(&e))?;
+    plan.policy = Some(report);
     Ok(plan)
 }
 
@@ -161,6 +164,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             path.display(),
             path.display()
         );
+    }
+    if let Some(report) = plan.policy.as_ref().filter(|r| r.denied()) {
+        return Err(super::policy::denied(
+            report,
+            "the plan is denied by policy",
+        ));
     }
     let code = if args.detailed_exitcode && plan.has_changes() {
         2

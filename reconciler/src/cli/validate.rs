@@ -1,5 +1,5 @@
-//! `cairn validate`: load, resolve and check the manifests; print a summary or every
-//! finding.
+//! `cairn validate`: load, resolve and check the manifests (and that the policies load);
+//! print a summary or every finding.
 
 use super::{render, CommandError, Format, Output, SourceArgs};
 
@@ -22,7 +22,18 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         }
         Err(err) => return Err(err),
     };
-    let result = cairn::desired::resolve(&snapshot);
+    // Valid manifests are also checked for policies that don't load (a Rego syntax error
+    // in the repository's `policies/`), so a pull request finds out before planning.
+    let result = cairn::desired::resolve(&snapshot).and_then(|resolved| {
+        match cairn::policy::Policies::from_snapshot(&snapshot).and_then(|p| p.check()) {
+            Ok(()) => Ok(resolved),
+            Err(e) => {
+                let mut diagnostics = resolved.warnings;
+                diagnostics.push(e.diagnostic());
+                Err(diagnostics)
+            }
+        }
+    });
     match args.format {
         Format::Json => {
             render::validate_json(&snapshot, &result);

@@ -12,12 +12,15 @@ requests(r) := sum([n |
 	n := object.get(d, "gpus", 0) * object.get(d, "replicas", 1)
 ]) if r.kind == "endpoint"
 
-requested(workspace) := sum([n |
-	some r in input.resources
-	r.workspace == workspace
+# Each job's and endpoint's request, grouped by workspace in one pass over the resources.
+requests_in[workspace] contains [address, n] if {
+	some address, r in input.resources
 	r.kind in {"job", "endpoint"}
+	workspace := r.workspace
 	n := requests(r)
-])
+}
+
+requested(workspace) := sum([n | some [_, n] in requests_in[workspace]])
 
 deny contains {"msg": msg, "address": address} if {
 	some name, w in input.workspaces

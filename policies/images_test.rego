@@ -45,9 +45,11 @@ test_deployment_images_are_checked if {
 	m.address == "ml/endpoint.api"
 }
 
+# `with data.cairn.config as {}`: a repository's own settings (manifests/policies/) must not
+# leak into this test when `cairn policy test` runs them together.
 test_without_configuration_images_are_warned_about if {
-	count(images.deny) == 0 with input as job("evil.example.net/trainer:1.0")
-	some m in images.warn with input as job("evil.example.net/trainer:1.0")
+	count(images.deny) == 0 with input as job("evil.example.net/trainer:1.0") with data.cairn.config as {}
+	some m in images.warn with input as job("evil.example.net/trainer:1.0") with data.cairn.config as {}
 	contains(m, "1 image(s) not checked")
 }
 

@@ -35,7 +35,7 @@ use crate::diagnostics::error_chain;
 use crate::events::Events;
 use crate::manifest::source::join_inside;
 use crate::manifest::Snapshot;
-use crate::plan::{Action, Plan, ResourceChange};
+use crate::plan::{plural, Action, Plan, ResourceChange};
 use crate::plan_objects::ObjectChange;
 use crate::rollout::RolloutEvent;
 use crate::serving::{self, EndpointId, EndpointValue, Serving};
@@ -651,12 +651,10 @@ impl Applier<'_> {
         };
         let message = match (applied, deleted) {
             (0, 0) => None,
-            (a, 0) => Some(format!("applied {a} Kubernetes object{}", plural(a))),
-            (0, d) => Some(format!("deleted {d} Kubernetes object{}", plural(d))),
-            (a, d) => Some(format!(
-                "applied {a} and deleted {d} Kubernetes object{}",
-                plural(a + d)
-            )),
+            (a, 0) => Some(format!("applied {}", plural(a, "Kubernetes object"))),
+            (0, d) => Some(format!("deleted {}", plural(d, "Kubernetes object"))),
+            // Two or more objects.
+            (a, d) => Some(format!("applied {a} and deleted {d} Kubernetes objects")),
         };
         Ok((value, message))
     }
@@ -675,19 +673,14 @@ impl Applier<'_> {
             .after
             .as_ref()
             .ok_or("the plan has no value for this job")?;
-        let run_id = str_field(after, "run_id")?;
-        let inputs: BTreeMap<String, String> =
-            serde_json::from_value(after.get("inputs").cloned().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-        let outputs: BTreeMap<String, String> =
-            serde_json::from_value(after.get("outputs").cloned().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-        let timeout = after
-            .get("timeout")
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
-            .map_or(JOB_TIMEOUT, |d| d.as_std() + JOB_START_SLACK);
-        let retries = after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let JobValue {
+            run_id,
+            inputs,
+            outputs,
+            retries,
+            timeout,
+        } = JobValue::parse(after)?;
+        let timeout = timeout.map_or(JOB_TIMEOUT, |t| t + JOB_START_SLACK);
         self.events.note(
             &change.address,
             &format!("waiting for {} (run {run_id})", job.describe()),
@@ -1036,26 +1029,20 @@ impl Applier<'_> {
         after: &Value,
     ) -> Result<String, String> {
         let job = change.name.clone();
-        let run_id = str_field(after, "run_id")?;
+        let JobValue {
+            run_id,
+            inputs,
+            outputs,
+            retries,
+            timeout,
+        } = JobValue::parse(after)?;
         let work = self.options.work_dir.join("runs").join(&job).join(&run_id);
-        let inputs: BTreeMap<String, String> =
-            serde_json::from_value(after.get("inputs").cloned().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-        let outputs: BTreeMap<String, String> =
-            serde_json::from_value(after.get("outputs").cloned().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
         let command: Vec<String> =
             serde_json::from_value(after.get("command").cloned().unwrap_or_default())
                 .map_err(|_| "the job has no command".to_string())?;
         let env: BTreeMap<String, String> =
             serde_json::from_value(after.get("env").cloned().unwrap_or_default())
                 .unwrap_or_default();
-        let retries = after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let timeout = after
-            .get("timeout")
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
-            .map(|d| d.as_std());
         let gpus = after.get("gpus").and_then(Value::as_u64).unwrap_or(0) as usize;
 
         // Inputs: each version's files, fetched into the run's folder.
@@ -1144,7 +1131,13 @@ impl Applier<'_> {
         let duration_ms = t.elapsed().as_millis() as u64;
         let succeeded = last.as_ref().is_some_and(Exit::success);
         let attempts_made = logs.len().max(1) as u32;
-        let metrics = read_metrics(&work, &outputs);
+        // From the first output folder that has a `metrics.json`, else the run's folder.
+        let folders: Vec<PathBuf> = outputs
+            .keys()
+            .map(|name| work.join("outputs").join(name))
+            .chain(std::iter::once(work.clone()))
+            .collect();
+        let metrics = artifacts::read_metrics(folders.iter().map(PathBuf::as_path));
 
         let mut error = spawn_error;
         let mut produced = BTreeMap::new();
@@ -1337,6 +1330,37 @@ fn describe_event(event: &RolloutEvent) -> String {
     }
 }
 
+/// What both targets read from a job's planned value.
+struct JobValue {
+    run_id: String,
+    /// Input name → the version reference the run reads.
+    inputs: BTreeMap<String, String>,
+    /// Output name → `model.<name>@<run id>`.
+    outputs: BTreeMap<String, String>,
+    retries: u32,
+    timeout: Option<Duration>,
+}
+
+impl JobValue {
+    fn parse(after: &Value) -> Result<JobValue, String> {
+        let map = |field: &str| -> Result<BTreeMap<String, String>, String> {
+            serde_json::from_value(after.get(field).cloned().unwrap_or_default())
+                .map_err(|e| format!("the plan's `{field}` of this job is malformed: {e}"))
+        };
+        Ok(JobValue {
+            run_id: str_field(after, "run_id")?,
+            inputs: map("inputs")?,
+            outputs: map("outputs")?,
+            retries: after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+            timeout: after
+                .get("timeout")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
+                .map(|d| d.as_std()),
+        })
+    }
+}
+
 fn str_field(value: &Value, field: &str) -> Result<String, String> {
     value
         .get(field)
@@ -1380,14 +1404,6 @@ pub(crate) fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str)
 }
 
 /// Reads `metrics.json` from the first output folder that has one, or the run folder.
-fn read_metrics(work: &Path, outputs: &BTreeMap<String, String>) -> Option<Value> {
-    outputs
-        .keys()
-        .map(|name| work.join("outputs").join(name).join("metrics.json"))
-        .chain(std::iter::once(work.join("metrics.json")))
-        .find_map(|p| std::fs::read(p).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-}
 
 #[cfg(test)]
 mod tests {
@@ -1415,12 +1431,4 @@ fn on_kubernetes(change: &ResourceChange) -> bool {
             change.kind == Kind::Endpoint
                 && v.get("target").and_then(Value::as_str) == Some("kubernetes")
         })
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::address::{Address, Kind, Reference};
-use crate::backend::kubernetes::Renderer;
+use crate::backend::kubernetes::{compute_namespace, Renderer};
 use crate::backend::store::{self, Store};
 use crate::content::{self, Content, ContentDiff, HashCache};
 use crate::desired::{DesiredState, Resource};
@@ -625,14 +625,8 @@ impl Planner<'_> {
 
     /// The namespace a compute's objects live in.
     fn kube_namespace(&self, ws: &str, compute: &crate::manifest::ComputeSpec) -> String {
-        if let Some(ns) = &compute.namespace {
-            return ns.get_ref().clone();
-        }
         match self.desired.get(&Address::workspace(ws)).map(|r| &r.spec) {
-            Some(Spec::Workspace(spec)) => spec
-                .namespace
-                .as_ref()
-                .map_or_else(|| ws.to_string(), |n| n.get_ref().clone()),
+            Some(Spec::Workspace(spec)) => compute_namespace(ws, spec, compute),
             _ => ws.to_string(),
         }
     }
@@ -1386,7 +1380,8 @@ fn diff_into(
     }
 }
 
-fn plural(n: usize, word: &str) -> String {
+/// "1 file", "3 files".
+pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
     } else {

@@ -66,17 +66,13 @@ pub struct ObjectChange {
 impl ObjectChange {
     /// The object's identity in its cluster.
     pub fn key(&self) -> ObjectKey {
-        ObjectKey {
-            context: self.context.clone(),
-            group: self
-                .api_version
-                .rsplit_once('/')
-                .map_or("", |(group, _)| group)
-                .to_string(),
-            kind: self.kind.clone(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
+        ObjectKey::new(
+            self.context.as_deref(),
+            &self.api_version,
+            &self.kind,
+            self.namespace.as_deref(),
+            &self.name,
+        )
     }
 
     /// The desired object, for applying.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::s3_server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::s3_server::{aws_credentials, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use crate::support::{manifests, Job, Root, Run};
 
 /// The fixture with its workspace's store on the server, under `risk/`.
@@ -27,12 +27,7 @@ fn s3_root(server: &S3Server) -> Root {
 /// `cairn <args>` with the AWS chain's environment credentials.
 fn cairn(root: &Root, args: &[&str], secret: &str) -> Run {
     let mut cmd = root.command(args);
-    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
+    aws_credentials(&mut cmd, secret)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use kube_server::KubeServer;
-use s3_server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
-use support::Run;
+use s3_server::{aws_credentials, S3Server, BUCKET, SECRET_KEY};
+use support::{copy_dir, Run};
 
 const TRAIN_CONTEXT: &str = "aks-gpu-westeurope";
 const SERVE_CONTEXT: &str = "onprem-radiology";
@@ -123,7 +123,7 @@ impl World {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        aws_env(&mut cmd);
+        aws_credentials(&mut cmd, SECRET_KEY);
         cmd
     }
 
@@ -134,28 +134,6 @@ impl World {
 
     fn servers(&self) -> [(&str, &KubeServer); 2] {
         [(TRAIN_CONTEXT, &self.train), (SERVE_CONTEXT, &self.serve)]
-    }
-}
-
-fn aws_env(cmd: &mut Command) {
-    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
@@ -279,7 +257,7 @@ impl<'a> Kubelet<'a> {
                     .envs(env.iter().cloned())
                     .env("NO_COLOR", "1")
                     .stdin(Stdio::null());
-                aws_env(&mut cmd);
+                aws_credentials(&mut cmd, SECRET_KEY);
                 let out = cmd.output().unwrap();
                 self.note(format!(
                     "{context}: {name}/{step}: {:?} exit {:?}\n{}{}",

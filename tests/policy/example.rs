@@ -9,7 +9,7 @@ use crate::{policy_block, Repo};
 #[test]
 fn the_examples_pass_the_shipped_policies() {
     let repo = Repo::empty();
-    crate::copy_dir(
+    crate::support::copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests"),
         repo.path(),
     );

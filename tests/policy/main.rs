@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::Run;
+use support::{copy_dir, Run};
 
 /// A repository in a temporary folder: `<tmp>/repo`, the manifests root.
 pub struct Repo {
@@ -118,18 +118,6 @@ impl Repo {
             support::regex_escape(&self.root.display().to_string()),
             "[ROOT]",
         )]
-    }
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

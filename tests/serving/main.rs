@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{wait_until, Run};
+use support::{copy_dir, wait_until, Run};
 
 const WS: &str = "credit-risk";
 const ENDPOINT: &str = "credit-risk/endpoint.risk-api";
@@ -187,19 +187,6 @@ impl Repo {
                 model_dir.display()
             ),
         );
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

@@ -418,3 +418,14 @@ async fn forward(
             .into_response(),
     }
 }
+
+/// Gives a command the test credentials through the AWS chain's environment (with
+/// `secret` as the secret key), and nothing from this machine's AWS settings.
+pub fn aws_credentials(cmd: &mut Command, secret: &str) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+}

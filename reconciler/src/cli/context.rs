@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cairn::backend::kubernetes::{Clusters, Scope};
+use cairn::backend::kubernetes::{compute_namespace, Clusters, Scope};
 use cairn::backend::store::Store;
 use cairn::desired::DesiredState;
 use cairn::diagnostics::did_you_mean;
@@ -57,12 +57,11 @@ pub struct Selection {
 
 /// The (kube context, namespace) pairs a workspace's `kubernetes` computes use.
 pub fn kube_scopes(desired: &DesiredState, workspace: &str) -> Vec<Scope> {
-    let ws_namespace = match desired
+    let Some(Spec::Workspace(ws_spec)) = desired
         .get(&cairn::Address::workspace(workspace))
         .map(|r| &r.spec)
-    {
-        Some(Spec::Workspace(spec)) => spec.namespace.as_ref().map(|n| n.get_ref().clone()),
-        _ => None,
+    else {
+        return Vec::new();
     };
     let mut scopes: Vec<Scope> = Vec::new();
     for r in desired
@@ -76,12 +75,7 @@ pub fn kube_scopes(desired: &DesiredState, workspace: &str) -> Vec<Scope> {
             }
             let scope = Scope {
                 context: c.context.as_ref().map(|c| c.get_ref().clone()),
-                namespace: c
-                    .namespace
-                    .as_ref()
-                    .map(|n| n.get_ref().clone())
-                    .or_else(|| ws_namespace.clone())
-                    .unwrap_or_else(|| workspace.to_string()),
+                namespace: compute_namespace(workspace, ws_spec, c),
             };
             if !scopes.contains(&scope) {
                 scopes.push(scope);

@@ -82,6 +82,7 @@ pub use cluster::{
     Scope,
 };
 pub use diff::{diff, ObjectDiff};
+pub use objects::compute_namespace;
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };
@@ -123,6 +124,29 @@ pub struct ObjectKey {
     pub name: String,
 }
 
+impl ObjectKey {
+    /// The key of an object of `kind` in `api_version` (`apps/v1`: group `apps`; `v1`:
+    /// the core group).
+    pub fn new(
+        context: Option<&str>,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ObjectKey {
+        ObjectKey {
+            context: context.map(str::to_string),
+            group: api_version
+                .rsplit_once('/')
+                .map_or("", |(group, _)| group)
+                .to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} `{}`", self.kind, self.name)?;
@@ -139,17 +163,13 @@ impl std::fmt::Display for ObjectKey {
 impl KubeObject {
     /// Returns the object's identity in its cluster.
     pub fn key(&self) -> ObjectKey {
-        ObjectKey {
-            context: self.context.clone(),
-            group: self
-                .api_version
-                .rsplit_once('/')
-                .map_or("", |(group, _)| group)
-                .to_string(),
-            kind: self.kind.clone(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
+        ObjectKey::new(
+            self.context.as_deref(),
+            &self.api_version,
+            &self.kind,
+            self.namespace.as_deref(),
+            &self.name,
+        )
     }
 
     /// Returns the `cairn.dev/spec-hash` annotation.

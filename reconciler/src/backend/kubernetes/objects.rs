@@ -150,11 +150,7 @@ impl<'a> Walk<'a> {
     }
 
     fn namespace_of(&self, compute: &ComputeSpec) -> String {
-        compute
-            .namespace
-            .as_ref()
-            .map(|n| n.get_ref().clone())
-            .unwrap_or_else(|| workspace_namespace(self.workspace, self.spec))
+        compute_namespace(self.workspace, self.spec, compute)
     }
 
     /// Labels every object of this workspace carries, before its own.
@@ -715,6 +711,16 @@ impl<'a> Walk<'a> {
         }
         Ok(self.out.into_iter().map(|(_, object, _)| object).collect())
     }
+}
+
+/// The namespace a compute's objects live in: its `namespace`, else the workspace's,
+/// else the workspace's name.
+pub fn compute_namespace(workspace: &str, spec: &WorkspaceSpec, compute: &ComputeSpec) -> String {
+    compute
+        .namespace
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .unwrap_or_else(|| workspace_namespace(workspace, spec))
 }
 
 fn workspace_namespace(workspace: &str, spec: &WorkspaceSpec) -> String {

@@ -481,3 +481,55 @@ fn drift_without_a_default_branch_says_so() {
         run.both()
     );
 }
+
+/// The acceptance case end to end: a pull request that makes the production
+/// `credit-risk` endpoint unauthenticated. `cairn plan --comment` exits 1, the comment
+/// opens with the deny naming the file and the resource, and the commit status fails.
+#[test]
+fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
+    let root = manifests(&Job::default());
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/credit-risk");
+    crate::support::copy_dir(&example, &root.path().join("credit-risk"));
+    let base = root.git_commit_all("base");
+    let serve = root.path().join("credit-risk/serve.toml");
+    let text = std::fs::read_to_string(&serve).unwrap();
+    assert!(text.contains("auth = \"key\""));
+    std::fs::write(&serve, text.replace("auth = \"key\"", "auth = \"none\"")).unwrap();
+    let head = root.git_commit_all("open the scoring API");
+    let server = FakeGitHub::start(REPO, TOKEN, &[9]);
+    let ev = event(&root, 9, &base, &head);
+
+    let run = cairn(
+        &root,
+        &server,
+        &["plan", "ROOT", "--rev", &head, "--comment"],
+        Some(TOKEN),
+        Some(&ev),
+    );
+    run.code(1);
+    assert!(
+        run.stderr.contains("the plan is denied by policy"),
+        "{}",
+        run.both()
+    );
+    let comments = server.comments(9);
+    assert_eq!(comments.len(), 1, "{}", run.both());
+    let body = &comments[0].body;
+    let deny = body.find("credit-risk/endpoint.risk-api").expect(body);
+    let plan = body.find("| Workspace").unwrap_or(body.len());
+    assert!(deny < plan, "the deny comes before the plan:\n{body}");
+    assert!(body.contains("credit-risk/serve.toml"), "{body}");
+    assert!(body.to_lowercase().contains("deny"), "{body}");
+    assert!(
+        body.contains("- `credit-risk/endpoint.risk-api`: `credit-risk/serve.toml`"),
+        "the PR's changed file is traced to the endpoint:\n{body}"
+    );
+
+    let statuses = server.statuses();
+    assert_eq!(statuses.len(), 1, "{}", run.both());
+    assert_eq!(statuses[0].0, head);
+    assert_eq!(statuses[0].1["state"], "failure");
+    let description = statuses[0].1["description"].as_str().unwrap();
+    assert!(description.contains("denied"), "{description}");
+    assert!(server.unexpected().is_empty(), "{:?}", server.unexpected());
+}

@@ -421,7 +421,7 @@ async fn forward(
 
 /// Gives a command the test credentials through the AWS chain's environment (with
 /// `secret` as the secret key), and nothing from this machine's AWS settings.
-pub fn aws_credentials(cmd: &mut Command, secret: &str) -> &mut Command {
+pub fn aws_credentials<'c>(cmd: &'c mut Command, secret: &str) -> &'c mut Command {
     cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_CONFIG_FILE", "/nonexistent")

@@ -24,7 +24,10 @@ use serde_json::Value;
 
 use crate::address::Kind;
 use crate::artifacts;
-use crate::backend::kubernetes::{BoxError, KubeObject, KubeTarget, ObjectKey};
+use crate::backend::kubernetes::traffic::{Backend, KubeRoute, KubeTraffic};
+use crate::backend::kubernetes::{
+    BoxError, KubeObject, KubeTarget, ObjectKey, LABEL_DEPLOYMENT_REVISION,
+};
 use crate::backend::local::{Exit, Launch, Target};
 use crate::backend::store::{
     self, now_rfc3339, DatasetVersion, FileEntry, JournalOutcome, JournalRecord, LockGuard,
@@ -37,7 +40,7 @@ use crate::manifest::source::join_inside;
 use crate::manifest::Snapshot;
 use crate::plan::{plural, Action, Plan, ResourceChange};
 use crate::plan_objects::ObjectChange;
-use crate::rollout::RolloutEvent;
+use crate::rollout::{self, RolloutEvent, Traffic as _, Weights};
 use crate::serving::{self, EndpointId, EndpointValue, Serving};
 
 /// How many small files (at most [`SMALL_FILE`] bytes) of one dataset are transferred at
@@ -547,15 +550,7 @@ impl Applier<'_> {
     /// Carries out one change. Errors are messages for the report.
     async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, Failed> {
         if !change.objects.is_empty() || on_kubernetes(change) {
-            return self
-                .kubernetes(plan, change)
-                .await
-                .map(|(value, message)| Done {
-                    value,
-                    message,
-                    events: Vec::new(),
-                })
-                .map_err(Failed::from);
+            return self.kubernetes(plan, change).await;
         }
         if change.kind == Kind::Endpoint {
             return self.endpoint(change).await;
@@ -572,19 +567,18 @@ impl Applier<'_> {
 
     /// A change on Kubernetes: its objects applied in order (a Job's run waited for,
     /// Deployments waited for until available before Services and routes move traffic
-    /// to them), then the objects no longer desired deleted.
-    async fn kubernetes(
-        &self,
-        plan: &Plan,
-        change: &ResourceChange,
-    ) -> Result<(Option<Value>, Option<String>), String> {
+    /// to them), then the objects no longer desired deleted. An endpoint whose traffic
+    /// moves is rolled out by the rollout engine on its HTTPRoute or Service between
+    /// the two.
+    async fn kubernetes(&self, plan: &Plan, change: &ResourceChange) -> Result<Done, Failed> {
         let mut applied = 0;
         let mut deleted = 0;
+        let mut events = Vec::new();
+        let mut summary = None;
         if !change.objects.is_empty() {
             let kube = self.kube.ok_or(
                 "this plan changes Kubernetes objects, but this apply has no cluster connection",
             )?;
-            let failed = |what: &str, e: BoxError| format!("{what}: {}", error_chain(&*e));
             let (deletes, upserts): (Vec<&ObjectChange>, Vec<&ObjectChange>) = change
                 .objects
                 .iter()
@@ -593,44 +587,24 @@ impl Applier<'_> {
             let (workloads, rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
                 .into_iter()
                 .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
-            for batch in [workloads, rest] {
-                let replace: BTreeSet<ObjectKey> = batch
-                    .iter()
-                    .filter(|o| o.action == Action::Replace)
-                    .map(|o| o.key())
-                    .collect();
-                // Objects the plan showed drifting are taken back from whoever changed
-                // them (the plan was approved); others are applied without force, so an
-                // edit made since the plan is a conflict, not silently overwritten.
-                for force in [false, true] {
-                    let objects: Vec<KubeObject> = batch
-                        .iter()
-                        .filter(|o| (o.action == Action::Update) == force)
-                        .filter_map(|o| o.desired())
-                        .collect();
-                    if !objects.is_empty() {
-                        kube.apply(&objects, force, &replace)
-                            .await
-                            .map_err(|e| failed("applying objects", e))?;
-                    }
+            applied += self.apply_batch(plan, change, kube, &workloads).await?;
+            let moving = match change.rollout {
+                Some(_) if change.kind == Kind::Endpoint => {
+                    kube_route(change, kube, &rest, &deletes).await?
                 }
-                applied += batch.iter().filter(|o| o.action != Action::NoOp).count();
-                for o in &batch {
-                    match o.kind.as_str() {
-                        "Deployment" => {
-                            self.events.note(
-                                &change.address,
-                                &format!("waiting for {} to be available", o.describe()),
-                            );
-                            kube.wait_available(&o.key(), DEPLOYMENT_TIMEOUT)
-                                .await
-                                .map_err(|e| failed(&o.describe(), e))?;
-                        }
-                        "Job" if change.action() == Action::Run => {
-                            self.wait_job(plan, change, kube, o).await?;
-                        }
-                        _ => {}
+                _ => None,
+            };
+            match moving {
+                None => applied += self.apply_batch(plan, change, kube, &rest).await?,
+                Some(moving) => {
+                    let (route, others): (Vec<&ObjectChange>, Vec<&ObjectChange>) =
+                        rest.into_iter().partition(|o| o.key() == moving.route_key);
+                    applied += self.apply_batch(plan, change, kube, &others).await?;
+                    match self.kube_rollout(change, kube, moving, &mut events).await {
+                        Ok(done) => summary = Some(done),
+                        Err(message) => return Err(Failed { message, events }),
                     }
+                    applied += self.apply_batch(plan, change, kube, &route).await?;
                 }
             }
             if !deletes.is_empty() {
@@ -649,14 +623,172 @@ impl Applier<'_> {
         } else {
             change.after.clone()
         };
-        let message = match (applied, deleted) {
+        let objects = match (applied, deleted) {
             (0, 0) => None,
             (a, 0) => Some(format!("applied {}", plural(a, "Kubernetes object"))),
             (0, d) => Some(format!("deleted {}", plural(d, "Kubernetes object"))),
             // Two or more objects.
             (a, d) => Some(format!("applied {a} and deleted {d} Kubernetes objects")),
         };
-        Ok((value, message))
+        let message = match (summary, objects) {
+            (Some(s), Some(o)) => Some(format!("{s}; {o}")),
+            (s, o) => s.or(o),
+        };
+        Ok(Done {
+            value,
+            message,
+            events,
+        })
+    }
+
+    /// Applies one batch of a change's objects, then waits for its Deployments to be
+    /// available and a planned run's Job to finish. Returns how many it changed.
+    async fn apply_batch(
+        &self,
+        plan: &Plan,
+        change: &ResourceChange,
+        kube: &dyn KubeTarget,
+        batch: &[&ObjectChange],
+    ) -> Result<usize, String> {
+        let replace: BTreeSet<ObjectKey> = batch
+            .iter()
+            .filter(|o| o.action == Action::Replace)
+            .map(|o| o.key())
+            .collect();
+        // Objects the plan showed drifting are taken back from whoever changed them
+        // (the plan was approved); others are applied without force, so an edit made
+        // since the plan is a conflict, not silently overwritten.
+        for force in [false, true] {
+            let objects: Vec<KubeObject> = batch
+                .iter()
+                .filter(|o| (o.action == Action::Update) == force)
+                .filter_map(|o| o.desired())
+                .collect();
+            if !objects.is_empty() {
+                kube.apply(&objects, force, &replace)
+                    .await
+                    .map_err(|e| failed("applying objects", e))?;
+            }
+        }
+        for o in batch {
+            match o.kind.as_str() {
+                "Deployment" => {
+                    self.events.note(
+                        &change.address,
+                        &format!("waiting for {} to be available", o.describe()),
+                    );
+                    kube.wait_available(&o.key(), DEPLOYMENT_TIMEOUT)
+                        .await
+                        .map_err(|e| failed(&o.describe(), e))?;
+                }
+                "Job" if change.action() == Action::Run => {
+                    self.wait_job(plan, change, kube, o).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(batch.iter().filter(|o| o.action != Action::NoOp).count())
+    }
+
+    /// Moves an endpoint's traffic on Kubernetes by its rollout policy. On a failed gate
+    /// (traffic is back where it was) the revisions this change started are deleted
+    /// again, and the error says why.
+    async fn kube_rollout(
+        &self,
+        change: &ResourceChange,
+        kube: &dyn KubeTarget,
+        moving: KubeRollout,
+        events: &mut Vec<Value>,
+    ) -> Result<String, String> {
+        let KubeRollout {
+            route,
+            from,
+            to,
+            started,
+            ..
+        } = moving;
+        let value: EndpointValue = change
+            .after
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or("the plan's endpoint value is malformed")?;
+        let mut policy = value.rollout.policy();
+        if !route.weighted() {
+            // A Service selector moves everything at once; the plan said so.
+            policy.steps = vec![100];
+            policy.mirror = None;
+        }
+        let weighted = route.weighted();
+        let names: Vec<String> = route.backends.keys().cloned().collect();
+        let full = |w: &Weights| {
+            let mut w = w.clone();
+            for name in &names {
+                w.entry(name.clone()).or_insert(0);
+            }
+            w
+        };
+        let live = from.clone();
+        let (from, to) = (full(&from), full(&to));
+        let traffic = KubeTraffic::new(kube, route, from.clone());
+        let seen: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+        let address = change.address.as_str();
+        let on_event = |event: RolloutEvent| {
+            self.events.note(address, &describe_event(&event));
+            if let Ok(v) = serde_json::to_value(&event) {
+                seen.lock().expect("events lock").push(v);
+            }
+        };
+        self.events.note(
+            address,
+            &format!(
+                "rolling out {} → {} by the {}",
+                crate::rollout::describe_weights(&from),
+                crate::rollout::describe_weights(&to),
+                if weighted {
+                    "HTTPRoute's weights"
+                } else {
+                    "Service selector (0/100)"
+                }
+            ),
+        );
+        let outcome = rollout::run(&traffic, &from, &to, &policy, &on_event).await;
+        events.extend(seen.into_inner().expect("events lock"));
+        let failure = match outcome {
+            Ok(rollout::Outcome::Promoted { weights }) => {
+                return Ok(format!(
+                    "promoted: {}",
+                    crate::rollout::describe_weights(&weights)
+                ))
+            }
+            Ok(rollout::Outcome::RolledBack { step, reason, .. }) => {
+                serving::Error::RolledBack { step, reason }
+            }
+            Ok(rollout::Outcome::Halted { step, reason, .. }) => {
+                return Err(serving::Error::Halted { step, reason }.to_string())
+            }
+            Ok(rollout::Outcome::NotReady { deployment }) => {
+                serving::Error::NotReady { deployment }
+            }
+            Err(e) => serving::Error::Rollout(e),
+        };
+        // Traffic is back on the previous revisions: the route names only those again,
+        // and the revisions this change started are deleted.
+        if let Err(e) = traffic.set_weights(&live).await {
+            return Err(format!("{failure}; restoring the route: {e}"));
+        }
+        if !started.is_empty() {
+            self.events.note(
+                address,
+                &format!(
+                    "deleting the {} this rollout started",
+                    plural(started.len(), "object")
+                ),
+            );
+            if let Err(e) = kube.delete(&change.workspace, &started).await {
+                return Err(format!("{failure}; {}", failed("deleting them", e)));
+            }
+        }
+        Err(failure.to_string())
     }
 
     /// Waits for a run's Job, then checks the pod stored its outputs and records the
@@ -1296,6 +1428,158 @@ impl serving::Progress for NoteTo<'_> {
     fn note(&self, message: &str) {
         self.events.note(self.address, message);
     }
+}
+
+fn failed(what: &str, e: BoxError) -> String {
+    format!("{what}: {}", error_chain(&*e))
+}
+
+/// An endpoint's traffic move on Kubernetes, as found before it starts.
+struct KubeRollout {
+    /// The object that carries the traffic (HTTPRoute or the endpoint's Service).
+    route_key: ObjectKey,
+    route: KubeRoute,
+    /// Live weights now, and the declared ones.
+    from: Weights,
+    to: Weights,
+    /// The revisions (Deployments and Services) this change creates, deleted again if
+    /// the rollout fails.
+    started: Vec<(ObjectKey, String)>,
+}
+
+/// Finds the traffic move of an endpoint change: its HTTPRoute (or, without a gateway,
+/// its Service) as live and as desired. `None` when nothing serves yet or traffic
+/// doesn't move (a plain apply does then).
+async fn kube_route(
+    change: &ResourceChange,
+    kube: &dyn KubeTarget,
+    rest: &[&ObjectChange],
+    deletes: &[&ObjectChange],
+) -> Result<Option<KubeRollout>, String> {
+    let labels = |o: &ObjectChange| -> BTreeMap<String, String> {
+        o.object
+            .as_ref()
+            .and_then(|v| v.pointer("/metadata/labels").cloned())
+            .and_then(|l| serde_json::from_value(l).ok())
+            .unwrap_or_default()
+    };
+    let is_revision = |o: &ObjectChange| labels(o).contains_key(LABEL_DEPLOYMENT_REVISION);
+    let traffic = rest.iter().find(|o| o.kind == "HTTPRoute").or_else(|| {
+        rest.iter()
+            .find(|o| o.kind == "Service" && o.name == change.name && !is_revision(o))
+    });
+    let Some(traffic) = traffic else {
+        return Ok(None);
+    };
+    let Some(object) = traffic.desired() else {
+        return Ok(None);
+    };
+    let key = traffic.key();
+    let Some(live) = kube
+        .get(&key, &traffic.api_version)
+        .await
+        .map_err(|e| failed(&format!("reading {}", traffic.describe()), e))?
+    else {
+        return Ok(None);
+    };
+    let selector_of = |v: &Value| -> BTreeMap<String, String> {
+        v.pointer("/spec/selector")
+            .cloned()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default()
+    };
+    let mut backends: BTreeMap<String, Backend> = rest
+        .iter()
+        .filter(|o| o.kind == "Service" && is_revision(o))
+        .filter_map(|o| {
+            let selector = selector_of(o.object.as_ref()?);
+            Some((o.name.clone(), Backend { selector }))
+        })
+        .collect();
+    // Revisions serving now that the plan deletes: their live Services say which pods.
+    for o in deletes.iter().filter(|o| o.kind == "Service") {
+        if let Ok(Some(service)) = kube.get(&o.key(), &o.api_version).await {
+            backends.insert(
+                o.name.clone(),
+                Backend {
+                    selector: selector_of(&service),
+                },
+            );
+        }
+    }
+    let port = change
+        .after
+        .as_ref()
+        .and_then(|v| v["port"].as_u64())
+        .map_or(crate::backend::kubernetes::DEFAULT_PORT, |p| p as u16);
+    let mut route = KubeRoute {
+        object,
+        backends,
+        port,
+    };
+    if route.weighted() {
+        // Backends the route names now or will name whose Services this change leaves
+        // alone: their live Services say which pods.
+        let named: Vec<String> = route
+            .weights_of(&live)
+            .into_keys()
+            .chain(route.weights_of(&route.object.value).into_keys())
+            .filter(|n| !route.backends.contains_key(n))
+            .collect();
+        for name in named {
+            let service_key = ObjectKey {
+                kind: "Service".into(),
+                group: String::new(),
+                name: name.clone(),
+                ..key.clone()
+            };
+            let selector = kube
+                .get(&service_key, "v1")
+                .await
+                .ok()
+                .flatten()
+                .map(|s| selector_of(&s))
+                .unwrap_or_default();
+            route.backends.insert(name, Backend { selector });
+        }
+    } else {
+        // The revisions the live and the desired selectors pick, even where no Service
+        // of this change names them.
+        for selector in [selector_of(&live), selector_of(&route.object.value)] {
+            if route.backends.values().any(|b| b.selector == selector) {
+                continue;
+            }
+            if let Some(name) = KubeRoute::backend_of_selector(&change.name, &selector) {
+                route.backends.insert(name, Backend { selector });
+            }
+        }
+    }
+    let from = route.weights_of(&live);
+    let to = route.weights_of(&route.object.value);
+    let positive = |w: &Weights| -> Weights {
+        w.iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    if positive(&from).is_empty() || positive(&to).is_empty() || positive(&from) == positive(&to) {
+        return Ok(None);
+    }
+    // The revisions this change creates (Deployments and their Services).
+    let started = change
+        .objects
+        .iter()
+        .filter(|o| o.action == Action::Create)
+        .filter(|o| o.kind == "Deployment" || (o.kind == "Service" && is_revision(o)))
+        .map(|o| (o.key(), o.api_version.clone()))
+        .collect();
+    Ok(Some(KubeRollout {
+        route_key: key,
+        route,
+        from,
+        to,
+        started,
+    }))
 }
 
 /// One line per rollout event, for progress output.

@@ -1183,18 +1183,22 @@ impl Planner<'_> {
             Decision::Create(reason) => (Action::Create, reason),
             Decision::Update(reason) => (Action::Update, reason),
             Decision::Rollout(reason, mut plan) => {
-                if target == Target::Kubernetes {
-                    // The Kubernetes target switches traffic in one step, gated by the
-                    // new revision's readiness; say so rather than promise steps.
-                    let how = if compute.gateway.is_some() {
-                        "the HTTPRoute moves all traffic"
-                    } else {
-                        "the Service selector moves all traffic (without a gateway, only 0/100 is possible)"
-                    };
+                if target == Target::Kubernetes && compute.gateway.is_none() {
+                    // A Service selector sends everything to one revision: one step.
                     plan.steps = vec![plan.to.clone()];
                     plan.summary = format!(
-                        "{how} once the new revision's Deployment is available; stepped shifts with gates are not available on Kubernetes yet"
+                        "all at once by the endpoint Service's selector (0/100), then held {} under the gates",
+                        after.rollout.step_wait
                     );
+                    if serving::effective_steps(&after.rollout.steps) != [100] {
+                        plan.summary.push_str(&format!(
+                            "; steps {} need a `gateway` on {}",
+                            describe_steps(&after.rollout.steps),
+                            spec.compute.get_ref()
+                        ));
+                    }
+                } else if target == Target::Kubernetes {
+                    plan.summary = format!("{} (HTTPRoute weights)", plan.summary);
                 }
                 rollout_plan = Some(plan);
                 (Action::Rollout, reason)
@@ -1232,6 +1236,12 @@ impl Planner<'_> {
         }
         c
     }
+}
+
+/// `[10, 50, 100]`.
+fn describe_steps(steps: &[u32]) -> String {
+    let steps: Vec<String> = steps.iter().map(u32::to_string).collect();
+    format!("[{}]", steps.join(", "))
 }
 
 fn change(

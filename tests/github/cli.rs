@@ -508,7 +508,8 @@ fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
     );
     run.code(1);
     assert!(
-        run.stderr.contains("the plan is denied by policy"),
+        run.stderr
+            .contains("the policies deny this plan (1 message); see the pull request comment"),
         "{}",
         run.both()
     );
@@ -519,7 +520,7 @@ fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
     let plan = body.find("| Workspace").unwrap_or(body.len());
     assert!(deny < plan, "the deny comes before the plan:\n{body}");
     assert!(body.contains("credit-risk/serve.toml"), "{body}");
-    assert!(body.to_lowercase().contains("deny"), "{body}");
+    assert!(body.contains("Denied by policy"), "{body}");
     assert!(
         body.contains("- `credit-risk/endpoint.risk-api`: `credit-risk/serve.toml`"),
         "the PR's changed file is traced to the endpoint:\n{body}"
@@ -530,6 +531,9 @@ fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
     assert_eq!(statuses[0].0, head);
     assert_eq!(statuses[0].1["state"], "failure");
     let description = statuses[0].1["description"].as_str().unwrap();
-    assert!(description.contains("denied"), "{description}");
+    assert!(
+        description.starts_with("Denied by 1 policy."),
+        "{description}"
+    );
     assert!(server.unexpected().is_empty(), "{:?}", server.unexpected());
 }

@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod pods;
+mod rollout;
+
 use kube_server::KubeServer;
 use s3_server::{aws_credentials, S3Server, BUCKET, SECRET_KEY};
 use support::{copy_dir, Run};
@@ -171,6 +174,8 @@ struct Kubelet<'a> {
     log: Mutex<Vec<String>>,
     /// When set, Jobs fail instead of running.
     fail_jobs: AtomicBool,
+    /// The serving pods it started.
+    pods: pods::Pods,
 }
 
 impl<'a> Kubelet<'a> {
@@ -182,6 +187,7 @@ impl<'a> Kubelet<'a> {
             work,
             log: Mutex::new(Vec::new()),
             fail_jobs: AtomicBool::new(false),
+            pods: pods::Pods::new(),
         }
     }
 
@@ -211,7 +217,8 @@ impl<'a> Kubelet<'a> {
                                 != object["metadata"]["generation"] =>
                         {
                             self.note(format!("{context}: Deployment {ns}/{name} available"));
-                            server.deployment_available(ns, name);
+                            let deployment = server.deployment_available(ns, name);
+                            self.pods.start(server, &deployment);
                         }
                         _ => {}
                     }
@@ -447,8 +454,8 @@ fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
             for o in server.objects() {
                 let name = o["metadata"]["name"].as_str().unwrap_or("");
                 let namespace = o["metadata"]["namespace"].as_str().unwrap_or(name);
-                if !namespace.starts_with("imaging-") {
-                    continue; // the server's own (`default`)
+                if !namespace.starts_with("imaging-") || o["kind"] == "Pod" {
+                    continue; // the server's own (`default`), the kubelet's pods
                 }
                 assert_eq!(
                     o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cairn",

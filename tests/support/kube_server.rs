@@ -63,6 +63,8 @@
 //! - [`KubeServer::forbid`]: every request on a resource is a 403 `Forbidden`, as RBAC
 //!   would answer a role without it.
 //! - [`KubeServer::max_in_flight`]: the most requests the server was handling at once.
+//! - [`KubeServer::pod_address`]: where a pod's port answers, for the pod proxy
+//!   (`pods/<pod>:<port>/proxy/<path>`, GET only), as its IP would.
 //!
 //! # Strictness
 //! When unsure it refuses, with the `Status` object and code the real server would give:
@@ -89,7 +91,7 @@
 //!   their contents) unless finalizers hold it; foreground and background propagation both
 //!   delete dependents at once; `gracePeriodSeconds` is ignored.
 //! - No JSON patch (`application/json-patch+json`: 415), no `/scale`, `/exec` or other
-//!   subresources besides `status` and pods' `log`, no tables, protobuf, RBAC, admission, or old `/watch/` paths.
+//!   subresources besides `status`, pods' `log` and pods' `proxy` (GET), no tables, protobuf, RBAC, admission, or old `/watch/` paths.
 //! - A list is always the latest state: `resourceVersionMatch=Exact` on an older version
 //!   is a 410, and `continue` tokens page through the current objects, not a snapshot.
 //!
@@ -351,6 +353,7 @@ impl KubeServer {
                 interleaves: Vec::new(),
                 forbidden: BTreeSet::new(),
                 pod_logs: BTreeMap::new(),
+                pod_addresses: BTreeMap::new(),
             }),
             changed,
             token: format!("cairn-test-{}", uuid::Uuid::new_v4().simple()),
@@ -712,6 +715,15 @@ impl KubeServer {
             .push((k8s_openapi::jiff::Timestamp::now(), line.to_string()));
     }
 
+    /// Makes `port` of pod `pod` answer at `address` (`http://127.0.0.1:PORT`), as its
+    /// IP would: the pod proxy (`pods/<pod>:<port>/proxy/<path>`) forwards there.
+    pub fn pod_address(&self, namespace: &str, pod: &str, port: u16, address: &str) {
+        self.shared.lock().pod_addresses.insert(
+            (namespace.to_string(), pod.to_string(), port),
+            address.to_string(),
+        );
+    }
+
     /// The most requests the server was handling at once (from the request's arrival
     /// to its answer; a watch counts until its answer starts).
     pub fn max_in_flight(&self) -> usize {
@@ -792,6 +804,8 @@ struct State {
     forbidden: BTreeSet<(String, String)>,
     /// Log lines (RFC 3339 time, text) by namespace, pod and container.
     pod_logs: BTreeMap<(String, String, String), Vec<(k8s_openapi::jiff::Timestamp, String)>>,
+    /// (namespace, pod, port) → the `http://host:port` the pod proxy forwards to.
+    pod_addresses: BTreeMap<(String, String, u16), String>,
 }
 
 /// Where an object lives: its kind (an index into the table), namespace (`""` for
@@ -1309,6 +1323,11 @@ async fn serve_counted(shared: &Arc<Shared>, request: axum::extract::Request) ->
         status: 0,
     };
     run_interleave(shared, parts.method.as_str(), parts.uri.path());
+    if let Some(response) = pod_proxy(shared, &parts, &mut record).await {
+        record.status = response.status().as_u16();
+        shared.lock().requests.push(record);
+        return response;
+    }
     let response = match route(shared, &parts, &body, &mut record) {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -1386,6 +1405,111 @@ fn forbidden(state: &State, path: &str, method: &Method) -> Option<ApiError> {
         )
         .details(json!({"kind": plural})),
     )
+}
+
+/// `GET /api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy/<path>`: forwarded to the
+/// address [`KubeServer::pod_address`] gave that pod's port, as the API server forwards
+/// to the pod's IP. Strict like the real one: the pod must exist and be `Running`, and
+/// only GET is forwarded (the tests need no more). `None` for any other path.
+async fn pod_proxy(
+    shared: &Arc<Shared>,
+    parts: &axum::http::request::Parts,
+    record: &mut RecordedRequest,
+) -> Option<Response> {
+    let path = parts.uri.path();
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (namespace, rest) = rest.split_once("/pods/")?;
+    let (pod, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("proxy")?;
+    if !(rest.is_empty() || rest.starts_with('/')) || namespace.contains('/') {
+        return None;
+    }
+    record.verb = Verb::Get;
+    let answer = async {
+        if parts.method != Method::GET {
+            return Err(ApiError::method_not_allowed());
+        }
+        let (name, port) = match pod.split(':').collect::<Vec<_>>().as_slice() {
+            [name] => (name.to_string(), None),
+            [name, port] | ["http", name, port] => (name.to_string(), Some(port.to_string())),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid pod proxy target \"{pod}\""
+                )))
+            }
+        };
+        let address = {
+            let state = shared.lock();
+            let res = state
+                .find_kind("v1", "Pod")
+                .ok_or_else(ApiError::no_resource)?;
+            let object = state
+                .objects
+                .get(&Key::new(res, Some(namespace), &name))
+                .ok_or_else(|| ApiError::not_found(&state.resources[res], &name))?;
+            if object["status"]["phase"] != "Running" {
+                return Err(ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    format!("pod {name} is not running"),
+                ));
+            }
+            let port: u16 = match port {
+                Some(p) => p.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid port \"{p}\" for pod {name}"))
+                })?,
+                None => 80,
+            };
+            state
+                .pod_addresses
+                .get(&(namespace.to_string(), name.clone(), port))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        503,
+                        "ServiceUnavailable",
+                        format!("error trying to reach service: dial tcp {name}:{port}: connect: connection refused"),
+                    )
+                })?
+        };
+        let mut url = format!("{address}{rest}");
+        if let Some(query) = parts.uri.query() {
+            url = format!("{url}?{query}");
+        }
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut response = ureq::get(&url)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let text = response
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, text))
+        })
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        let (status, text) = answer.map_err(|e| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("error trying to reach service: {e}"),
+            )
+        })?;
+        Ok((
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "text/plain")],
+            text,
+        )
+            .into_response())
+    };
+    Some(match answer.await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    })
 }
 
 /// `GET /api/v1/namespaces/<ns>/pods/<name>/log`: the lines [`KubeServer::pod_log`]

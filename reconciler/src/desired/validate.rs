@@ -994,6 +994,11 @@ impl<'s> Ctx<'s> {
         }
         self.traffic(r, spec, out);
         self.mirror(r, spec, out);
+        if let Some(compute) = compute {
+            if *compute.target.get_ref() == Target::Kubernetes && compute.gateway.is_none() {
+                self.without_gateway(r, spec, &compute_name, out);
+            }
+        }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);
         }
@@ -1063,6 +1068,60 @@ impl<'s> Ctx<'s> {
                 .help(
                     "make the weights add up to 100, or all 0 to take the endpoint out of service",
                 ),
+            );
+        }
+    }
+
+    /// Without a gateway, the endpoint's Service selector is the switch: all traffic
+    /// goes to one deployment, and nothing can be mirrored.
+    fn without_gateway(&self, r: &Resource, spec: &EndpointSpec, compute: &str, out: &mut Out) {
+        if let Some(traffic) = &spec.traffic {
+            let split: Vec<String> = traffic
+                .get_ref()
+                .iter()
+                .filter(|(_, w)| *w.get_ref() > 0)
+                .map(|(k, v)| format!("{} = {}", k.get_ref(), v.get_ref()))
+                .collect();
+            if split.len() > 1 {
+                out.error(
+                    Diagnostic::error(
+                        "traffic-split",
+                        format!("compute `{compute}` has no `gateway`, so traffic can't be split"),
+                    )
+                    .at(self.loc(&r.file, traffic.span()))
+                    .label(split.join(", "))
+                    .help(format!(
+                        "without a gateway the endpoint's Service selects one deployment (0/100): put 100 on one, or declare `gateway = \"<namespace>/<gateway>\"` on compute.{compute} for weighted traffic through an HTTPRoute"
+                    )),
+                );
+            }
+        }
+        if let Some(mirror) = &spec.mirror {
+            out.error(
+                Diagnostic::error(
+                    "mirror",
+                    format!("compute `{compute}` has no `gateway`, so requests can't be mirrored"),
+                )
+                .at(self.loc(&r.file, mirror.span()))
+                .help(format!(
+                    "mirroring is an HTTPRoute filter: declare `gateway` on compute.{compute}, or drop the mirror"
+                )),
+            );
+        }
+        if let Some(m) = spec
+            .rollout
+            .as_ref()
+            .and_then(|r| r.get_ref().mirror.as_ref())
+        {
+            out.error(
+                Diagnostic::error(
+                    "mirror",
+                    format!("compute `{compute}` has no `gateway`, so a rollout can't mirror requests"),
+                )
+                .at(self.loc(&r.file, m.span()))
+                .help(format!(
+                    "mirroring is an HTTPRoute filter: declare `gateway` on compute.{compute}, or drop `mirror` from the rollout"
+                )),
             );
         }
     }

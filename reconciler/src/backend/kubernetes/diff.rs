@@ -13,8 +13,9 @@
 //! - Maps are compared key by key, for the keys the desired map has. A key the live map
 //!   has and the desired one doesn't is somebody else's (a server default such as
 //!   `imagePullPolicy` or `clusterIP`, a controller's annotation) and never shows.
-//! - Lists of maps that all have a `name` (containers, env, ports, volumes) are matched
-//!   by name, as the real API server merges them; other lists are compared element by
+//! - The built-in lists the API server merges by `name` (containers, env, ports,
+//!   volumes) are matched by name; other lists (atomic: an HTTPRoute's `backendRefs`)
+//!   are compared element by
 //!   element when both have the same length (so defaults inside the elements don't
 //!   show), and as a whole otherwise. `metadata.finalizers` is a set: others'
 //!   finalizers beside Cairn's are no drift.
@@ -224,7 +225,8 @@ fn project(
             }
         }
         (Value::Array(d), Some(Value::Array(l))) => {
-            if let (Some(d_names), Some(l_names)) = (names(d), names(l)) {
+            let associative = MERGED_BY_NAME.contains(&key);
+            if let (true, Some(d_names), Some(l_names)) = (associative, names(d), names(l)) {
                 for (i, (d_elem, name)) in d.iter().zip(&d_names).enumerate() {
                     let l_elem = l_names.iter().position(|n| n == name).map(|j| &l[j]);
                     match l_elem {
@@ -259,6 +261,20 @@ fn is_empty_container(value: &Value) -> bool {
         _ => false,
     }
 }
+
+/// Lists the API server merges by `name` (associative lists of the built-in kinds):
+/// an element someone else added beside Cairn's is theirs, not drift. Every other list
+/// is atomic (custom resources' lists, an HTTPRoute's `backendRefs` among them): an
+/// element Cairn doesn't render is drift, and applying removes it.
+const MERGED_BY_NAME: [&str; 7] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "env",
+    "ports",
+    "volumes",
+    "imagePullSecrets",
+];
 
 /// The `name` of every element, when every element is a map with a string `name`.
 fn names(list: &[Value]) -> Option<Vec<&str>> {
@@ -788,8 +804,15 @@ mod tests {
         let d = diff(&object("HTTPRoute", desired.clone()), &live);
         assert!(d.is_empty(), "{:#?}", d.changes);
         live["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(10);
-        let d = diff(&object("HTTPRoute", desired), &live);
+        let d = diff(&object("HTTPRoute", desired.clone()), &live);
         assert_eq!(paths(&d), ["spec.rules[0].backendRefs[0].weight"]);
+        // `backendRefs` is atomic: a backend Cairn no longer renders is drift.
+        live["spec"]["rules"][0]["backendRefs"] = json!([
+            {"name": "a", "port": 80, "weight": 90},
+            {"name": "old", "port": 80, "weight": 0},
+        ]);
+        let d = diff(&object("HTTPRoute", desired), &live);
+        assert_eq!(paths(&d), ["spec.rules[0].backendRefs"]);
     }
 
     #[test]

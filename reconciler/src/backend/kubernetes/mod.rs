@@ -67,6 +67,7 @@ pub mod diff;
 mod objects;
 mod render;
 mod target;
+pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -82,11 +83,12 @@ pub use cluster::{
     Scope,
 };
 pub use diff::{diff, ObjectDiff};
-pub use objects::compute_namespace;
+pub use objects::{compute_namespace, DEFAULT_PORT, LABEL_DEPLOYMENT_REVISION};
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };
 pub use target::{BoxError, KubeTarget};
+pub use traffic::{Backend, KubeRoute, KubeTraffic};
 
 /// Label every managed object carries: `app.kubernetes.io/managed-by: cairn`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";

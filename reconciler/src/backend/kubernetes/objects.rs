@@ -29,9 +29,9 @@ const LABEL_NAME: &str = "app.kubernetes.io/name";
 const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 const LABEL_JOB: &str = "cairn.dev/job";
 const LABEL_RUN: &str = "cairn.dev/run";
-const LABEL_ENDPOINT: &str = "cairn.dev/endpoint";
-const LABEL_DEPLOYMENT: &str = "cairn.dev/deployment";
-const LABEL_DEPLOYMENT_REVISION: &str = "cairn.dev/deployment-revision";
+pub const LABEL_ENDPOINT: &str = "cairn.dev/endpoint";
+pub const LABEL_DEPLOYMENT: &str = "cairn.dev/deployment";
+pub const LABEL_DEPLOYMENT_REVISION: &str = "cairn.dev/deployment-revision";
 const ANNOTATION_MODEL: &str = "cairn.dev/model";
 
 impl Renderer {
@@ -619,10 +619,21 @@ impl<'a> Walk<'a> {
                 vars,
             )?;
         }
-        let selector = BTreeMap::from([
-            (LABEL_WORKSPACE, self.workspace),
-            (LABEL_ENDPOINT, endpoint_name),
-        ]);
+        // With a gateway, the HTTPRoute weighs traffic and this Service is the stable
+        // in-cluster address of every pod. Without one, it is the switch: it selects
+        // the pods of the one deployment that takes the traffic (0/100 blue-green).
+        let serving = spec
+            .weights()
+            .filter(|(_, w)| *w > 0)
+            .max_by_key(|(_, w)| *w)
+            .and_then(|(name, _)| backends.get(name));
+        let selector: BTreeMap<String, String> = match serving {
+            Some((_, selector)) if compute.gateway.is_none() => selector.clone(),
+            _ => BTreeMap::from([
+                (LABEL_WORKSPACE.to_string(), self.workspace.to_string()),
+                (LABEL_ENDPOINT.to_string(), endpoint_name.to_string()),
+            ]),
+        };
         let mut labels = self.labels(endpoint_name, "serving");
         labels.insert(LABEL_ENDPOINT.into(), endpoint_name.into());
         let vars = json!({

@@ -1,11 +1,12 @@
 //! What an apply needs from the clusters, as a trait: apply objects, delete them, wait
-//! for a Job to finish and for a Deployment to be available. [`Clusters`] implements it
+//! for a Job to finish and for a Deployment to be available, read an object, scrape pods
+//! through the API server's proxy. [`Clusters`] implements it
 //! over `kube`; the applier only sees this.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::cluster::{ApplyOptions, Clusters, LiveObject};
 use super::{KubeObject, ObjectKey, LABEL_MANAGED_BY, LABEL_WORKSPACE};
@@ -46,6 +47,20 @@ pub trait KubeTarget: Send + Sync {
 
     /// Waits until a Deployment is available (all replicas ready and up to date).
     async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), BoxError>;
+
+    /// Reads one object as it is live; `None` when it does not exist.
+    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, BoxError>;
+
+    /// GETs `path` from every running pod matching the label `selector` in `namespace`
+    /// of `context`, through the API server's pod proxy: `(pod, body)` per pod.
+    async fn scrape(
+        &self,
+        context: Option<&str>,
+        namespace: &str,
+        selector: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Vec<(String, String)>, BoxError>;
 }
 
 #[async_trait::async_trait]
@@ -104,5 +119,20 @@ impl KubeTarget for Clusters {
 
     async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), BoxError> {
         Ok(Clusters::wait_available(self, key, timeout).await?)
+    }
+
+    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, BoxError> {
+        Ok(Clusters::get(self, key, api_version).await?)
+    }
+
+    async fn scrape(
+        &self,
+        context: Option<&str>,
+        namespace: &str,
+        selector: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Vec<(String, String)>, BoxError> {
+        Ok(Clusters::scrape(self, context, namespace, selector, port, path).await?)
     }
 }

@@ -518,8 +518,9 @@ impl Planner<'_> {
         }
     }
 
-    /// Refuses runs that need more GPUs than their namespace's quota leaves free or
-    /// than the cluster's nodes have.
+    /// Refuses runs, and the endpoint revisions a change starts, that need more GPUs
+    /// than their namespace's quota leaves free or than the cluster's nodes have. A
+    /// rollout runs the new revision beside the old one, so its GPUs count in full.
     fn gpu_capacity(
         &self,
         kube: &KubeLive,
@@ -527,13 +528,19 @@ impl Planner<'_> {
         changes: &[ResourceChange],
         diagnostics: &mut Diagnostics,
     ) {
-        // (context, namespace) → the runs there and their GPUs.
-        let mut needs: BTreeMap<(Option<String>, String), Vec<(&Resource, u64, String)>> =
-            BTreeMap::new();
-        for change in changes
-            .iter()
-            .filter(|c| c.workspace == ws && c.action() == Action::Run)
-        {
+        /// One workload asking for GPUs: its resource, GPUs, how they add up, and the
+        /// manifest's `gpus` line.
+        struct Need<'r> {
+            resource: &'r Resource,
+            gpus: u64,
+            how: String,
+            at: Option<std::ops::Range<usize>>,
+            run: bool,
+        }
+        let gpus_of = |n: u64| format!("{n} GPU{}", if n == 1 { "" } else { "s" });
+        // (context, namespace) → what needs GPUs there.
+        let mut needs: BTreeMap<(Option<String>, String), Vec<Need>> = BTreeMap::new();
+        for change in changes.iter().filter(|c| c.workspace == ws) {
             let Some(resource) = self
                 .desired
                 .resources
@@ -542,37 +549,88 @@ impl Planner<'_> {
             else {
                 continue;
             };
-            let Spec::Job(job) = &resource.spec else {
-                continue;
-            };
-            let Some(compute) = self.compute_of(resource, job.compute.get_ref()) else {
-                continue;
-            };
-            if *compute.target.get_ref() != Target::Kubernetes || job.gpus() == 0 {
-                continue;
+            match &resource.spec {
+                Spec::Job(job) if change.action() == Action::Run => {
+                    let Some(compute) = self.compute_of(resource, job.compute.get_ref()) else {
+                        continue;
+                    };
+                    if *compute.target.get_ref() != Target::Kubernetes || job.gpus() == 0 {
+                        continue;
+                    }
+                    let gpus = u64::from(job.gpus()) * u64::from(job.instances());
+                    let how = if job.instances() > 1 {
+                        format!("{} instances × {} GPUs", job.instances(), job.gpus())
+                    } else {
+                        gpus_of(u64::from(job.gpus()))
+                    };
+                    let namespace = self.kube_namespace(ws, compute);
+                    let context = compute.context.as_ref().map(|c| c.get_ref().clone());
+                    needs.entry((context, namespace)).or_default().push(Need {
+                        resource,
+                        gpus,
+                        how,
+                        at: job.gpus.as_ref().map(|g| g.span()),
+                        run: true,
+                    });
+                }
+                Spec::Endpoint(endpoint) => {
+                    // The Deployments this change creates: new revisions.
+                    for o in change.objects.iter().filter(|o| {
+                        o.kind == "Deployment"
+                            && matches!(o.action, Action::Create | Action::Replace)
+                    }) {
+                        let Some(object) = &o.object else { continue };
+                        let replicas = object
+                            .pointer("/spec/replicas")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(1);
+                        let per_pod: u64 = object
+                            .pointer("/spec/template/spec/containers")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| {
+                                let gpus = c.pointer("/resources/requests/nvidia.com~1gpu")?;
+                                gpus.as_u64()
+                                    .or_else(|| gpus.as_str().and_then(|g| g.parse().ok()))
+                            })
+                            .sum();
+                        if per_pod == 0 || replicas == 0 {
+                            continue;
+                        }
+                        let deployment = object
+                            .pointer("/metadata/labels/cairn.dev~1deployment")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        let at = endpoint
+                            .deployments
+                            .iter()
+                            .find(|(name, _)| name.get_ref() == deployment)
+                            .and_then(|(_, d)| d.get_ref().gpus.as_ref().map(|g| g.span()));
+                        needs
+                            .entry((o.context.clone(), o.namespace.clone().unwrap_or_default()))
+                            .or_default()
+                            .push(Need {
+                                resource,
+                                gpus: replicas * per_pod,
+                                how: format!(
+                                    "deployment {deployment}: {replicas} replica{} × {}",
+                                    if replicas == 1 { "" } else { "s" },
+                                    gpus_of(per_pod)
+                                ),
+                                at,
+                                run: false,
+                            });
+                    }
+                }
+                _ => {}
             }
-            let gpus = u64::from(job.gpus()) * u64::from(job.instances());
-            let how = if job.instances() > 1 {
-                format!("{} instances × {} GPUs", job.instances(), job.gpus())
-            } else {
-                format!(
-                    "{} GPU{}",
-                    job.gpus(),
-                    if job.gpus() == 1 { "" } else { "s" }
-                )
-            };
-            let namespace = self.kube_namespace(ws, compute);
-            let context = compute.context.as_ref().map(|c| c.get_ref().clone());
-            needs
-                .entry((context, namespace))
-                .or_default()
-                .push((resource, gpus, how));
         }
-        for ((context, namespace), runs) in needs {
+        for ((context, namespace), asks) in needs {
             let Some(capacity) = kube.capacity.get(&(context.clone(), namespace.clone())) else {
                 continue;
             };
-            let total: u64 = runs.iter().map(|(_, g, _)| g).sum();
+            let total: u64 = asks.iter().map(|n| n.gpus).sum();
             let place = match &context {
                 Some(c) => format!("namespace `{namespace}` (context `{c}`)"),
                 None => format!("namespace `{namespace}`"),
@@ -595,28 +653,38 @@ impl Planner<'_> {
             if problems.is_empty() {
                 continue;
             }
-            let asked: Vec<String> = runs
+            let what = match (asks.iter().any(|n| n.run), asks.iter().any(|n| !n.run)) {
+                (true, false) => "runs",
+                (false, true) => "endpoint revisions",
+                _ => "runs and endpoint revisions",
+            };
+            let asked: Vec<String> = asks
                 .iter()
-                .map(|(r, g, how)| format!("{} needs {g} ({how})", r.address.local()))
+                .map(|n| {
+                    format!(
+                        "{} needs {} ({})",
+                        n.resource.address.local(),
+                        n.gpus,
+                        n.how
+                    )
+                })
                 .collect();
-            for (resource, _, _) in &runs {
-                let Spec::Job(job) = &resource.spec else {
-                    continue;
-                };
+            for need in &asks {
                 let mut d = Diagnostic::error(
                     "gpu-capacity",
                     format!(
-                        "{}: the planned runs need {total} GPUs in {place}, but {}",
-                        resource.address.local(),
+                        "{}: the planned {what} need {} in {place}, but {}",
+                        need.resource.address.local(),
+                        gpus_of(total),
                         problems.join(", and ")
                     ),
                 )
                 .help(format!(
-                    "{}; lower `gpus` or `instances`, or raise the quota",
+                    "{}; lower `gpus`, `instances` or `replicas`, or raise the quota",
                     asked.join("; ")
                 ));
-                if let Some(g) = &job.gpus {
-                    d = d.at(self.loc(resource, g.span()));
+                if let Some(span) = &need.at {
+                    d = d.at(self.loc(need.resource, span.clone()));
                 }
                 diagnostics.push(d);
             }

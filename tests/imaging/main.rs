@@ -98,6 +98,18 @@ impl World {
                 json!({"allocatable": {"cpu": "24", "memory": "220Gi", "nvidia.com/gpu": "4"}}),
             );
         }
+        // The on-premises cluster: one node with two T4s (a rollout runs two revisions).
+        serve.create(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "t4-0"}}),
+            "kubelet",
+        );
+        serve.set_status(
+            "v1",
+            "Node",
+            None,
+            "t4-0",
+            json!({"allocatable": {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "2"}}),
+        );
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -574,4 +586,46 @@ fn a_job_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
         assert!(text.contains(expected), "{expected}\n{text}");
     }
     assert_eq!(world.train.writes(), 0, "planning wrote nothing");
+}
+
+#[test]
+fn an_endpoint_revision_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
+    let world = World::new();
+    // The serving namespace's quota is used up by something else already.
+    world.serve.create(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "imaging-serve"}}),
+        "platform-team",
+    );
+    world.serve.create(
+        json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "gpu-budget", "namespace": "imaging-serve"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "1"}},
+        }),
+        "platform-team",
+    );
+    world.serve.set_status(
+        "v1",
+        "ResourceQuota",
+        Some("imaging-serve"),
+        "gpu-budget",
+        json!({"hard": {"requests.nvidia.com/gpu": "1"}, "used": {"requests.nvidia.com/gpu": "1"}}),
+    );
+    let plan = world.cairn(&["plan", "-w", "imaging"]);
+    plan.code(1);
+    let text = plan
+        .both()
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for expected in [
+        "endpoint.triage: the planned endpoint revisions need 1 GPU in namespace `imaging-serve`",
+        "allows 1 GPUs and 1 are in use (0 free)",
+        "deployment blue: 1 replica × 1 GPU",
+        "serve.toml",
+    ] {
+        assert!(text.contains(expected), "{expected}\n{text}");
+    }
+    assert_eq!(world.serve.writes(), 0, "planning wrote nothing");
 }

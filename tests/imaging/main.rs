@@ -543,29 +543,37 @@ fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
     });
 }
 
+/// A namespace made by a platform team with a GPU quota of `hard`, `used` in use.
+fn platform_quota(server: &KubeServer, namespace: &str, hard: u32, used: u32) {
+    server.create(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        "platform-team",
+    );
+    server.create(
+        json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "gpu-budget", "namespace": namespace},
+            "spec": {"hard": {"requests.nvidia.com/gpu": hard.to_string()}},
+        }),
+        "platform-team",
+    );
+    server.set_status(
+        "v1",
+        "ResourceQuota",
+        Some(namespace),
+        "gpu-budget",
+        json!({
+            "hard": {"requests.nvidia.com/gpu": hard.to_string()},
+            "used": {"requests.nvidia.com/gpu": used.to_string()},
+        }),
+    );
+}
+
 #[test]
 fn a_job_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
     let world = World::new();
     // The platform team's own quota in the training namespace (not Cairn's).
-    world.train.create(
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "imaging-train"}}),
-        "platform-team",
-    );
-    world.train.create(
-        json!({
-            "apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": "gpu-budget", "namespace": "imaging-train"},
-            "spec": {"hard": {"requests.nvidia.com/gpu": "6"}},
-        }),
-        "platform-team",
-    );
-    world.train.set_status(
-        "v1",
-        "ResourceQuota",
-        Some("imaging-train"),
-        "gpu-budget",
-        json!({"hard": {"requests.nvidia.com/gpu": "6"}, "used": {"requests.nvidia.com/gpu": "2"}}),
-    );
+    platform_quota(&world.train, "imaging-train", 6, 2);
     let plan = world.cairn(&["plan", "-w", "imaging"]);
     plan.code(1);
     // The renderer wraps long lines: compare with the wrapping taken out.
@@ -592,25 +600,7 @@ fn a_job_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
 fn an_endpoint_revision_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
     let world = World::new();
     // The serving namespace's quota is used up by something else already.
-    world.serve.create(
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "imaging-serve"}}),
-        "platform-team",
-    );
-    world.serve.create(
-        json!({
-            "apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": "gpu-budget", "namespace": "imaging-serve"},
-            "spec": {"hard": {"requests.nvidia.com/gpu": "1"}},
-        }),
-        "platform-team",
-    );
-    world.serve.set_status(
-        "v1",
-        "ResourceQuota",
-        Some("imaging-serve"),
-        "gpu-budget",
-        json!({"hard": {"requests.nvidia.com/gpu": "1"}, "used": {"requests.nvidia.com/gpu": "1"}}),
-    );
+    platform_quota(&world.serve, "imaging-serve", 1, 1);
     let plan = world.cairn(&["plan", "-w", "imaging"]);
     plan.code(1);
     let text = plan

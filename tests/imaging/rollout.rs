@@ -267,7 +267,7 @@ fn without_a_gateway_the_service_selector_switches_and_switches_back() {
 }
 
 #[test]
-fn without_a_gateway_a_split_or_a_mirror_is_refused() {
+fn without_a_gateway_a_split_or_a_mirrored_rollout_is_refused() {
     let world = World::new();
     quick_rollout(&world, false);
     let serve = world.root.join("imaging/serve.toml");
@@ -301,4 +301,21 @@ fn without_a_gateway_a_split_or_a_mirror_is_refused() {
         "{}",
         plan.both()
     );
+
+    // One deployment again, but the rollout mirrors requests first.
+    let text = std::fs::read_to_string(&serve)
+        .unwrap()
+        .replace("blue = 90\ngreen = 10", "blue = 100")
+        .replace("step_wait = \"2s\"", "step_wait = \"2s\"\nmirror = 20");
+    std::fs::write(&serve, text).unwrap();
+    let plan = world.cairn(&["plan", "-w", "imaging"]);
+    assert_eq!(plan.code, 1, "{}", plan.both());
+    assert!(
+        plan.stderr.contains(
+            "compute `radiology-onprem` has no `gateway`, so a rollout can't mirror requests"
+        ),
+        "{}",
+        plan.both()
+    );
+    assert!(!plan.stderr.contains("can't be split"), "{}", plan.both());
 }

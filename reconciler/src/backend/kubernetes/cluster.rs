@@ -26,8 +26,8 @@
 //! 4. [`Clusters::prune`] deletes objects that are no longer desired, in reverse wave
 //!    order, after checking the live object's labels again, with `uid` and
 //!    `resourceVersion` preconditions.
-//! 5. [`Clusters::wait_job`] and [`Clusters::wait_available`] poll until a Job
-//!    finishes or a Deployment is available; [`Clusters::capacity`] reads GPU quota and
+//! 5. [`Clusters::wait_job`] and [`Clusters::wait_available`] poll (from 100 ms, backing
+//!    off to the poll interval) until a Job finishes or a Deployment is available; [`Clusters::capacity`] reads GPU quota and
 //!    node allocatable for plan-time checks.
 //!
 //! # Caveats
@@ -426,6 +426,14 @@ impl Clusters {
     pub fn with_concurrency(mut self, concurrency: usize) -> Clusters {
         self.concurrency = concurrency.max(1);
         self
+    }
+
+    /// How long a wait sleeps before reading again, `waited` into it: 100 ms at first,
+    /// doubling each second waited up to the poll interval, so what is ready at once
+    /// (a Deployment the cluster scales up in a second) isn't waited for a whole poll.
+    fn backoff(&self, waited: Duration) -> Duration {
+        let doublings = waited.as_secs().min(8) as u32;
+        (Duration::from_millis(100) * 2u32.pow(doublings)).min(self.poll)
     }
 
     /// Sets how often the waits poll (2 s by default).
@@ -910,7 +918,11 @@ impl Clusters {
                     state: "it still exists (a finalizer may hold it)".into(),
                 });
             }
-            tokio::time::sleep(self.poll.min(timeout.saturating_sub(start.elapsed()))).await;
+            tokio::time::sleep(
+                self.backoff(start.elapsed())
+                    .min(timeout.saturating_sub(start.elapsed())),
+            )
+            .await;
         }
     }
 
@@ -1043,7 +1055,11 @@ impl Clusters {
                     state: job_progress(&job),
                 });
             }
-            tokio::time::sleep(self.poll.min(timeout.saturating_sub(start.elapsed()))).await;
+            tokio::time::sleep(
+                self.backoff(start.elapsed())
+                    .min(timeout.saturating_sub(start.elapsed())),
+            )
+            .await;
         }
     }
 
@@ -1100,7 +1116,11 @@ impl Clusters {
                     state,
                 });
             }
-            tokio::time::sleep(self.poll.min(timeout.saturating_sub(start.elapsed()))).await;
+            tokio::time::sleep(
+                self.backoff(start.elapsed())
+                    .min(timeout.saturating_sub(start.elapsed())),
+            )
+            .await;
         }
     }
 

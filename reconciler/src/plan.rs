@@ -538,15 +538,17 @@ impl Planner<'_> {
             run: bool,
         }
         let gpus_of = |n: u64| format!("{n} GPU{}", if n == 1 { "" } else { "s" });
+        let resources: HashMap<String, &Resource> = self
+            .desired
+            .resources
+            .iter()
+            .filter(|r| r.address.workspace == ws)
+            .map(|r| (r.address.to_string(), r))
+            .collect();
         // (context, namespace) → what needs GPUs there.
         let mut needs: BTreeMap<(Option<String>, String), Vec<Need>> = BTreeMap::new();
         for change in changes.iter().filter(|c| c.workspace == ws) {
-            let Some(resource) = self
-                .desired
-                .resources
-                .iter()
-                .find(|r| r.address.to_string() == change.address)
-            else {
+            let Some(&resource) = resources.get(&change.address) else {
                 continue;
             };
             match &resource.spec {

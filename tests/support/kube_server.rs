@@ -499,6 +499,24 @@ impl KubeServer {
         self.shared.lock().objects.values().cloned().collect()
     }
 
+    /// The stored objects of `kind` written after resourceVersion `since` (0: all of
+    /// them): cheaper than [`KubeServer::objects`] for a loop that polls.
+    pub fn changed_since(&self, kind: &str, since: u64) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .values()
+            .filter(|o| o["kind"] == kind)
+            .filter(|o| {
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v > since)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Stores an object as another client (`manager`) would create it; returns it.
     pub fn create(&self, object: Value, manager: &str) -> Value {
         let api_version = object["apiVersion"]

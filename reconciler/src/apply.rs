@@ -1049,7 +1049,7 @@ impl Applier<'_> {
                     } else {
                         format!("{path}/{}", file.path)
                     };
-                    uploads.push((key.clone(), rel, file.size));
+                    uploads.push((key.clone(), rel, file.size, file.sha256.clone()));
                     key
                 }
             };
@@ -1083,21 +1083,26 @@ impl Applier<'_> {
                 stored.extend(listed.into_iter().map(|m| (m.key, m.size)));
             }
         }
-        uploads.retain(|(key, _, size)| stored.get(key) != Some(size));
+        uploads.retain(|(key, _, size, _)| stored.get(key) != Some(size));
         let (small, large): (Vec<_>, Vec<_>) = uploads
             .into_iter()
-            .partition(|(_, _, size)| *size <= SMALL_FILE);
+            .partition(|(_, _, size, _)| *size <= SMALL_FILE);
         for (batch, parallel) in [
             (small, TRANSFER_CONCURRENCY),
             (large, LARGE_TRANSFER_CONCURRENCY),
         ] {
             let results: Vec<Result<(), String>> =
-                futures::stream::iter(batch.into_iter().map(|(key, rel, size)| {
+                futures::stream::iter(batch.into_iter().map(|(key, rel, size, sha256)| {
                     let objects = objects.clone();
                     let address = address.clone();
                     async move {
                         let result = match self.snapshot.disk_path(&rel) {
-                            Some(disk) => objects.put_file(&key, &disk).await.map(|_| ()),
+                            // Stored only if the bytes are still the ones hashed (the hash
+                            // may come from the cache, by fingerprint).
+                            Some(disk) => objects
+                                .put_file_checked(&key, &disk, &sha256)
+                                .await
+                                .map(|_| ()),
                             None => {
                                 let bytes = self.snapshot.read(&rel).map_err(|e| e.to_string())?;
                                 objects

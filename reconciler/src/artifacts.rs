@@ -211,9 +211,10 @@ pub async fn store_model(
     let mut files = Vec::new();
     for f in &content.files {
         let key = Store::model_file_key(model, version, &f.path);
+        // Stored only with the bytes just hashed: the record names that hash.
         store
             .objects()
-            .put_file(&key, &folder.join(&f.path))
+            .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
             .await?;
         files.push(FileEntry {
             path: f.path.clone(),

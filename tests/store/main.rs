@@ -33,6 +33,7 @@ macro_rules! store_suite {
                 objects_if_match_put,
                 objects_if_match_delete,
                 objects_large_file,
+                objects_put_file_checked,
                 dataset_markers,
                 run_records,
                 model_records,

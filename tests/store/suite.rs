@@ -484,6 +484,50 @@ pub async fn objects_large_file(objects: Arc<dyn ObjectStore>) {
     assert_eq!(keys(&*objects, "").await, ["blobs/big.bin", "blobs/small"]);
 }
 
+/// put_file_checked stores a file whose bytes have the SHA-256 given, one `PUT` or a
+/// multipart upload on S3; given another hash, it stores nothing and says the content
+/// does not match. (Dataset uploads give the hash the plan computed: a file rewritten
+/// since must not land under the version that hash named.)
+pub async fn objects_put_file_checked(objects: Arc<dyn ObjectStore>) {
+    use sha2::{Digest, Sha256};
+    let scratch = tempfile::tempdir().unwrap();
+    let large = 2 * cairn::backend::store::PART_SIZE as usize + 4321;
+    for (name, len) in [("small.bin", 70_000), ("large.bin", large)] {
+        let source = scratch.path().join(name);
+        let body = pseudo_random(len, len as u64);
+        std::fs::write(&source, &body).unwrap();
+        let sha256 = hex::encode(Sha256::digest(&body));
+
+        let key = format!("checked/{name}");
+        let meta = objects
+            .put_file_checked(&key, &source, &sha256)
+            .await
+            .unwrap();
+        assert_eq!(meta.size, len as u64);
+        let (bytes, _) = objects.get(&key).await.unwrap().unwrap();
+        assert!(bytes[..] == body[..], "{name} differs");
+
+        // The file changed after it was hashed: nothing is stored.
+        let other = format!("changed/{name}");
+        let stale = hex::encode(Sha256::digest(b"what the file held when it was hashed"));
+        match objects.put_file_checked(&other, &source, &stale).await {
+            Err(Error::ContentMismatch {
+                key, path, sha256, ..
+            }) => {
+                assert_eq!(key, other);
+                assert_eq!(path, source.display().to_string());
+                assert_eq!(sha256, stale);
+            }
+            other => panic!("{name} with a stale hash: {other:?}"),
+        }
+        assert!(objects.head(&other).await.unwrap().is_none());
+    }
+    assert_eq!(
+        keys(&*objects, "").await,
+        ["checked/large.bin", "checked/small.bin"]
+    );
+}
+
 /// A stored object is a copy: changing the local file it came from, or the local file it
 /// was fetched into, in place must not change the stored bytes. (Dataset versions are
 /// uploaded with `put_file` straight from the user's working tree, and job inputs are

@@ -8,7 +8,6 @@ use std::time::Duration;
 use cairn::apply::{Applier, ApplyOptions, Status};
 use cairn::backend::local::LocalTarget;
 use cairn::backend::store::Store;
-use cairn::content::HashCache;
 use cairn::plan::Plan;
 
 use super::context;
@@ -108,7 +107,8 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
 
     let rt = super::runtime()?;
     let local = context::local_dir(&loaded.root);
-    let cache = HashCache::load(&local.join("cache").join("content.json"));
+    // One cache for the plan and the uploads: what the plan hashed is not read again.
+    let cache = context::hash_cache(&loaded.root);
     let target = LocalTarget::detect();
     let serving = context::local_serving(&loaded, selection.stores.clone());
     let progress = Progress::new(output.progress);
@@ -144,7 +144,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let plan = match saved_plan {
         Some(plan) => plan,
         None => {
-            let plan = match make_plan(&rt, &loaded, &selection, &source, output) {
+            let plan = match make_plan(&rt, &loaded, &selection, &source, &cache, output) {
                 Ok(plan) => plan,
                 Err(e) => {
                     rt.block_on(applier.unlock(locks));

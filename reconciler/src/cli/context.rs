@@ -190,6 +190,11 @@ pub fn local_dir(root: &std::path::Path) -> PathBuf {
     root.join(".cairn")
 }
 
+/// The fingerprint → SHA-256 cache of source files: `<root>/.cairn/cache/content.json`.
+pub fn hash_cache(root: &std::path::Path) -> cairn::content::HashCache {
+    cairn::content::HashCache::load(&local_dir(root).join("cache").join("content.json"))
+}
+
 /// The local supervisor's folder: `<root>/.cairn/serving`.
 pub fn serving_dir(root: &std::path::Path) -> PathBuf {
     local_dir(root).join(cairn::backend::local::serving::SERVING_DIR)

@@ -67,7 +67,8 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     }
     let loaded = context::load(&source, output)?;
     let selection = context::select(&loaded, &args.workspaces)?;
-    let plan = make_plan(&rt, &loaded, &selection, &source, output)?;
+    let cache = super::context::hash_cache(&loaded.root);
+    let plan = make_plan(&rt, &loaded, &selection, &source, &cache, output)?;
     let report = DriftReport::from_plan(&plan);
 
     match args.format {

@@ -38,16 +38,17 @@ pub struct Args {
     pub github: super::github::CommentArgs,
 }
 
-/// Makes a plan from loaded manifests. Shared with `apply`.
+/// Makes a plan from loaded manifests, hashing sources through `cache` (and saving it).
+/// Shared with `apply`, which hands in the cache it uploads with, so that each file is
+/// hashed once per run.
 pub fn make_plan(
     rt: &tokio::runtime::Runtime,
     loaded: &Loaded,
     selection: &Selection,
     source: &SourceArgs,
+    cache: &HashCache,
     output: Output,
 ) -> Result<Plan, CommandError> {
-    let local = context::local_dir(&loaded.root);
-    let cache = HashCache::load(&local.join("cache").join("content.json"));
     // Looking for GPUs loads the CUDA driver library; only do it when a job wants GPUs.
     let wants_gpus = loaded
         .desired
@@ -66,7 +67,7 @@ pub fn make_plan(
         snapshot: &loaded.snapshot,
         desired: &loaded.desired,
         stores: &selection.stores,
-        cache: &cache,
+        cache,
         local_gpus: target.observe().gpus.len(),
         events: &progress,
         source: PlanSource {
@@ -138,7 +139,8 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     };
     let planned = context::load(&args.source, output).and_then(|loaded| {
         let selection = context::select(&loaded, &args.workspaces)?;
-        let plan = make_plan(&rt, &loaded, &selection, &args.source, output)?;
+        let cache = context::hash_cache(&loaded.root);
+        let plan = make_plan(&rt, &loaded, &selection, &args.source, &cache, output)?;
         Ok((loaded, plan))
     });
     let (loaded, plan) = match (planned, &target) {

@@ -77,6 +77,29 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Copies `source` to `dest` (created), returning the SHA-256 of the bytes copied, in
+/// lowercase hex.
+fn copy_hashed(source: &Path, dest: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut from = std::fs::File::open(source)?;
+    let mut to = std::fs::File::create(dest)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+    to.flush()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 fn write_temp(path: &Path, body: &[u8]) -> std::io::Result<PathBuf> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -118,6 +141,57 @@ impl FileStore {
             size: meta.len(),
             etag: etag_of(&meta),
         })
+    }
+
+    /// Copies a file in as `key` (renamed into place once whole); with `sha256`, only if
+    /// the bytes copied have that hash.
+    async fn copy_in(&self, key: &str, source: &Path, sha256: Option<&str>) -> Result<ObjectMeta> {
+        let path = self.path(key)?;
+        let this = self.clone();
+        let key = key.to_string();
+        let source = source.to_path_buf();
+        let sha256 = sha256.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| this.io("write", &key, e))?;
+            }
+            let tmp = temp_beside(&path);
+            // Always a copy: a hard link would let later edits of the source rewrite a
+            // stored, immutable version. Unchecked, the kernel's (copy_file_range where it
+            // can); checked, read and hashed on the way, so what is kept is what matched.
+            let copied = match &sha256 {
+                None => std::fs::copy(&source, &tmp).map(|_| true),
+                Some(expected) => copy_hashed(&source, &tmp).map(|actual| actual == *expected),
+            };
+            match copied {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(Error::ContentMismatch {
+                        key,
+                        store: this.url(),
+                        path: source.display().to_string(),
+                        sha256: sha256.unwrap_or_default(),
+                    });
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(this.io("copy", &key, e));
+                }
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                this.io("write", &key, e)
+            })?;
+            let meta = std::fs::metadata(&path).map_err(|e| this.io("stat", &key, e))?;
+            Ok(ObjectMeta {
+                key,
+                size: meta.len(),
+                etag: etag_of(&meta),
+            })
+        })
+        .await
+        .map_err(Error::from_join)?
     }
 
     /// Replaces `path` by `tmp` if its etag is still `expected`.
@@ -198,34 +272,11 @@ impl ObjectStore for FileStore {
     }
 
     async fn put_file(&self, key: &str, source: &Path) -> Result<ObjectMeta> {
-        let path = self.path(key)?;
-        let this = self.clone();
-        let key = key.to_string();
-        let source = source.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| this.io("write", &key, e))?;
-            }
-            let tmp = temp_beside(&path);
-            // Always a copy (the kernel's copy_file_range where it can): a hard link would
-            // let later edits of the source rewrite a stored, immutable version.
-            std::fs::copy(&source, &tmp).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                this.io("copy", &key, e)
-            })?;
-            std::fs::rename(&tmp, &path).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                this.io("write", &key, e)
-            })?;
-            let meta = std::fs::metadata(&path).map_err(|e| this.io("stat", &key, e))?;
-            Ok(ObjectMeta {
-                key,
-                size: meta.len(),
-                etag: etag_of(&meta),
-            })
-        })
-        .await
-        .map_err(Error::from_join)?
+        self.copy_in(key, source, None).await
+    }
+
+    async fn put_file_checked(&self, key: &str, source: &Path, sha256: &str) -> Result<ObjectMeta> {
+        self.copy_in(key, source, Some(sha256)).await
     }
 
     async fn get_file(&self, key: &str, dest: &Path) -> Result<()> {

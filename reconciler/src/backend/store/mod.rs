@@ -141,6 +141,16 @@ pub enum Error {
     },
     #[error("no lock with id `{id}` is held on {store}")]
     NoSuchLock { id: String, store: String },
+    #[error(
+        "`{key}` was not stored in {store}: `{path}` does not hold the bytes of SHA-256 \
+         {sha256} it was hashed as (did it change since?)"
+    )]
+    ContentMismatch {
+        key: String,
+        store: String,
+        path: String,
+        sha256: String,
+    },
     #[error("{0}")]
     Backend(String),
     #[error("a store task stopped unexpectedly")]

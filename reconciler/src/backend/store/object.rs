@@ -49,6 +49,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Writes an object from a local file, streaming large files.
     async fn put_file(&self, key: &str, path: &Path) -> Result<ObjectMeta>;
 
+    /// Writes an object from a local file whose SHA-256 the caller already knows
+    /// (`sha256`, lowercase hex), and stores it only if its bytes still have that hash:
+    /// otherwise nothing is stored and the answer is [`super::Error::ContentMismatch`].
+    /// The known hash spares a hashing pass where the backend needs one anyway (S3 signs
+    /// the payload's SHA-256, which the server checks against the bytes it receives).
+    async fn put_file_checked(&self, key: &str, path: &Path, sha256: &str) -> Result<ObjectMeta>;
+
     /// Copies an object into a local file (created or replaced).
     async fn get_file(&self, key: &str, dest: &Path) -> Result<()>;
 

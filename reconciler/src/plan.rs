@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::address::{Address, Kind, Reference};
-use crate::backend::kubernetes::{compute_namespace, Renderer};
+use crate::backend::kubernetes::{compute_namespace, revision_object_name, Renderer};
 use crate::backend::store::{self, Store};
 use crate::content::{self, Content, ContentDiff, HashCache};
 use crate::desired::{DesiredState, Resource};
@@ -1253,6 +1253,42 @@ impl Planner<'_> {
             Decision::Create(reason) => (Action::Create, reason),
             Decision::Update(reason) => (Action::Update, reason),
             Decision::Rollout(reason, mut plan) => {
+                if target == Target::Kubernetes {
+                    // On a cluster, backends are the revisions' Services: name them so.
+                    let before_revisions: BTreeMap<String, String> = live
+                        .map(|l| {
+                            l.backends
+                                .iter()
+                                .map(|(n, b)| (n.clone(), b.revision.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let endpoint = resource.address.name.as_str();
+                    let rename = |weights: &crate::rollout::Weights| -> crate::rollout::Weights {
+                        weights
+                            .iter()
+                            .map(|(name, w)| {
+                                let (deployment, revision) = match name.split_once('@') {
+                                    Some((d, r)) => (d, Some(r.to_string())),
+                                    None => (
+                                        name.as_str(),
+                                        before_revisions.get(name).cloned().or_else(|| {
+                                            after.deployments.get(name).map(|d| d.revision.clone())
+                                        }),
+                                    ),
+                                };
+                                let object = revision.map_or_else(
+                                    || name.clone(),
+                                    |r| revision_object_name(endpoint, deployment, &r),
+                                );
+                                (object, *w)
+                            })
+                            .collect()
+                    };
+                    plan.from = rename(&plan.from);
+                    plan.to = rename(&plan.to);
+                    plan.steps = plan.steps.iter().map(rename).collect();
+                }
                 if target == Target::Kubernetes && compute.gateway.is_none() {
                     // A Service selector sends everything to one revision: one step.
                     plan.steps = vec![plan.to.clone()];

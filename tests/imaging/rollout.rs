@@ -128,6 +128,13 @@ fn a_new_model_version_rolls_out_by_httproute_weights_and_a_failing_one_rolls_ba
             plan.both()
         );
         assert!(!plan.stdout.contains("not available"), "{}", plan.both());
+        // Steps name the revisions' Services, as apply and the cluster do.
+        assert!(
+            plan.stdout
+                .contains(&format!("step 1: {} 80%, triage-blue-", v1[0])),
+            "{}",
+            plan.both()
+        );
 
         let (apply, seen) = apply_under_traffic(&world, kubelet);
         assert_eq!(apply.code, 0, "{}\n{}", apply.both(), kubelet_log(kubelet));

@@ -83,7 +83,9 @@ pub use cluster::{
     Scope,
 };
 pub use diff::{diff, ObjectDiff};
-pub use objects::{compute_namespace, DEFAULT_PORT, LABEL_DEPLOYMENT_REVISION};
+pub use objects::{
+    compute_namespace, revision_object_name, DEFAULT_PORT, LABEL_DEPLOYMENT_REVISION,
+};
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };

@@ -524,7 +524,7 @@ impl<'a> Walk<'a> {
             let version = self.version(address, &reference)?;
             let revision = crate::serving::revision(&version, &deployment.env);
             let revision_label = dns_safe(&revision);
-            let object_name = format!("{endpoint_name}-{deployment_name}-{revision_label}");
+            let object_name = revision_object_name(endpoint_name, deployment_name, &revision);
             let instance = self.instance_type(
                 address,
                 compute_name,
@@ -838,6 +838,12 @@ fn env_list<K: AsRef<str>>(env: BTreeMap<K, String>) -> Value {
 
 /// A revision as it can appear in object names and label values: lowercase letters,
 /// digits and `-`.
+/// The name of a deployment revision's Deployment and Service:
+/// `<endpoint>-<deployment>-<revision>`.
+pub fn revision_object_name(endpoint: &str, deployment: &str, revision: &str) -> String {
+    format!("{endpoint}-{deployment}-{}", dns_safe(revision))
+}
+
 fn dns_safe(text: &str) -> String {
     let mapped: String = text
         .chars()

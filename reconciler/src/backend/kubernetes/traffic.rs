@@ -101,7 +101,7 @@ impl KubeRoute {
     ) -> Option<String> {
         let deployment = selector.get(LABEL_DEPLOYMENT)?;
         let revision = selector.get(LABEL_DEPLOYMENT_REVISION)?;
-        Some(format!("{endpoint}-{deployment}-{revision}"))
+        Some(super::revision_object_name(endpoint, deployment, revision))
     }
 
     fn key(&self, kind: &str, name: &str) -> ObjectKey {

@@ -670,21 +670,26 @@ impl Applier<'_> {
                     .map_err(|e| failed("applying objects", e))?;
             }
         }
-        for o in batch {
-            match o.kind.as_str() {
-                "Deployment" => {
-                    self.events.note(
-                        &change.address,
-                        &format!("waiting for {} to be available", o.describe()),
-                    );
+        // An endpoint's Deployments come up together; the first that fails says why.
+        let deployments: Vec<_> = batch
+            .iter()
+            .filter(|o| o.kind == "Deployment")
+            .map(|o| {
+                self.events.note(
+                    &change.address,
+                    &format!("waiting for {} to be available", o.describe()),
+                );
+                async move {
                     kube.wait_available(&o.key(), DEPLOYMENT_TIMEOUT)
                         .await
-                        .map_err(|e| failed(&o.describe(), e))?;
+                        .map_err(|e| failed(&o.describe(), e))
                 }
-                "Job" if change.action() == Action::Run => {
-                    self.wait_job(plan, change, kube, o).await?;
-                }
-                _ => {}
+            })
+            .collect();
+        futures::future::try_join_all(deployments).await?;
+        if change.action() == Action::Run {
+            for o in batch.iter().filter(|o| o.kind == "Job") {
+                self.wait_job(plan, change, kube, o).await?;
             }
         }
         Ok(batch.iter().filter(|o| o.action != Action::NoOp).count())

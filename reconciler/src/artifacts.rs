@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::backend::store::{self, now_rfc3339, FileEntry, ModelRecord, Store};
 use crate::content;
 use crate::manifest::source::join_inside;
@@ -190,9 +192,14 @@ pub struct Lineage {
     pub metrics: Option<serde_json::Value>,
 }
 
-/// Stores `folder` as `model.<model>@<version>`: every file, then the `_model.json`
-/// marker last. Files already stored under that version are sent again only if they
-/// differ (a retried upload converges).
+/// Model files uploaded at once: a model is a few large files (each a multipart upload
+/// with its own parts in flight) or many small ones.
+pub const MODEL_UPLOADS: usize = 4;
+
+/// Stores `folder` as `model.<model>@<version>`: every file ([`MODEL_UPLOADS`] at a
+/// time, each checked against the hash just computed), then the `_model.json` marker
+/// last, so a half-stored version is never visible; a retried upload writes the same
+/// keys again and converges.
 pub async fn store_model(
     store: &Store,
     model: &str,
@@ -208,21 +215,24 @@ pub async fn store_model(
             folder: folder.to_path_buf(),
         });
     }
-    let mut files = Vec::new();
-    for f in &content.files {
+    let uploads = content.files.iter().map(|f| async move {
         let key = Store::model_file_key(model, version, &f.path);
         // Stored only with the bytes just hashed: the record names that hash.
         store
             .objects()
             .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
             .await?;
-        files.push(FileEntry {
+        Ok::<_, Error>(FileEntry {
             path: f.path.clone(),
             size: f.size,
             sha256: f.sha256.clone(),
             key,
-        });
-    }
+        })
+    });
+    let files: Vec<FileEntry> = futures::stream::iter(uploads)
+        .buffered(MODEL_UPLOADS)
+        .try_collect()
+        .await?;
     let record = ModelRecord {
         model: model.to_string(),
         version: version.to_string(),

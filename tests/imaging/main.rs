@@ -543,6 +543,16 @@ fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
     });
 }
 
+/// A run's output with the renderer's line wrapping taken out, to compare messages.
+fn unwrapped(run: &Run) -> String {
+    run.both()
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("aks- gpu", "aks-gpu")
+}
+
 /// A namespace made by a platform team with a GPU quota of `hard`, `used` in use.
 fn platform_quota(server: &KubeServer, namespace: &str, hard: u32, used: u32) {
     server.create(
@@ -576,14 +586,7 @@ fn a_job_needing_more_gpus_than_the_quota_is_refused_at_plan_time() {
     platform_quota(&world.train, "imaging-train", 6, 2);
     let plan = world.cairn(&["plan", "-w", "imaging"]);
     plan.code(1);
-    // The renderer wraps long lines: compare with the wrapping taken out.
-    let text = plan
-        .both()
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace("aks- gpu", "aks-gpu");
+    let text = unwrapped(&plan);
     for expected in [
         "job.train-pneumonia",
         "need 8 GPUs in namespace `imaging-train` (context `aks-gpu-westeurope`)",
@@ -603,12 +606,7 @@ fn an_endpoint_revision_needing_more_gpus_than_the_quota_is_refused_at_plan_time
     platform_quota(&world.serve, "imaging-serve", 1, 1);
     let plan = world.cairn(&["plan", "-w", "imaging"]);
     plan.code(1);
-    let text = plan
-        .both()
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let text = unwrapped(&plan);
     for expected in [
         "endpoint.triage: the planned endpoint revisions need 1 GPU in namespace `imaging-serve`",
         "allows 1 GPUs and 1 are in use (0 free)",

@@ -879,6 +879,16 @@ impl Shared {
 }
 
 impl State {
+    /// A stored Pod, or the 404 the real server gives.
+    fn pod(&self, namespace: &str, name: &str) -> ApiResult<&Value> {
+        let res = self
+            .find_kind("v1", "Pod")
+            .ok_or_else(ApiError::no_resource)?;
+        self.objects
+            .get(&Key::new(res, Some(namespace), name))
+            .ok_or_else(|| ApiError::not_found(&self.resources[res], name))
+    }
+
     fn find_kind(&self, api_version: &str, kind: &str) -> Option<usize> {
         self.resources
             .iter()
@@ -1458,13 +1468,7 @@ async fn pod_proxy(
         };
         let address = {
             let state = shared.lock();
-            let res = state
-                .find_kind("v1", "Pod")
-                .ok_or_else(ApiError::no_resource)?;
-            let object = state
-                .objects
-                .get(&Key::new(res, Some(namespace), &name))
-                .ok_or_else(|| ApiError::not_found(&state.resources[res], &name))?;
+            let object = state.pod(namespace, &name)?;
             if object["status"]["phase"] != "Running" {
                 return Err(ApiError::new(
                     503,
@@ -1551,13 +1555,7 @@ fn pod_log_route(
         &["container", "timestamps", "sinceTime", "tailLines"],
     )?;
     let state = shared.lock();
-    let res = state
-        .find_kind("v1", "Pod")
-        .ok_or_else(ApiError::no_resource)?;
-    let object = state
-        .objects
-        .get(&Key::new(res, Some(namespace), pod))
-        .ok_or_else(|| ApiError::not_found(&state.resources[res], pod))?;
+    let object = state.pod(namespace, pod)?;
     let names = |key: &str| -> Vec<String> {
         object["spec"][key]
             .as_array()

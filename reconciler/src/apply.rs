@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::address::Kind;
 use crate::artifacts;
-use crate::backend::kubernetes::traffic::{Backend, KubeRoute, KubeTraffic};
+use crate::backend::kubernetes::traffic::{selector_of, Backend, KubeRoute, KubeTraffic};
 use crate::backend::kubernetes::{
     BoxError, KubeObject, KubeTarget, ObjectKey, LABEL_DEPLOYMENT_REVISION,
 };
@@ -735,14 +735,9 @@ impl Applier<'_> {
         let live = from.clone();
         let (from, to) = (full(&from), full(&to));
         let traffic = KubeTraffic::new(kube, route, from.clone());
-        let seen: Mutex<Vec<Value>> = Mutex::new(Vec::new());
         let address = change.address.as_str();
-        let on_event = |event: RolloutEvent| {
-            self.events.note(address, &describe_event(&event));
-            if let Ok(v) = serde_json::to_value(&event) {
-                seen.lock().expect("events lock").push(v);
-            }
-        };
+        let log = RolloutLog::new(self.events, address);
+        let on_event = |event: RolloutEvent| log.record(event);
         self.events.note(
             address,
             &format!(
@@ -757,7 +752,7 @@ impl Applier<'_> {
             ),
         );
         let outcome = rollout::run(&traffic, &from, &to, &policy, &on_event).await;
-        events.extend(seen.into_inner().expect("events lock"));
+        events.extend(log.into_events());
         let failure = match outcome {
             Ok(rollout::Outcome::Promoted { weights }) => {
                 return Ok(format!(
@@ -910,20 +905,15 @@ impl Applier<'_> {
             .ok_or("the plan has no value for this endpoint")?;
         let value: EndpointValue = serde_json::from_value(after.clone())
             .map_err(|e| Failed::from(format!("the plan's endpoint value is malformed: {e}")))?;
-        let events: Mutex<Vec<Value>> = Mutex::new(Vec::new());
         let address = change.address.as_str();
-        let on_event = |event: RolloutEvent| {
-            self.events.note(address, &describe_event(&event));
-            if let Ok(v) = serde_json::to_value(&event) {
-                events.lock().expect("events lock").push(v);
-            }
-        };
+        let log = RolloutLog::new(self.events, address);
+        let on_event = |event: RolloutEvent| log.record(event);
         let progress = NoteTo {
             events: self.events,
             address,
         };
         let result = serving::apply(serving, &id, &value, &on_event, &progress).await;
-        let events = events.into_inner().expect("events lock");
+        let events = log.into_events();
         match result {
             Ok(summary) => Ok(Done {
                 value: Some(after),
@@ -1440,6 +1430,35 @@ impl serving::Progress for NoteTo<'_> {
     }
 }
 
+/// A change's rollout events: each shown as a progress line as it happens, and kept
+/// (as JSON) for the apply report.
+struct RolloutLog<'a> {
+    events: &'a dyn Events,
+    address: &'a str,
+    seen: Mutex<Vec<Value>>,
+}
+
+impl<'a> RolloutLog<'a> {
+    fn new(events: &'a dyn Events, address: &'a str) -> Self {
+        RolloutLog {
+            events,
+            address,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, event: RolloutEvent) {
+        self.events.note(self.address, &describe_event(&event));
+        if let Ok(v) = serde_json::to_value(&event) {
+            self.seen.lock().expect("events lock").push(v);
+        }
+    }
+
+    fn into_events(self) -> Vec<Value> {
+        self.seen.into_inner().expect("events lock")
+    }
+}
+
 fn failed(what: &str, e: BoxError) -> String {
     format!("{what}: {}", error_chain(&*e))
 }
@@ -1491,12 +1510,6 @@ async fn kube_route(
         .map_err(|e| failed(&format!("reading {}", traffic.describe()), e))?
     else {
         return Ok(None);
-    };
-    let selector_of = |v: &Value| -> BTreeMap<String, String> {
-        v.pointer("/spec/selector")
-            .cloned()
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default()
     };
     let mut backends: BTreeMap<String, Backend> = rest
         .iter()

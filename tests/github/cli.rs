@@ -66,6 +66,19 @@ fn event(root: &Root, number: u64, base: &str, head: &str) -> std::path::PathBuf
     path
 }
 
+/// `cairn plan --rev <head> --comment` as the Action runs it for pull request `number`
+/// (from `base` to `head`): the token set, the event file written.
+fn plan_comment(root: &Root, server: &FakeGitHub, number: u64, base: &str, head: &str) -> Run {
+    let ev = event(root, number, base, head);
+    cairn(
+        root,
+        server,
+        &["plan", "ROOT", "--rev", head, "--comment"],
+        Some(TOKEN),
+        Some(&ev),
+    )
+}
+
 /// A repository with a base commit and a pull request's head commit that changes the
 /// training data: `(root, base, head)`.
 fn pull_request() -> (Root, String, String) {
@@ -80,15 +93,7 @@ fn pull_request() -> (Root, String, String) {
 fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     let (root, base, head) = pull_request();
     let server = FakeGitHub::start(REPO, TOKEN, &[7]);
-    let ev = event(&root, 7, &base, &head);
-
-    let run = cairn(
-        &root,
-        &server,
-        &["plan", "ROOT", "--rev", &head, "--comment"],
-        Some(TOKEN),
-        Some(&ev),
-    );
+    let run = plan_comment(&root, &server, 7, &base, &head);
     run.ok();
     assert!(run.stdout.contains("Plan: 4 to add"), "{}", run.both());
     assert!(
@@ -141,15 +146,8 @@ fn plan_comment_from_a_pull_request_event_is_posted_then_updated() {
     // Another push to the pull request: the same comment is updated.
     root.edit_row(55_000);
     let head2 = root.git_commit_all("less income");
-    let ev = event(&root, 7, &base, &head2);
     server.clear_requests();
-    let run = cairn(
-        &root,
-        &server,
-        &["plan", "ROOT", "--rev", &head2, "--comment"],
-        Some(TOKEN),
-        Some(&ev),
-    );
+    let run = plan_comment(&root, &server, 7, &base, &head2);
     run.ok();
     assert!(
         run.stderr.contains("Updated the plan comment"),
@@ -321,14 +319,7 @@ fn a_plan_that_cannot_be_made_fails_the_commit_status() {
     );
     let head = root.git_commit_all("broken");
     let server = FakeGitHub::start(REPO, TOKEN, &[7]);
-    let ev = event(&root, 7, &base, &head);
-    let run = cairn(
-        &root,
-        &server,
-        &["plan", "ROOT", "--rev", &head, "--comment"],
-        Some(TOKEN),
-        Some(&ev),
-    );
+    let run = plan_comment(&root, &server, 7, &base, &head);
     run.code(1);
     let statuses = server.statuses();
     assert_eq!(statuses.len(), 1, "{}", run.both());
@@ -497,15 +488,7 @@ fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
     std::fs::write(&serve, text.replace("auth = \"key\"", "auth = \"none\"")).unwrap();
     let head = root.git_commit_all("open the scoring API");
     let server = FakeGitHub::start(REPO, TOKEN, &[9]);
-    let ev = event(&root, 9, &base, &head);
-
-    let run = cairn(
-        &root,
-        &server,
-        &["plan", "ROOT", "--rev", &head, "--comment"],
-        Some(TOKEN),
-        Some(&ev),
-    );
+    let run = plan_comment(&root, &server, 9, &base, &head);
     run.code(1);
     assert!(
         run.stderr

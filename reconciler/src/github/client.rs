@@ -532,20 +532,34 @@ impl GitHub {
             permission: "pull-requests: read",
             what: format!("pull request #{number} in {repo}"),
         };
+        self.pages(&op, repo, |page| {
+            format!(
+                "/repos/{}/{}/issues/{number}/comments?per_page={PER_PAGE}&page={page}",
+                repo.owner, repo.name
+            )
+        })
+        .await
+    }
+
+    /// GETs `path(page)` for pages 1, 2, … until one comes back short (at most
+    /// [`MAX_PAGES`]), and returns every item in order.
+    async fn pages<T: for<'de> Deserialize<'de>>(
+        &self,
+        op: &Op<'_>,
+        repo: &Repo,
+        path: impl Fn(usize) -> String,
+    ) -> Result<Vec<T>> {
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
             let request = HttpRequest {
                 method: Method::Get,
-                path: format!(
-                    "/repos/{}/{}/issues/{number}/comments?per_page={PER_PAGE}&page={page}",
-                    repo.owner, repo.name
-                ),
+                path: path(page),
                 body: None,
             };
-            let response = self.call(&op, request, repo).await?;
-            let comments: Vec<Comment> = Self::decode(&op, &response)?;
-            let n = comments.len();
-            all.extend(comments);
+            let response = self.call(op, request, repo).await?;
+            let items: Vec<T> = Self::decode(op, &response)?;
+            let n = items.len();
+            all.extend(items);
             if n < PER_PAGE {
                 break;
             }
@@ -641,27 +655,20 @@ impl GitHub {
             permission: "issues: read",
             what: format!("the issues of {repo}"),
         };
-        let mut all = Vec::new();
-        for page in 1..=MAX_PAGES {
-            let request = HttpRequest {
-                method: Method::Get,
-                path: format!(
+        let issues: Vec<Issue> = self
+            .pages(&op, repo, |page| {
+                format!(
                     "/repos/{}/{}/issues?state=open&labels={}&sort=created&direction=asc&per_page={PER_PAGE}&page={page}",
                     repo.owner,
                     repo.name,
                     query_escape(label)
-                ),
-                body: None,
-            };
-            let response = self.call(&op, request, repo).await?;
-            let issues: Vec<Issue> = Self::decode(&op, &response)?;
-            let n = issues.len();
-            all.extend(issues.into_iter().filter(|i| i.pull_request.is_none()));
-            if n < PER_PAGE {
-                break;
-            }
-        }
-        Ok(all)
+                )
+            })
+            .await?;
+        Ok(issues
+            .into_iter()
+            .filter(|i| i.pull_request.is_none())
+            .collect())
     }
 
     /// Opens an issue.

@@ -80,11 +80,7 @@ impl KubeRoute {
             }
             weights
         } else {
-            let selector: BTreeMap<String, String> = object
-                .pointer("/spec/selector")
-                .cloned()
-                .and_then(|s| serde_json::from_value(s).ok())
-                .unwrap_or_default();
+            let selector = selector_of(object);
             self.backends
                 .iter()
                 .filter(|(_, b)| b.selector == selector)
@@ -221,6 +217,15 @@ impl<'a> KubeTraffic<'a> {
             .await
             .map_err(|e| format!("applying {what}: {}", crate::diagnostics::error_chain(&*e)))
     }
+}
+
+/// A Service's pod selector (empty when it has none).
+pub fn selector_of(service: &Value) -> BTreeMap<String, String> {
+    service
+        .pointer("/spec/selector")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default()
 }
 
 fn describe(object: &KubeObject) -> String {

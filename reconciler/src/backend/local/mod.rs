@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub mod child_env;
 pub mod router;
 pub mod serving;
 pub mod supervisor;

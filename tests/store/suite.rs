@@ -869,7 +869,7 @@ pub async fn state_compare_and_swap(store: Store) {
 
 /// The journal lists records oldest first; a record is written once.
 pub async fn journal_order(store: Store) {
-    assert!(store.journal().await.unwrap().is_empty());
+    assert!(store.journal().await.unwrap().records.is_empty());
     let records = [
         journal_record("bbbb0001", "2025-01-01T09:00:00Z", None),
         journal_record("aaaa0002", "2025-01-01T10:00:00Z", Some("0123456789abcdef")),
@@ -880,7 +880,7 @@ pub async fn journal_order(store: Store) {
     for i in [1, 0, 2] {
         written.push(store.append_journal(&records[i]).await.unwrap());
     }
-    assert_eq!(store.journal().await.unwrap(), records);
+    assert_eq!(store.journal().await.unwrap().records, records);
     for key in &written {
         assert!(key.starts_with(".cairn/journal/"), "{key}");
     }
@@ -891,7 +891,7 @@ pub async fn journal_order(store: Store) {
         store.append_journal(&records[0]).await,
         "appending the same record twice",
     );
-    assert_eq!(store.journal().await.unwrap().len(), 3);
+    assert_eq!(store.journal().await.unwrap().records.len(), 3);
 }
 
 /// Applies that start within the same second are listed in the order they started:
@@ -912,6 +912,7 @@ pub async fn journal_order_within_a_second(store: Store) {
         .journal()
         .await
         .unwrap()
+        .records
         .into_iter()
         .map(|r| r.id)
         .collect();
@@ -1281,4 +1282,201 @@ pub async fn lock_race_takeover(backend: Backend) {
         assert_eq!(info, won[0], "round {round}");
         assert!(!expired);
     }
+}
+
+/// A lease of `Duration::MAX` is cut to 24 h: it can't wrap around into the past, so a
+/// second taker is refused (it used to take the lock over at once).
+pub async fn lock_extreme_lease(store: Store) {
+    let guard = store
+        .try_lock("alice@build-1", "cairn apply", Duration::MAX)
+        .await
+        .unwrap();
+    let now = unix_now();
+    let max = cairn::backend::store::MAX_LOCK_LEASE.as_secs();
+    assert!(
+        guard.info.expires_at > now && guard.info.expires_at <= now + max + 1,
+        "{:?}",
+        guard.info
+    );
+    let (_, expired) = store.lock_info().await.unwrap().unwrap();
+    assert!(!expired);
+    assert!(matches!(
+        store
+            .try_lock("bob@laptop", "cairn apply", Duration::MAX)
+            .await,
+        Err(Error::Locked { .. })
+    ));
+    let mut guard = guard;
+    store.renew_lock(&mut guard).await.unwrap();
+    assert!(guard.info.expires_at <= unix_now() + max + 1);
+    store.unlock(guard).await.unwrap();
+}
+
+/// A lock file that is not a lock record: taking the lock says so, with the hint to
+/// break it; `break_lock` removes it (and a live lock, for `unlock --force`).
+pub async fn lock_damaged(store: Store) {
+    assert_eq!(store.break_lock().await.unwrap(), None);
+    store
+        .objects()
+        .put(
+            ".cairn/lock",
+            Bytes::from_static(b"\0garbage"),
+            Condition::None,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .try_lock("alice@build-1", "cairn apply", LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { key, .. } if key == ".cairn/lock"),
+        "{err:?}"
+    );
+    assert!(err.hint().unwrap().contains("cairn unlock --force"));
+    assert!(matches!(
+        store.lock_info().await,
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(
+        store.break_lock().await.unwrap(),
+        Some(cairn::backend::store::BrokenLock::Damaged { size: 8 })
+    );
+    let guard = store
+        .try_lock("alice@build-1", "cairn apply", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.break_lock().await.unwrap(),
+        Some(cairn::backend::store::BrokenLock::Held(guard.info.clone()))
+    );
+    assert!(store.lock_info().await.unwrap().is_none());
+}
+
+/// A damaged journal record is named; the others are still read, in order.
+pub async fn journal_damaged(store: Store) {
+    for (id, at) in [
+        ("aaaa0001", "2025-01-01T09:00:00.000Z"),
+        ("aaaa0002", "2025-01-01T09:00:02.000Z"),
+    ] {
+        store
+            .append_journal(&journal_record(id, at, None))
+            .await
+            .unwrap();
+    }
+    let damaged_key = ".cairn/journal/20250101T090001000Z-worktree-bad.json";
+    store
+        .objects()
+        .put(
+            damaged_key,
+            Bytes::from_static(b"{\"id\": "),
+            Condition::None,
+        )
+        .await
+        .unwrap();
+    let journal = store.journal().await.unwrap();
+    let ids: Vec<&str> = journal.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["aaaa0001", "aaaa0002"]);
+    assert_eq!(journal.damaged.len(), 1);
+    assert_eq!(journal.damaged[0].key, damaged_key);
+    assert!(!journal.damaged[0].reason.is_empty());
+}
+
+/// `verify` reads every version's files: a changed byte, a missing file, another size
+/// and a damaged marker are each reported; a file shared by two versions is read once
+/// and reported for both.
+pub async fn verify_damage(store: Store) {
+    let scratch = tempfile::tempdir().unwrap();
+    let objects = store.objects().clone();
+    let a = b"id,y\n1,0\n".to_vec();
+    let b = b"id,y\n2,1\n".to_vec();
+    let c = b"id,y\n3,1\n".to_vec();
+    let key_a = Store::dataset_file_key("loans", "v1", "a.csv");
+    let key_b = Store::dataset_file_key("loans", "v1", "b.csv");
+    let key_c = Store::dataset_file_key("loans", "v2", "c.csv");
+    for (key, body) in [(&key_a, &a), (&key_b, &b), (&key_c, &c)] {
+        objects
+            .put(key, body.clone().into(), Condition::None)
+            .await
+            .unwrap();
+    }
+    let v1 = dataset_version(
+        "loans",
+        "v1",
+        "2025-01-01T00:00:00Z",
+        vec![
+            file_entry(&key_a, "a.csv", &a),
+            file_entry(&key_b, "b.csv", &b),
+        ],
+    );
+    // v2 shares a.csv with v1.
+    let v2 = dataset_version(
+        "loans",
+        "v2",
+        "2025-01-02T00:00:00Z",
+        vec![
+            file_entry(&key_a, "a.csv", &a),
+            file_entry(&key_c, "c.csv", &c),
+        ],
+    );
+    store.commit_dataset_version(&v1).await.unwrap();
+    store.commit_dataset_version(&v2).await.unwrap();
+    let report = store.verify(scratch.path()).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    assert_eq!((report.versions, report.objects), (2, 3));
+
+    // Same size, one byte changed; one file gone; one of another size; one bad marker.
+    let mut changed = a.clone();
+    changed[5] = b'9';
+    objects
+        .put(&key_a, changed.into(), Condition::None)
+        .await
+        .unwrap();
+    objects.delete(&key_b, Condition::None).await.unwrap();
+    objects
+        .put(&key_c, Bytes::from_static(b"short"), Condition::None)
+        .await
+        .unwrap();
+    objects
+        .put(
+            "datasets/other/v9/_version.json",
+            Bytes::from_static(b"[1,"),
+            Condition::None,
+        )
+        .await
+        .unwrap();
+    let report = store.verify(scratch.path()).await.unwrap();
+    use cairn::backend::store::verify::Problem;
+    let found: Vec<(String, String, &'static str)> = report
+        .damaged
+        .iter()
+        .map(|d| {
+            let kind = match d.problem {
+                Problem::Missing => "missing",
+                Problem::Size { .. } => "size",
+                Problem::Hash { .. } => "hash",
+                Problem::Record { .. } => "record",
+            };
+            (d.version.clone(), d.path.clone(), kind)
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("dataset.loans@v1".to_string(), "a.csv".to_string(), "hash"),
+            (
+                "dataset.loans@v1".to_string(),
+                "b.csv".to_string(),
+                "missing"
+            ),
+            ("dataset.loans@v2".to_string(), "a.csv".to_string(), "hash"),
+            ("dataset.loans@v2".to_string(), "c.csv".to_string(), "size"),
+            (
+                "datasets/other/v9/_version.json".to_string(),
+                String::new(),
+                "record"
+            ),
+        ]
+    );
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

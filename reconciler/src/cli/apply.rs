@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn::apply::{Applier, ApplyOptions, Status};
 use cairn::backend::local::LocalTarget;
-use cairn::backend::store::Store;
+use cairn::backend::store::{Store, MAX_LOCK_LEASE};
 use cairn::plan::Plan;
 
 use super::context;
@@ -37,13 +37,13 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_name = "N")]
     parallelism: usize,
 
-    /// How long to wait for a lock held by another apply, e.g. `30s`.
-    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    /// How long to wait for a lock held by another apply, e.g. `30s` (at most 24h).
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = lock_timeout)]
     lock_timeout: cairn::manifest::Duration,
 
-    /// How long the lock stays valid without a heartbeat; a crashed apply's lock can be
-    /// taken over after this.
-    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    /// How long the lock stays valid without a heartbeat, from 1s to 24h; a crashed
+    /// apply's lock can be taken over after this.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = lock_lease)]
     lock_lease: cairn::manifest::Duration,
 }
 
@@ -127,7 +127,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         options: ApplyOptions {
             parallelism: args.parallelism,
             lock_timeout: args.lock_timeout.as_std(),
-            lock_lease: args.lock_lease.as_std().max(Duration::from_secs(1)),
+            lock_lease: args.lock_lease.as_std(),
             holder: user.clone(),
             user,
             command: "cairn apply".into(),
@@ -178,6 +178,31 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let result = rt.block_on(applier.apply(&plan, locks));
     let _ = cache.save();
     report(result.map_err(apply_error)?)
+}
+
+/// `--lock-lease`: from 1 s to [`MAX_LOCK_LEASE`], so an expiry can't wrap around and
+/// an apply that died can't hold the store for ever.
+fn lock_lease(text: &str) -> Result<cairn::manifest::Duration, String> {
+    let lease: cairn::manifest::Duration = text.parse()?;
+    let bounds = Duration::from_secs(1)..=MAX_LOCK_LEASE;
+    if !bounds.contains(&lease.as_std()) {
+        return Err(format!(
+            "a lock lease is from 1s to 24h, not {lease}: an apply that dies holds the store until its lease runs out"
+        ));
+    }
+    Ok(lease)
+}
+
+/// `--lock-timeout`: at most [`MAX_LOCK_LEASE`] (waiting longer than a lease can last
+/// waits for nothing).
+fn lock_timeout(text: &str) -> Result<cairn::manifest::Duration, String> {
+    let timeout: cairn::manifest::Duration = text.parse()?;
+    if timeout.as_std() > MAX_LOCK_LEASE {
+        return Err(format!(
+            "a lock timeout is at most 24h, not {timeout}: no lock is held longer than its 24h lease"
+        ));
+    }
+    Ok(timeout)
 }
 
 fn apply_error(e: cairn::apply::Error) -> CommandError {

@@ -1,5 +1,7 @@
 //! `cairn history`: the journal of applies, newest last.
 
+use cairn::backend::store::DamagedRecord;
+
 use super::context;
 use super::{CommandError, Format, Output, SourceArgs};
 
@@ -22,10 +24,11 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let rt = super::runtime()?;
     let mut records = Vec::new();
     for store in selection.stores.values() {
-        records.extend(
-            rt.block_on(store.journal())
-                .map_err(|e| CommandError::from_error(&e))?,
-        );
+        let journal = rt
+            .block_on(store.journal())
+            .map_err(|e| CommandError::from_error(&e))?;
+        warn_damaged(&journal.damaged, output);
+        records.extend(journal.records);
     }
     records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
     if args.format == Format::Json {
@@ -68,4 +71,19 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         );
     }
     Ok(0)
+}
+
+/// Names each damaged journal record on stderr, with what to do; the others are shown.
+pub fn warn_damaged(damaged: &[DamagedRecord], output: Output) {
+    for record in damaged {
+        let warning = CommandError::new(format!(
+            "skipped the damaged journal record `{}`: {}",
+            record.key, record.reason
+        ))
+        .hint_opt(Some(format!(
+            "move `{}` aside (out of the store's `.cairn/journal/`); the other records are shown",
+            record.key
+        )));
+        super::render::warning(&warning, output);
+    }
 }

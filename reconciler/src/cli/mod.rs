@@ -22,6 +22,7 @@ mod supervise;
 mod train;
 mod transfer;
 mod validate;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -87,8 +88,12 @@ enum Command {
     Policy(policy::Args),
     /// List past applies from the journal.
     History(history::Args),
-    /// Release a store lock left behind by an apply that died.
+    /// Release a store lock left behind by an apply that died (`--force`: whatever lock
+    /// is there, a damaged one included).
     Unlock(lock::Args),
+    /// Re-read every stored dataset and model version and check each file's size and
+    /// SHA-256 against what the version recorded; exit 1 when any is damaged.
+    Verify(verify::Args),
     /// The reference trainer: fit a logistic regression on CSV data and write
     /// `model.safetensors` and `metrics.json` (what the example's job runs).
     Train(train::Args),
@@ -174,10 +179,26 @@ impl CommandError {
         self
     }
 
-    /// An error with its whole chain of causes as the message.
-    pub fn from_error(error: &dyn std::error::Error) -> Self {
-        CommandError::new(error_chain(error))
+    /// An error with its whole chain of causes as the message, and the hint of the
+    /// first cause that has one (a damaged lock: `cairn unlock --force`).
+    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        CommandError::new(error_chain(error)).hint_opt(known_hint(error))
     }
+}
+
+/// The hint of the first error in the chain that knows what the user can do.
+fn known_hint(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(hint) = e
+            .downcast_ref::<cairn::backend::store::Error>()
+            .and_then(cairn::backend::store::Error::hint)
+        {
+            return Some(hint);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The async runtime for commands that talk to stores and processes.
@@ -232,6 +253,7 @@ pub fn main() -> ExitCode {
         Command::Policy(args) => policy::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
+        Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),
         Command::Serve(args) => serve::run(args, output),
         Command::Fetch(args) => transfer::fetch(args, output),

@@ -259,6 +259,21 @@ pub fn json_failure(err: &CommandError) {
 }
 
 /// Prints a command failure to stderr.
+/// A problem that doesn't stop the command, shown like an error.
+pub fn warning(warning: &CommandError, output: Output) {
+    if output.color_stderr {
+        eprintln!("{} {}", "warning:".yellow().bold(), warning.message);
+        for hint in &warning.hints {
+            eprintln!("  {} {hint}", "hint:".cyan());
+        }
+    } else {
+        eprintln!("warning: {}", warning.message);
+        for hint in &warning.hints {
+            eprintln!("  hint: {hint}");
+        }
+    }
+}
+
 pub fn command_error(err: &CommandError, output: Output) {
     if output.color_stderr {
         eprintln!("{} {}", "error:".red().bold(), err.message);

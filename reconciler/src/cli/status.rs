@@ -4,6 +4,8 @@
 
 use cairn::backend::local::serving::LocalServing;
 use cairn::backend::local::supervisor::RouteStatus;
+use cairn::backend::store::Error as StoreError;
+use cairn::diagnostics::error_chain;
 use cairn::serving::EndpointId;
 use serde_json::{json, Value};
 
@@ -49,12 +51,29 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         let state = rt
             .block_on(store.state())
             .map_err(|e| CommandError::from_error(&e))?;
-        let lock = rt
-            .block_on(store.lock_info())
-            .map_err(|e| CommandError::from_error(&e))?;
+        // A damaged lock or journal record is reported, not fatal: status is where a
+        // user looks to find out what is wrong.
+        let lock = match rt.block_on(store.lock_info()) {
+            Ok(lock) => lock.map(|(info, expired)| {
+                json!({
+                    "id": info.id,
+                    "holder": info.holder,
+                    "command": info.command,
+                    "since": info.started_at,
+                    "expired": expired,
+                })
+            }),
+            Err(e @ StoreError::Corrupt { .. }) => Some(json!({
+                "damaged": error_chain(&e),
+                "hint": e.hint(),
+            })),
+            Err(e) => return Err(CommandError::from_error(&e)),
+        };
         let journal = rt
             .block_on(store.journal())
             .map_err(|e| CommandError::from_error(&e))?;
+        super::history::warn_damaged(&journal.damaged, output);
+        let journal = journal.records;
         let resources: Vec<Value> = state
             .state
             .resources
@@ -73,13 +92,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "workspace": ws,
             "store": store.url(),
             "state_serial": state.state.serial,
-            "lock": lock.map(|(info, expired)| json!({
-                "id": info.id,
-                "holder": info.holder,
-                "command": info.command,
-                "since": info.started_at,
-                "expired": expired,
-            })),
+            "lock": lock,
             "last_apply": journal.last().map(|r| json!({
                 "started_at": r.started_at,
                 "success": r.success,
@@ -121,7 +134,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                     .unwrap_or_default()
             ),
         }
-        if let Value::Object(lock) = &ws["lock"] {
+        if let Some(damaged) = ws["lock"]["damaged"].as_str() {
+            println!("  lock: DAMAGED ({damaged})");
+            if let Some(hint) = ws["lock"]["hint"].as_str() {
+                println!("    hint: {hint}");
+            }
+        } else if let Value::Object(lock) = &ws["lock"] {
             println!(
                 "  locked by {} ({}) since {}{}, lock id {}",
                 lock["holder"].as_str().unwrap_or("?"),

@@ -34,6 +34,7 @@
 mod file;
 mod object;
 mod s3;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ use serde::{Deserialize, Serialize};
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
 pub use s3::{S3Store, PARTS_IN_FLIGHT, PART_SIZE};
+pub use verify::VerifyReport;
 
 use crate::address::Kind;
 
@@ -99,6 +101,13 @@ pub enum Error {
          AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and renew an expired session token"
     )]
     Credentials { store: String, reason: String },
+    #[error(
+        "no credentials for {store} ({endpoint} was not contacted): none in the environment \
+         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared config and credentials \
+         files (AWS_PROFILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE) or container \
+         credentials"
+    )]
+    NoCredentials { store: String, endpoint: String },
     #[error(
         "the bucket `{bucket}` is in {}, not in {signed_for}; set `region` in the \
          workspace{}",
@@ -161,6 +170,34 @@ impl Error {
     fn from_join(e: tokio::task::JoinError) -> Error {
         Error::Join(e)
     }
+
+    /// What the user can do about it, where there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Corrupt { key, .. } if key == LOCK_KEY => Some(
+                "the lock file is damaged; if no apply is running, remove it with \
+                 `cairn unlock --force`"
+                    .into(),
+            ),
+            Error::Corrupt { key, .. } if key.starts_with(JOURNAL_PREFIX) => Some(format!(
+                "move the damaged journal record `{key}` aside (out of `{JOURNAL_PREFIX}`); \
+                 the other records are still read"
+            )),
+            Error::Corrupt { key, .. } if key == STATE_KEY => Some(format!(
+                "the state file `{key}` is damaged: restore it from a backup or from the \
+                 store's object versions; `cairn verify` checks the stored versions"
+            )),
+            Error::Corrupt { .. } => Some(
+                "a stored record is damaged; `cairn verify` checks every stored version".into(),
+            ),
+            Error::NoCredentials { .. } => Some(
+                "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set AWS_PROFILE to a \
+                 profile of ~/.aws/credentials; on an EC2 instance its role is used"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -175,6 +212,17 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The longest lease a lock can have: an apply that dies holds the store at most this long
+/// (unless someone runs `cairn unlock`). Longer leases are cut to it.
+pub const MAX_LOCK_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// When a lease taken now runs out, in Unix seconds: at least 1 s and at most
+/// [`MAX_LOCK_LEASE`] away, so no lease can wrap around into the past.
+fn lease_expiry(lease: Duration) -> u64 {
+    let lease = lease.clamp(Duration::from_secs(1), MAX_LOCK_LEASE);
+    unix_now().saturating_add(lease.as_secs())
 }
 
 /// One file of a dataset or model version.
@@ -267,6 +315,16 @@ pub struct LockInfo {
     pub expires_at: u64,
 }
 
+/// What [`Store::break_lock`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokenLock {
+    Held(LockInfo),
+    /// A lock file that is not a lock record (`size` bytes).
+    Damaged {
+        size: u64,
+    },
+}
+
 /// A held lock. Renew it before the lease runs out; release it when done.
 #[derive(Debug, Clone)]
 pub struct LockGuard {
@@ -315,6 +373,20 @@ pub struct JournalRecord {
     pub plan_hash: String,
     pub success: bool,
     pub outcomes: Vec<JournalOutcome>,
+}
+
+/// The journal as read: its records, oldest first, and the files that weren't records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    pub records: Vec<JournalRecord>,
+    pub damaged: Vec<DamagedRecord>,
+}
+
+/// A stored record that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    pub key: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -656,7 +728,8 @@ impl Store {
 
     /// Takes the lock once: creates it if absent, or takes over a lease that has run out
     /// (conditional on the old lock's etag, so two takers can't both win). Fails with
-    /// [`Error::Locked`] if someone holds a live lease.
+    /// [`Error::Locked`] if someone holds a live lease. The lease is cut to between 1 s
+    /// and [`MAX_LOCK_LEASE`].
     pub async fn try_lock(
         &self,
         holder: &str,
@@ -671,7 +744,7 @@ impl Store {
             pid: std::process::id(),
             started_at: now.clone(),
             heartbeat_at: now,
-            expires_at: unix_now() + lease.as_secs().max(1),
+            expires_at: lease_expiry(lease),
         };
         let condition = match self.get_json::<LockInfo>(LOCK_KEY).await? {
             None => Condition::IfAbsent,
@@ -711,7 +784,7 @@ impl Store {
     pub async fn renew_lock(&self, guard: &mut LockGuard) -> Result<()> {
         let mut info = guard.info.clone();
         info.heartbeat_at = now_rfc3339();
-        info.expires_at = unix_now() + guard.lease.as_secs().max(1);
+        info.expires_at = lease_expiry(guard.lease);
         let meta = self
             .put_json(LOCK_KEY, &info, Condition::IfMatch(guard.etag.clone()))
             .await?;
@@ -725,6 +798,22 @@ impl Store {
         self.objects
             .delete(LOCK_KEY, Condition::IfMatch(guard.etag))
             .await
+    }
+
+    /// Removes the lock whatever it holds, a damaged record included (`cairn unlock
+    /// --force`). Returns what it removed, or `None` when no lock was there. Conditional
+    /// on what was read, so a lock taken in between is left alone.
+    pub async fn break_lock(&self) -> Result<Option<BrokenLock>> {
+        let Some((bytes, meta)) = self.objects.get(LOCK_KEY).await? else {
+            return Ok(None);
+        };
+        self.objects
+            .delete(LOCK_KEY, Condition::IfMatch(meta.etag))
+            .await?;
+        Ok(Some(match serde_json::from_slice::<LockInfo>(&bytes) {
+            Ok(info) => BrokenLock::Held(info),
+            Err(_) => BrokenLock::Damaged { size: meta.size },
+        }))
     }
 
     /// Removes the lock with this id, whoever holds it (`cairn unlock <id>`).
@@ -760,14 +849,22 @@ impl Store {
         Ok(key)
     }
 
-    /// Returns the journal, oldest first.
-    pub async fn journal(&self) -> Result<Vec<JournalRecord>> {
-        let mut out = Vec::new();
+    /// Returns the journal, oldest first. A record that isn't valid JSON of a journal
+    /// record is left out and named in [`Journal::damaged`]: one damaged file must not
+    /// hide the others.
+    pub async fn journal(&self) -> Result<Journal> {
+        let mut journal = Journal::default();
         for meta in self.objects.list(JOURNAL_PREFIX).await? {
-            if let Some((record, _)) = self.get_json::<JournalRecord>(&meta.key).await? {
-                out.push(record);
+            match self.get_json::<JournalRecord>(&meta.key).await {
+                Ok(Some((record, _))) => journal.records.push(record),
+                Ok(None) => {}
+                Err(Error::Corrupt { key, source, .. }) => journal.damaged.push(DamagedRecord {
+                    key,
+                    reason: source.to_string(),
+                }),
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(journal)
     }
 }

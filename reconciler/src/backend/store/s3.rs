@@ -8,8 +8,10 @@
 //! Flow and guarantees:
 //! - The client is built lazily on the first request, so opening a store is cheap and
 //!   synchronous. Credentials come from the standard AWS chain (environment, profile,
-//!   web identity, container and instance metadata) through `aws-config`; this is the
-//!   one place the library reads the environment, as every AWS tool does. A workspace's
+//!   web identity, container, and instance metadata only on an EC2 instance or with
+//!   `AWS_EC2_METADATA_DISABLED=false`) through `aws-config`; this is the one place the
+//!   library reads the environment, as every AWS tool does. A chain that finds no
+//!   credentials is [`Error::NoCredentials`] (the server was not asked), not a refusal. A workspace's
 //!   `endpoint`, `region` and `path_style` override the chain; with an endpoint (the
 //!   workspace's, or `AWS_ENDPOINT_URL`) and no `path_style`, path-style addressing is
 //!   used (what self-hosted servers expect). No region anywhere means `us-east-1`.
@@ -68,6 +70,17 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::ecs::EcsCredentialsProvider;
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
+use aws_config::imds::credentials::ImdsCredentialsProvider;
+use aws_config::imds::region::ImdsRegionProvider;
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
+use aws_config::provider_config::ProviderConfig;
+use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -309,9 +322,30 @@ impl S3Store {
                     .read_timeout(Duration::from_secs(60))
                     .build(),
             );
-        if let Some(region) = &self.options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
+        // The region and credential chains are the SDK's default ones, but the instance
+        // metadata service is asked only on an EC2 instance or when configured for it
+        // (see `instance_metadata`): elsewhere its address belongs to no one, and a
+        // chain that finds nothing should say so at once instead of timing out there.
+        let imds = instance_metadata();
+        let base = ProviderConfig::without_region().with_http_client(HTTP_CLIENT.clone());
+        let region = match &self.options.region {
+            Some(region) => Some(Region::new(region.clone())),
+            None => {
+                let mut chain =
+                    RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                        .or_else(
+                            ProfileFileRegionProvider::builder()
+                                .configure(&base)
+                                .build(),
+                        );
+                if imds {
+                    chain = chain.or_else(ImdsRegionProvider::builder().configure(&base).build());
+                }
+                chain.region().await
+            }
+        };
+        let region = region.unwrap_or_else(|| Region::new(FALLBACK_REGION));
+        loader = loader.region(region.clone());
         let mut secrets = Vec::new();
         let mut access_key_id = None;
         if let Some(c) = &self.credentials {
@@ -322,6 +356,35 @@ impl S3Store {
                 None,
                 "cairn",
             )));
+        } else {
+            let conf = base.with_region(Some(region));
+            let mut chain = CredentialsProviderChain::first_try(
+                "Environment",
+                EnvironmentVariableCredentialsProvider::new(),
+            )
+            .or_else(
+                "Profile",
+                ProfileFileCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            )
+            .or_else(
+                "WebIdentityToken",
+                WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            )
+            .or_else(
+                "EcsContainer",
+                EcsCredentialsProvider::builder().configure(&conf).build(),
+            );
+            if imds {
+                chain = chain.or_else(
+                    "Ec2InstanceMetadata",
+                    ImdsCredentialsProvider::builder().configure(&conf).build(),
+                );
+            }
+            loader = loader.credentials_provider(chain);
         }
         let sdk = loader.load().await;
 
@@ -450,6 +513,12 @@ impl S3Store {
                 }
             }
             SdkError::DispatchFailure(failure) => {
+                if no_credentials(&err) {
+                    return Error::NoCredentials {
+                        store: self.url(),
+                        endpoint: self.endpoint_label(),
+                    };
+                }
                 if let Some(reason) = credentials_problem(&err) {
                     return Error::Credentials {
                         store: self.url(),
@@ -1294,6 +1363,46 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Finds a credentials-provider failure in an error's chain and describes it.
+/// Whether the credential and region chains may ask the EC2 instance metadata service:
+/// when `AWS_EC2_METADATA_DISABLED` is `false` (configured for it), or on an EC2 instance
+/// (its DMI data says so) unless `AWS_EC2_METADATA_DISABLED` is `true`.
+fn instance_metadata() -> bool {
+    match std::env::var("AWS_EC2_METADATA_DISABLED")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("true") => false,
+        Ok("false") => true,
+        _ => on_ec2(),
+    }
+}
+
+/// Whether this machine is an EC2 instance, by its DMI data (no request is sent).
+fn on_ec2() -> bool {
+    let read = |name: &str| {
+        std::fs::read_to_string(Path::new("/sys/devices/virtual/dmi/id").join(name))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    read("sys_vendor") == "Amazon EC2" || read("board_asset_tag").starts_with("i-")
+}
+
+/// Whether a credentials error means that no provider of the chain had any credentials.
+fn no_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return matches!(
+                c,
+                aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(_)
+            );
+        }
+        current = e.source();
+    }
+    false
+}
+
 fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {

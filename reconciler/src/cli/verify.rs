@@ -1,0 +1,86 @@
+//! `cairn verify`: re-read every stored dataset and model version and check each file's
+//! size and SHA-256 against what the version recorded.
+
+use cairn::backend::store::verify::Damaged;
+use cairn::plan::human_bytes;
+use serde_json::json;
+
+use super::context;
+use super::{CommandError, Format, Output, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Only these workspaces.
+    #[arg(short, long = "workspace", value_name = "NAME")]
+    workspaces: Vec<String>,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    let loaded = context::load(&args.source, output)?;
+    let selection = context::select(&loaded, &args.workspaces)?;
+    let rt = super::runtime()?;
+    let scratch = context::local_dir(&loaded.root).join("verify");
+    let mut reports = Vec::new();
+    for (ws, store) in &selection.stores {
+        let report = rt
+            .block_on(store.verify(&scratch))
+            .map_err(|e| CommandError::from_error(&e))?;
+        reports.push((ws.clone(), store.url(), report));
+    }
+    let _ = std::fs::remove_dir(&scratch);
+    let damaged: Vec<&Damaged> = reports.iter().flat_map(|(_, _, r)| &r.damaged).collect();
+    if args.format == Format::Json {
+        let workspaces: Vec<_> = reports
+            .iter()
+            .map(|(ws, url, r)| json!({"workspace": ws, "store": url, "report": r}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "workspaces": workspaces }))
+                .expect("reports serialize")
+        );
+    } else {
+        for (ws, url, r) in &reports {
+            println!(
+                "{ws}  ({url}): {} version{}, {} stored file{} ({}){}",
+                r.versions,
+                if r.versions == 1 { "" } else { "s" },
+                r.objects,
+                if r.objects == 1 { "" } else { "s" },
+                human_bytes(r.bytes),
+                if r.intact() { ", all intact" } else { "" }
+            );
+            for d in &r.damaged {
+                if d.path.is_empty() {
+                    println!("  ✗ {}: {}", d.marker, d.problem);
+                } else {
+                    println!("  ✗ {} {}: {} (`{}`)", d.version, d.path, d.problem, d.key);
+                }
+            }
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(0);
+    }
+    let mut markers: Vec<&str> = damaged.iter().map(|d| d.marker.as_str()).collect();
+    markers.sort_unstable();
+    markers.dedup();
+    Err(CommandError::new(format!(
+        "{} damaged file{} in {} version{}",
+        damaged.len(),
+        if damaged.len() == 1 { "" } else { "s" },
+        markers.len(),
+        if markers.len() == 1 { "" } else { "s" },
+    ))
+    .hint_opt(Some(format!(
+        "restore the files from a backup, or remove the markers of the versions listed ({}) \
+         so that the next `cairn apply` stores them again from their sources",
+        markers.join(", ")
+    ))))
+}

@@ -172,7 +172,9 @@ fn verify_finds_deleted_and_changed_stored_files() {
     verified.ok();
     assert!(
         verified.stdout.contains("risk  (file://")
-            && verified.stdout.contains("2 versions, 3 stored files"),
+            && verified
+                .stdout
+                .contains("3 records (versions and runs), 3 stored files"),
         "{}",
         verified.both()
     );

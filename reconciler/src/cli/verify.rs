@@ -48,7 +48,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     } else {
         for (ws, url, r) in &reports {
             println!(
-                "{ws}  ({url}): {} version{}, {} stored file{} ({}){}",
+                "{ws}  ({url}): {} record{} (versions and runs), {} stored file{} ({}){}",
                 r.versions,
                 if r.versions == 1 { "" } else { "s" },
                 r.objects,

@@ -4,7 +4,8 @@
 //! holding its bytes. [`Store::verify`] reads every version marker, then every key they
 //! name — each key once, however many versions share it — and reports the files that are
 //! missing, have another size, or hash to something else, and the markers that are not
-//! valid records. Plans trust the markers (that is what makes a no-op plan cost one
+//! valid records. Run records (`_run.json`) are read too, and the attempt logs they name
+//! must exist (logs carry no recorded hash). Plans trust the markers (that is what makes a no-op plan cost one
 //! listing), so a deleted or bit-flipped object is only noticed here or when it is
 //! downloaded.
 //!
@@ -16,7 +17,7 @@ use std::path::Path;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::{DatasetVersion, Error, FileEntry, ModelRecord, Result, Store};
+use super::{DatasetVersion, Error, FileEntry, ModelRecord, Result, RunRecord, Store};
 
 /// Objects read and hashed at once.
 const CONCURRENCY: usize = 4;
@@ -24,7 +25,7 @@ const CONCURRENCY: usize = 4;
 /// What [`Store::verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Version markers read (dataset and model versions).
+    /// Markers read (dataset and model versions, job runs).
     pub versions: usize,
     /// Distinct stored objects checked.
     pub objects: usize,
@@ -44,8 +45,8 @@ impl VerifyReport {
 /// A damaged file of a version, or a damaged version marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Damaged {
-    /// `dataset.<name>@<version>` or `model.<name>@<version>`; the marker's key when the
-    /// marker itself is damaged.
+    /// `dataset.<name>@<version>`, `model.<name>@<version>` or `job.<name> run <id>`; the
+    /// marker's key when the marker itself is damaged.
     pub version: String,
     /// The version's marker (`…/_version.json`, `…/_model.json`): removing it makes the
     /// next apply store the version again.
@@ -104,8 +105,12 @@ impl Store {
         let mut report = VerifyReport::default();
         let mut versions = Vec::new();
         let mut sizes: HashMap<String, u64> = HashMap::new();
-        for (prefix, marker_name) in [("datasets/", "/_version.json"), ("models/", "/_model.json")]
-        {
+        let mut run_logs: Vec<(String, String, String)> = Vec::new();
+        for (prefix, marker_name) in [
+            ("datasets/", "/_version.json"),
+            ("models/", "/_model.json"),
+            ("runs/", "/_run.json"),
+        ] {
             for meta in self.objects.list(prefix).await? {
                 if !meta.key.ends_with(marker_name) {
                     sizes.insert(meta.key, meta.size);
@@ -114,6 +119,16 @@ impl Store {
                 let read = if prefix == "datasets/" {
                     self.get_json::<DatasetVersion>(&meta.key).await.map(|v| {
                         v.map(|(v, _)| (format!("dataset.{}@{}", v.dataset, v.version), v.files))
+                    })
+                } else if prefix == "runs/" {
+                    self.get_json::<RunRecord>(&meta.key).await.map(|r| {
+                        r.map(|(r, _)| {
+                            let label = format!("job.{} run {}", r.job, r.run_id);
+                            for log in r.logs {
+                                run_logs.push((label.clone(), meta.key.clone(), log));
+                            }
+                            (label, Vec::new())
+                        })
                     })
                 } else {
                     self.get_json::<ModelRecord>(&meta.key).await.map(|v| {
@@ -186,6 +201,17 @@ impl Store {
                         problem: problem.clone(),
                     });
                 }
+            }
+        }
+        for (label, marker, key) in run_logs {
+            if !sizes.contains_key(&key) {
+                report.damaged.push(Damaged {
+                    path: key.rsplit('/').next().unwrap_or(&key).to_string(),
+                    version: label,
+                    marker,
+                    key,
+                    problem: Problem::Missing,
+                });
             }
         }
         report

@@ -4,8 +4,9 @@
 //! server, supervisor and router, all real processes), with short rollout steps. One
 //! unkilled retrain measures how long an apply takes; each trial then changes a row of
 //! the data, starts `cairn apply`, kills it with SIGKILL after a random share of that
-//! time, and runs `cairn apply` again (at most twice) until `plan --detailed-exitcode`
-//! says there is nothing left to do. Throughout, a client sends prediction requests to
+//! time (one trial in three kills the serving supervisor daemon at the same moment), and
+//! runs `cairn apply` again (at most twice) until `plan --detailed-exitcode` says there
+//! is nothing left to do. Throughout, a client sends prediction requests to
 //! the endpoint with its key; every answer that isn't a 200 is a failed request.
 
 use std::net::{SocketAddr, TcpListener};
@@ -99,6 +100,29 @@ impl Example {
         let last = lines[1].pop().unwrap();
         lines[1].push(if last == '0' { '1' } else { '0' });
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// The pids of the serving supervisor daemon of this example (`cairn supervise
+    /// --state <its folder>`), found in `/proc`.
+    fn supervisor_pids(&self) -> Vec<i32> {
+        let state = self.root.join(".cairn/serving").display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == "supervise") && args.iter().any(|a| a == &state) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     fn spawn_apply(&self) -> std::process::Child {
@@ -204,8 +228,16 @@ fn kill_9_during_retrain_and_rollout_converges() {
         example.edit_data();
         let apply = example.spawn_apply();
         let delay = rng.below(window);
+        // One trial in three kills the serving supervisor too, at the same moment.
+        let supervisor_too = rng.next() % 3 == 0;
         std::thread::sleep(delay);
         kill_group(apply.id());
+        if supervisor_too {
+            for pid in example.supervisor_pids() {
+                // SAFETY: a plain system call; `pid` was just read from /proc.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let _ = apply.wait_with_output();
         let mut applies = 0;
         let mut last = None;
@@ -221,7 +253,12 @@ fn kill_9_during_retrain_and_rollout_converges() {
         let settled = example.settled();
         let verify = example.run(&["verify", "."]);
         let line = format!(
-            "trial {trial}: killed at {:.2}s of {:.1}s → {}; verify {}",
+            "trial {trial}: {} killed at {:.2}s of {:.1}s → {}; verify {}",
+            if supervisor_too {
+                "apply and supervisor"
+            } else {
+                "apply"
+            },
             delay.as_secs_f64(),
             window.as_secs_f64(),
             if settled {

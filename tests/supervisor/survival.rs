@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn::backend::local::supervisor::{ReplicaState, ReplicaStatus, SupervisorClient};
+use cairn::backend::local::supervisor::{self, ReplicaState, ReplicaStatus, SupervisorClient};
 
 use crate::routing::{eventually, free_addr, route, send};
 use crate::{cairn, gone, kill, pids, runtime, wait_gone, Fixture};
@@ -339,4 +339,28 @@ fn the_systemd_unit_runs_the_supervisor_of_the_folder() {
     let program = std::fs::canonicalize(cairn()).unwrap();
     let unit = unit.replace(program.to_str().unwrap(), "[CAIRN]");
     insta::assert_snapshot!(unit);
+}
+
+#[test]
+fn a_daemon_that_cannot_start_is_reported_not_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join(supervisor::STATE_FILE), "{not json").unwrap();
+    let rt = runtime();
+    let error = rt
+        .block_on(supervisor::ensure_running(
+            &state,
+            cairn(),
+            &crate::child_env(),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(error, supervisor::Error::DaemonExited { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("move it away"), "{message}");
+    // The watchdog gave up: nothing holds the folder any more.
+    assert!(crate::processes_mentioning(&state.to_string_lossy()).is_empty());
 }

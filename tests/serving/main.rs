@@ -530,13 +530,26 @@ fn serving_comes_back_after_the_supervisor_is_killed() {
     repo.apply().ok();
     let v1 = repo.model_version();
     let key = repo.key();
-    let daemon: i32 = std::fs::read_to_string(repo.root.join(".cairn/serving/supervisor.lock"))
+    // The lock names the watchdog (which would restart the daemon); both are killed.
+    let serving = repo.root.join(".cairn/serving");
+    let lock = std::fs::read_to_string(serving.join("supervisor.lock")).unwrap();
+    let watchdog: i32 = lock.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(watchdog > 1);
+    let daemon = format!("supervise --state {} --watchdog-fd", serving.display());
+    let daemon: Vec<i32> = std::fs::read_dir("/proc")
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(daemon > 1);
-    kill_9(daemon);
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(&daemon)
+            })
+        })
+        .collect();
+    assert_eq!(daemon.len(), 1, "{daemon:?}");
+    kill_9(watchdog);
+    kill_9(daemon[0]);
     wait_until("the router to go away", Duration::from_secs(10), || {
         predict(&agent(), repo.addr(), Some(&key)).is_err()
     });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cairn::backend::local::supervisor::{self, DeploymentSpec, Error, PORT_PLACEHOLDER};
 
 use crate::{
-    assert_serving, cairn, gone, kill, of, pids, processes_mentioning, runtime, wait_gone, Fixture,
+    assert_serving, cairn, gone, of, pids, processes_mentioning, runtime, wait_gone, Fixture,
     ENDPOINT,
 };
 
@@ -172,9 +172,8 @@ fn a_daemon_killed_mid_apply_leaves_nothing_half_applied() {
         assert!(Instant::now() < deadline, "the slow replica never started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let daemon = fixture.daemon_pid();
-    kill(daemon, libc::SIGKILL);
-    wait_gone(&[daemon]);
+    // The watchdog too, or the next daemon could tear the replica down before it is seen.
+    fixture.kill_supervisor();
     let result = applying.join().unwrap();
     assert!(result.is_err(), "{result:?}");
     assert!(
@@ -183,9 +182,7 @@ fn a_daemon_killed_mid_apply_leaves_nothing_half_applied() {
     );
 
     // The next daemon tears the unconfirmed replica down and keeps the confirmed one.
-    fixture
-        .block_on(supervisor::ensure_running(&fixture.state_dir(), cairn()))
-        .unwrap();
+    fixture.ensure_running();
     wait_gone(&[slow_pid]);
     let status = fixture.status();
     assert_eq!(pids(&status), pids(&v1));

@@ -21,6 +21,7 @@ fn replicas_serve_and_outlive_the_client() {
             .block_on(supervisor::ensure_running(
                 &fixture.state_dir(),
                 crate::cairn(),
+                &crate::child_env(),
             ))
             .unwrap();
         rt.block_on(client.apply(std::slice::from_ref(&spec)))
@@ -106,10 +107,8 @@ fn a_killed_replica_is_restarted() {
 fn a_killed_daemon_is_replaced_by_one_that_adopts_the_replicas() {
     let fixture = Fixture::start();
     let before = fixture.apply(&[fixture.spec("blue", "v1", 2)]).unwrap();
-    let old = fixture.daemon_pid();
-
-    kill(old, libc::SIGKILL);
-    wait_gone(&[old]);
+    // The watchdog too, or it would start the next daemon itself.
+    let old = fixture.kill_supervisor();
     // (The socket may take a moment to refuse: a killed process's threads outlive its
     // main one briefly.)
     let orphaned = fixture.block_on(fixture.client.status());
@@ -117,12 +116,7 @@ fn a_killed_daemon_is_replaced_by_one_that_adopts_the_replicas() {
     // Nobody supervises them now, yet they serve.
     assert_serving(&before, "blue", "v1");
 
-    let client = fixture
-        .block_on(supervisor::ensure_running(
-            &fixture.state_dir(),
-            crate::cairn(),
-        ))
-        .unwrap();
+    let client = fixture.ensure_running();
     let new = fixture.block_on(client.ping()).unwrap().pid;
     assert_ne!(new, old);
     let adopted = fixture.status();

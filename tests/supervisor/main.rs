@@ -12,6 +12,9 @@
 //! - `routing`: the routers the daemon hosts: weights, the pin header and the key through
 //!   the router; a port in use; crashed replicas and a killed daemon; stops refused while
 //!   traffic flows, and scheduled stops.
+//! - `survival`: serving survives the daemon (SIGKILL under load), restarts of a revision
+//!   with no ready replica, live readiness (a stopped replica), `--stop` with no daemon, a
+//!   clean environment for the daemon and its replicas, the systemd unit.
 //!
 //! Every test has its own state folder and daemon; [`Fixture`] shuts the daemon down on
 //! drop (and kills what it recorded if that fails), so no process outlives the tests.
@@ -21,12 +24,14 @@
 mod faults;
 mod lifecycle;
 mod routing;
+mod survival;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn::backend::local::child_env::ChildEnv;
 use cairn::backend::local::supervisor::{
     self, DeploymentSpec, ReplicaState, ReplicaStatus, SupervisorClient,
 };
@@ -38,6 +43,11 @@ pub const ENDPOINT: &str = "risk-api";
 
 pub fn cairn() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// The base environment the CLI would pass: the allowed variables of this process's.
+pub fn child_env() -> ChildEnv {
+    ChildEnv::allowed(std::env::vars_os())
 }
 
 /// A state folder with its daemon, trained models, and a runtime for the async client.
@@ -57,6 +67,7 @@ impl Fixture {
             .block_on(supervisor::ensure_running(
                 &tmp.path().join("state"),
                 cairn(),
+                &child_env(),
             ))
             .unwrap();
         let trained = train_model(tmp.path());
@@ -125,6 +136,34 @@ impl Fixture {
         self.block_on(self.client.ping()).unwrap().pid
     }
 
+    /// The watchdog's pid, from the lock file.
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        let lock = std::fs::read_to_string(self.state_dir().join(supervisor::LOCK_FILE)).ok()?;
+        lock.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Kills the watchdog, then the daemon (SIGKILL), so that nothing restarts it.
+    pub fn kill_supervisor(&self) -> u32 {
+        let daemon = self.daemon_pid();
+        let watchdog = self.watchdog_pid().expect("a watchdog holds the lock");
+        assert_ne!(watchdog, daemon);
+        kill(watchdog, libc::SIGKILL);
+        wait_gone(&[watchdog]);
+        kill(daemon, libc::SIGKILL);
+        wait_gone(&[daemon]);
+        daemon
+    }
+
+    /// Starts a supervisor for the fixture's folder when none answers.
+    pub fn ensure_running(&self) -> SupervisorClient {
+        self.block_on(supervisor::ensure_running(
+            &self.state_dir(),
+            cairn(),
+            &child_env(),
+        ))
+        .unwrap()
+    }
+
     /// Polls the status until `check` holds (10 s at most); returns it.
     #[track_caller]
     pub fn wait_status(
@@ -183,9 +222,13 @@ impl Drop for Fixture {
         // The daemon is gone or stuck (a failed test): kill what it recorded, but only
         // processes that belong to this test (their command line names its folder).
         let mine = self.tmp.path().to_string_lossy().into_owned();
-        let lock = std::fs::read_to_string(self.state_dir().join(supervisor::LOCK_FILE));
-        let daemon = lock.ok().and_then(|l| l.trim().parse::<u32>().ok());
-        for pid in self.recorded_pids().into_iter().chain(daemon) {
+        let supervisor = processes_mentioning(&format!("supervise --state {mine}"));
+        let watchdog = self.watchdog_pid();
+        for pid in watchdog
+            .into_iter()
+            .chain(supervisor)
+            .chain(self.recorded_pids())
+        {
             if pid > 1 && cmdline(pid).contains(&mine) {
                 kill(pid, libc::SIGKILL);
             }

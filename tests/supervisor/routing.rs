@@ -12,10 +12,10 @@ use cairn::backend::local::supervisor::{
 use cairn::rollout::{Traffic, Weights};
 use serde_json::Value;
 
-use crate::{cairn, gone, kill, of, pids, wait_gone, Fixture, ENDPOINT};
+use crate::{gone, kill, of, pids, wait_gone, Fixture, ENDPOINT};
 
 /// A loopback address with a port nobody listens on (free a moment ago).
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,11 @@ fn weights(pairs: &[(&str, u32)]) -> Weights {
 }
 
 /// A route on `listen` whose backends are `(name, deployment, revision)`.
-fn route(listen: SocketAddr, backends: &[(&str, &str, &str)], split: &[(&str, u32)]) -> RouteSpec {
+pub fn route(
+    listen: SocketAddr,
+    backends: &[(&str, &str, &str)],
+    split: &[(&str, u32)],
+) -> RouteSpec {
     RouteSpec {
         endpoint: ENDPOINT.into(),
         listen,
@@ -43,8 +47,8 @@ fn route(listen: SocketAddr, backends: &[(&str, &str, &str)], split: &[(&str, u3
 
 /// What the router answered.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub struct Answer {
+    pub status: u16,
     /// The `x-cairn-deployment` header: which deployment served it.
     deployment: Option<String>,
     authenticate: Option<String>,
@@ -52,7 +56,7 @@ struct Answer {
 }
 
 /// Scores one row through the router at `addr`, with these request headers.
-fn send(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
+pub fn send(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -106,7 +110,11 @@ fn refused(addr: SocketAddr) -> bool {
 
 /// Polls until `check` holds (10 s at most); the last failure message goes in the panic.
 #[track_caller]
-fn eventually<T>(what: &str, fixture: &Fixture, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    fixture: &Fixture,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match check() {
@@ -122,12 +130,12 @@ fn eventually<T>(what: &str, fixture: &Fixture, mut check: impl FnMut() -> Resul
 }
 
 impl Fixture {
-    fn route(&self, spec: &RouteSpec) -> supervisor::Result<RouteStatus> {
+    pub fn route(&self, spec: &RouteSpec) -> supervisor::Result<RouteStatus> {
         self.block_on(self.client.route(spec))
     }
 
     #[track_caller]
-    fn the_route(&self) -> RouteStatus {
+    pub fn the_route(&self) -> RouteStatus {
         let mut routes = self.block_on(self.client.routes()).unwrap();
         assert_eq!(routes.len(), 1, "{routes:#?}");
         routes.remove(0)
@@ -439,17 +447,14 @@ fn a_new_daemon_binds_the_routers_again() {
         .unwrap();
     let before = fixture.status();
 
-    let old = fixture.daemon_pid();
-    kill(old, libc::SIGKILL);
-    wait_gone(&[old]);
+    // With its watchdog (which would keep the port and start the next daemon itself).
+    fixture.kill_supervisor();
     eventually("the router to die with its daemon", &fixture, || {
         refused(listen)
             .then_some(())
             .ok_or("still open".to_string())
     });
-    fixture
-        .block_on(supervisor::ensure_running(&fixture.state_dir(), cairn()))
-        .unwrap();
+    fixture.ensure_running();
     let status = fixture.the_route();
     assert!(status.serving, "{status:#?}");
     assert_eq!(status.listen, listen);
@@ -458,15 +463,11 @@ fn a_new_daemon_binds_the_routers_again() {
     assert_eq!(pids(&fixture.status()), pids(&before), "replicas adopted");
 
     // Its port taken when the next daemon starts: recorded, and bound once free.
-    let old = fixture.daemon_pid();
-    kill(old, libc::SIGKILL);
-    wait_gone(&[old]);
+    fixture.kill_supervisor();
     let squatter = eventually("the router's port to be free", &fixture, || {
         TcpListener::bind(listen).map_err(|e| e.to_string())
     });
-    fixture
-        .block_on(supervisor::ensure_running(&fixture.state_dir(), cairn()))
-        .unwrap();
+    fixture.ensure_running();
     let status = fixture.the_route();
     assert!(!status.serving, "{status:#?}");
     let error = status.error.unwrap_or_default();
@@ -605,9 +606,7 @@ fn stop_later_retires_a_revision_on_time_even_across_a_daemon_restart() {
     let old = fixture.daemon_pid();
     kill(old, libc::SIGKILL);
     wait_gone(&[old]);
-    fixture
-        .block_on(supervisor::ensure_running(&fixture.state_dir(), cairn()))
-        .unwrap();
+    fixture.ensure_running();
     wait_gone(&v3);
     fixture.wait_status("v3 to be forgotten", |s| of(s, "v3").is_empty());
     let status = fixture.the_route();

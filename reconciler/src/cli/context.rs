@@ -208,6 +208,9 @@ pub fn local_serving(
 ) -> cairn::backend::local::serving::LocalServing {
     let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
     cairn::backend::local::serving::LocalServing::new(&serving_dir(&loaded.root), &program, stores)
+        .with_child_env(cairn::backend::local::child_env::ChildEnv::allowed(
+            std::env::vars_os(),
+        ))
 }
 
 /// What is live on Kubernetes for the selected workspaces: their objects and the GPU

@@ -245,11 +245,33 @@ impl RouterOptions {
 
 /// Checks the routes and binds `options.listen`. Nothing is served until [`Router::run`].
 pub async fn bind(options: RouterOptions) -> Result<Router> {
+    // Checked before the port is taken, so bad routes leave the port free.
+    Table::build(options.routes.clone(), None, &mut BTreeMap::new())?;
+    let addr = options.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    serve_on(listener, options)
+}
+
+/// Checks the routes and takes `listener`, a socket already listening (one a previous
+/// supervisor daemon bound, kept open across its restart); `options.listen` is only
+/// what errors name. Connections waiting in its backlog are answered once it runs.
+pub fn bind_listener(listener: std::net::TcpListener, options: RouterOptions) -> Result<Router> {
+    let addr = options.listen;
+    let bind_error = |source| Error::Bind { addr, source };
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    serve_on(
+        TcpListener::from_std(listener).map_err(bind_error)?,
+        options,
+    )
+}
+
+fn serve_on(listener: TcpListener, options: RouterOptions) -> Result<Router> {
     let mut counters = BTreeMap::new();
     let table = Table::build(options.routes.clone(), None, &mut counters)?;
     let addr = options.listen;
     let bind_error = |source| Error::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
 
     let mut connector = HttpConnector::new();
@@ -291,6 +313,13 @@ impl Router {
     /// Returns a handle that changes routes and reads counters, also while running.
     pub fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// A second descriptor of the listening socket (close-on-exec): while any copy is
+    /// open the port stays bound and new connections wait in its backlog.
+    pub fn listener_copy(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        self.listener.as_fd().try_clone_to_owned()
     }
 
     /// Proxies requests until `shutdown` completes; the listener closes first and requests

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest as _, Sha256};
 
+use super::child_env::ChildEnv;
 use super::router::Mirror;
 use super::supervisor::{
     Backend, DeploymentSpec, RouteSpec, RouteStatus, RouteTraffic, SupervisorClient,
@@ -42,6 +43,7 @@ pub struct LocalServing {
     dir: PathBuf,
     program: PathBuf,
     stores: BTreeMap<String, Store>,
+    child_env: ChildEnv,
     client: tokio::sync::OnceCell<SupervisorClient>,
 }
 
@@ -53,8 +55,16 @@ impl LocalServing {
             dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
             program: program.to_path_buf(),
             stores,
+            child_env: ChildEnv::empty(),
             client: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The base environment of the supervisor (and so of its replicas) when this starts
+    /// one; none by default. The CLI passes [`ChildEnv::allowed`] of its own.
+    pub fn with_child_env(mut self, env: ChildEnv) -> LocalServing {
+        self.child_env = env;
+        self
     }
 
     /// The supervisor's name for an endpoint.
@@ -73,7 +83,7 @@ impl LocalServing {
     async fn client(&self) -> Result<&SupervisorClient> {
         self.client
             .get_or_try_init(|| async {
-                SupervisorClient::ensure_running(&self.dir, &self.program)
+                SupervisorClient::ensure_running(&self.dir, &self.program, &self.child_env)
                     .await
                     .map_err(target)
             })

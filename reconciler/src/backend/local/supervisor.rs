@@ -4,9 +4,13 @@
 //! exits.
 //!
 //! Serving has to outlive the command that asked for it, so the supervisor is a small
-//! daemon, `cairn supervise --state DIR` (a hidden subcommand), one per state folder. A
-//! [`SupervisorClient`] talks to it over a Unix socket; [`ensure_running`] starts the daemon
-//! (detached: its own session, its output in `DIR/supervisor.log`) when none answers.
+//! daemon, one per state folder, run by a watchdog: `cairn supervise --state DIR` (a
+//! hidden subcommand) is the watchdog ([`run_watchdog`], in `watchdog.rs`), which runs the
+//! daemon ([`run_daemon`]) as its child, restarts it when it dies and keeps the routers'
+//! listening sockets open meanwhile. A [`SupervisorClient`] talks to the daemon over a
+//! Unix socket; [`ensure_running`] starts the watchdog (detached: its own session, its
+//! output and the daemon's in `DIR/supervisor.log`, the allow-listed [`ChildEnv`] as its
+//! only environment) when no daemon answers.
 //!
 //! Flow of [`SupervisorClient::apply`]: every replica a deployment lacks is started as
 //! its own process group on a free loopback port (the daemon binds `127.0.0.1:0`, releases
@@ -37,11 +41,29 @@
 //!   one that tears unconfirmed replicas down instead of adopting them.
 //! - A crashed replica is restarted (same port when it is still free) after a backoff of
 //!   0.5 s doubling to 30 s, back to 0.5 s once a replica stayed up for 60 s; `restarts`
-//!   counts every restart, like Kubernetes' restart count.
+//!   counts every restart, like Kubernetes' restart count. A replica that served is
+//!   restarted after the first delay (0.5 s), never more, when no replica of its revision
+//!   is ready (the revision serves nothing meanwhile); one whose last start failed always
+//!   backs off (a crash loop).
+//! - Ready means answering now: every running replica's health path is checked each
+//!   second (1 s timeout); after 3 failures in a row it is [`ReplicaState::NotReady`] and
+//!   no longer routed to (a stopped or hung process), and ready again at its next answer.
+//!   It is not restarted for that (no liveness probe).
+//! - Serving survives the daemon: the watchdog restarts a daemon that dies (at once, or
+//!   backing off to 30 s when it keeps dying within 10 s) and holds a copy of every
+//!   router's listening socket, so while the daemon is down the ports stay bound and new
+//!   connections wait in the kernel's backlog for the next daemon, which re-adopts the
+//!   replicas and serves the routers on those same sockets. Only requests the dead
+//!   daemon had accepted fail.
+//! - Replicas start with [`DaemonOptions::child_env`] (the allow-listed variables the CLI
+//!   passes) plus the spec's `env` and the `CAIRN_*` variables: never with the
+//!   environment of the daemon or of the command that started it.
 //! - Live state survives the daemon: desired and observed state are written to
 //!   `DIR/state.json` (temporary file + rename) on every change. A new daemon re-adopts
 //!   each recorded process still alive — same pid and start time in `/proc`, answering its
-//!   health path — and restarts the others.
+//!   health path — and restarts the others. With no daemon at all,
+//!   [`stop_without_daemon`] (`cairn supervise --stop`) stops every process the state
+//!   records, with the same pid checks.
 //! - Stopping a replica sends SIGTERM to its process group, SIGKILL after a grace period
 //!   (10 s), and SIGKILL to whatever the group still holds once the leader exits. Signals
 //!   go through `libc::kill(-pgid)` with `pgid > 1`, never `kill(-1)`; a group is only
@@ -66,8 +88,8 @@
 //!   what the router compares (in constant time) and what `state.json` holds.
 //!
 //! Files in the state folder: `supervisor.sock` (requests), `supervisor.lock` (`flock`,
-//! held by the daemon for its whole life: one daemon per folder), `supervisor.log` (the
-//! daemon's output), `state.json`, and `logs/<endpoint>/<deployment>/<revision>/replica-N.log`
+//! held by the watchdog and its daemon for their whole lives: one supervisor per folder;
+//! it holds the holder's pid and start time), `supervisor.log` (their output), `state.json`, and `logs/<endpoint>/<deployment>/<revision>/replica-N.log`
 //! (each replica's stdout and stderr, appended across restarts).
 //!
 //! Protocol: one JSON request per connection, one line each way (`{"op": "apply",
@@ -78,7 +100,8 @@
 //! → `done`. Errors keep their variant across the socket.
 //!
 //! The daemon leaves its replicas serving when it is killed or gets SIGTERM (a new daemon
-//! re-adopts them); only [`SupervisorClient::shutdown`] stops everything, routers first.
+//! re-adopts them); only [`SupervisorClient::shutdown`] (or [`stop_without_daemon`])
+//! stops everything, routers first.
 //! It does no terminal I/O: it reports what happens as [`Event`]s, which `cairn supervise`
 //! writes to its log.
 //!
@@ -89,10 +112,13 @@
 //! answering (no liveness probe). Ports are picked then released, so another program can
 //! take one in between; a replica that fails with "address in use" is retried on another
 //! port (three times). Commands should use absolute paths: replicas run in the spec's
-//! `workdir`, by default the state folder. Routers run inside the daemon, so while no
-//! daemon runs (between a crash and the next [`ensure_running`]) the replicas serve on
-//! their own ports but nothing listens on the endpoint's; a router's counters start from 0
-//! when it is bound again (new daemon, new `listen`). A scheduled stop whose revision
+//! `workdir`, by default the state folder, with only the allow-listed `PATH`. Routers run
+//! inside the daemon: while it restarts, connections wait (a second or less) rather than
+//! fail, but if the watchdog is gone too (both killed) nothing listens on the endpoint's
+//! port until the next [`ensure_running`]; a router's counters start from 0 when it is
+//! bound again (new daemon, new `listen`). While no daemon runs, a replica that crashes is
+//! not restarted. Serving across reboots needs the supervisor run as a service
+//! ([`systemd_unit`]). A scheduled stop whose revision
 //! carries traffic by weight when it comes due is dropped, not postponed. A route's
 //! `listen` must name a port (not 0), so that it stays the same across restarts.
 
@@ -118,9 +144,15 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::rollout::{Stats, Weights};
 
 mod routing;
+mod systemd;
+mod watchdog;
 
 pub use routing::{Backend, BackendStatus, RouteSpec, RouteStatus, RouteTraffic};
 use routing::{Hosted, RetirementRecord};
+pub use systemd::systemd_unit;
+pub use watchdog::{run_watchdog, WatchdogLink, MAX_LISTENERS};
+
+use super::child_env::ChildEnv;
 
 /// The daemon's socket, in the state folder.
 pub const SOCKET_FILE: &str = "supervisor.sock";
@@ -224,6 +256,28 @@ pub enum Error {
     },
     #[error("another supervisor already runs for `{}`", state_dir.display())]
     AlreadyRunning { state_dir: PathBuf },
+    #[error(
+        "the supervisor of `{}` does not answer yet holds its lock{}; kill it and run \
+         `cairn supervise --stop` again",
+        state_dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Unresponsive {
+        state_dir: PathBuf,
+        pid: Option<u32>,
+    },
+    #[error("the supervisor daemon {how} before it served")]
+    DaemonFailed { how: String },
+    #[error("the supervisor's watchdog link failed: {reason}")]
+    Handover { reason: String },
+    #[error("cannot start the supervisor daemon `{} supervise`", program.display())]
+    SpawnChild {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write a systemd unit: {reason}")]
+    SystemdUnit { reason: String },
     #[error("cannot lock `{}`", path.display())]
     Lock {
         path: PathBuf,
@@ -347,7 +401,8 @@ pub struct DeploymentSpec {
     pub command: Vec<String>,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// Added to the supervisor's environment, with `CAIRN_ENDPOINT`, `CAIRN_DEPLOYMENT`,
+    /// Added to the daemon's allow-listed base environment ([`DaemonOptions::child_env`]),
+    /// with `CAIRN_ENDPOINT`, `CAIRN_DEPLOYMENT`,
     /// `CAIRN_REVISION`, `CAIRN_REPLICA` and `CAIRN_PORT`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -601,6 +656,9 @@ pub enum ReplicaState {
     Ready,
     /// Exited (or failed to restart); a restart is pending after the backoff.
     Crashed { reason: String },
+    /// Running, but its health path stopped answering 200 (e.g. the process is stopped or
+    /// overloaded): not routed to until it answers again. Not restarted for it.
+    NotReady { reason: String },
     /// Being stopped.
     Stopping,
 }
@@ -732,6 +790,23 @@ pub enum Event {
     StateNotSaved {
         message: String,
     },
+    /// A ready replica's health path stopped answering: taken off its routes.
+    NotReady {
+        replica: ReplicaId,
+        pid: u32,
+        reason: String,
+    },
+    /// A router's listening socket could not be handed to the watchdog (a daemon restart
+    /// then closes that port for a moment).
+    HandoverFailed {
+        message: String,
+    },
+    /// The watchdog's daemon exited; it is started again after `delay`.
+    DaemonRestarting {
+        pid: u32,
+        how: String,
+        delay: Duration,
+    },
     BadRequest {
         message: String,
     },
@@ -806,6 +881,22 @@ impl fmt::Display for Event {
                 write!(f, "{replica}: stopped pid {pid} ({how})")
             }
             Event::StateNotSaved { message } => write!(f, "state not saved: {message}"),
+            Event::NotReady {
+                replica,
+                pid,
+                reason,
+            } => write!(
+                f,
+                "{replica}: not ready (pid {pid}: {reason}); not routed to until it answers"
+            ),
+            Event::HandoverFailed { message } => {
+                write!(f, "listener not handed to the watchdog: {message}")
+            }
+            Event::DaemonRestarting { pid, how, delay } => write!(
+                f,
+                "watchdog: daemon pid {pid} {how}; starting it again in {}",
+                humantime::format_duration(*delay)
+            ),
             Event::BadRequest { message } => write!(f, "bad request: {message}"),
             Event::Exiting {
                 reason,
@@ -1095,9 +1186,15 @@ pub struct SupervisorClient {
 }
 
 /// Returns a client of the daemon for `state_dir`, starting `program supervise --state
-/// STATE_DIR` (`program` being the `cairn` binary) first when no daemon answers.
-pub async fn ensure_running(state_dir: &Path, program: &Path) -> Result<SupervisorClient> {
-    SupervisorClient::ensure_running(state_dir, program).await
+/// STATE_DIR` (`program` being the `cairn` binary) first when no daemon answers. That
+/// process (the watchdog, which runs the daemon) starts with `env` only: the caller's
+/// own environment never reaches the daemon or its replicas.
+pub async fn ensure_running(
+    state_dir: &Path,
+    program: &Path,
+    env: &ChildEnv,
+) -> Result<SupervisorClient> {
+    SupervisorClient::ensure_running(state_dir, program, env).await
 }
 
 impl SupervisorClient {
@@ -1109,7 +1206,11 @@ impl SupervisorClient {
     }
 
     /// See [`ensure_running`].
-    pub async fn ensure_running(state_dir: &Path, program: &Path) -> Result<SupervisorClient> {
+    pub async fn ensure_running(
+        state_dir: &Path,
+        program: &Path,
+        env: &ChildEnv,
+    ) -> Result<SupervisorClient> {
         let client = SupervisorClient::new(state_dir)?;
         if client.ping().await.is_ok() {
             return Ok(client);
@@ -1129,6 +1230,7 @@ impl SupervisorClient {
         let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log_err = log.try_clone().map_err(log_error)?;
         let mut command = std::process::Command::new(program);
+        env.apply_std(&mut command);
         command
             .arg("supervise")
             .arg("--state")
@@ -1361,6 +1463,14 @@ pub struct DaemonOptions {
     pub backoff_reset: Duration,
     /// How often processes and readiness are polled.
     pub poll: Duration,
+    /// How often a running replica's health path is checked.
+    pub health_every: Duration,
+    /// How long one health check may take.
+    pub health_timeout: Duration,
+    /// Failed health checks in a row after which a ready replica is not ready.
+    pub health_failures: u32,
+    /// The base environment of replicas (the spec's `env` and `CAIRN_*` go on top).
+    pub child_env: ChildEnv,
 }
 
 impl Default for DaemonOptions {
@@ -1371,6 +1481,10 @@ impl Default for DaemonOptions {
             backoff_max: Duration::from_secs(30),
             backoff_reset: Duration::from_secs(60),
             poll: Duration::from_millis(100),
+            health_every: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            health_failures: 3,
+            child_env: ChildEnv::empty(),
         }
     }
 }
@@ -1411,10 +1525,13 @@ impl Backoff {
 
 /// Runs the daemon for `state_dir` until [`SupervisorClient::shutdown`], SIGTERM or
 /// SIGINT; `events` hears what it does. Fails with [`Error::AlreadyRunning`] when another
-/// daemon holds the folder.
+/// daemon holds the folder. Under a watchdog ([`run_watchdog`], which passes `watchdog`),
+/// the lock and the routers' listening sockets come from the watchdog and every new
+/// listening socket goes back to it.
 pub async fn run_daemon(
     state_dir: &Path,
     options: DaemonOptions,
+    watchdog: Option<WatchdogLink>,
     events: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -1423,8 +1540,15 @@ pub async fn run_daemon(
     create_state_dir(&dir)?;
     let socket = socket_path(&dir)?;
     // Held until this function returns. Opened close-on-exec, like every descriptor Rust
-    // opens, so replicas never inherit it and a killed daemon's lock dies with it.
-    let _lock = take_lock(&dir).await?;
+    // opens, so replicas never inherit it and a killed daemon's lock dies with it (under a
+    // watchdog, which holds it too, the lock outlives this daemon).
+    let (_lock, inherited) = match &watchdog {
+        Some(link) => {
+            let handover = link.receive_handover()?;
+            (handover.lock, handover.listeners)
+        }
+        None => (take_lock(&dir).await?, BTreeMap::new()),
+    };
     let state = read_state(&dir)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
         signal: "SIGTERM",
@@ -1454,13 +1578,23 @@ pub async fn run_daemon(
         closing: AtomicBool::new(false),
         exit: Notify::new(),
         events: Box::new(events),
+        watchdog,
+        inherited: Mutex::new(inherited),
     });
     recover(&shared, state).await;
+    shared.forget_unclaimed();
     let chores = routing::spawn_chores(&shared);
     shared.event(Event::Listening {
         socket: socket.clone(),
         pid: std::process::id(),
     });
+    if let Some(link) = &shared.watchdog {
+        if let Err(e) = link.serving() {
+            shared.event(Event::HandoverFailed {
+                message: format!("cannot tell the watchdog this daemon serves: {e}"),
+            });
+        }
+    }
 
     let reason = loop {
         tokio::select! {
@@ -1490,6 +1624,8 @@ pub async fn run_daemon(
     Ok(())
 }
 
+/// Takes `supervisor.lock` (waiting [`LOCK_WAIT`] at most) and writes the holder's pid and
+/// start time in it.
 async fn take_lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
@@ -1507,9 +1643,11 @@ async fn take_lock(dir: &Path) -> Result<File> {
     loop {
         // SAFETY: `flock` on a descriptor owned by `file`, which outlives the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            // For people looking: who holds it.
+            // For people looking, and for `stop_without_daemon`: who holds it.
+            let me = std::process::id();
+            let ticks = proc_stat(me).map_or(0, |s| s.start_ticks);
             let _ = file.set_len(0);
-            let _ = writeln!(file, "{}", std::process::id());
+            let _ = writeln!(file, "{me} {ticks}");
             return Ok(file);
         }
         let error = std::io::Error::last_os_error();
@@ -1547,6 +1685,10 @@ struct Shared {
     closing: AtomicBool,
     exit: Notify,
     events: Box<dyn Fn(&Event) + Send + Sync>,
+    /// The watchdog this daemon runs under, if any: it keeps the routers' listeners.
+    watchdog: Option<WatchdogLink>,
+    /// Listening sockets the watchdog handed over, by endpoint, until a router takes them.
+    inherited: Mutex<BTreeMap<String, (SocketAddr, std::net::TcpListener)>>,
 }
 
 #[derive(Default)]
@@ -1746,6 +1888,15 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// Whether a replica of that revision is ready.
+    fn has_ready_replica(&self, key: &DeploymentKey) -> bool {
+        self.registry().deployments.get(key).is_some_and(|d| {
+            d.replicas
+                .values()
+                .any(|r| r.observed.state == ReplicaState::Ready)
+        })
     }
 
     /// Picks a loopback port for a replica and records it: `preferred` when it is free,
@@ -2157,6 +2308,119 @@ async fn stop_replicas(shared: &Arc<Shared>, ids: &[ReplicaId]) {
     shared.persist(&registry);
 }
 
+/// What [`stop_without_daemon`] stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OfflineStop {
+    /// The watchdog that held the folder and was asked to exit.
+    pub watchdog: Option<u32>,
+    /// The recorded replicas whose processes still ran.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// Stops everything `state.json` of `state_dir` records while no daemon answers: a
+/// watchdog that still holds the lock is asked to exit (SIGTERM) first; then, holding
+/// the lock so that no daemon starts meanwhile, every recorded replica still alive (same
+/// pid, same start time, leading its group) gets SIGTERM to its group, SIGKILL after
+/// `grace`, and the state is emptied, so a later daemon restarts nothing. Fails with
+/// [`Error::Unresponsive`] when the lock is still held after that.
+pub async fn stop_without_daemon(state_dir: &Path, grace: Duration) -> Result<OfflineStop> {
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    if !dir.join(STATE_FILE).exists() && !dir.join(LOCK_FILE).exists() {
+        return Ok(OfflineStop::default());
+    }
+    let mut stopped = OfflineStop::default();
+    let lock = match take_lock(&dir).await {
+        Ok(lock) => lock,
+        Err(Error::AlreadyRunning { .. }) => {
+            let holder = lock_holder(&dir);
+            if let Some((pid, ticks)) = holder {
+                if proc_stat(pid)
+                    .is_some_and(|s| s.start_ticks == ticks && !matches!(s.state, 'Z' | 'X' | 'x'))
+                {
+                    signal_process(pid, libc::SIGTERM);
+                    stopped.watchdog = Some(pid);
+                }
+            }
+            let deadline = Instant::now() + grace + Duration::from_secs(10);
+            loop {
+                match take_lock(&dir).await {
+                    Ok(lock) => break lock,
+                    Err(Error::AlreadyRunning { .. }) if Instant::now() < deadline => {}
+                    Err(Error::AlreadyRunning { .. }) => {
+                        return Err(Error::Unresponsive {
+                            state_dir: dir,
+                            pid: holder.map(|(pid, _)| pid),
+                        })
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Err(other) => return Err(other),
+    };
+    let state = read_state(&dir)?;
+    let mut registry = Registry::default();
+    let mut processes = Vec::new();
+    for record in state.deployments {
+        let key = record.spec.key();
+        let mut replicas = BTreeMap::new();
+        for replica in record.replicas {
+            let id = ReplicaId {
+                key: key.clone(),
+                index: replica.index,
+            };
+            if let Some(running) = recorded_process(&dir, &id, &replica.observed) {
+                processes.push(running);
+                replicas.insert(
+                    replica.index,
+                    Replica {
+                        observed: replica.observed,
+                        control: None,
+                    },
+                );
+            }
+        }
+        registry.deployments.insert(
+            key,
+            Deployment {
+                spec: Arc::new(record.spec),
+                confirmed: record.confirmed,
+                stopping: true,
+                replicas,
+            },
+        );
+    }
+    stopped.replicas = registry.statuses(&dir, |_| true);
+    let poll = Duration::from_millis(20);
+    futures::future::join_all(
+        processes
+            .iter_mut()
+            .map(|running| running.terminate(grace, poll)),
+    )
+    .await;
+    write_state(
+        &dir,
+        &StateFile {
+            format_version: STATE_FORMAT_VERSION,
+            deployments: Vec::new(),
+            routes: Vec::new(),
+            retirements: Vec::new(),
+        },
+    )?;
+    let _ = std::fs::remove_file(dir.join(SOCKET_FILE));
+    drop(lock);
+    Ok(stopped)
+}
+
+/// The pid and start time `supervisor.lock` names.
+fn lock_holder(dir: &Path) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid = fields.next()?.parse().ok()?;
+    let ticks = fields.next()?.parse().ok()?;
+    (pid > 1).then_some((pid, ticks))
+}
+
 /// Takes over from a previous daemon: tears down what an unfinished apply left, adopts
 /// live confirmed replicas that answer their health path, restarts the others.
 async fn recover(shared: &Arc<Shared>, state: StateFile) {
@@ -2309,15 +2573,21 @@ async fn recover(shared: &Arc<Shared>, state: StateFile) {
 /// The recorded process of a replica, when it still runs (same start time, leading its
 /// group) and has a port to probe.
 fn live_process(dir: &Path, id: &ReplicaId, observed: &Observed) -> Option<Running> {
+    observed.port?;
+    recorded_process(dir, id, observed)
+}
+
+/// The recorded process of a replica, when it still runs (same start time, leading its
+/// group).
+fn recorded_process(dir: &Path, id: &ReplicaId, observed: &Observed) -> Option<Running> {
     let pid = observed.pid?;
-    let port = observed.port?;
     if !is_alive(pid, observed.start_ticks) {
         return None;
     }
     Some(Running {
         pid,
         start_ticks: observed.start_ticks,
-        port,
+        port: observed.port.unwrap_or(0),
         child: None,
         log: replica_log(dir, id),
         log_offset: 0,
@@ -2353,6 +2623,9 @@ async fn replica_task(
     let options = shared.options.clone();
     let mut backoff = Backoff::new(&options);
     let mut port = None;
+    // Whether the last start failed (exited or never answered before it was ready): a
+    // replica in a crash loop always backs off.
+    let mut start_failed = false;
     let (mut running, mut reason) = match init {
         Init::Start(reply) => match start(&shared, &id, &spec, None, &mut stop).await {
             Ok(running) => {
@@ -2370,8 +2643,11 @@ async fn replica_task(
     loop {
         if let Some(mut process) = running.take() {
             let up = Instant::now();
+            let addr = process.addr();
+            let pid = process.pid;
             let how = tokio::select! {
                 how = process.exited(options.poll) => how,
+                never = watch_health(&shared, &id, pid, addr, &spec.health_path) => match never {},
                 _ = stopped(&mut stop) => {
                     let how = process.terminate(options.stop_grace, options.poll).await;
                     shared.event(Event::Stopped { replica: id.clone(), pid: process.pid, how });
@@ -2394,7 +2670,13 @@ async fn replica_task(
                 reason: reason.clone(),
             };
         });
-        let delay = backoff.delay();
+        // Per replica the delay grows; but a revision left with no ready replica serves
+        // nothing, so a replica that served restarts after the first delay, never more.
+        let delay = if !start_failed && !shared.has_ready_replica(&id.key) {
+            options.backoff_initial
+        } else {
+            backoff.delay()
+        };
         shared.event(Event::Restarting {
             replica: id.clone(),
             delay,
@@ -2408,9 +2690,75 @@ async fn replica_task(
             o.state = ReplicaState::Starting;
         });
         match start(&shared, &id, &spec, port, &mut stop).await {
-            Ok(process) => running = Some(process),
+            Ok(process) => {
+                start_failed = false;
+                running = Some(process);
+            }
             Err(StartError::Stopped) => return,
-            Err(StartError::Failed(failure)) => reason = failure.reason,
+            Err(StartError::Failed(failure)) => {
+                start_failed = true;
+                reason = failure.reason;
+            }
+        }
+    }
+}
+
+/// Checks a running replica's health path every [`DaemonOptions::health_every`], for as
+/// long as the caller polls it: after [`DaemonOptions::health_failures`] failures in a
+/// row a ready replica turns [`ReplicaState::NotReady`] (and its router stops sending it
+/// requests); one answer makes it ready again. Never completes.
+async fn watch_health(
+    shared: &Shared,
+    id: &ReplicaId,
+    pid: u32,
+    addr: SocketAddr,
+    path: &str,
+) -> std::convert::Infallible {
+    let options = &shared.options;
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(options.health_every).await;
+        if probe(addr, path, options.health_timeout).await {
+            failures = 0;
+            let mut back = false;
+            shared.update(id, |o| {
+                if matches!(o.state, ReplicaState::NotReady { .. }) {
+                    o.state = ReplicaState::Ready;
+                    back = true;
+                }
+            });
+            if back {
+                shared.event(Event::Ready {
+                    replica: id.clone(),
+                    pid,
+                    addr,
+                });
+            }
+            continue;
+        }
+        failures = failures.saturating_add(1);
+        if failures != options.health_failures.max(1) {
+            continue;
+        }
+        let reason = format!(
+            "`{path}` on {addr} did not answer 200 within {} {failures} times in a row",
+            humantime::format_duration(options.health_timeout)
+        );
+        let mut turned = false;
+        shared.update(id, |o| {
+            if o.state == ReplicaState::Ready {
+                o.state = ReplicaState::NotReady {
+                    reason: reason.clone(),
+                };
+                turned = true;
+            }
+        });
+        if turned {
+            shared.event(Event::NotReady {
+                replica: id.clone(),
+                pid,
+                reason,
+            });
         }
     }
 }
@@ -2451,7 +2799,7 @@ async fn start(
         let Some(port) = shared.pick_port(id, preferred.take()) else {
             return Err(fail("no free loopback port".into(), String::new()));
         };
-        let mut running = spawn_replica(&shared.dir, id, spec, port)
+        let mut running = spawn_replica(&shared.dir, &options.child_env, id, spec, port)
             .map_err(|reason| fail(reason, String::new()))?;
         shared.update(id, |o| {
             o.pid = Some(running.pid);
@@ -2550,6 +2898,7 @@ async fn wait_ready(
 
 fn spawn_replica(
     dir: &Path,
+    child_env: &ChildEnv,
     id: &ReplicaId,
     spec: &DeploymentSpec,
     port: u16,
@@ -2592,6 +2941,8 @@ fn spawn_replica(
     };
     let workdir = spec.workdir.clone().unwrap_or_else(|| dir.to_path_buf());
     let mut command = tokio::process::Command::new(super::resolve_program(program, &workdir));
+    // The allow-listed base environment only: the daemon's own never reaches a replica.
+    child_env.apply_tokio(&mut command);
     command
         .args(rest)
         .current_dir(&workdir)
@@ -2750,6 +3101,20 @@ fn signal_group(pgid: u32, signal: libc::c_int) {
     // SAFETY: plain system call; a negative pid names a process group.
     unsafe {
         libc::kill(-pgid, signal);
+    }
+}
+
+/// Sends `signal` to the one process `pid` (> 1), e.g. a watchdog.
+fn signal_process(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: plain system call on one process, by a pid > 1.
+    unsafe {
+        libc::kill(pid, signal);
     }
 }
 

@@ -713,10 +713,24 @@ impl Shared {
     }
 }
 
-/// Binds a router for `spec` with `routes` and runs it on a task of its own.
+/// Binds a router for `spec` with `routes` and runs it on a task of its own: on the
+/// socket the watchdog handed over for it, if any, else on a new one, whose copy then
+/// goes to the watchdog.
 async fn bind(shared: &Arc<Shared>, spec: &RouteSpec, routes: router::Routes) -> Result<Serving> {
     let options = RouterOptions::new(spec.listen, routes);
-    let router = router::bind(options).await.map_err(|error| match error {
+    let inherited = shared.take_inherited(&spec.endpoint, spec.listen);
+    let fresh = inherited.is_none();
+    let bound = match inherited {
+        Some(listener) => {
+            let bound = router::bind_listener(listener, options);
+            if bound.is_err() {
+                shared.forget_listener(&spec.endpoint, spec.listen);
+            }
+            bound
+        }
+        None => router::bind(options).await,
+    };
+    let router = bound.map_err(|error| match error {
         router::Error::Bind { source, .. } => match source.kind() {
             std::io::ErrorKind::AddrInUse => Error::PortInUse {
                 endpoint: spec.endpoint.clone(),
@@ -739,6 +753,9 @@ async fn bind(shared: &Arc<Shared>, spec: &RouteSpec, routes: router::Routes) ->
             reason: other.to_string(),
         },
     })?;
+    if fresh {
+        shared.keep_listener(&spec.endpoint, spec.listen, &router);
+    }
     let handle = router.handle();
     let id = shared.router_ids.fetch_add(1, Ordering::Relaxed);
     let (close, closed) = oneshot::channel::<()>();
@@ -777,6 +794,8 @@ fn router_failed(shared: &Shared, endpoint: &str, id: u64, error: &router::Error
     hosted.error = Some(reason.clone());
     let listen = hosted.spec.listen;
     drop(registry);
+    // So that binding it again finds the port free.
+    shared.forget_listener(endpoint, listen);
     shared.event(Event::RouterFailed {
         endpoint: endpoint.to_string(),
         listen,
@@ -906,6 +925,8 @@ pub(super) async fn route(shared: &Arc<Shared>, spec: RouteSpec) -> Result<Route
         });
     }
     if let Some((listen, old)) = replaced {
+        // After the new socket's `keep`: the watchdog's copy of the old one is closed.
+        shared.forget_listener(&endpoint, listen);
         let grace = shared.options.stop_grace;
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -1092,6 +1113,7 @@ pub(super) async fn unroute(shared: &Shared, endpoint: &str) {
     let Some(hosted) = hosted else {
         return;
     };
+    shared.forget_listener(endpoint, hosted.spec.listen);
     if let Some(serving) = hosted.serving {
         serving.close(shared.options.stop_grace).await;
     }
@@ -1112,6 +1134,7 @@ pub(super) async fn close_all(shared: &Shared) {
     };
     let grace = shared.options.stop_grace;
     let closing = hosted.into_values().map(|hosted| async move {
+        shared.forget_listener(&hosted.spec.endpoint, hosted.spec.listen);
         if let Some(serving) = hosted.serving {
             serving.close(grace).await;
         }
@@ -1287,7 +1310,11 @@ async fn rebind_pending(shared: &Arc<Shared>) {
             .get_mut(&spec.endpoint)
             .filter(|h| h.serving.is_none() && h.spec.listen == spec.listen)
         else {
-            // Changed meanwhile; a router bound for nothing closes as it drops.
+            // Changed meanwhile; a router bound for nothing closes as it drops, and the
+            // watchdog's copy of its socket with it.
+            if result.is_ok() {
+                shared.forget_listener(&spec.endpoint, spec.listen);
+            }
             continue;
         };
         let event = match result {

@@ -4,7 +4,8 @@
 //! server, supervisor and router, all real processes), with short rollout steps. One
 //! unkilled retrain measures how long an apply takes; each trial then changes a row of
 //! the data, starts `cairn apply`, kills it with SIGKILL after a random share of that
-//! time (one trial in three kills the serving supervisor daemon at the same moment), and
+//! time (one trial in three kills the serving daemon at the same moment, which its
+//! watchdog restarts), and
 //! runs `cairn apply` again (at most twice) until `plan --detailed-exitcode` says there
 //! is nothing left to do. Throughout, a client sends prediction requests to
 //! the endpoint with its key; every answer that isn't a 200 is a failed request.
@@ -102,9 +103,25 @@ impl Example {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     }
 
-    /// The pids of the serving supervisor daemon of this example (`cairn supervise
-    /// --state <its folder>`), found in `/proc`.
+    /// The pid of the serving daemon of this example, found in `/proc`: the `cairn
+    /// supervise --state <its folder>` that its watchdog runs (`--watchdog-fd`), or the
+    /// supervisor itself where there is no watchdog.
     fn supervisor_pids(&self) -> Vec<i32> {
+        let all = self.supervise_processes();
+        let daemons: Vec<i32> = all
+            .iter()
+            .filter(|(_, args)| args.iter().any(|a| a == "--watchdog-fd"))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if daemons.is_empty() {
+            all.into_iter().map(|(pid, _)| pid).collect()
+        } else {
+            daemons
+        }
+    }
+
+    /// Every `cairn supervise --state <this example's folder>`, with its arguments.
+    fn supervise_processes(&self) -> Vec<(i32, Vec<String>)> {
         let state = self.root.join(".cairn/serving").display().to_string();
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -119,7 +136,7 @@ impl Example {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             if args.iter().any(|a| a == "supervise") && args.iter().any(|a| a == &state) {
-                pids.push(pid);
+                pids.push((pid, args));
             }
         }
         pids

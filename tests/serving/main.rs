@@ -764,6 +764,7 @@ fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
         "steps = [10, 50, 100]\nstep_wait = \"3s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
     );
     repo.apply().ok();
+    let v1 = repo.model_version();
     let key = repo.key();
 
     repo.add_rows(1);
@@ -777,7 +778,6 @@ fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
     apply.kill().unwrap();
     apply.wait().unwrap();
     let cut_at = repo.canary_weight().unwrap();
-    let v2 = repo.model_version();
     // The lease of the killed apply's lock runs out.
     std::thread::sleep(Duration::from_secs(2));
 
@@ -797,6 +797,8 @@ fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
     let again = repo.apply();
     let report = load.finish();
     again.ok();
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2, "{}", again.both());
     assert!(
         report.failures.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -812,9 +814,11 @@ fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
     );
     assert!(steps.iter().any(|s| s == "passed 100"), "{steps:?}");
     assert_eq!(steps.first(), Some(&format!("step {cut_at}")), "{steps:?}");
-    assert!(repo
-        .deployments()
-        .contains(&("blue".into(), v2.clone(), 100)));
+    let deployments = repo.deployments();
+    assert!(
+        deployments.contains(&("blue".into(), v2.clone(), 100)),
+        "{deployments:?}"
+    );
     wait_until(
         "the old revision to be retired",
         Duration::from_secs(60),

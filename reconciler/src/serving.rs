@@ -362,7 +362,7 @@ pub enum Decision {
 ///
 /// Only `live` says where traffic is: a rollout that did not finish (its apply or the
 /// target died) left its new revision under the temporary name with part of the traffic,
-/// whatever the state recorded, and is planned again from there ([`Layout::resume_at`]).
+/// whatever the state recorded, and is planned again from there, resumed at that step.
 pub fn decide(
     before: Option<&EndpointValue>,
     after: &EndpointValue,

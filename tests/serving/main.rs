@@ -869,3 +869,63 @@ fn retrains_in_a_row_never_collide_with_scheduled_retirements() {
         versions.push(version);
     }
 }
+
+/// Kills `cairn apply` after its last step moved all traffic, before the promotion: the
+/// next apply holds that step again under the gates, then promotes and retires the old
+/// revision (it doesn't count the unjudged step as passed, nor roll out from the start).
+#[test]
+fn a_rollout_killed_before_its_promotion_holds_its_last_step_again() {
+    let repo = Repo::example(
+        "steps = [50, 100]\nstep_wait = \"4s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+    );
+    repo.apply().ok();
+    let v1 = repo.model_version();
+    let key = repo.key();
+
+    repo.add_rows(1);
+    let load = Load::start(repo.addr(), key);
+    let mut apply = repo.spawn_apply(&["--lock-lease", "1s"]);
+    wait_until(
+        "the rollout to move all traffic",
+        Duration::from_secs(120),
+        || repo.canary_weight() == Some(100),
+    );
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("rollout: resumed at 100%: 100%, each held 4s"),
+        "{}",
+        plan.both()
+    );
+    let again = repo.apply();
+    let report = load.finish();
+    again.ok();
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2);
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.requests,
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert_eq!(
+        walked(&repo.last_rollout_events()),
+        ["step 100", "passed 100", "promoted"]
+    );
+    let deployments = repo.deployments();
+    assert!(
+        deployments.contains(&("blue".into(), v2.clone(), 100)),
+        "{deployments:?}"
+    );
+    wait_until(
+        "the old revision to be retired",
+        Duration::from_secs(60),
+        || repo.running_revisions() == [v2.clone()],
+    );
+}

@@ -6,7 +6,10 @@
 //! - a retrain rolled out step by step under a continuous request loop: 0 failed requests;
 //! - a deliberately broken model version rolled back automatically (caught while traffic
 //!   is mirrored): 0 failed requests, the old version keeps all traffic, apply exits 1;
-//! - faults: a model that can't load, a port in use, a supervisor killed with SIGKILL.
+//! - faults: a model that can't load, a port in use, a supervisor killed with SIGKILL;
+//! - unfinished rollouts (the supervisor or the apply killed mid-steps, the apply killed
+//!   before its promotion): planned and walked again from where traffic is, under the gates;
+//! - retrains in a row whose scheduled retirements come due during later rollouts.
 //!
 //! Every test stops its supervisor (and so every process it started) when it ends.
 

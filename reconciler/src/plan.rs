@@ -1437,6 +1437,7 @@ fn assumed_live(value: &EndpointValue) -> LiveEndpoint {
             })
             .collect(),
         weights: value.traffic.clone(),
+        idle: Default::default(),
     }
 }
 

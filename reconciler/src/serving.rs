@@ -12,6 +12,9 @@
 //! running one it is named `blue@<revision>`, which is also what the pin header takes.
 //!
 //! [`apply`] converges from whatever is live, so a rerun after a crash finishes the job:
+//! 0. stop the revisions that carry no traffic and aren't declared (an old revision kept
+//!    after an earlier promotion, one nothing routes to), so that no table the apply
+//!    writes names a revision that a scheduled stop might take away under it;
 //! 1. start every declared revision (the target waits until each replica is ready; a
 //!    revision that fails to start is undone by the target and the old one keeps serving);
 //! 2. put new revisions behind the router at 0 %;
@@ -20,6 +23,13 @@
 //! 4. promote: name each new revision after its deployment, keep the old one at 0 % and
 //!    retire it after `scale_down_delay` — or, when a gate fails, move all traffic back,
 //!    stop the new revisions and fail the change saying why.
+//!
+//! A rollout is finished only by its promotion (step 4): until then its new revision
+//! keeps the temporary name. So when an apply dies part way (or the target does), what
+//! serves says how far it got, whatever the state recorded, and the next plan shows the
+//! rollout again from there: the step traffic was left at is held again under the gates,
+//! then the remaining steps, and a rollback goes back to the revision that served before.
+//! A new, never-gated revision never gets traffic by skipping the steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -203,6 +213,10 @@ pub struct LiveEndpoint {
     /// Router backend name → revision.
     pub backends: BTreeMap<String, LiveBackend>,
     pub weights: Weights,
+    /// Revisions (deployment, revision) the target runs for the endpoint that no backend
+    /// names, e.g. left by an apply that died between starting and routing them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub idle: BTreeSet<(String, String)>,
 }
 
 impl LiveEndpoint {
@@ -293,7 +307,9 @@ fn at_step(step: u32) -> String {
 /// A target that serves endpoints: the local supervisor and router, or Kubernetes.
 #[async_trait]
 pub trait Serving: Send + Sync {
-    /// What serves the endpoint now; `None` when nothing does.
+    /// What serves the endpoint now; `None` when nothing does. A target whose serving
+    /// outlives a control process (the local supervisor) starts that process first, so
+    /// that the answer is what serves, not what was last recorded.
     async fn observe(&self, endpoint: &EndpointId) -> Result<Option<LiveEndpoint>>;
     /// Starts the revisions that are not running and scales the others to `replicas`;
     /// returns once every replica is ready. On failure nothing it started keeps running.
@@ -343,54 +359,71 @@ pub enum Decision {
 
 /// Decides what applying `after` does, given what the state recorded (`before`) and what
 /// is live (`live`, `None` when nothing serves).
+///
+/// Only `live` says where traffic is: a rollout that did not finish (its apply or the
+/// target died) left its new revision under the temporary name with part of the traffic,
+/// whatever the state recorded, and is planned again from there, resumed at that step.
 pub fn decide(
     before: Option<&EndpointValue>,
     after: &EndpointValue,
     live: Option<&LiveEndpoint>,
 ) -> Decision {
-    let targets = target_names(after, live);
-    let live_serving = live.filter(|l| l.serving);
     let Some(before) = before else {
         return Decision::Create(describe_new(after));
     };
-    let Some(live) = live_serving else {
-        let why = match live {
-            Some(l) => format!(
-                "not serving: {}",
-                l.error.as_deref().unwrap_or("the router is down")
-            ),
-            None => "not serving: no router runs for it".to_string(),
-        };
+    let Some(live) = live else {
+        return Decision::Update(format!(
+            "not serving: no router runs for it; apply starts {} again",
+            describe_deployments(after)
+        ));
+    };
+    let not_serving = (!live.serving).then(|| {
+        format!(
+            "not serving: {}",
+            live.error.as_deref().unwrap_or("the router is down")
+        )
+    });
+    let routed = live.weights.values().any(|w| *w > 0);
+    if let (Some(why), false) = (&not_serving, routed) {
         return Decision::Update(format!(
             "{why}; apply starts {} again",
             describe_deployments(after)
         ));
-    };
+    }
+    let layout = Layout::of(after, Some(live));
 
     // Traffic moves when a deployment carrying traffic gets a new revision, or when the
     // traffic map changes.
-    let from = live.weights.clone();
-    let to = to_weights(after, &targets);
     let mut why = Vec::new();
+    if let Some(why_not) = &not_serving {
+        why.push(why_not.clone());
+    }
     for (name, d) in &after.deployments {
-        if let Some(live_rev) = live.revision_of(name) {
-            if live_rev != d.revision {
-                let old_version = before
-                    .deployments
-                    .get(name)
-                    .filter(|b| b.revision == live_rev)
-                    .map_or(live_rev, |b| b.version.as_str());
-                let how = if d.pinned {
-                    "pinned"
-                } else {
-                    "the newest version"
-                };
-                why.push(format!(
-                    "{name}: model.{} {old_version} → {} ({how}), started beside the running revision",
-                    d.model, d.version
-                ));
-            }
+        let target = &layout.targets[name];
+        if target == name {
+            continue;
         }
+        let live_rev = live.revision_of(name).unwrap_or("?");
+        let old_version = before
+            .deployments
+            .get(name)
+            .filter(|b| b.revision == live_rev)
+            .map_or(live_rev, |b| b.version.as_str());
+        let how = if d.pinned {
+            "pinned"
+        } else {
+            "the newest version"
+        };
+        let at = match layout.resume_at {
+            Some(p) if live.backends.contains_key(target) => format!(
+                "an unfinished rollout left it at {p}% beside the running revision: walked again from there"
+            ),
+            _ => "started beside the running revision".to_string(),
+        };
+        why.push(format!(
+            "{name}: model.{} {old_version} → {} ({how}), {at}",
+            d.model, d.version
+        ));
     }
     let live_split = live.deployment_weights();
     let mut declared_split = after.traffic.clone();
@@ -402,23 +435,33 @@ pub fn decide(
             describe_weights(&declared_split)
         ));
     }
-    let moves = shifts(&from, &to);
-    if moves {
-        let steps: Vec<Weights> = effective_steps(&after.rollout.steps)
+    if layout.moves() {
+        let rollout = layout.rollout_value(&after.rollout);
+        let steps: Vec<Weights> = effective_steps(&rollout.steps)
             .into_iter()
-            .map(|s| rollout::interpolate(&from, &to, s))
+            .map(|s| rollout::interpolate(&layout.base, &layout.to, s))
             .collect();
+        let mut summary = rollout.describe();
+        if let Some(p) = layout.resume_at {
+            summary = format!("resumed at {p}%: {summary}");
+        }
         let plan = RolloutPlan {
-            from: from.clone(),
-            to: to.clone(),
+            from: layout.from.clone(),
+            to: layout.to.clone(),
             steps,
             step_wait: after.rollout.step_wait.clone(),
             max_error_rate: after.rollout.max_error_rate,
             max_p99_ms: after.rollout.max_p99_ms,
             auto_rollback: after.rollout.auto_rollback,
-            summary: after.rollout.describe(),
+            summary,
         };
         return Decision::Rollout(why.join("; "), plan);
+    }
+    if let Some(why) = not_serving {
+        return Decision::Update(format!(
+            "{why}; apply starts {} again",
+            describe_deployments(after)
+        ));
     }
 
     // Anything else is changed in place.
@@ -444,6 +487,11 @@ pub fn decide(
         if !declared && !name.contains('@') {
             changes.push(format!("{name}: no longer declared, stopped"));
         }
+    }
+    for (deployment, revision) in &layout.idle {
+        changes.push(format!(
+            "{deployment}@{revision}: runs, but nothing routes to it; stopped"
+        ));
     }
     if live.port != after.port {
         changes.push(format!(
@@ -485,30 +533,163 @@ pub fn effective_steps(steps: &[u32]) -> Vec<u32> {
     out
 }
 
-/// The router backend name each declared deployment will have during the change: its own
-/// name when that backend is free or already runs the declared revision, else the
-/// temporary `name@revision`.
-fn target_names(after: &EndpointValue, live: Option<&LiveEndpoint>) -> BTreeMap<String, String> {
-    after
-        .deployments
-        .iter()
-        .map(|(name, d)| {
-            let live_weight = live.and_then(|l| l.weights.get(name)).copied().unwrap_or(0);
-            let backend = match live.and_then(|l| l.revision_of(name)) {
-                Some(rev) if rev != d.revision && live_weight > 0 => canary_name(name, &d.revision),
-                _ => name.clone(),
-            };
-            (name.clone(), backend)
-        })
-        .collect()
+/// How the declared endpoint lies over what serves it: the one computation behind both
+/// the plan ([`decide`]) and [`apply`], so that what a plan shows is what an apply does.
+#[derive(Debug, Clone, PartialEq)]
+struct Layout {
+    /// Declared deployment → its router backend name during the change: its own name when
+    /// that backend already runs the declared revision or carries nothing, the temporary
+    /// `name@revision` when that one runs it already (an unfinished rollout) or when the
+    /// deployment's backend carries traffic on another revision.
+    targets: BTreeMap<String, String>,
+    /// The live weights (backends about to be retired left out).
+    from: Weights,
+    /// Where traffic would be had no rollout been left unfinished: the share of a revision
+    /// under a temporary name is given back to its deployment's own backend. Rollouts
+    /// interpolate from here and roll back to here, so a revision that never passed every
+    /// gate is never what a rollback (or a skipped rollout) leaves serving.
+    base: Weights,
+    /// The declared weights, by backend name.
+    to: Weights,
+    /// How far (percent of the way from `base` to `to`) an unfinished rollout had moved
+    /// traffic to the revisions it was rolling out, when it had moved any.
+    resume_at: Option<u32>,
+    /// Backends that carry no traffic, would get none back on a rollback and whose
+    /// revision isn't declared (old revisions kept after a promotion, revisions of failed
+    /// rollouts): an apply retires them at once, before it routes anything, so that no
+    /// route it writes depends on a revision that may be stopped under it.
+    superseded: Vec<(String, String, String)>,
+    /// Revisions that run but that no backend names, and that aren't declared: stopped.
+    idle: Vec<(String, String)>,
 }
 
-fn to_weights(after: &EndpointValue, targets: &BTreeMap<String, String>) -> Weights {
-    after
-        .traffic
-        .iter()
-        .map(|(d, w)| (targets.get(d).cloned().unwrap_or_else(|| d.clone()), *w))
-        .collect()
+impl Layout {
+    fn of(after: &EndpointValue, live: Option<&LiveEndpoint>) -> Layout {
+        let declared = |deployment: &str, revision: &str| {
+            after
+                .deployments
+                .get(deployment)
+                .is_some_and(|d| d.revision == revision && d.replicas > 0)
+        };
+        let mut from = live.map(|l| l.weights.clone()).unwrap_or_default();
+        let mut base = from.clone();
+        if let Some(live) = live {
+            for (name, b) in &live.backends {
+                let weight = from.get(name).copied().unwrap_or(0);
+                let own = live.backends.get(&b.deployment);
+                if weight > 0
+                    && name != &b.deployment
+                    && own.is_some_and(|o| o.revision != b.revision)
+                {
+                    base.insert(name.clone(), 0);
+                    *base.entry(b.deployment.clone()).or_default() += weight;
+                }
+            }
+        }
+        let weight = |w: &Weights, name: &str| w.get(name).copied().unwrap_or(0);
+        let targets: BTreeMap<String, String> = after
+            .deployments
+            .iter()
+            .map(|(name, d)| {
+                let runs = |backend: &str| {
+                    live.and_then(|l| l.backends.get(backend))
+                        .is_some_and(|b| b.deployment == *name && b.revision == d.revision)
+                };
+                let canary = canary_name(name, &d.revision);
+                let own_busy = live.is_some_and(|l| l.backends.contains_key(name))
+                    && (weight(&base, name) > 0 || weight(&from, name) > 0);
+                let backend = if runs(name) {
+                    name.clone()
+                } else if runs(&canary) || own_busy {
+                    canary
+                } else {
+                    name.clone()
+                };
+                (name.clone(), backend)
+            })
+            .collect();
+        let to: Weights = after
+            .traffic
+            .iter()
+            .map(|(d, w)| (targets.get(d).cloned().unwrap_or_else(|| d.clone()), *w))
+            .collect();
+        let mut superseded = Vec::new();
+        let mut idle = Vec::new();
+        if let Some(live) = live {
+            for (name, b) in &live.backends {
+                let target = targets.values().any(|t| t == name);
+                if weight(&from, name) == 0
+                    && weight(&base, name) == 0
+                    && !target
+                    && !declared(&b.deployment, &b.revision)
+                {
+                    superseded.push((name.clone(), b.deployment.clone(), b.revision.clone()));
+                }
+            }
+            idle = live
+                .idle
+                .iter()
+                .filter(|(d, r)| !declared(d, r))
+                .cloned()
+                .collect();
+        }
+        for (name, _, _) in &superseded {
+            from.remove(name);
+            base.remove(name);
+        }
+        let resume_at = targets
+            .iter()
+            .filter(|(d, t)| d != t && live.is_some_and(|l| l.backends.contains_key(*t)))
+            .filter_map(|(_, t)| {
+                let (now, goal) = (weight(&from, t), weight(&to, t));
+                (now > 0 && goal > 0).then(|| (now * 100).div_ceil(goal).min(100))
+            })
+            .max();
+        Layout {
+            targets,
+            from,
+            base,
+            to,
+            resume_at,
+            superseded,
+            idle,
+        }
+    }
+
+    /// Whether traffic has to move (or, for an unfinished rollout, be held under the
+    /// gates again before the promotion).
+    fn moves(&self) -> bool {
+        shifts(&self.base, &self.to)
+    }
+
+    /// The rollout policy for this change: when an unfinished rollout moved traffic
+    /// already, the steps start where it stopped (that step held again under the gates)
+    /// and there is no mirror phase (it comes before any traffic moves).
+    fn rollout_value(&self, declared: &RolloutValue) -> RolloutValue {
+        let Some(at) = self.resume_at else {
+            return declared.clone();
+        };
+        let mut steps = vec![at];
+        steps.extend(
+            effective_steps(&declared.steps)
+                .into_iter()
+                .filter(|s| *s > at),
+        );
+        RolloutValue {
+            steps,
+            mirror: None,
+            ..declared.clone()
+        }
+    }
+
+    /// The temporary backends of the declared deployments: what a rollback stops.
+    fn canaries(&self) -> BTreeSet<String> {
+        self.targets
+            .iter()
+            .filter(|(d, backend)| d != backend)
+            .map(|(_, backend)| backend.clone())
+            .collect()
+    }
 }
 
 /// "blue 100% (c085e0311ef0)": the deployments with traffic and their revisions.
@@ -561,6 +742,13 @@ pub trait Progress: Send + Sync {
 
 /// Brings the endpoint's live serving to `after`. Returns a one-line summary; a failed
 /// gate is an error ([`Error::RolledBack`], [`Error::Halted`]) after traffic was restored.
+///
+/// It works from what the target says serves, not from what the state recorded, so an
+/// apply that died anywhere is finished by the next one: a new revision started but not
+/// routed is routed at 0 % and rolled out; a rollout stopped part way walks the remaining
+/// steps from where traffic is, holding that step under the gates again; one that moved
+/// all traffic but died before the promotion holds the last step again and promotes; old
+/// revisions that nothing routes to are stopped.
 pub async fn apply(
     serving: &dyn Serving,
     endpoint: &EndpointId,
@@ -569,8 +757,23 @@ pub async fn apply(
     progress: &dyn Progress,
 ) -> Result<String> {
     let live = serving.observe(endpoint).await?;
-    let live_serving = live.as_ref().filter(|l| l.serving);
-    let targets = target_names(after, live_serving);
+    let layout = Layout::of(after, live.as_ref());
+
+    // 0. What nothing routes traffic to, and no rollback needs, stops before anything is
+    // routed: no table this apply writes names a revision that might be stopped under it.
+    let unneeded = layout
+        .superseded
+        .iter()
+        .map(|(_, d, r)| (d, r))
+        .chain(layout.idle.iter().map(|(d, r)| (d, r)));
+    for (deployment, revision) in unneeded {
+        progress.note(&format!(
+            "stopping {deployment}@{revision}: nothing routes traffic to it"
+        ));
+        serving
+            .retire(endpoint, deployment, revision, Duration::ZERO)
+            .await?;
+    }
 
     // 1. Every declared revision runs and is ready.
     let revisions: Vec<RevisionSpec> = after
@@ -595,6 +798,7 @@ pub async fn apply(
     }
     serving.deploy(endpoint, &revisions).await?;
 
+    let targets = &layout.targets;
     let mirror_of = |targets: &BTreeMap<String, String>| {
         after.mirror.as_ref().map(|m| {
             (
@@ -613,10 +817,11 @@ pub async fn apply(
         .filter(|(_, d)| d.replicas > 0)
         .map(|(name, d)| (targets[name].clone(), (name.clone(), d.revision.clone())))
         .collect();
-    let to = to_weights(after, &targets);
+    let to = layout.to.clone();
 
-    let Some(live) = live_serving else {
-        // Nothing serves: route straight to the declared weights.
+    let routed = live.as_ref().filter(|l| l.weights.values().any(|w| *w > 0));
+    let Some(live) = routed else {
+        // Nothing carries traffic: route straight to the declared weights.
         let routed = serving
             .route(
                 endpoint,
@@ -624,7 +829,7 @@ pub async fn apply(
                     port: after.port,
                     backends: declared.clone(),
                     weights: to.clone(),
-                    mirror: mirror_of(&targets),
+                    mirror: mirror_of(targets),
                     auth,
                 },
             )
@@ -640,7 +845,19 @@ pub async fn apply(
             }
             return Err(e);
         }
-        retire_undeclared(serving, endpoint, after, live.as_ref(), progress).await?;
+        if let Some(live) = &live {
+            // What the old table named and the new one doesn't.
+            for (name, b) in &live.backends {
+                let kept = declared.get(name) == Some(&(b.deployment.clone(), b.revision.clone()));
+                let stopped = layout.superseded.iter().any(|(n, _, _)| n == name);
+                if !kept && !stopped {
+                    progress.note(&format!("stopping {}@{}", b.deployment, b.revision));
+                    serving
+                        .retire(endpoint, &b.deployment, &b.revision, Duration::ZERO)
+                        .await?;
+                }
+            }
+        }
         return Ok(format!("serving {}", describe_serving(after)));
     };
 
@@ -648,19 +865,26 @@ pub async fn apply(
     let mut backends: BTreeMap<String, (String, String)> = live
         .backends
         .iter()
+        .filter(|(n, _)| !layout.superseded.iter().any(|(s, _, _)| s == *n))
         .map(|(n, b)| (n.clone(), (b.deployment.clone(), b.revision.clone())))
         .collect();
+    // A backend name taken over by a declared revision carries nothing (see
+    // `Layout::targets`): the revision it named is stopped once it is off the router.
+    let mut replaced = Vec::new();
     for (name, value) in &declared {
-        let live_weight = live.weights.get(name).copied().unwrap_or(0);
-        if live_weight == 0 || !backends.contains_key(name) {
-            backends.insert(name.clone(), value.clone());
+        if let Some(old) = backends.insert(name.clone(), value.clone()) {
+            if old != *value {
+                replaced.push(old);
+            }
         }
     }
-    let from = live.weights.clone();
-    let mut joined = from.clone();
-    for name in backends.keys() {
-        joined.entry(name.clone()).or_insert(0);
-    }
+    let full = |weights: &Weights| -> Weights {
+        backends
+            .keys()
+            .map(|n| (n.clone(), weights.get(n).copied().unwrap_or(0)))
+            .collect()
+    };
+    let joined = full(&layout.from);
     serving
         .route(
             endpoint,
@@ -668,39 +892,66 @@ pub async fn apply(
                 port: after.port,
                 backends: backends.clone(),
                 weights: joined.clone(),
-                mirror: mirror_of(&targets),
+                mirror: mirror_of(targets),
                 auth,
             },
         )
         .await?;
+    for (deployment, revision) in &replaced {
+        progress.note(&format!(
+            "stopping {deployment}@{revision}: replaced in place"
+        ));
+        serving
+            .retire(endpoint, deployment, revision, Duration::ZERO)
+            .await?;
+    }
 
-    // 3. Traffic moves by the steps, watched by the gates.
-    let moving = shifts(&from, &to);
+    // 3. Traffic moves by the steps, watched by the gates: from where an unfinished
+    // rollout left it, when one did.
     let summary;
-    if moving {
-        let traffic = serving.traffic(endpoint);
-        let policy = after.rollout.policy();
-        let mut to_full = to.clone();
-        for name in backends.keys() {
-            to_full.entry(name.clone()).or_insert(0);
+    if layout.moves() {
+        if let Some(at) = layout.resume_at {
+            progress.note(&format!(
+                "an unfinished rollout left traffic at {}: resuming at {at}%",
+                describe_weights(&layout.from)
+            ));
         }
-        match rollout::run(traffic.as_ref(), &joined, &to_full, &policy, on_event).await? {
+        let traffic = serving.traffic(endpoint);
+        let policy = layout.rollout_value(&after.rollout).policy();
+        let base = full(&layout.base);
+        match rollout::run(traffic.as_ref(), &base, &full(&to), &policy, on_event).await? {
             Outcome::Promoted { .. } => {
                 summary = format!("promoted: {}", describe_serving(after));
             }
             Outcome::RolledBack { step, reason, .. } => {
                 progress.note(&format!("rolled back: {reason}"));
                 // The new revisions are at 0 %: take them out and stop them.
-                let canaries = canaries(&targets);
-                restore(serving, endpoint, after, &backends, &from, &canaries, auth).await?;
+                restore(
+                    serving,
+                    endpoint,
+                    after,
+                    &backends,
+                    &base,
+                    &layout.canaries(),
+                    auth,
+                )
+                .await?;
                 return Err(Error::RolledBack { step, reason });
             }
             Outcome::Halted { step, reason, .. } => {
                 return Err(Error::Halted { step, reason });
             }
             Outcome::NotReady { deployment } => {
-                let canaries = canaries(&targets);
-                restore(serving, endpoint, after, &backends, &from, &canaries, auth).await?;
+                restore(
+                    serving,
+                    endpoint,
+                    after,
+                    &backends,
+                    &base,
+                    &layout.canaries(),
+                    auth,
+                )
+                .await?;
                 return Err(Error::NotReady { deployment });
             }
         }
@@ -708,8 +959,8 @@ pub async fn apply(
         summary = format!("serving {}", describe_serving(after));
     }
 
-    // 4. Promote: new revisions take their deployment's name; old ones stay at 0 % until
-    // they are retired.
+    // 4. Promote: new revisions take their deployment's name; the revisions that served
+    // until now stay at 0 % until they are retired, the others stop at once.
     let mut final_backends = BTreeMap::new();
     let mut final_weights = Weights::new();
     let mut keep: BTreeSet<(String, String)> = BTreeSet::new();
@@ -723,24 +974,20 @@ pub async fn apply(
     }
     let delay = after.rollout.scale_down_delay();
     let mut retiring = Vec::new();
-    for (name, b) in &live.backends {
-        let pair = (b.deployment.clone(), b.revision.clone());
+    for (name, (deployment, revision)) in &backends {
+        let pair = (deployment.clone(), revision.clone());
         if keep.contains(&pair) {
             continue;
         }
-        let weight = live.weights.get(name).copied().unwrap_or(0);
-        if name.contains('@') && weight == 0 && after.deployments.contains_key(&b.deployment) {
-            // Already retiring since an earlier promotion.
-            final_backends.insert(name.clone(), pair);
-            final_weights.insert(name.clone(), 0);
-            continue;
-        }
-        if after.deployments.contains_key(&b.deployment) {
-            let name = canary_name(&b.deployment, &b.revision);
+        let served = layout.base.get(name).copied().unwrap_or(0) > 0;
+        if served && after.deployments.contains_key(deployment) {
+            let name = canary_name(deployment, revision);
             final_backends.insert(name.clone(), pair.clone());
             final_weights.insert(name, 0);
+            retiring.push((pair, delay));
+        } else {
+            retiring.push((pair, Duration::ZERO));
         }
-        retiring.push(pair);
     }
     serving
         .route(
@@ -757,12 +1004,7 @@ pub async fn apply(
             },
         )
         .await?;
-    for (deployment, revision) in retiring {
-        let after_delay = if after.deployments.contains_key(&deployment) {
-            delay
-        } else {
-            Duration::ZERO
-        };
+    for ((deployment, revision), after_delay) in retiring {
         progress.note(&format!(
             "retiring {deployment}@{revision} in {}",
             humantime::format_duration(after_delay)
@@ -787,21 +1029,14 @@ fn positive(w: &Weights) -> Weights {
         .collect()
 }
 
-fn canaries(targets: &BTreeMap<String, String>) -> BTreeSet<String> {
-    targets
-        .iter()
-        .filter(|(d, backend)| d != backend)
-        .map(|(_, backend)| backend.clone())
-        .collect()
-}
-
-/// After a failed rollout: the table as it was before, then the new revisions stopped.
+/// After a failed rollout: the table as it was before (traffic where the last finished
+/// rollout put it), then the new revisions stopped.
 async fn restore(
     serving: &dyn Serving,
     endpoint: &EndpointId,
     after: &EndpointValue,
     backends: &BTreeMap<String, (String, String)>,
-    from: &Weights,
+    base: &Weights,
     canaries: &BTreeSet<String>,
     auth: bool,
 ) -> Result<()> {
@@ -812,7 +1047,7 @@ async fn restore(
         .collect();
     let weights: Weights = kept
         .keys()
-        .map(|n| (n.clone(), from.get(n).copied().unwrap_or(0)))
+        .map(|n| (n.clone(), base.get(n).copied().unwrap_or(0)))
         .collect();
     let mirror = after
         .mirror
@@ -837,31 +1072,6 @@ async fn restore(
                 .retire(endpoint, deployment, revision, Duration::ZERO)
                 .await?;
         }
-    }
-    Ok(())
-}
-
-/// Stops what serves but is no longer declared (after a fresh route).
-async fn retire_undeclared(
-    serving: &dyn Serving,
-    endpoint: &EndpointId,
-    after: &EndpointValue,
-    live: Option<&LiveEndpoint>,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let Some(live) = live else { return Ok(()) };
-    for b in live.backends.values() {
-        let declared = after
-            .deployments
-            .get(&b.deployment)
-            .is_some_and(|d| d.revision == b.revision && d.replicas > 0);
-        if declared {
-            continue;
-        }
-        progress.note(&format!("stopping {}@{}", b.deployment, b.revision));
-        serving
-            .retire(endpoint, &b.deployment, &b.revision, Duration::ZERO)
-            .await?;
     }
     Ok(())
 }
@@ -926,6 +1136,7 @@ mod tests {
                 })
                 .collect(),
             weights: v.traffic.clone(),
+            idle: BTreeSet::new(),
         }
     }
 
@@ -994,6 +1205,167 @@ mod tests {
             reason,
             "new endpoint on port 8080: blue (model.m@a1, 1 replica, 100%)"
         );
+    }
+
+    fn backend(deployment: &str, revision: &str) -> LiveBackend {
+        LiveBackend {
+            deployment: deployment.into(),
+            revision: revision.into(),
+            replicas: 1,
+            ready_replicas: 1,
+        }
+    }
+
+    /// What serves: (backend name, deployment, revision, weight).
+    fn serving(rows: &[(&str, &str, &str, u32)]) -> LiveEndpoint {
+        LiveEndpoint {
+            port: Some(8080),
+            serving: true,
+            error: None,
+            backends: rows
+                .iter()
+                .map(|(n, d, r, _)| (n.to_string(), backend(d, r)))
+                .collect(),
+            weights: rows
+                .iter()
+                .map(|(n, _, _, w)| (n.to_string(), *w))
+                .collect(),
+            idle: BTreeSet::new(),
+        }
+    }
+
+    fn w(pairs: &[(&str, u32)]) -> Weights {
+        pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_rollout_cut_short_part_way_is_planned_again_from_where_it_stopped() {
+        // The state still records a1: the apply rolling out b2 died at its 10 % step.
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("b2", &[("blue", 100)]);
+        let live = serving(&[("blue", "blue", "a1", 90), ("blue@b2", "blue", "b2", 10)]);
+        let Decision::Rollout(reason, plan) = decide(Some(&old), &new, Some(&live)) else {
+            panic!("expected a rollout");
+        };
+        assert!(reason.contains("blue: model.m a1 → b2"), "{reason}");
+        assert!(reason.contains("left it at 10%"), "{reason}");
+        assert_eq!(plan.from, w(&[("blue", 90), ("blue@b2", 10)]));
+        assert_eq!(plan.to, w(&[("blue@b2", 100)]));
+        // The step it stopped at is held again, then the rest.
+        assert_eq!(
+            plan.steps,
+            [
+                w(&[("blue", 90), ("blue@b2", 10)]),
+                w(&[("blue", 50), ("blue@b2", 50)]),
+                w(&[("blue", 0), ("blue@b2", 100)]),
+            ]
+        );
+        assert!(
+            plan.summary.starts_with("resumed at 10%: 10% → 50% → 100%"),
+            "{}",
+            plan.summary
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_moved_all_traffic_but_was_not_promoted_holds_its_last_step_again() {
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("b2", &[("blue", 100)]);
+        let live = serving(&[("blue", "blue", "a1", 0), ("blue@b2", "blue", "b2", 100)]);
+        let Decision::Rollout(_, plan) = decide(Some(&old), &new, Some(&live)) else {
+            panic!("expected a rollout");
+        };
+        assert_eq!(plan.steps, [w(&[("blue", 0), ("blue@b2", 100)])]);
+        assert!(
+            plan.summary
+                .starts_with("resumed at 100%: 100%, each held 10s; gates"),
+            "{}",
+            plan.summary
+        );
+        // A rollback goes to the revision that served before.
+        let layout = Layout::of(&new, Some(&live));
+        assert_eq!(layout.base, w(&[("blue", 100), ("blue@b2", 0)]));
+    }
+
+    #[test]
+    fn a_recorded_split_is_rolled_out_again_while_the_router_is_down() {
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("b2", &[("blue", 100)]);
+        let mut live = serving(&[("blue", "blue", "a1", 50), ("blue@b2", "blue", "b2", 50)]);
+        live.serving = false;
+        live.error = Some("no supervisor runs".into());
+        let Decision::Rollout(reason, plan) = decide(Some(&old), &new, Some(&live)) else {
+            panic!("expected a rollout, not an update that serves b2 at once");
+        };
+        assert!(
+            reason.starts_with("not serving: no supervisor runs"),
+            "{reason}"
+        );
+        assert!(
+            plan.summary.starts_with("resumed at 50%: 50% → 100%"),
+            "{}",
+            plan.summary
+        );
+    }
+
+    #[test]
+    fn a_new_version_declared_during_an_unfinished_rollout_starts_over_from_the_old_one() {
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("c3", &[("blue", 100)]);
+        let live = serving(&[("blue", "blue", "a1", 90), ("blue@b2", "blue", "b2", 10)]);
+        let Decision::Rollout(_, plan) = decide(Some(&old), &new, Some(&live)) else {
+            panic!("expected a rollout");
+        };
+        assert_eq!(plan.to, w(&[("blue@c3", 100)]));
+        // b2 never passed its gates: its share goes back to a1, which c3 walks from.
+        assert_eq!(
+            plan.steps[0],
+            w(&[("blue", 90), ("blue@b2", 0), ("blue@c3", 10)])
+        );
+        assert!(plan.summary.starts_with("10% → 50%"), "{}", plan.summary);
+    }
+
+    #[test]
+    fn revisions_kept_after_a_promotion_take_no_part_in_the_next_rollout() {
+        let old = value("b2", &[("blue", 100)]);
+        let new = value("c3", &[("blue", 100)]);
+        let live = serving(&[("blue", "blue", "b2", 100), ("blue@a1", "blue", "a1", 0)]);
+        let layout = Layout::of(&new, Some(&live));
+        assert_eq!(
+            layout.superseded,
+            [("blue@a1".to_string(), "blue".to_string(), "a1".to_string())]
+        );
+        let Decision::Rollout(_, plan) = decide(Some(&old), &new, Some(&live)) else {
+            panic!("expected a rollout");
+        };
+        assert_eq!(plan.from, w(&[("blue", 100)]));
+        assert!(
+            plan.steps.iter().all(|s| !s.contains_key("blue@a1")),
+            "{:?}",
+            plan.steps
+        );
+        // Right after a promotion nothing is to do: a1 retires on its schedule.
+        assert_eq!(decide(Some(&old), &old, Some(&live)), Decision::NoOp);
+    }
+
+    #[test]
+    fn a_promotion_the_state_did_not_record_is_not_rolled_out_again() {
+        let old = value("a1", &[("blue", 100)]);
+        let new = value("b2", &[("blue", 100)]);
+        let live = serving(&[("blue", "blue", "b2", 100), ("blue@a1", "blue", "a1", 0)]);
+        let decision = decide(Some(&old), &new, Some(&live));
+        assert!(matches!(decision, Decision::Update(_)), "{decision:?}");
+    }
+
+    #[test]
+    fn revisions_nothing_routes_to_are_stopped() {
+        let v = value("a1", &[("blue", 100)]);
+        let mut live = live_of(&v);
+        live.idle.insert(("blue".into(), "z9".into()));
+        let Decision::Update(reason) = decide(Some(&v), &v, Some(&live)) else {
+            panic!("expected an update");
+        };
+        assert_eq!(reason, "blue@z9: runs, but nothing routes to it; stopped");
     }
 
     #[test]

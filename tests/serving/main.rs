@@ -6,7 +6,10 @@
 //! - a retrain rolled out step by step under a continuous request loop: 0 failed requests;
 //! - a deliberately broken model version rolled back automatically (caught while traffic
 //!   is mirrored): 0 failed requests, the old version keeps all traffic, apply exits 1;
-//! - faults: a model that can't load, a port in use, a supervisor killed with SIGKILL.
+//! - faults: a model that can't load, a port in use, a supervisor killed with SIGKILL;
+//! - unfinished rollouts (the supervisor or the apply killed mid-steps, the apply killed
+//!   before its promotion): planned and walked again from where traffic is, under the gates;
+//! - retrains in a row whose scheduled retirements come due during later rollouts.
 //!
 //! Every test stops its supervisor (and so every process it started) when it ends.
 
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{copy_dir, wait_until, Run};
+use support::{copy_dir, wait_until, wait_with_deadline, Run};
 
 const WS: &str = "credit-risk";
 const ENDPOINT: &str = "credit-risk/endpoint.risk-api";
@@ -167,6 +170,103 @@ impl Repo {
         let last = lines[1].pop().unwrap();
         lines[1].push(if last == '0' { '1' } else { '0' });
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// Adds a copy of the first data row `n` more times: a new dataset version (and so a
+    /// new run and model version) for every `n`.
+    fn add_rows(&self, n: usize) {
+        let path = self.root.join(WS).join("data/loans/loans.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let row = text.lines().nth(1).unwrap().to_string();
+        let mut text = text.trim_end().to_string();
+        for _ in 0..n {
+            text.push('\n');
+            text.push_str(&row);
+        }
+        std::fs::write(&path, text + "\n").unwrap();
+    }
+
+    /// `cairn apply` running in the background, in its own process group.
+    fn spawn_apply(&self, extra: &[&str]) -> std::process::Child {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["apply", ".", "--auto-approve"])
+            .args(extra)
+            .current_dir(&self.root)
+            .env("NO_COLOR", "1")
+            .env("USER", "tester")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    /// The supervisor's `state.json`.
+    fn supervisor_state(&self) -> Value {
+        let path = self.root.join(".cairn/serving/state.json");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The weight the router gives the revision rolling out (`blue@…`), as recorded.
+    fn canary_weight(&self) -> Option<u64> {
+        let state = self.supervisor_state();
+        let route = state["routes"].as_array()?.first()?.clone();
+        route["weights"]
+            .as_object()?
+            .iter()
+            .find(|(name, _)| name.starts_with("blue@"))
+            .and_then(|(_, w)| w.as_u64())
+    }
+
+    /// The revisions the supervisor runs for the endpoint, sorted.
+    fn running_revisions(&self) -> Vec<String> {
+        let state = self.supervisor_state();
+        let mut out: Vec<String> = state["deployments"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter(|d| d["spec"]["endpoint"] == "credit-risk.risk-api")
+                    .map(|d| d["spec"]["revision"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// The daemon's pid, from its lock file.
+    fn daemon_pid(&self) -> i32 {
+        std::fs::read_to_string(self.root.join(".cairn/serving/supervisor.lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The rollout events the last apply journaled for the endpoint.
+    fn last_rollout_events(&self) -> Vec<Value> {
+        let journal_dir = self.root.join(".cairn/store/.cairn/journal");
+        let mut records: Vec<PathBuf> = std::fs::read_dir(journal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        records.sort();
+        let last: Value =
+            serde_json::from_str(&std::fs::read_to_string(records.last().unwrap()).unwrap())
+                .unwrap();
+        last["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["address"] == ENDPOINT)
+            .map(|o| o["events"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Makes the job "train" by copying a prepared model folder.
@@ -571,4 +671,277 @@ fn kill_9(pid: i32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The steps a journaled rollout walked, with whether each passed its gates.
+fn walked(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e["event"].as_str()? {
+            "step" => Some(format!("step {}", e["step"])),
+            "step-passed" => Some(format!("passed {}", e["step"])),
+            "promoted" => Some("promoted".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Kills the supervisor (and with it the router) while a rollout has moved part of the
+/// traffic: the apply fails; the next plan shows the rollout again from the recorded split
+/// (not an update that would serve the new, never-gated version to all traffic); the next
+/// apply walks the remaining steps under the gates, and the old revision is retired.
+#[test]
+fn a_rollout_cut_short_by_a_supervisor_crash_is_rolled_out_again_under_its_gates() {
+    let repo = Repo::example(
+        "steps = [10, 50, 100]\nstep_wait = \"3s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+    );
+    repo.apply().ok();
+    let v1 = repo.model_version();
+    let key = repo.key();
+
+    repo.add_rows(1);
+    let load = Load::start(repo.addr(), key.clone());
+    let apply = repo.spawn_apply(&[]);
+    wait_until(
+        "the rollout to move part of the traffic",
+        Duration::from_secs(120),
+        || repo.canary_weight().is_some_and(|w| w > 0 && w < 100),
+    );
+    kill_9(repo.daemon_pid());
+    let cut = wait_with_deadline(apply, Duration::from_secs(60));
+    load.finish();
+    let cut_at = repo.canary_weight().unwrap();
+    assert_ne!(cut.code, 0, "{}", cut.both());
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2);
+
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    for expected in [
+        "» credit-risk/endpoint.risk-api",
+        "not serving",
+        "an unfinished rollout left it at",
+        "rollout: resumed at",
+        "each held 3s; gates: error rate ≤ 1%",
+    ] {
+        assert!(
+            plan.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            plan.both()
+        );
+    }
+    assert!(
+        !plan.stdout.contains("~ credit-risk/endpoint.risk-api"),
+        "{}",
+        plan.both()
+    );
+
+    let load = Load::start(repo.addr(), key);
+    let again = repo.apply();
+    let report = load.finish();
+    again.ok();
+    let steps = walked(&repo.last_rollout_events());
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("promoted"),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|s| s == "passed 100"),
+        "the last step was held under the gates: {steps:?}"
+    );
+    assert_eq!(
+        steps.first(),
+        Some(&format!("step {cut_at}")),
+        "resumed where it stopped, not from the start: {steps:?}"
+    );
+    assert!(report.versions.contains(&v2), "{report:?}");
+    assert_eq!(report.versions.last(), Some(&v2));
+    let deployments = repo.deployments();
+    assert!(
+        deployments.contains(&("blue".into(), v2.clone(), 100)),
+        "{deployments:?}"
+    );
+    // The old revision is retired after its delay; nothing else is left running.
+    wait_until(
+        "the old revision to be retired",
+        Duration::from_secs(60),
+        || repo.running_revisions() == [v2.clone()],
+    );
+    let plan = repo.cairn(&["plan", ".", "--detailed-exitcode"]);
+    plan.code(0);
+}
+
+/// Kills `cairn apply` itself half way through a rollout: the supervisor keeps the split;
+/// the next plan resumes from it and the next apply promotes after the remaining gates.
+#[test]
+fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
+    let repo = Repo::example(
+        "steps = [10, 50, 100]\nstep_wait = \"3s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+    );
+    repo.apply().ok();
+    let v1 = repo.model_version();
+    let key = repo.key();
+
+    repo.add_rows(1);
+    let load = Load::start(repo.addr(), key.clone());
+    let mut apply = repo.spawn_apply(&["--lock-lease", "1s"]);
+    wait_until(
+        "the rollout to move part of the traffic",
+        Duration::from_secs(120),
+        || repo.canary_weight().is_some_and(|w| w > 0 && w < 100),
+    );
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    let cut_at = repo.canary_weight().unwrap();
+    // The lease of the killed apply's lock runs out.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    for expected in [
+        "» credit-risk/endpoint.risk-api",
+        "an unfinished rollout left it at",
+        "rollout: resumed at",
+    ] {
+        assert!(
+            plan.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            plan.both()
+        );
+    }
+    let again = repo.apply();
+    let report = load.finish();
+    again.ok();
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2, "{}", again.both());
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.requests,
+        &report.failures[..report.failures.len().min(5)]
+    );
+    let steps = walked(&repo.last_rollout_events());
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("promoted"),
+        "{steps:?}"
+    );
+    assert!(steps.iter().any(|s| s == "passed 100"), "{steps:?}");
+    assert_eq!(steps.first(), Some(&format!("step {cut_at}")), "{steps:?}");
+    let deployments = repo.deployments();
+    assert!(
+        deployments.contains(&("blue".into(), v2.clone(), 100)),
+        "{deployments:?}"
+    );
+    wait_until(
+        "the old revision to be retired",
+        Duration::from_secs(60),
+        || repo.running_revisions() == [v2.clone()],
+    );
+}
+
+/// Retrains in a row with the example's one-minute `scale_down_delay`: each promotion
+/// schedules the previous revision's retirement, which comes due while a later rollout
+/// runs. The data changes every 20 s (a retrain starts 20 s after the previous one
+/// started, or when it ended if it took longer); every apply succeeds.
+#[test]
+fn retrains_in_a_row_never_collide_with_scheduled_retirements() {
+    let repo = Repo::example(
+        "steps = [10, 50, 100]\nstep_wait = \"10s\"\nmirror = 50\nmax_error_rate = 0.01\nscale_down_delay = \"1m\"\n",
+    );
+    repo.apply().ok();
+    let key = repo.key();
+    let mut versions = vec![repo.model_version()];
+    let mut started: Option<Instant> = None;
+    for retrain in 1..=3 {
+        if let Some(at) = started {
+            std::thread::sleep(
+                (at + Duration::from_secs(20)).saturating_duration_since(Instant::now()),
+            );
+        }
+        started = Some(Instant::now());
+        repo.add_rows(1);
+        let load = Load::start(repo.addr(), key.clone());
+        let apply = repo.apply();
+        let report = load.finish();
+        assert_eq!(apply.code, 0, "retrain {retrain}: {}", apply.both());
+        let version = repo.model_version();
+        assert!(!versions.contains(&version), "retrain {retrain}: {version}");
+        assert!(
+            report.failures.is_empty(),
+            "retrain {retrain}: {} of {} requests failed: {:?}",
+            report.failures.len(),
+            report.requests,
+            &report.failures[..report.failures.len().min(5)]
+        );
+        assert!(
+            repo.deployments()
+                .contains(&("blue".into(), version.clone(), 100)),
+            "retrain {retrain}: {:?}",
+            repo.deployments()
+        );
+        versions.push(version);
+    }
+}
+
+/// Kills `cairn apply` after its last step moved all traffic, before the promotion: the
+/// next apply holds that step again under the gates, then promotes and retires the old
+/// revision (it doesn't count the unjudged step as passed, nor roll out from the start).
+#[test]
+fn a_rollout_killed_before_its_promotion_holds_its_last_step_again() {
+    let repo = Repo::example(
+        "steps = [50, 100]\nstep_wait = \"4s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+    );
+    repo.apply().ok();
+    let v1 = repo.model_version();
+    let key = repo.key();
+
+    repo.add_rows(1);
+    let load = Load::start(repo.addr(), key);
+    let mut apply = repo.spawn_apply(&["--lock-lease", "1s"]);
+    wait_until(
+        "the rollout to move all traffic",
+        Duration::from_secs(120),
+        || repo.canary_weight() == Some(100),
+    );
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("rollout: resumed at 100%: 100%, each held 4s"),
+        "{}",
+        plan.both()
+    );
+    let again = repo.apply();
+    let report = load.finish();
+    again.ok();
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2);
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.requests,
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert_eq!(
+        walked(&repo.last_rollout_events()),
+        ["step 100", "passed 100", "promoted"]
+    );
+    let deployments = repo.deployments();
+    assert!(
+        deployments.contains(&("blue".into(), v2.clone(), 100)),
+        "{deployments:?}"
+    );
+    wait_until(
+        "the old revision to be retired",
+        Duration::from_secs(60),
+        || repo.running_revisions() == [v2.clone()],
+    );
 }

@@ -10,7 +10,7 @@
 //!
 //! The supervisor knows an endpoint as `<workspace>.<endpoint>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -23,7 +23,8 @@ use sha2::{Digest as _, Sha256};
 use super::child_env::ChildEnv;
 use super::router::Mirror;
 use super::supervisor::{
-    Backend, DeploymentSpec, RouteSpec, RouteStatus, RouteTraffic, SupervisorClient,
+    Backend, DeploymentSpec, ReplicaState, ReplicaStatus, RouteSpec, RouteStatus, RouteTraffic,
+    SupervisorClient,
 };
 use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
@@ -103,17 +104,42 @@ impl LocalServing {
     }
 
     /// What serves each of these endpoints now, by address; endpoints without a router
-    /// are left out. Starts no daemon.
+    /// are left out. Starts no daemon: while none runs, the routes its predecessor
+    /// recorded are what a new one binds again, so they are reported (as not serving)
+    /// with their weights, which say where an unfinished rollout left traffic.
     pub async fn observe_all(
         &self,
         endpoints: &[EndpointId],
     ) -> Result<BTreeMap<String, LiveEndpoint>> {
-        let routes = self.routes().await?;
+        let client = match self.client.get() {
+            Some(c) => Some(c.clone()),
+            None => {
+                let client = SupervisorClient::new(&self.dir).map_err(target)?;
+                let answers = client.socket().exists() && client.ping().await.is_ok();
+                answers.then_some(client)
+            }
+        };
         let mut out = BTreeMap::new();
+        let Some(client) = client else {
+            let (routes, revisions) = super::supervisor::recorded(&self.dir).map_err(target)?;
+            for endpoint in endpoints {
+                let name = Self::supervisor_name(endpoint);
+                if let Some(route) = routes.iter().find(|r| r.endpoint == name) {
+                    let running = revisions
+                        .iter()
+                        .filter(|k| k.endpoint == name)
+                        .map(|k| (k.deployment.clone(), k.revision.clone()));
+                    out.insert(endpoint.to_string(), recorded_live(route, running));
+                }
+            }
+            return Ok(out);
+        };
+        let routes = client.routes().await.map_err(target)?;
+        let replicas = client.status().await.map_err(target)?;
         for endpoint in endpoints {
             let name = Self::supervisor_name(endpoint);
             if let Some(route) = routes.iter().find(|r| r.endpoint == name) {
-                out.insert(endpoint.to_string(), live(route));
+                out.insert(endpoint.to_string(), live(route, &replicas));
             }
         }
         Ok(out)
@@ -228,7 +254,54 @@ fn target(e: super::supervisor::Error) -> Error {
     Error::Target(error_chain(&e))
 }
 
-fn live(route: &RouteStatus) -> LiveEndpoint {
+/// A recorded route while no daemon runs: not serving, replicas unknown.
+fn recorded_live(
+    route: &RouteSpec,
+    running: impl Iterator<Item = (String, String)>,
+) -> LiveEndpoint {
+    let named: BTreeSet<(String, String)> = route
+        .backends
+        .values()
+        .map(|b| (b.deployment.clone(), b.revision.clone()))
+        .collect();
+    LiveEndpoint {
+        port: Some(route.listen.port()),
+        serving: false,
+        error: Some(
+            "no supervisor runs (apply starts one, which binds the router again)".to_string(),
+        ),
+        backends: route
+            .backends
+            .iter()
+            .map(|(name, b)| {
+                (
+                    name.clone(),
+                    LiveBackend {
+                        deployment: b.deployment.clone(),
+                        revision: b.revision.clone(),
+                        replicas: 0,
+                        ready_replicas: 0,
+                    },
+                )
+            })
+            .collect(),
+        weights: route.weights.clone(),
+        idle: running.filter(|r| !named.contains(r)).collect(),
+    }
+}
+
+fn live(route: &RouteStatus, replicas: &[ReplicaStatus]) -> LiveEndpoint {
+    let named: BTreeSet<(String, String)> = route
+        .backends
+        .values()
+        .map(|b| (b.deployment.clone(), b.revision.clone()))
+        .collect();
+    let idle = replicas
+        .iter()
+        .filter(|r| r.endpoint == route.endpoint && !matches!(r.state, ReplicaState::Stopping))
+        .map(|r| (r.deployment.clone(), r.revision.clone()))
+        .filter(|r| !named.contains(r))
+        .collect();
     LiveEndpoint {
         port: Some(route.listen.port()),
         serving: route.serving,
@@ -249,19 +322,23 @@ fn live(route: &RouteStatus) -> LiveEndpoint {
             })
             .collect(),
         weights: route.weights.clone(),
+        idle,
     }
 }
 
 #[async_trait]
 impl Serving for LocalServing {
+    /// Starts the daemon first when none runs: a new one binds the recorded routers
+    /// again and re-adopts the replicas, so what it reports is what serves.
     async fn observe(&self, endpoint: &EndpointId) -> Result<Option<LiveEndpoint>> {
         let name = Self::supervisor_name(endpoint);
-        Ok(self
-            .routes()
-            .await?
+        let client = self.client().await?;
+        let routes = client.routes().await.map_err(target)?;
+        let replicas = client.status().await.map_err(target)?;
+        Ok(routes
             .iter()
             .find(|r| r.endpoint == name)
-            .map(live))
+            .map(|r| live(r, &replicas)))
     }
 
     async fn deploy(&self, endpoint: &EndpointId, revisions: &[RevisionSpec]) -> Result<()> {

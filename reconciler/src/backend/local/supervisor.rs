@@ -3229,6 +3229,20 @@ fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
     kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What the last daemon of `state_dir` recorded in `state.json`, read without one running
+/// (for plans, which must start nothing): its routes as specified (weights and backends
+/// as they were last put in force) and the confirmed revisions it ran.
+pub fn recorded(state_dir: &Path) -> Result<(Vec<RouteSpec>, Vec<DeploymentKey>)> {
+    let state = read_state(state_dir)?;
+    let revisions = state
+        .deployments
+        .iter()
+        .filter(|d| d.confirmed)
+        .map(|d| d.spec.key())
+        .collect();
+    Ok((state.routes, revisions))
+}
+
 fn read_state(dir: &Path) -> Result<StateFile> {
     let path = dir.join(STATE_FILE);
     let bytes = match std::fs::read(&path) {

@@ -240,13 +240,28 @@ impl Repo {
         out
     }
 
-    /// The daemon's pid, from its lock file.
-    fn daemon_pid(&self) -> i32 {
-        std::fs::read_to_string(self.root.join(".cairn/serving/supervisor.lock"))
+    /// A crash of the whole supervisor: `kill -9` of its watchdog (which the lock file
+    /// names, and which would restart the daemon) and of the daemon the watchdog runs.
+    fn kill_supervisor(&self) {
+        let serving = self.root.join(".cairn/serving");
+        let lock = std::fs::read_to_string(serving.join("supervisor.lock")).unwrap();
+        let watchdog: i32 = lock.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(watchdog > 1);
+        let daemon = format!("supervise --state {} --watchdog-fd", serving.display());
+        let daemon: Vec<i32> = std::fs::read_dir("/proc")
             .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&daemon)
+                })
+            })
+            .collect();
+        assert_eq!(daemon.len(), 1, "{daemon:?}");
+        kill_9(watchdog);
+        kill_9(daemon[0]);
     }
 
     /// The rollout events the last apply journaled for the endpoint.
@@ -630,26 +645,7 @@ fn serving_comes_back_after_the_supervisor_is_killed() {
     repo.apply().ok();
     let v1 = repo.model_version();
     let key = repo.key();
-    // The lock names the watchdog (which would restart the daemon); both are killed.
-    let serving = repo.root.join(".cairn/serving");
-    let lock = std::fs::read_to_string(serving.join("supervisor.lock")).unwrap();
-    let watchdog: i32 = lock.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(watchdog > 1);
-    let daemon = format!("supervise --state {} --watchdog-fd", serving.display());
-    let daemon: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(&daemon)
-            })
-        })
-        .collect();
-    assert_eq!(daemon.len(), 1, "{daemon:?}");
-    kill_9(watchdog);
-    kill_9(daemon[0]);
+    repo.kill_supervisor();
     wait_until("the router to go away", Duration::from_secs(10), || {
         predict(&agent(), repo.addr(), Some(&key)).is_err()
     });
@@ -707,7 +703,7 @@ fn a_rollout_cut_short_by_a_supervisor_crash_is_rolled_out_again_under_its_gates
         Duration::from_secs(120),
         || repo.canary_weight().is_some_and(|w| w > 0 && w < 100),
     );
-    kill_9(repo.daemon_pid());
+    repo.kill_supervisor();
     let cut = wait_with_deadline(apply, Duration::from_secs(60));
     load.finish();
     let cut_at = repo.canary_weight().unwrap();

@@ -423,6 +423,39 @@ mod tests {
         assert_eq!(a, version_of(&[f("a.csv", "1"), f("b.csv", "2")]));
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn an_output_folder_with_hostile_links_is_refused() {
+        // A link to a file outside the folder would publish it as a model file.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", out.path().join("passwd")).unwrap();
+        let err = hash_folder(out.path()).unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("leads outside the folder"),
+            "{err:?}"
+        );
+
+        // A link back to the folder would make the walk endless.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink(".", out.path().join("self")).unwrap();
+        let err = hash_folder(out.path()).unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("links to folders are not followed"),
+            "{err:?}"
+        );
+
+        // A link to a file inside the folder is hashed under its own name.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink("model.bin", out.path().join("latest.bin")).unwrap();
+        let content = hash_folder(out.path()).unwrap();
+        let paths: Vec<&str> = content.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["latest.bin", "model.bin"]);
+        assert_eq!(content.files[0].sha256, content.files[1].sha256);
+    }
+
     #[test]
     fn describes_differences() {
         let old = [f("a", "1"), f("b", "2"), f("c", "3")];

@@ -1362,4 +1362,85 @@ mod tests {
         assert_eq!(join_inside("ws", "../../etc"), None);
         assert_eq!(join_inside("ws", "/etc/passwd"), None);
     }
+
+    /// A root with `ws/workspace.toml` and `ws/data/a.csv`.
+    fn root() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("ws/data")).unwrap();
+        std::fs::write(tmp.path().join("ws/workspace.toml"), "[workspace]\n").unwrap();
+        std::fs::write(tmp.path().join("ws/data/a.csv"), "x\n").unwrap();
+        tmp
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_walk_never_follows_a_link_to_a_folder() {
+        let tmp = root();
+        std::os::unix::fs::symlink(".", tmp.path().join("ws/data/self")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        let err = snapshot.walk("ws/data").unwrap_err();
+        assert!(
+            matches!(&err, WalkError::FolderLink { path } if path == "ws/data/self"),
+            "{err:?}"
+        );
+        // Through `files`, the same refusal as an I/O error that names the link.
+        let err = snapshot.files("ws/data").unwrap_err();
+        assert!(err.to_string().contains("ws/data/self"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_walk_refuses_pipes_loops_and_broken_links() {
+        let tmp = root();
+        let data = tmp.path().join("ws/data");
+        std::os::unix::fs::symlink("b", data.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", data.join("b")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Loop { .. })
+        ));
+
+        let tmp = root();
+        let data = tmp.path().join("ws/data");
+        std::os::unix::fs::symlink("nothing", data.join("gone")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Broken { .. })
+        ));
+
+        let tmp = root();
+        let pipe = std::ffi::CString::new(
+            tmp.path()
+                .join("ws/data/p")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a plain system call with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(pipe.as_ptr(), 0o644) }, 0);
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Special {
+                what: "a named pipe (FIFO)",
+                ..
+            })
+        ));
+        // Reading the pipe directly fails at once instead of waiting for a writer.
+        assert!(snapshot.read("ws/data/p").is_err());
+    }
+
+    #[test]
+    fn reads_never_leave_the_root() {
+        let tmp = root();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        // A path that joins to an absolute one (an empty source folder and `/x`) or
+        // climbs out is refused, not read from `/`.
+        assert!(snapshot.read("/etc/passwd").is_err());
+        assert!(snapshot.read("../../../../etc/passwd").is_err());
+        assert_eq!(snapshot.disk_path("/etc/passwd"), None);
+        assert!(snapshot.walk("..").is_err());
+    }
 }

@@ -526,7 +526,7 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
             match manifest_on_disk(&canonical, &entry, &rel) {
                 Ok(Some(path)) => names.push((name, path)),
                 Ok(None) => {}
-                Err(problem) => problems.push(problem),
+                Err(problem) => problems.push(*problem),
             }
         }
         names.sort();
@@ -581,11 +581,13 @@ fn manifest_on_disk(
     root: &Path,
     entry: &std::fs::DirEntry,
     rel: &str,
-) -> Result<Option<PathBuf>, Diagnostic> {
+) -> Result<Option<PathBuf>, Box<Diagnostic>> {
     let problem = |message: String, help: &str| {
-        Diagnostic::error("manifest-file", message)
-            .at(Location::file(rel))
-            .help(help.to_string())
+        Box::new(
+            Diagnostic::error("manifest-file", message)
+                .at(Location::file(rel))
+                .help(help.to_string()),
+        )
     };
     let file_type = entry.file_type().map_err(|e| {
         problem(
@@ -1000,7 +1002,7 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
                                 Ok(Some(id)) => id,
                                 Ok(None) => continue,
                                 Err(problem) => {
-                                    problems.push(problem);
+                                    problems.push(*problem);
                                     continue;
                                 }
                             }
@@ -1073,11 +1075,13 @@ fn manifest_link_in_git(
     repo: &git2::Repository,
     root: &git2::Tree<'_>,
     rel: &str,
-) -> Result<Option<git2::Oid>, Diagnostic> {
+) -> Result<Option<git2::Oid>, Box<Diagnostic>> {
     let problem = |message: &str| {
-        Diagnostic::error("manifest-file", message.to_string())
-            .at(Location::file(rel))
-            .help("replace the link with the file itself, or point it at a file inside the manifests root")
+        Box::new(
+            Diagnostic::error("manifest-file", message.to_string())
+                .at(Location::file(rel))
+                .help("replace the link with the file itself, or point it at a file inside the manifests root"),
+        )
     };
     match resolve_git_path(repo, root, rel) {
         GitPath::Found {

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::manifest::source::{join_rel, open_regular};
 use crate::manifest::{Fingerprint, Snapshot, TreeFile};
 
 /// Length of version ids in hex characters (48 bits: collisions are not a concern for
@@ -69,7 +70,7 @@ pub fn version_of(files: &[HashedFile]) -> String {
 
 /// The SHA-256 of a file's bytes, in lowercase hex (streamed, not read whole).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    sha256_reader(std::fs::File::open(path)?, &|_| {})
+    sha256_reader(open_regular(path)?, &|_| {})
 }
 
 /// Returns the short hex SHA-256 of some bytes, for ids derived from specs.
@@ -224,7 +225,7 @@ pub fn hash_source(
             let rel = if single_file {
                 dir.to_string()
             } else {
-                format!("{dir}/{}", file.path)
+                join_rel(dir, &file.path)
             };
             let disk = snapshot.disk_path(&rel);
             if let Some(sha256) = cache.lookup(disk.as_deref(), file) {
@@ -240,7 +241,7 @@ pub fn hash_source(
             };
             let sha256 = match &disk {
                 Some(path) => {
-                    let f = std::fs::File::open(path).map_err(read_err)?;
+                    let f = open_regular(path).map_err(read_err)?;
                     sha256_reader(f, on_bytes).map_err(read_err)?
                 }
                 None => {
@@ -265,40 +266,66 @@ pub fn hash_source(
 }
 
 /// Hashes a folder on disk that is not part of a snapshot (a job's output folder).
+///
+/// As with sources, links to folders are not followed (a job that writes `ln -s . self`
+/// must not make hashing endless), links to files are followed only when they stay
+/// inside the folder (a job can't publish `/etc/passwd` as a model file), and anything
+/// that is not a regular file is refused.
 pub fn hash_folder(dir: &Path) -> Result<Content, Error> {
     let mut files = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
     let list_err = |source| Error::List {
         path: dir.display().to_string(),
         source,
     };
+    let real_dir = dir.canonicalize().map_err(list_err)?;
+    let mut stack = vec![(real_dir.clone(), String::new())];
     while let Some((folder, prefix)) = stack.pop() {
         for entry in std::fs::read_dir(&folder).map_err(list_err)? {
             let entry = entry.map_err(list_err)?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
+            let rel = join_rel(&prefix, &name);
+            let refuse = |why: String| Error::List {
+                path: dir.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
             };
-            let meta = std::fs::metadata(entry.path()).map_err(list_err)?;
-            if meta.is_dir() {
+            let file_type = entry.file_type().map_err(list_err)?;
+            if file_type.is_dir() {
                 stack.push((entry.path(), rel));
-            } else if meta.is_file() {
-                let read_err = |source| Error::Read {
-                    path: entry.path().display().to_string(),
-                    source,
-                };
-                let f = std::fs::File::open(entry.path()).map_err(read_err)?;
-                let sha256 = sha256_reader(f, &|_| {}).map_err(read_err)?;
-                files.push(HashedFile {
-                    path: rel,
-                    size: meta.len(),
-                    sha256,
-                });
+                continue;
             }
+            if file_type.is_symlink() {
+                let target = entry.path().canonicalize().map_err(|e| {
+                    refuse(format!(
+                        "`{rel}` is a symbolic link that can't be followed: {e}"
+                    ))
+                })?;
+                if !target.starts_with(&real_dir) {
+                    return Err(refuse(format!(
+                        "`{rel}` is a symbolic link that leads outside the folder"
+                    )));
+                }
+                if target.is_dir() {
+                    return Err(refuse(format!(
+                        "`{rel}` is a symbolic link to a folder, and links to folders are not followed"
+                    )));
+                }
+            } else if !file_type.is_file() {
+                return Err(refuse(format!("`{rel}` is not a regular file")));
+            }
+            let read_err = |source| Error::Read {
+                path: entry.path().display().to_string(),
+                source,
+            };
+            let f = open_regular(&entry.path()).map_err(read_err)?;
+            let size = f.metadata().map_err(read_err)?.len();
+            let sha256 = sha256_reader(f, &|_| {}).map_err(read_err)?;
+            files.push(HashedFile {
+                path: rel,
+                size,
+                sha256,
+            });
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -394,6 +421,39 @@ mod tests {
         assert_ne!(a, version_of(&[f("a.csv", "1"), f("b.csv", "3")]));
         assert_ne!(a, version_of(&[f("a.csv", "1"), f("c.csv", "2")]));
         assert_eq!(a, version_of(&[f("a.csv", "1"), f("b.csv", "2")]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_output_folder_with_hostile_links_is_refused() {
+        // A link to a file outside the folder would publish it as a model file.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", out.path().join("passwd")).unwrap();
+        let err = hash_folder(out.path()).unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("leads outside the folder"),
+            "{err:?}"
+        );
+
+        // A link back to the folder would make the walk endless.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink(".", out.path().join("self")).unwrap();
+        let err = hash_folder(out.path()).unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("links to folders are not followed"),
+            "{err:?}"
+        );
+
+        // A link to a file inside the folder is hashed under its own name.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("model.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink("model.bin", out.path().join("latest.bin")).unwrap();
+        let content = hash_folder(out.path()).unwrap();
+        let paths: Vec<&str> = content.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["latest.bin", "model.bin"]);
+        assert_eq!(content.files[0].sha256, content.files[1].sha256);
     }
 
     #[test]

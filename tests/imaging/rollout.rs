@@ -22,9 +22,9 @@ fn quick_rollout(world: &World, gateway: bool) {
     let text = std::fs::read_to_string(&serve).unwrap();
     let text = text
         .replace("steps = [5, 25, 50, 100]", "steps = [20, 50, 100]")
-        .replace("step_wait = \"5m\"", "step_wait = \"2s\"");
+        .replace("step_wait = \"5m\"", "step_wait = \"5s\"");
     assert!(
-        text.contains("step_wait = \"2s\""),
+        text.contains("step_wait = \"5s\""),
         "the example's rollout moved"
     );
     std::fs::write(&serve, text).unwrap();
@@ -313,7 +313,7 @@ fn without_a_gateway_a_split_or_a_mirrored_rollout_is_refused() {
     let text = std::fs::read_to_string(&serve)
         .unwrap()
         .replace("blue = 90\ngreen = 10", "blue = 100")
-        .replace("step_wait = \"2s\"", "step_wait = \"2s\"\nmirror = 20");
+        .replace("step_wait = \"5s\"", "step_wait = \"5s\"\nmirror = 20");
     std::fs::write(&serve, text).unwrap();
     let plan = world.cairn(&["plan", "-w", "imaging"]);
     assert_eq!(plan.code, 1, "{}", plan.both());

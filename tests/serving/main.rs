@@ -390,7 +390,7 @@ impl Load {
 #[test]
 fn apply_serves_then_rolls_out_a_retrained_model_under_load() {
     let repo = Repo::example(
-        "steps = [10, 50, 100]\nstep_wait = \"1s\"\nmax_error_rate = 0.01\nmax_p99_ms = 500\n",
+        "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nmax_p99_ms = 500\n",
     );
     let first = repo.apply();
     first.ok();
@@ -430,7 +430,7 @@ fn apply_serves_then_rolls_out_a_retrained_model_under_load() {
         "▶ credit-risk/job.train-risk",
         "~ credit-risk/model.risk-scorer",
         "» credit-risk/endpoint.risk-api",
-        "rollout: 10% → 50% → 100%, each held 1s; gates: error rate ≤ 1%, p99 ≤ 500 ms; automatic rollback",
+        "rollout: 10% → 50% → 100%, each held 5s; gates: error rate ≤ 1%, p99 ≤ 500 ms; automatic rollback",
         "1 to roll out.",
     ] {
         assert!(plan.stdout.contains(expected), "{expected:?} in\n{}", plan.both());
@@ -547,7 +547,7 @@ fn broken_model(dir: &Path) {
 #[test]
 fn a_broken_version_is_rolled_back_without_a_failed_request() {
     let repo = Repo::example(
-        "steps = [10, 50, 100]\nstep_wait = \"1s\"\nmax_error_rate = 0.01\nmirror = 50\n",
+        "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nmirror = 50\n",
     );
     repo.apply().ok();
     let v1 = repo.model_version();

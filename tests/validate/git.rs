@@ -28,7 +28,7 @@ fn signature() -> Signature<'static> {
 }
 
 /// Copies a folder recursively, skipping hidden entries (`.cairn/` stores and the like).
-fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -46,7 +46,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// Stages everything in the working tree (deletions included) and commits it on HEAD.
-fn commit_all(repo: &Repository, message: &str) -> Oid {
+pub(crate) fn commit_all(repo: &Repository, message: &str) -> Oid {
     let mut index = repo.index().unwrap();
     index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
     index.update_all(["*"], None).unwrap();

@@ -8,6 +8,10 @@
 //!   file, 100 000 levels of nesting, CRLF line endings), written to a temporary folder.
 //! - `example`: the example repository in `manifests/` is valid, and says what it holds.
 //! - `git`: `--rev` against a repository made with git2 in a temporary folder.
+//! - `hostile`: a corpus of hostile repositories (each one change to a valid base), through
+//!   `validate` and `plan`, with its counts printed.
+//! - `sources`: hostile dataset sources and manifest files (links, pipes, sockets,
+//!   devices) built in a copy of the example, on disk and committed.
 //!
 //! Snapshots live in `snapshots/` next to this file. To accept new or changed ones:
 //! `INSTA_UPDATE=always cargo test --test validate`, then read every changed `.snap`.
@@ -16,6 +20,8 @@ mod corpus;
 mod example;
 mod generated;
 mod git;
+mod hostile;
+mod sources;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,7 +6,10 @@
 //! that need live state (quota actually free, versions that exist) belong to the planner.
 
 mod graph;
+mod limits;
 mod validate;
+
+pub use limits::{MAX_INSTANCES, MAX_P99_MS, MAX_REPLICAS, MAX_RETRIES, MIN_STEP_WAIT};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;

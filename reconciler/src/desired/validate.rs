@@ -13,14 +13,17 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::{Dependency, Resource};
+use super::{limits, Dependency, Resource};
 use crate::address::{is_dns1123_label, Address, Kind, Reference, ReferenceError};
 use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics, LineIndex, Location};
 use crate::manifest::source::join_inside;
 use crate::manifest::{
-    ComputeSpec, Declared, EndpointSpec, EntryKind, JobSpec, ModelSpec, Role, Snapshot, Spec,
-    Target, WorkspaceSpec,
+    ComputeSpec, Declared, EndpointSpec, JobSpec, ModelSpec, Role, Snapshot, Spec, Target,
+    WalkError, WorkspaceSpec,
 };
+
+/// Folders a source may not read: Git's own files and Cairn's store and state.
+const RESERVED_FOLDERS: [&str; 2] = [".git", ".cairn"];
 
 /// Deduplicates and checks `declared`, returning the resources (with dependencies filled
 /// in) and an index by address.
@@ -96,9 +99,15 @@ pub(super) fn check(
                     }
                 }
             }
-            Spec::Job(spec) => ctx.job(&view, r, spec, &mut out),
+            Spec::Job(spec) => {
+                ctx.job(&view, r, spec, &mut out);
+                out.diags.extend(limits::job(&ctx.place(r), spec));
+            }
             Spec::Model(spec) => ctx.model(&view, r, spec, &mut out),
-            Spec::Endpoint(spec) => ctx.endpoint(&view, r, spec, &mut out),
+            Spec::Endpoint(spec) => {
+                ctx.endpoint(&view, r, spec, &mut out);
+                out.diags.extend(limits::endpoint(&ctx.place(r), spec));
+            }
         }
         out.deps.sort_by(|a, b| {
             a.address
@@ -191,6 +200,13 @@ impl<'s> Ctx<'s> {
         Ctx {
             snapshot,
             lines: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn place<'r>(&'r self, r: &'r Resource) -> limits::Place<'r> {
+        limits::Place {
+            resource: r,
+            text: self.snapshot.text(&r.file).unwrap_or(""),
         }
     }
 
@@ -542,15 +558,64 @@ impl<'s> Ctx<'s> {
             out.error(escape(at(), text));
             return;
         };
-        match self.snapshot.entry(&path) {
-            Some(EntryKind::Dir | EntryKind::File) => {}
-            Some(EntryKind::Outside) => out.error(escape(at(), text)),
-            None => out.error(
+        if path.is_empty() {
+            out.error(
+                Diagnostic::error("source-is-root", format!("{what} source `{text}` is the whole manifests root"))
+                    .at(at())
+                    .label("this is the folder that holds every workspace")
+                    .help("point `source` at a data folder, e.g. `data/loans/` (relative to the workspace folder)"),
+            );
+            return;
+        }
+        if let Some(reserved) = path.split('/').find(|p| RESERVED_FOLDERS.contains(p)) {
+            out.error(
+                Diagnostic::error(
+                    "reserved-path",
+                    format!("{what} source `{text}` is inside `{reserved}`"),
+                )
+                .at(at())
+                .label(format!(
+                    "`{reserved}` holds {}",
+                    if reserved == ".git" {
+                        "Git's own files"
+                    } else {
+                        "Cairn's store and state"
+                    }
+                ))
+                .help("point `source` at a data folder of the repository, e.g. `data/loans/`"),
+            );
+            return;
+        }
+        // The whole source is listed now (not hashed), so that whatever would stop
+        // planning — a link to a folder or out of the root, a named pipe — stops here.
+        match self.snapshot.walk(&path) {
+            Ok(_) => {}
+            Err(WalkError::Missing { .. }) => out.error(
                 Diagnostic::error("missing-path", format!("{what} source `{text}` does not exist"))
                     .at(at())
                     .label(format!("looked for `{path}` under the manifests root"))
                     .help("paths are relative to the workspace folder; with `--rev`, the folder must be committed"),
             ),
+            Err(WalkError::Outside { path: p }) if p == path => out.error(escape(at(), text)),
+            Err(err) => {
+                let code = match &err {
+                    WalkError::Outside { .. } => "path-escape",
+                    WalkError::FolderLink { .. } | WalkError::Loop { .. } | WalkError::Broken { .. } => "source-link",
+                    WalkError::Special { .. } => "source-special-file",
+                    WalkError::Missing { .. } | WalkError::Io { .. } => "unreadable-source",
+                };
+                let label = if err.path() == path {
+                    "the source itself"
+                } else {
+                    "found inside the source"
+                };
+                out.error(
+                    Diagnostic::error(code, format!("{what} source `{text}` can't be read: {err}"))
+                        .at(at())
+                        .label(label)
+                        .help(err.hint()),
+                );
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! This stage knows nothing about other resources: whether a reference resolves or a
 //! traffic map adds up is checked in [`crate::desired`].
 
+pub mod locate;
 pub mod model;
 pub mod parse;
 pub mod source;
@@ -13,6 +14,6 @@ pub use model::*;
 pub use parse::{parse_file, Declared, ParsedFile, Spec};
 pub use source::{
     load_folder, load_revision, EntryKind, Error, Fingerprint, Origin, Snapshot, SourceFile,
-    TreeFile,
+    TreeFile, WalkError,
 };
 pub use units::{Duration, Quantity};

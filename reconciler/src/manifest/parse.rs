@@ -290,6 +290,12 @@ fn toml_error(
             help = Some(
                 "TOML: strings in double quotes, one `key = value` per line, resources as `[kind.name]` tables".into(),
             );
+        } else if first.starts_with("expected ") {
+            // The deserialiser's own words for a value of the wrong shape
+            // ("expected table, found boolean", for a table where a name goes).
+            help = context.as_ref().map(|(kind, _)| {
+                format!("this value has the wrong type for a {kind}; the README's manifest reference lists every field and its type")
+            });
         }
     }
     let mut diagnostic =

@@ -75,6 +75,153 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a dataset or model source (a folder or file under the manifests root) can't be
+/// read as data. Paths are relative to the manifests root.
+///
+/// Walking a source never follows a symbolic link to a folder: a link back to an
+/// ancestor (`ln -s . self`) would make the walk endless, and one to a sibling would
+/// read the same files twice. Links to files are followed when they stay inside the
+/// manifests root. Links on the way *to* the source (`source = "data/current"` with
+/// `current -> v3`) are resolved, also only inside the root.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("`{path}` does not exist")]
+    Missing { path: String },
+    #[error("`{path}` leads outside the manifests root")]
+    Outside { path: String },
+    #[error("`{path}` is a symbolic link to a folder, and links to folders are not followed")]
+    FolderLink { path: String },
+    #[error("`{path}` is a symbolic link that loops back on itself")]
+    Loop { path: String },
+    #[error("`{path}` is a symbolic link to nothing")]
+    Broken { path: String },
+    #[error("`{path}` is {what}, not a regular file")]
+    Special { path: String, what: &'static str },
+    #[error("cannot read `{path}`")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WalkError {
+    /// The path the problem is about, relative to the manifests root.
+    pub fn path(&self) -> &str {
+        match self {
+            WalkError::Missing { path }
+            | WalkError::Outside { path }
+            | WalkError::FolderLink { path }
+            | WalkError::Loop { path }
+            | WalkError::Broken { path }
+            | WalkError::Special { path, .. }
+            | WalkError::Io { path, .. } => path,
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            WalkError::Missing { .. } => {
+                "paths are relative to the workspace folder; with `--rev`, the folder must be committed"
+            }
+            WalkError::Outside { .. } => {
+                "paths from manifests must stay inside the manifests root; copy the data in, or use an `s3://` URL"
+            }
+            WalkError::FolderLink { .. } => {
+                "replace the link with the folder itself, or point `source` at the folder it links to"
+            }
+            WalkError::Loop { .. } | WalkError::Broken { .. } => {
+                "fix or remove the link; a source holds regular files, and links to files inside the manifests root"
+            }
+            WalkError::Special { .. } => {
+                "a source holds regular files only; remove it, or move it out of the source folder"
+            }
+            WalkError::Io { .. } => "check that the files are readable by the user running cairn",
+        }
+    }
+}
+
+impl From<WalkError> for std::io::Error {
+    fn from(err: WalkError) -> std::io::Error {
+        let kind = match &err {
+            WalkError::Missing { .. } | WalkError::Broken { .. } => std::io::ErrorKind::NotFound,
+            WalkError::Outside { .. } => std::io::ErrorKind::PermissionDenied,
+            WalkError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, err)
+    }
+}
+
+/// Describes a file type that is neither a regular file, a folder nor a link.
+fn special_kind(file_type: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+    }
+    let _ = file_type;
+    "a special file"
+}
+
+/// Opens a regular file for reading without ever blocking on a named pipe or a device
+/// that was swapped in after the file was listed.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "`{}` is {}, not a regular file",
+                path.display(),
+                special_kind(meta.file_type())
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Joins two `/`-separated relative paths, either of which may be empty.
+pub(crate) fn join_rel(dir: &str, rel: &str) -> String {
+    match (dir.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (false, true) => dir.to_string(),
+        (false, false) => format!("{dir}/{rel}"),
+    }
+}
+
+fn is_loop(err: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        err.raw_os_error() == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = err;
+        false
+    }
+}
+
 /// Where a snapshot was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -164,8 +311,9 @@ pub trait Tree: Send + Sync {
     fn entry(&self, path: &str) -> Option<EntryKind>;
 
     /// Lists every file under `dir` (or `dir` itself if it is a file), recursively,
-    /// sorted by path. Symbolic links leading outside the root are refused.
-    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>>;
+    /// sorted by path. Refuses what [`WalkError`] names: links leading outside the root,
+    /// links to folders, loops, broken links and files that are not regular files.
+    fn walk(&self, dir: &str) -> Result<Vec<TreeFile>, WalkError>;
 
     /// Reads a file (`path` relative to the root).
     fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
@@ -210,9 +358,15 @@ impl Snapshot {
         self.tree.entry(path)
     }
 
-    /// Lists the files under a folder of the root; see [`Tree::files`].
+    /// Lists the files under a folder of the root; see [`Tree::walk`].
     pub fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
-        self.tree.files(dir)
+        Ok(self.tree.walk(dir)?)
+    }
+
+    /// Lists the files under a folder of the root, saying exactly what is wrong when
+    /// the folder can't be read as data; see [`Tree::walk`].
+    pub fn walk(&self, dir: &str) -> Result<Vec<TreeFile>, WalkError> {
+        self.tree.walk(dir)
     }
 
     /// Reads a file under the root.
@@ -330,6 +484,7 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
         path: root.to_path_buf(),
         source,
     };
+    let canonical = root.canonicalize().map_err(read_root)?;
     let mut dirs = Vec::new();
     let mut problems = Vec::new();
     let mut stray = Vec::new();
@@ -346,6 +501,8 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
             dirs.push(name);
         } else if is_manifest_name(&name) {
             stray.push(name);
+        } else if file_type.is_symlink() && holds_manifests(&entry.path()) {
+            problems.push(linked_workspace(&name));
         }
     }
     dirs.sort();
@@ -362,8 +519,14 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if is_manifest_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
-                names.push((name, entry.path()));
+            if !is_manifest_name(&name) {
+                continue;
+            }
+            let rel = format!("{dir}/{name}");
+            match manifest_on_disk(&canonical, &entry, &rel) {
+                Ok(Some(path)) => names.push((name, path)),
+                Ok(None) => {}
+                Err(problem) => problems.push(*problem),
             }
         }
         names.sort();
@@ -381,7 +544,7 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
                 continue;
             }
             let mut bytes = Vec::with_capacity(size as usize);
-            match std::fs::File::open(&path)
+            match open_regular(&path)
                 .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
             {
                 Ok(_) if bytes.len() as u64 > MAX_MANIFEST_BYTES => {
@@ -398,7 +561,6 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let root_is_workspace = stray.iter().any(|n| n == "workspace.toml");
     add_layout_problems(&mut problems, &stray, root_is_workspace);
-    let canonical = root.canonicalize().map_err(read_root)?;
     Ok(Snapshot {
         origin: Origin::Folder {
             root: root.to_path_buf(),
@@ -408,6 +570,106 @@ pub fn load_folder(root: &Path) -> Result<Snapshot> {
         problems,
         tree: Box::new(FolderTree::new(canonical)),
     })
+}
+
+/// Decides what a `*.toml` entry of a workspace folder is: a manifest to read (its path
+/// on disk, links resolved), a folder to leave alone, or a problem to report. A manifest
+/// that is a symbolic link is read when it leads to a regular file inside the manifests
+/// root, and refused otherwise; named pipes, sockets and devices are refused without
+/// being opened. Nothing is skipped without a word.
+fn manifest_on_disk(
+    root: &Path,
+    entry: &std::fs::DirEntry,
+    rel: &str,
+) -> Result<Option<PathBuf>, Box<Diagnostic>> {
+    let problem = |message: String, help: &str| {
+        Box::new(
+            Diagnostic::error("manifest-file", message)
+                .at(Location::file(rel))
+                .help(help.to_string()),
+        )
+    };
+    let file_type = entry.file_type().map_err(|e| {
+        problem(
+            format!("cannot read manifest file: {e}"),
+            "check the file's permissions",
+        )
+    })?;
+    if file_type.is_dir() {
+        return Ok(None);
+    }
+    if file_type.is_file() {
+        return Ok(Some(entry.path()));
+    }
+    let link_help =
+        "replace the link with the file itself, or point it at a file inside the manifests root";
+    if !file_type.is_symlink() {
+        return Err(problem(
+            format!(
+                "manifest file is {}, not a regular file",
+                special_kind(file_type)
+            ),
+            "a manifest is a regular file; remove it or rename it so it doesn't end in `.toml`",
+        ));
+    }
+    let real = match entry.path().canonicalize() {
+        Ok(real) => real,
+        Err(e) if is_loop(&e) => {
+            return Err(problem(
+                "manifest file is a symbolic link that loops back on itself".into(),
+                link_help,
+            ))
+        }
+        Err(_) => {
+            return Err(problem(
+                "manifest file is a symbolic link to nothing".into(),
+                link_help,
+            ))
+        }
+    };
+    if !real.starts_with(root) {
+        return Err(problem(
+            "manifest file is a symbolic link that leads outside the manifests root".into(),
+            link_help,
+        ));
+    }
+    match std::fs::metadata(&real) {
+        Ok(meta) if meta.is_file() => Ok(Some(real)),
+        Ok(meta) if meta.is_dir() => Ok(None),
+        Ok(meta) => Err(problem(
+            format!(
+                "manifest file is a symbolic link to {}, not to a regular file",
+                special_kind(meta.file_type())
+            ),
+            link_help,
+        )),
+        Err(e) => Err(problem(
+            format!("cannot read manifest file: {e}"),
+            link_help,
+        )),
+    }
+}
+
+/// Returns whether a folder (reached through a link) holds `*.toml` files.
+fn holds_manifests(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+        && std::fs::read_dir(path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_str().is_some_and(is_manifest_name))
+        })
+}
+
+fn linked_workspace(name: &str) -> Diagnostic {
+    Diagnostic::error(
+        "manifest-file",
+        format!(
+            "workspace folder `{name}` is a symbolic link, and links to folders are not followed"
+        ),
+    )
+    .help(format!(
+        "move the workspace's files into a real folder `{name}/` under the manifests root"
+    ))
 }
 
 fn add_layout_problems(problems: &mut Vec<Diagnostic>, stray: &[String], root_is_workspace: bool) {
@@ -448,6 +710,9 @@ enum Resolved {
     Inside(PathBuf, std::fs::Metadata),
     Outside,
     Missing,
+    /// A link on the way loops or leads nowhere.
+    Loop,
+    Broken,
 }
 
 impl FolderTree {
@@ -464,6 +729,10 @@ impl FolderTree {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let mut prefix = String::new();
         for (i, part) in parts.iter().enumerate() {
+            if *part == ".." || *part == "." {
+                // Not normalised: never let `..` climb out of the root.
+                return Resolved::Outside;
+            }
             if !prefix.is_empty() {
                 prefix.push('/');
             }
@@ -477,13 +746,20 @@ impl FolderTree {
                 return Resolved::Missing;
             };
             if meta.file_type().is_symlink() {
-                // A link: resolve the whole path the slow way and check where it lands.
+                // A link: resolve it, check where it lands, then the rest of the path.
+                match full.canonicalize() {
+                    Ok(real) if real.starts_with(&self.root) => {}
+                    Ok(_) => return Resolved::Outside,
+                    Err(e) if is_loop(&e) => return Resolved::Loop,
+                    Err(_) => return Resolved::Broken,
+                }
                 return match self.root.join(path).canonicalize() {
                     Ok(real) if real.starts_with(&self.root) => match std::fs::metadata(&real) {
                         Ok(meta) => Resolved::Inside(real, meta),
                         Err(_) => Resolved::Missing,
                     },
                     Ok(_) => Resolved::Outside,
+                    Err(e) if is_loop(&e) => Resolved::Loop,
                     Err(_) => Resolved::Missing,
                 };
             }
@@ -502,6 +778,50 @@ impl FolderTree {
             Err(_) => Resolved::Missing,
         }
     }
+
+    /// Returns where a path listed by [`Tree::walk`] is on disk; refuses paths that are
+    /// absolute or climb out of the root.
+    fn inside(&self, path: &str) -> std::io::Result<PathBuf> {
+        match join_inside("", path) {
+            Some(rel) => Ok(self.root.join(rel)),
+            None => Err(outside(path)),
+        }
+    }
+
+    /// What a link met while walking leads to: a regular file inside the root (its
+    /// metadata), or why not.
+    fn follow_file_link(&self, link: &Path, rel: &str) -> Result<std::fs::Metadata, WalkError> {
+        let real = match link.canonicalize() {
+            Ok(real) => real,
+            Err(e) if is_loop(&e) => return Err(WalkError::Loop { path: rel.into() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(WalkError::Broken { path: rel.into() })
+            }
+            Err(source) => {
+                return Err(WalkError::Io {
+                    path: rel.into(),
+                    source,
+                })
+            }
+        };
+        if !real.starts_with(&self.root) {
+            return Err(WalkError::Outside { path: rel.into() });
+        }
+        let meta = std::fs::metadata(&real).map_err(|source| WalkError::Io {
+            path: rel.into(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(WalkError::FolderLink { path: rel.into() });
+        }
+        if !meta.is_file() {
+            return Err(WalkError::Special {
+                path: rel.into(),
+                what: special_kind(meta.file_type()),
+            });
+        }
+        Ok(meta)
+    }
 }
 
 impl Tree for FolderTree {
@@ -510,23 +830,19 @@ impl Tree for FolderTree {
             Resolved::Inside(_, meta) if meta.is_dir() => Some(EntryKind::Dir),
             Resolved::Inside(..) => Some(EntryKind::File),
             Resolved::Outside => Some(EntryKind::Outside),
-            Resolved::Missing => None,
+            Resolved::Missing | Resolved::Loop | Resolved::Broken => None,
         }
     }
 
-    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
-        let real = match self.resolve(dir) {
-            Resolved::Inside(real, _) => real,
-            Resolved::Outside => return Err(outside(dir)),
-            Resolved::Missing => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("`{dir}` does not exist"),
-                ))
-            }
+    fn walk(&self, dir: &str) -> Result<Vec<TreeFile>, WalkError> {
+        let (real, meta) = match self.resolve(dir) {
+            Resolved::Inside(real, meta) => (real, meta),
+            Resolved::Outside => return Err(WalkError::Outside { path: dir.into() }),
+            Resolved::Missing => return Err(WalkError::Missing { path: dir.into() }),
+            Resolved::Loop => return Err(WalkError::Loop { path: dir.into() }),
+            Resolved::Broken => return Err(WalkError::Broken { path: dir.into() }),
         };
         let mut out = Vec::new();
-        let meta = std::fs::metadata(&real)?;
         if meta.is_file() {
             let name = real
                 .file_name()
@@ -536,31 +852,44 @@ impl Tree for FolderTree {
             out.push(disk_file(name, &meta));
             return Ok(out);
         }
+        if !meta.is_dir() {
+            return Err(WalkError::Special {
+                path: dir.into(),
+                what: special_kind(meta.file_type()),
+            });
+        }
+        // Links to folders are never followed, so every folder is visited once and the
+        // walk ends (a link back to an ancestor is refused, not looped through).
         let mut stack = vec![(real, String::new())];
         while let Some((folder, prefix)) = stack.pop() {
-            for entry in std::fs::read_dir(&folder)? {
-                let entry = entry?;
+            let io = |source| WalkError::Io {
+                path: join_rel(dir, &prefix),
+                source,
+            };
+            for entry in std::fs::read_dir(&folder).map_err(io)? {
+                let entry = entry.map_err(io)?;
                 let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
-                let rel = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}/{name}")
+                let rel = join_rel(&prefix, &name);
+                let full = join_rel(dir, &rel);
+                let io = |source| WalkError::Io {
+                    path: full.clone(),
+                    source,
                 };
-                let mut file_type = entry.file_type()?;
-                let mut path = entry.path();
-                if file_type.is_symlink() {
-                    path = path.canonicalize()?;
-                    if !path.starts_with(&self.root) {
-                        return Err(outside(&format!("{dir}/{rel}")));
-                    }
-                    file_type = std::fs::metadata(&path)?.file_type();
-                }
+                let file_type = entry.file_type().map_err(io)?;
                 if file_type.is_dir() {
-                    stack.push((path, rel));
+                    stack.push((entry.path(), rel));
                 } else if file_type.is_file() {
-                    out.push(disk_file(rel, &std::fs::metadata(&path)?));
+                    out.push(disk_file(rel, &entry.metadata().map_err(io)?));
+                } else if file_type.is_symlink() {
+                    let meta = self.follow_file_link(&entry.path(), &full)?;
+                    out.push(disk_file(rel, &meta));
+                } else {
+                    return Err(WalkError::Special {
+                        path: full,
+                        what: special_kind(file_type),
+                    });
                 }
             }
         }
@@ -569,11 +898,13 @@ impl Tree for FolderTree {
     }
 
     fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.root.join(path))
+        let mut bytes = Vec::new();
+        open_regular(&self.inside(path)?)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn disk_path(&self, path: &str) -> Option<PathBuf> {
-        Some(self.root.join(path))
+        self.inside(path).ok()
     }
 }
 
@@ -664,14 +995,24 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
                         {
                             continue;
                         }
+                        let rel = format!("{name}/{file_name}");
+                        // A committed link is read where it leads, as on disk.
+                        let id = if file.filemode() == GIT_LINK_MODE {
+                            match manifest_link_in_git(&repo, &tree, &rel) {
+                                Ok(Some(id)) => id,
+                                Ok(None) => continue,
+                                Err(problem) => {
+                                    problems.push(*problem);
+                                    continue;
+                                }
+                            }
+                        } else {
+                            file.id()
+                        };
                         if file_name == "workspace.toml" {
                             workspaces.push(name.clone());
                         }
-                        let rel = format!("{name}/{file_name}");
-                        let blob = file
-                            .to_object(&repo)
-                            .and_then(|o| o.peel_to_blob())
-                            .map_err(git)?;
+                        let blob = repo.find_blob(id).map_err(git)?;
                         if blob.size() as u64 > MAX_MANIFEST_BYTES {
                             problems.push(too_large(&rel, blob.size() as u64));
                             continue;
@@ -686,6 +1027,20 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
                     }
                 }
                 Some(git2::ObjectType::Blob) if is_manifest_name(&name) => stray.push(name),
+                Some(git2::ObjectType::Blob) if entry.filemode() == GIT_LINK_MODE => {
+                    if let GitPath::Found {
+                        kind: git2::ObjectType::Tree,
+                        id,
+                    } = resolve_git_path(&repo, &tree, &name)
+                    {
+                        let holds = repo.find_tree(id).is_ok_and(|t| {
+                            t.iter().any(|e| e.name().is_some_and(is_manifest_name))
+                        });
+                        if holds {
+                            problems.push(linked_workspace(&name));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -712,6 +1067,42 @@ pub fn load_revision(path: &Path, rev: &str) -> Result<Snapshot> {
             tree: tree_id,
         }),
     })
+}
+
+/// Where a manifest committed as a symbolic link leads: a blob inside the manifests root
+/// (read as the manifest), a folder (left alone), or a problem.
+fn manifest_link_in_git(
+    repo: &git2::Repository,
+    root: &git2::Tree<'_>,
+    rel: &str,
+) -> Result<Option<git2::Oid>, Box<Diagnostic>> {
+    let problem = |message: &str| {
+        Box::new(
+            Diagnostic::error("manifest-file", message.to_string())
+                .at(Location::file(rel))
+                .help("replace the link with the file itself, or point it at a file inside the manifests root"),
+        )
+    };
+    match resolve_git_path(repo, root, rel) {
+        GitPath::Found {
+            kind: git2::ObjectType::Blob,
+            id,
+        } => Ok(Some(id)),
+        GitPath::Found {
+            kind: git2::ObjectType::Tree,
+            ..
+        } => Ok(None),
+        GitPath::Found { .. } => Err(problem(
+            "manifest file is a symbolic link to a Git submodule, not to a file",
+        )),
+        GitPath::Outside => Err(problem(
+            "manifest file is a symbolic link that leads outside the manifests root",
+        )),
+        GitPath::Missing => Err(problem("manifest file is a symbolic link to nothing")),
+        GitPath::Loop => Err(problem(
+            "manifest file is a symbolic link that loops back on itself",
+        )),
+    }
 }
 
 /// Returns `path` relative to the repository's working directory, with `/` separators.
@@ -745,6 +1136,8 @@ enum GitPath {
     },
     Outside,
     Missing,
+    /// More links than [`MAX_LINKS`] in a row: a loop, in practice.
+    Loop,
 }
 
 const GIT_LINK_MODE: i32 = 0o120000;
@@ -808,7 +1201,7 @@ fn resolve_git_path(repo: &git2::Repository, root: &git2::Tree<'_>, path: &str) 
             None => return GitPath::Missing,
         }
     }
-    GitPath::Missing
+    GitPath::Loop
 }
 
 impl Tree for GitTree {
@@ -824,19 +1217,25 @@ impl Tree for GitTree {
                 kind: git2::ObjectType::Blob,
                 ..
             } => Some(EntryKind::File),
-            GitPath::Found { .. } | GitPath::Missing => None,
+            GitPath::Found { .. } | GitPath::Missing | GitPath::Loop => None,
             GitPath::Outside => Some(EntryKind::Outside),
         }
     }
 
-    fn files(&self, dir: &str) -> std::io::Result<Vec<TreeFile>> {
+    fn walk(&self, dir: &str) -> Result<Vec<TreeFile>, WalkError> {
+        let io = |path: &str, message: &str| WalkError::Io {
+            path: path.to_string(),
+            source: git_io(message),
+        };
         let repo = self
             .repo
             .lock()
-            .map_err(|_| git_io("repository lock poisoned"))?;
-        let root = repo.find_tree(self.tree).map_err(|e| git_io(e.message()))?;
-        let blob_file = |path: String, id: git2::Oid| -> std::io::Result<TreeFile> {
-            let blob = repo.find_blob(id).map_err(|e| git_io(e.message()))?;
+            .map_err(|_| io(dir, "repository lock poisoned"))?;
+        let root = repo
+            .find_tree(self.tree)
+            .map_err(|e| io(dir, e.message()))?;
+        let blob_file = |path: String, id: git2::Oid| -> Result<TreeFile, WalkError> {
+            let blob = repo.find_blob(id).map_err(|e| io(&path, e.message()))?;
             Ok(TreeFile {
                 path,
                 size: blob.size() as u64,
@@ -856,49 +1255,69 @@ impl Tree for GitTree {
                 kind: git2::ObjectType::Tree,
                 id,
             } => {
-                let tree = repo.find_tree(id).map_err(|e| git_io(e.message()))?;
+                let tree = repo.find_tree(id).map_err(|e| io(dir, e.message()))?;
                 let mut entries = Vec::new();
                 tree.walk(git2::TreeWalkMode::PreOrder, |prefix, e| {
-                    if e.kind() == Some(git2::ObjectType::Blob) {
-                        if let Some(name) = e.name() {
-                            entries.push((format!("{prefix}{name}"), e.id(), e.filemode()));
-                        }
+                    if let Some(name) = e.name() {
+                        entries.push((format!("{prefix}{name}"), e.id(), e.filemode(), e.kind()));
                     }
                     git2::TreeWalkResult::Ok
                 })
-                .map_err(|e| git_io(e.message()))?;
-                for (rel, id, mode) in entries {
-                    if mode != GIT_LINK_MODE {
-                        out.push(blob_file(rel, id)?);
-                        continue;
+                .map_err(|e| io(dir, e.message()))?;
+                for (rel, id, mode, kind) in entries {
+                    let full = join_rel(dir, &rel);
+                    match kind {
+                        Some(git2::ObjectType::Tree) => continue,
+                        Some(git2::ObjectType::Blob) if mode != GIT_LINK_MODE => {
+                            out.push(blob_file(rel, id)?);
+                            continue;
+                        }
+                        Some(git2::ObjectType::Blob) => {}
+                        Some(git2::ObjectType::Commit) => {
+                            return Err(WalkError::Special {
+                                path: full,
+                                what: "a Git submodule",
+                            })
+                        }
+                        _ => {
+                            return Err(WalkError::Special {
+                                path: full,
+                                what: "an unknown kind of Git entry",
+                            })
+                        }
                     }
-                    // A link inside the folder: follow it, refusing any that leave the root.
-                    let full = if dir.is_empty() {
-                        rel.clone()
-                    } else {
-                        format!("{dir}/{rel}")
-                    };
+                    // A link inside the folder: follow it to a file, refusing any that
+                    // leave the root or lead to a folder (as on disk).
                     match resolve_git_path(&repo, &root, &full) {
                         GitPath::Found {
                             kind: git2::ObjectType::Blob,
                             id,
                         } => out.push(blob_file(rel, id)?),
-                        GitPath::Outside => return Err(outside(&full)),
+                        GitPath::Found {
+                            kind: git2::ObjectType::Tree,
+                            ..
+                        } => return Err(WalkError::FolderLink { path: full }),
                         GitPath::Found { .. } => {
-                            return Err(git_io(&format!(
-                                "`{full}` links to a folder; at a Git revision only links to files are followed"
-                            )))
+                            return Err(WalkError::Special {
+                                path: full,
+                                what: "a link to a Git submodule",
+                            })
                         }
-                        GitPath::Missing => {
-                            return Err(git_io(&format!("`{full}` is a broken symbolic link")))
-                        }
+                        GitPath::Outside => return Err(WalkError::Outside { path: full }),
+                        GitPath::Missing => return Err(WalkError::Broken { path: full }),
+                        GitPath::Loop => return Err(WalkError::Loop { path: full }),
                     }
                 }
             }
-            GitPath::Outside => return Err(outside(dir)),
-            GitPath::Found { .. } | GitPath::Missing => {
-                return Err(git_io(&format!("`{dir}` does not exist in this revision")))
+            GitPath::Found { .. } => {
+                return Err(WalkError::Special {
+                    path: dir.into(),
+                    what: "a Git submodule",
+                })
             }
+            GitPath::Outside => return Err(WalkError::Outside { path: dir.into() }),
+            GitPath::Missing => return Err(WalkError::Missing { path: dir.into() }),
+            GitPath::Loop => return Err(WalkError::Loop { path: dir.into() }),
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -946,5 +1365,86 @@ mod tests {
         assert_eq!(join_inside("ws", "../other/x").as_deref(), Some("other/x"));
         assert_eq!(join_inside("ws", "../../etc"), None);
         assert_eq!(join_inside("ws", "/etc/passwd"), None);
+    }
+
+    /// A root with `ws/workspace.toml` and `ws/data/a.csv`.
+    fn root() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("ws/data")).unwrap();
+        std::fs::write(tmp.path().join("ws/workspace.toml"), "[workspace]\n").unwrap();
+        std::fs::write(tmp.path().join("ws/data/a.csv"), "x\n").unwrap();
+        tmp
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_walk_never_follows_a_link_to_a_folder() {
+        let tmp = root();
+        std::os::unix::fs::symlink(".", tmp.path().join("ws/data/self")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        let err = snapshot.walk("ws/data").unwrap_err();
+        assert!(
+            matches!(&err, WalkError::FolderLink { path } if path == "ws/data/self"),
+            "{err:?}"
+        );
+        // Through `files`, the same refusal as an I/O error that names the link.
+        let err = snapshot.files("ws/data").unwrap_err();
+        assert!(err.to_string().contains("ws/data/self"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_walk_refuses_pipes_loops_and_broken_links() {
+        let tmp = root();
+        let data = tmp.path().join("ws/data");
+        std::os::unix::fs::symlink("b", data.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", data.join("b")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Loop { .. })
+        ));
+
+        let tmp = root();
+        let data = tmp.path().join("ws/data");
+        std::os::unix::fs::symlink("nothing", data.join("gone")).unwrap();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Broken { .. })
+        ));
+
+        let tmp = root();
+        let pipe = std::ffi::CString::new(
+            tmp.path()
+                .join("ws/data/p")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a plain system call with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(pipe.as_ptr(), 0o644) }, 0);
+        let snapshot = load_folder(tmp.path()).unwrap();
+        assert!(matches!(
+            snapshot.walk("ws/data"),
+            Err(WalkError::Special {
+                what: "a named pipe (FIFO)",
+                ..
+            })
+        ));
+        // Reading the pipe directly fails at once instead of waiting for a writer.
+        assert!(snapshot.read("ws/data/p").is_err());
+    }
+
+    #[test]
+    fn reads_never_leave_the_root() {
+        let tmp = root();
+        let snapshot = load_folder(tmp.path()).unwrap();
+        // A path that joins to an absolute one (an empty source folder and `/x`) or
+        // climbs out is refused, not read from `/`.
+        assert!(snapshot.read("/etc/passwd").is_err());
+        assert!(snapshot.read("../../../../etc/passwd").is_err());
+        assert_eq!(snapshot.disk_path("/etc/passwd"), None);
+        assert!(snapshot.walk("..").is_err());
     }
 }

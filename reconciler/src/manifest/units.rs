@@ -6,7 +6,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A duration written the human way: `"30s"`, `"20m"`, `"1h30m"`, `"2d"`.
+/// The longest duration a manifest (or a command-line flag) may give: 30 days. Longer
+/// ones are refused where they are parsed, so adding one to a clock can never overflow
+/// and no timeout, wait or delay outlives any sensible apply.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A duration written the human way: `"30s"`, `"20m"`, `"1h30m"`, `"2d"`; at most
+/// [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
 
@@ -30,9 +36,15 @@ impl FromStr for Duration {
                 "invalid duration `{s}`: give a number and a unit, like `30s`, `20m` or `1h30m`"
             ));
         }
-        humantime::parse_duration(trimmed).map(Duration).map_err(|e| {
+        let duration = humantime::parse_duration(trimmed).map_err(|e| {
             format!("invalid duration `{s}` ({e}): use a number and a unit, like `30s`, `20m` or `1h30m`")
-        })
+        })?;
+        if duration > MAX_DURATION {
+            return Err(format!(
+                "invalid duration `{s}` (over the limit of 30 days): durations are at most `30d`"
+            ));
+        }
+        Ok(Duration(duration))
     }
 }
 
@@ -187,6 +199,19 @@ mod tests {
         );
         assert_eq!("20m".parse::<Duration>().unwrap().to_string(), "20m");
         assert!("30".parse::<Duration>().is_err());
+        assert_eq!("30d".parse::<Duration>().unwrap().as_std(), MAX_DURATION);
+        for over in [
+            "31d",
+            "30d 1s",
+            "18446744073709551615s",
+            "99999999999999999999999d",
+        ] {
+            let err = over.parse::<Duration>().unwrap_err();
+            assert!(
+                err.starts_with(&format!("invalid duration `{over}`")),
+                "{err}"
+            );
+        }
         assert!("soon".parse::<Duration>().is_err());
     }
 

@@ -133,7 +133,7 @@ fn cases() -> Vec<(&'static str, Expect, Mutate)> {
         ("step_wait 0s", Expect::Invalid, |r| {
             r.write(
                 "risk/extra.toml",
-                &endpoint_with("\n[endpoint.api.rollout]\nsteps = [100]\nstep_wait = \"0s\"\n"),
+                &endpoint_with("\n[endpoint.api.rollout]\nsteps = [50, 100]\nstep_wait = \"0s\"\n"),
             )
         }),
         ("a timeout of 10^20 seconds", Expect::Invalid, |r| {

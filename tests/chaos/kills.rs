@@ -59,7 +59,7 @@ impl Example {
                 "[endpoint.risk-api]\ncompute = \"compute.branch-dc\"\nauth = \"key\"\nport = {port}\n\n\
                  [endpoint.risk-api.deployments.blue]\nmodel = \"model.risk-scorer\"\nreplicas = 2\n\n\
                  [endpoint.risk-api.traffic]\nblue = 100\n\n\
-                 [endpoint.risk-api.rollout]\nsteps = [50, 100]\nstep_wait = \"1s\"\nmirror = 50\n\
+                 [endpoint.risk-api.rollout]\nsteps = [50, 100]\nstep_wait = \"5s\"\nmirror = 50\n\
                  max_error_rate = 0.01\nmax_p99_ms = 1000\nauto_rollback = true\n"
             ),
         )

@@ -689,7 +689,7 @@ fn walked(events: &[Value]) -> Vec<String> {
 #[test]
 fn a_rollout_cut_short_by_a_supervisor_crash_is_rolled_out_again_under_its_gates() {
     let repo = Repo::example(
-        "steps = [10, 50, 100]\nstep_wait = \"3s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+        "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
     );
     repo.apply().ok();
     let v1 = repo.model_version();
@@ -718,7 +718,7 @@ fn a_rollout_cut_short_by_a_supervisor_crash_is_rolled_out_again_under_its_gates
         "not serving",
         "an unfinished rollout left it at",
         "rollout: resumed at",
-        "each held 3s; gates: error rate ≤ 1%",
+        "each held 5s; gates: error rate ≤ 1%",
     ] {
         assert!(
             plan.stdout.contains(expected),
@@ -773,7 +773,7 @@ fn a_rollout_cut_short_by_a_supervisor_crash_is_rolled_out_again_under_its_gates
 #[test]
 fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
     let repo = Repo::example(
-        "steps = [10, 50, 100]\nstep_wait = \"3s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+        "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
     );
     repo.apply().ok();
     let v1 = repo.model_version();
@@ -888,7 +888,7 @@ fn retrains_in_a_row_never_collide_with_scheduled_retirements() {
 #[test]
 fn a_rollout_killed_before_its_promotion_holds_its_last_step_again() {
     let repo = Repo::example(
-        "steps = [50, 100]\nstep_wait = \"4s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
+        "steps = [50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nscale_down_delay = \"2s\"\n",
     );
     repo.apply().ok();
     let v1 = repo.model_version();
@@ -910,7 +910,7 @@ fn a_rollout_killed_before_its_promotion_holds_its_last_step_again() {
     plan.ok();
     assert!(
         plan.stdout
-            .contains("rollout: resumed at 100%: 100%, each held 4s"),
+            .contains("rollout: resumed at 100%: 100%, each held 5s"),
         "{}",
         plan.both()
     );

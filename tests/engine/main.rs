@@ -20,3 +20,4 @@ mod failures;
 mod flow;
 mod locking;
 mod s3;
+mod secrets;

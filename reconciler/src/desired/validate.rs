@@ -100,6 +100,7 @@ pub(super) fn check(
             Spec::Model(spec) => ctx.model(&view, r, spec, &mut out),
             Spec::Endpoint(spec) => ctx.endpoint(&view, r, spec, &mut out),
         }
+        ctx.sensitive(r, &mut out);
         out.deps.sort_by(|a, b| {
             a.address
                 .cmp(&b.address)
@@ -846,6 +847,37 @@ impl<'s> Ctx<'s> {
                         r.address.local(),
                         model.address.local()
                     )),
+                );
+            }
+        }
+    }
+
+    /// Every key a `sensitive` list names is one of the `env` keys beside it.
+    fn sensitive(&self, r: &Resource, out: &mut Out) {
+        let lists: Vec<(
+            &[Spanned<String>],
+            &std::collections::BTreeMap<String, String>,
+        )> = match &r.spec {
+            Spec::Job(j) => vec![(j.sensitive.as_slice(), &j.env)],
+            Spec::Endpoint(e) => e
+                .deployments
+                .values()
+                .map(|d| (d.get_ref().sensitive.as_slice(), &d.get_ref().env))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (sensitive, env) in lists {
+            for key in crate::manifest::model::undeclared_sensitive(sensitive, env) {
+                out.error(
+                    Diagnostic::error(
+                        "unknown-sensitive",
+                        format!(
+                            "`sensitive` names `{}`, which `env` does not declare",
+                            key.get_ref()
+                        ),
+                    )
+                    .at(self.loc(&r.file, key.span()))
+                    .help("list only keys of the `env` table beside it"),
                 );
             }
         }

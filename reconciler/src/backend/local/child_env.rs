@@ -48,12 +48,16 @@ impl ChildEnv {
 
     /// Clears `command`'s environment and sets this one; set the declared variables after.
     pub fn apply_std(&self, command: &mut std::process::Command) {
-        command.env_clear().envs(self.vars.iter().map(|(k, v)| (k, v)));
+        command
+            .env_clear()
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
     }
 
     /// Clears `command`'s environment and sets this one; set the declared variables after.
     pub fn apply_tokio(&self, command: &mut tokio::process::Command) {
-        command.env_clear().envs(self.vars.iter().map(|(k, v)| (k, v)));
+        command
+            .env_clear()
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
     }
 }
 

@@ -6,9 +6,11 @@
 //!
 //! - A **watchdog** ([`Watchdog::arm`]): a small process forked from the apply that joins
 //!   the job's process group and blocks reading a pipe whose only writer is the apply.
-//!   When the apply ends without disarming it (killed, crashed), the pipe closes, the read
-//!   returns and the watchdog kills the whole group, itself included. Being in the job's
-//!   group, it survives a kill of the apply's own process group.
+//!   When the pipe closes (the job ended and the apply closed it, or the apply is gone,
+//!   killed or crashed), the read returns and the watchdog kills the whole group, itself
+//!   included: no grandchild outlives its job. Being in the job's group, it survives a
+//!   kill of the apply's own process group, and while it lives the group's id can't be
+//!   reused, so the kill never reaches another process.
 //! - A **pid record** ([`record`]) in the run's folder: the next apply that runs the same
 //!   run in that folder first kills a group the record names that is still running there
 //!   ([`reap_leftover`]), instead of starting the same run a second time beside it. This
@@ -66,18 +68,14 @@ impl Watchdog {
                         libc::close(fd);
                     }
                 }
+                // Returns when the write end closes: the job ended (the apply closed it)
+                // or the apply is gone. Either way nothing of the group may stay: kill
+                // it. The group id can't have been reused, as this process is in it.
                 let mut byte = 0u8;
-                let n = loop {
-                    let n = libc::read(3, (&mut byte as *mut u8).cast(), 1);
-                    if n < 0 && *libc::__errno_location() == libc::EINTR {
-                        continue;
-                    }
-                    break n;
-                };
-                if n != 1 {
-                    // The apply is gone without disarming: take its job with it.
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
+                while libc::read(3, (&mut byte as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::kill(-pgid, libc::SIGKILL);
                 libc::_exit(0);
             }
         }
@@ -96,8 +94,8 @@ impl Watchdog {
         None
     }
 
-    /// Tells the watchdog the job is over (it exits without killing anything) and waits
-    /// for it. Dropping the watchdog does the same.
+    /// Tells the watchdog the job is over: it kills what is left of the group (a
+    /// grandchild the job left behind) and exits. Dropping the watchdog does the same.
     pub fn disarm(self) {}
 }
 
@@ -105,10 +103,9 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
         // SAFETY: plain system calls on the descriptor and child this value owns (and
-        // gives up here, once).
+        // gives up here, once). Closing, not writing: a write to a watchdog already
+        // killed with the group would raise SIGPIPE.
         unsafe {
-            let byte = 1u8;
-            libc::write(self.write, (&byte as *const u8).cast(), 1);
             libc::close(self.write);
             let mut status = 0;
             while libc::waitpid(self.pid, &mut status, 0) < 0

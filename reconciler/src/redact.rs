@@ -543,6 +543,84 @@ mod tests {
         assert_eq!(f.after, Some(json!(REDACTED)));
     }
 
+    /// An endpoint's deployments and a Kubernetes Deployment's container `env`, in every
+    /// rendering of a plan.
+    fn endpoint_plan() -> Plan {
+        let container = |pw: &str, seed: &str| {
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "server", "env": [
+                {"name": "DB_PASSWORD", "value": pw},
+                {"name": "DB_USER", "value": "user-PLANTED"},
+                {"name": "SEED", "value": seed},
+            ]}]}}}})
+        };
+        let plan = json!({
+            "format_version": "1", "cairn_version": "0.1.0",
+            "source": {"root": "manifests"},
+            "workspaces": [{"name": "risk", "store": "file://.cairn/store", "state_serial": 1}],
+            "resource_changes": [{
+                "address": "risk/endpoint.api", "workspace": "risk", "kind": "endpoint",
+                "name": "api", "actions": ["update"], "reason": "env changed",
+                "sensitive": ["DB_USER"],
+                "before": {"deployments": {"blue": {"env": {"DB_PASSWORD": "pw-PLANTED-1", "DB_USER": "user-PLANTED", "SEED": "1"}}}},
+                "after": {"deployments": {"blue": {"env": {"DB_PASSWORD": "pw-PLANTED-2", "DB_USER": "user-PLANTED", "SEED": "2"}}}},
+                "changes": [
+                    {"path": "deployments.blue.env.DB_PASSWORD", "before": "pw-PLANTED-1", "after": "pw-PLANTED-2"},
+                    {"path": "deployments.blue.env.SEED", "before": "1", "after": "2"},
+                    {"path": "deployments.green", "after": {"env": {"DB_USER": "user-PLANTED"}, "replicas": 1}}
+                ],
+                "objects": [{
+                    "action": "update", "api_version": "apps/v1", "kind": "Deployment",
+                    "namespace": "risk", "name": "api-blue",
+                    "changes": [
+                        {"path": "spec.template.spec.containers[0].env[0].value", "before": "pw-PLANTED-1", "after": "pw-PLANTED-2"},
+                        {"path": "spec.template.spec.containers[0].env[2].value", "before": "1", "after": "2"}
+                    ],
+                    "object": container("pw-PLANTED-2", "2")
+                }]
+            }],
+            "summary": {"add": 0, "change": 1, "destroy": 0, "run": 0, "rollout": 0, "unchanged": 0}
+        });
+        serde_json::from_value(plan).unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_plan_shows_no_sensitive_value_anywhere() {
+        let plan = endpoint_plan();
+        let text = crate::render::text(&plan, false);
+        let markdown =
+            crate::render::markdown(&plan, crate::render::PLAN_MARKDOWN_TEMPLATE).unwrap();
+        let json = plan.to_json();
+        let comment = crate::github::comment::render(
+            &crate::github::comment::CommentInput {
+                plan: &plan,
+                key: "risk",
+                pr: None,
+            },
+            crate::github::comment::COMMENT_TEMPLATE,
+        )
+        .unwrap();
+        for (what, out) in [
+            ("text", &text),
+            ("markdown", &markdown),
+            ("json", &json),
+            ("comment", &comment),
+        ] {
+            for planted in ["pw-PLANTED", "user-PLANTED"] {
+                assert!(
+                    !out.contains(planted),
+                    "the {what} plan shows {planted}:\n{out}"
+                );
+            }
+        }
+        // Not sensitive: shown, except in the comment.
+        assert!(
+            text.contains("deployments.blue.env.SEED: \"1\" → \"2\""),
+            "{text}"
+        );
+        assert!(text.contains("env[2].value: \"1\" → \"2\""), "{text}");
+        assert!(!comment.contains("\"2\""), "{comment}");
+    }
+
     #[test]
     fn comments_hide_every_env_value() {
         let rule = Rule {

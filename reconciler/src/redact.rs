@@ -621,6 +621,79 @@ mod tests {
         assert!(!comment.contains("\"2\""), "{comment}");
     }
 
+    /// The example's `credit-risk` workspace, its deployment `blue` with `env`.
+    fn desired_with_env(dir: &std::path::Path, env: &str) -> DesiredState {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let root = dir.join("manifests");
+        for entry in [
+            "credit-risk/workspace.toml",
+            "credit-risk/compute.toml",
+            "credit-risk/serve.toml",
+        ] {
+            let to = root.join(entry);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(example.join(entry), &to).unwrap();
+        }
+        std::fs::write(
+            root.join("credit-risk/model.toml"),
+            "[model.risk-scorer]\nsource = \"model/\"\nformat = \"custom\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("credit-risk/model")).unwrap();
+        std::fs::write(root.join("credit-risk/model/w.bin"), "w").unwrap();
+        let serve = root.join("credit-risk/serve.toml");
+        let text = std::fs::read_to_string(&serve).unwrap().replace(
+            "replicas = 2\n",
+            &format!("replicas = 2\nenv = {{ {env} }}\nsensitive = [\"DB_USER\"]\n"),
+        );
+        std::fs::write(&serve, text).unwrap();
+        let snapshot = crate::manifest::source::load_folder(&root).unwrap();
+        crate::desired::resolve(&snapshot)
+            .unwrap_or_else(|d| panic!("{d:?}"))
+            .state
+    }
+
+    #[test]
+    fn a_saved_endpoint_plan_gets_its_values_back_or_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let env: BTreeMap<String, String> = [
+            ("DB_PASSWORD", "pw-PLANTED"),
+            ("DB_USER", "user-PLANTED"),
+            ("SEED", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let revision = crate::serving::revision("v1", &env);
+        let real =
+            json!({"deployments": {"blue": {"version": "v1", "revision": revision, "env": env}}});
+        let mut plan = endpoint_plan();
+        plan.resource_changes[0].address = "credit-risk/endpoint.risk-api".into();
+        plan.resource_changes[0].after = Some(real.clone());
+        plan.resource_changes[0].objects.clear();
+        let saved = Plan::from_json(&plan.to_json()).unwrap();
+        assert!(!plan.to_json().contains("PLANTED"), "{}", plan.to_json());
+
+        let desired = desired_with_env(
+            dir.path(),
+            "DB_PASSWORD = \"pw-PLANTED\", DB_USER = \"user-PLANTED\", SEED = \"1\"",
+        );
+        let mut restored = saved.clone();
+        restore(&mut restored, &desired).unwrap();
+        assert_eq!(restored.resource_changes[0].after, Some(real));
+
+        let changed = desired_with_env(
+            dir.path(),
+            "DB_PASSWORD = \"pw-PLANTED-2\", DB_USER = \"user-PLANTED\", SEED = \"1\"",
+        );
+        let mut stale = saved;
+        let err = restore(&mut stale, &changed).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "credit-risk/endpoint.risk-api: the manifests' `env` of deployment `blue` changed since the plan was made"
+        );
+    }
+
     #[test]
     fn comments_hide_every_env_value() {
         let rule = Rule {

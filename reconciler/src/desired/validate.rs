@@ -854,32 +854,28 @@ impl<'s> Ctx<'s> {
 
     /// Every key a `sensitive` list names is one of the `env` keys beside it.
     fn sensitive(&self, r: &Resource, out: &mut Out) {
-        let lists: Vec<(
-            &[Spanned<String>],
-            &std::collections::BTreeMap<String, String>,
-        )> = match &r.spec {
-            Spec::Job(j) => vec![(j.sensitive.as_slice(), &j.env)],
+        use crate::manifest::model::undeclared_sensitive;
+        let undeclared: Vec<&Spanned<String>> = match &r.spec {
+            Spec::Job(j) => undeclared_sensitive(&j.sensitive, &j.env).collect(),
             Spec::Endpoint(e) => e
                 .deployments
                 .values()
-                .map(|d| (d.get_ref().sensitive.as_slice(), &d.get_ref().env))
+                .flat_map(|d| undeclared_sensitive(&d.get_ref().sensitive, &d.get_ref().env))
                 .collect(),
             _ => Vec::new(),
         };
-        for (sensitive, env) in lists {
-            for key in crate::manifest::model::undeclared_sensitive(sensitive, env) {
-                out.error(
-                    Diagnostic::error(
-                        "unknown-sensitive",
-                        format!(
-                            "`sensitive` names `{}`, which `env` does not declare",
-                            key.get_ref()
-                        ),
-                    )
-                    .at(self.loc(&r.file, key.span()))
-                    .help("list only keys of the `env` table beside it"),
-                );
-            }
+        for key in undeclared {
+            out.error(
+                Diagnostic::error(
+                    "unknown-sensitive",
+                    format!(
+                        "`sensitive` names `{}`, which `env` does not declare",
+                        key.get_ref()
+                    ),
+                )
+                .at(self.loc(&r.file, key.span()))
+                .help("list only keys of the `env` table beside it"),
+            );
         }
     }
 

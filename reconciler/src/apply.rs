@@ -28,7 +28,7 @@ use crate::backend::kubernetes::traffic::{selector_of, Backend, KubeRoute, KubeT
 use crate::backend::kubernetes::{
     BoxError, KubeObject, KubeTarget, ObjectKey, LABEL_DEPLOYMENT_REVISION,
 };
-use crate::backend::local::{Exit, Launch, Target};
+use crate::backend::local::{job_group, ChildEnv, Exit, Launch, Target};
 use crate::backend::store::{
     self, now_rfc3339, DatasetVersion, FileEntry, JournalOutcome, JournalRecord, LockGuard,
     ModelRecord, RunRecord, RunStatus, StateEntry, Store, VersionedState,
@@ -158,6 +158,9 @@ pub struct ApplyOptions {
     pub command: String,
     /// Scratch space for job runs (`<root>/.cairn/work`).
     pub work_dir: PathBuf,
+    /// The environment local job processes start from (the CLI's allow-listed
+    /// variables); a job's declared `env` is set on top.
+    pub child_env: ChildEnv,
 }
 
 /// Everything an apply needs.
@@ -1169,6 +1172,15 @@ impl Applier<'_> {
             timeout,
         } = JobValue::parse(after)?;
         let work = self.options.work_dir.join("runs").join(&job).join(&run_id);
+        // A job an earlier, killed apply left running in this folder is stopped, not
+        // run a second time beside it; other runs' leftovers are removed.
+        if let Some(pgid) = job_group::reap_leftover(&work).await {
+            self.events.note(
+                &change.address,
+                &format!("stopped process group {pgid}, left running here by an earlier apply"),
+            );
+        }
+        remove_leftover_runs(&work).await;
         let command: Vec<String> =
             serde_json::from_value(after.get("command").cloned().unwrap_or_default())
                 .map_err(|_| "the job has no command".to_string())?;
@@ -1238,6 +1250,7 @@ impl Applier<'_> {
                 log: log.clone(),
                 timeout,
                 gpus: gpu_ids.clone(),
+                base_env: self.options.child_env.clone(),
             };
             let result = self.target.run(&launch).await;
             last_launch = Some(launch.clone());
@@ -1346,6 +1359,8 @@ impl Applier<'_> {
             error: error.clone(),
             commit: plan.revision.clone(),
         };
+        // Its outputs and logs are stored: the run's folder (a copy of every input) goes.
+        remove_run_folder(&work).await;
         store.put_run(&record).await.map_err(|e| error_chain(&e))?;
         match error {
             None => Ok(format!(
@@ -1395,6 +1410,33 @@ impl Applier<'_> {
             .await
             .map(|_| ())
             .map_err(|e| error_chain(&e))
+    }
+}
+
+/// Removes a run's folder once its outputs and logs are stored.
+async fn remove_run_folder(work: &Path) {
+    let work = work.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(work)).await;
+}
+
+/// Removes the folders other runs of the same job left behind (an apply killed before
+/// it cleaned up), except one whose job still runs (another apply's), so `.cairn/work`
+/// holds at most the runs in progress.
+async fn remove_leftover_runs(work: &Path) {
+    let Some(job_dir) = work.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(job_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == work || !path.is_dir() {
+            continue;
+        }
+        if !job_group::running(&path) {
+            remove_run_folder(&path).await;
+        }
     }
 }
 

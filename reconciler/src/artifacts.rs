@@ -118,6 +118,10 @@ impl std::fmt::Display for VersionRef {
     }
 }
 
+/// Files from this size up fetched from an object store get their zero blocks punched
+/// back into holes ([`crate::sparse::punch_holes`]).
+const SPARSE_CHECK: u64 = 1 << 20;
+
 /// What a fetch moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fetched {
@@ -150,6 +154,7 @@ pub async fn fetch(store: &Store, reference: &str, dest: &Path) -> Result<Fetche
         Err(e) => return Err(io(dest)(e)),
     }
     std::fs::create_dir_all(dest).map_err(io(dest))?;
+    let from_folder = store.url().starts_with("file://");
     let mut fetched = Fetched { files: 0, bytes: 0 };
     for f in files {
         let Some(rel) = join_inside("", &f.path) else {
@@ -160,6 +165,12 @@ pub async fn fetch(store: &Store, reference: &str, dest: &Path) -> Result<Fetche
         };
         let target = dest.join(rel);
         store.objects().get_file(&f.key, &target).await?;
+        if !from_folder && f.size >= SPARSE_CHECK {
+            // An object store writes a sparse file's holes out as zeros: punch them again,
+            // so the copy costs the disk its data needs (the folder store copies holes).
+            let punched = target.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::sparse::punch_holes(&punched)).await;
+        }
         let hashed = target.clone();
         let actual = tokio::task::spawn_blocking(move || content::sha256_file(&hashed))
             .await

@@ -46,8 +46,9 @@ pub struct DriftReport {
 }
 
 impl DriftReport {
-    /// The drift in `plan`.
+    /// The drift in `plan`, with its sensitive `env` values hidden.
     pub fn from_plan(plan: &Plan) -> DriftReport {
+        let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
         DriftReport {
             revision: plan.revision.clone(),
             rev: plan.source.rev.clone(),

@@ -30,9 +30,11 @@ pub mod manifest;
 pub mod plan;
 pub mod plan_objects;
 pub mod policy;
+pub mod redact;
 pub mod render;
 pub mod rollout;
 pub mod serving;
+pub mod sparse;
 pub mod workload;
 
 pub use address::{Address, Kind, Reference};

@@ -106,6 +106,10 @@ pub struct ResourceChange {
     /// For resources on Kubernetes: the objects to create, update, replace or delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<ObjectChange>,
+    /// `env` keys the manifest marks sensitive (besides those that look like secrets):
+    /// their values are hidden wherever the plan is shown or saved ([`crate::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
 }
 
 impl ResourceChange {
@@ -187,8 +191,11 @@ impl Plan {
         self.resource_changes.iter().filter(|c| !c.is_noop())
     }
 
+    /// The plan as JSON, with its sensitive `env` values hidden (see [`crate::redact`]):
+    /// a saved plan holds no secret; applying it restores them from the manifests.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plans serialize")
+        let redacted = crate::redact::plan(self, crate::redact::Redaction::Sensitive);
+        serde_json::to_string_pretty(&redacted).expect("plans serialize")
     }
 
     /// A short hash of the plan's content, recorded in the journal.
@@ -418,6 +425,7 @@ impl Planner<'_> {
                     depends_on: Vec::new(),
                     rollout: None,
                     objects: Vec::new(),
+                    sensitive: Vec::new(),
                 });
             }
         }
@@ -1344,6 +1352,25 @@ impl Planner<'_> {
     }
 }
 
+/// A job's run id computed again from its planned value (`after`), as the planner
+/// computes it from the spec: a saved plan whose restored values give another id was
+/// made with other values.
+pub fn run_id_of(job: &str, after: &Value) -> String {
+    let field = |k: &str| after.get(k).cloned().unwrap_or(Value::Null);
+    let identity = json!({
+        "job": job,
+        "compute": field("compute"),
+        "instance_type": field("instance_type"),
+        "image": field("image"),
+        "command": field("command"),
+        "env": after.get("env").cloned().unwrap_or_else(|| json!({})),
+        "gpus": field("gpus"),
+        "instances": field("instances"),
+        "inputs": after.get("inputs").cloned().unwrap_or_else(|| json!({})),
+    });
+    content::short_hash(identity.to_string().as_bytes())
+}
+
 /// `[10, 50, 100]`.
 fn describe_steps(steps: &[u32]) -> String {
     let steps: Vec<String> = steps.iter().map(u32::to_string).collect();
@@ -1379,6 +1406,7 @@ fn change(
             .collect(),
         rollout: None,
         objects: Vec::new(),
+        sensitive: crate::redact::marked(&resource.spec),
     }
 }
 
@@ -1402,6 +1430,7 @@ fn orphans(ws: &str, address: &str, objects: Vec<ObjectChange>) -> ResourceChang
         changes: Vec::new(),
         depends_on: Vec::new(),
         rollout: None,
+        sensitive: Vec::new(),
         objects,
     }
 }

@@ -43,16 +43,18 @@ fn paint(text: &str, action: Action, color: bool) -> String {
     }
 }
 
-/// Shows a JSON value compactly: strings without quotes unless they need them.
+/// Shows a JSON value compactly: strings quoted, a hidden value as `(sensitive)`.
 fn show(value: &Value) -> String {
     match value {
+        Value::String(s) if s == crate::redact::REDACTED => s.clone(),
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }
 }
 
-/// The plan for a terminal or a log.
+/// The plan for a terminal or a log, with its sensitive `env` values hidden.
 pub fn text(plan: &Plan, color: bool) -> String {
+    let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
     let mut out = String::new();
     let source = match (&plan.revision, &plan.source.rev) {
         (Some(commit), Some(rev)) => format!(
@@ -202,7 +204,9 @@ fn write_fields(out: &mut String, fields: &[crate::plan::FieldChange], indent: &
 }
 
 /// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
+/// Sensitive `env` values are hidden.
 pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
+    let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);

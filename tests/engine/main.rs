@@ -20,4 +20,5 @@ mod failures;
 mod flow;
 mod locking;
 mod s3;
+mod secrets;
 mod store_damage;

@@ -177,3 +177,39 @@ fn an_apply_converges_after_the_server_dies_mid_upload() {
         expected
     );
 }
+
+/// On an S3 store the apply needs its AWS credentials; its job gets none of them. A
+/// sparse input, which S3 sends with its holes written out, takes the run folder the disk
+/// of its data only.
+#[test]
+fn on_an_s3_store_a_job_gets_no_aws_credential_and_sparse_inputs_stay_sparse() {
+    let server = S3Server::start_serialized();
+    let root = s3_root(&server);
+    let report = root.scratch().join("job.txt");
+    root.set_job(&Job::script(format!(
+        "env > {r}.env\nstat -c '%b %B %s' \"$1/disk.img\" > {r}.alloc\necho ok > \"$2/model.bin\"",
+        r = report.display()
+    )));
+    let image = root.path().join("risk/data/loans/disk.img");
+    {
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"boot", 0).unwrap();
+    }
+    cairn(&root, &["apply", "ROOT", "--auto-approve"], SECRET_KEY).ok();
+    let env = std::fs::read_to_string(report.with_extension("txt.env")).unwrap();
+    assert!(!env.contains(SECRET_KEY), "{env}");
+    assert!(!env.contains(ACCESS_KEY), "{env}");
+    assert!(!env.contains("AWS_"), "{env}");
+    let alloc = std::fs::read_to_string(report.with_extension("txt.alloc")).unwrap();
+    let fields: Vec<u64> = alloc
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(fields[2], 64 << 20, "{alloc}");
+    assert!(
+        fields[0] * fields[1] < 4 << 20,
+        "the input copy takes {alloc}"
+    );
+}

@@ -520,3 +520,56 @@ fn a_pull_request_making_a_production_endpoint_unauthenticated_is_denied() {
     );
     assert!(server.unexpected().is_empty(), "{:?}", server.unexpected());
 }
+
+/// The job's `env` in `risk/train.toml` (the fixture's job, with these variables).
+fn job_env(root: &Root, env: &str) {
+    let path = root.path().join("risk/train.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("retries = ", &format!("env = {{ {env} }}\nretries = "), 1);
+    std::fs::write(path, text).unwrap();
+}
+
+/// A pull request that changes a job's `env`: the comment shows that each value
+/// changed, never a value, sensitive-looking or not.
+#[test]
+fn plan_comment_shows_no_env_value() {
+    let root = manifests(&Job::default());
+    job_env(
+        &root,
+        "DB_PASSWORD = \"pw-PLANTED-1\", SEED = \"seed-PLANTED-1\"",
+    );
+    let base = root.git_commit_all("base");
+    root.command(&["apply", "ROOT", "--auto-approve"])
+        .output()
+        .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
+        .unwrap();
+    root.set_job(&Job::default());
+    job_env(
+        &root,
+        "DB_PASSWORD = \"pw-PLANTED-2\", SEED = \"seed-PLANTED-2\"",
+    );
+    let head = root.git_commit_all("new secrets");
+    let server = FakeGitHub::start(REPO, TOKEN, &[9]);
+    let run = plan_comment(&root, &server, 9, &base, &head);
+    run.ok();
+    let comments = server.comments(9);
+    assert_eq!(comments.len(), 1);
+    let body = &comments[0].body;
+    for planted in ["pw-PLANTED", "seed-PLANTED"] {
+        assert!(
+            !body.contains(planted),
+            "the comment shows `{planted}`:\n{body}"
+        );
+    }
+    // The log shows what isn't sensitive, like `cairn plan`.
+    assert!(!run.both().contains("pw-PLANTED"), "{}", run.both());
+    assert!(run.stdout.contains("seed-PLANTED-2"), "{}", run.both());
+    assert!(body.contains("+ env.SEED: (sensitive)"), "{body}");
+    assert!(body.contains("- env.DB_PASSWORD: (sensitive)"), "{body}");
+    insta::with_settings!({filters => vec![
+        (r"\b[0-9a-f]{40}\b", "[COMMIT]"),
+        (r"\b[0-9a-f]{7,12}\b", "[ID]"),
+    ]}, {
+        insta::assert_snapshot!("comment_without_env_values", body);
+    });
+}

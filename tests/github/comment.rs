@@ -104,9 +104,10 @@ pub fn big_plan(n: usize, seed: &str) -> Plan {
         c.name = format!("train-{i:04}");
         c.actions = vec![cairn::plan::Action::Update];
         c.depends_on = Vec::new();
+        // Not `env.*`: a comment hides every `env` value, and these must show.
         c.changes = (0..8)
             .map(|f| cairn::plan::FieldChange {
-                path: format!("env.VAR_{f}"),
+                path: format!("config.VAR_{f}"),
                 before: Some(json!(format!("{seed}-old-{}", "x".repeat(40)))),
                 after: Some(json!(format!("{seed}-new-{}", "y".repeat(40)))),
             })

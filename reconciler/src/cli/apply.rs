@@ -67,6 +67,16 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         ),
     };
     let loaded = context::load(&source, output)?;
+    // A saved plan holds no secret: its hidden `env` values come back from the manifests,
+    // which must still declare the values it was made with.
+    let mut saved_plan = saved_plan;
+    if let Some(plan) = &mut saved_plan {
+        cairn::redact::restore(plan, &loaded.desired).map_err(|e| {
+            CommandError::from_error(&e).hint_opt(Some(
+                "the saved plan is stale: make a new one with `cairn plan -o plan.json` and review it".into(),
+            ))
+        })?;
+    }
     let selection = match &saved_plan {
         Some(plan) => {
             let names: Vec<String> = plan.workspaces.iter().map(|w| w.name.clone()).collect();
@@ -133,6 +143,8 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             command: "cairn apply".into(),
             work_dir: std::path::absolute(local.join("work"))
                 .unwrap_or_else(|_| local.join("work")),
+            // Job processes get the allow-listed variables only, never Cairn's credentials.
+            child_env: cairn::backend::local::ChildEnv::allowed(std::env::vars_os()),
         },
     };
 

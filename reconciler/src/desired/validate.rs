@@ -109,6 +109,7 @@ pub(super) fn check(
                 out.diags.extend(limits::endpoint(&ctx.place(r), spec));
             }
         }
+        ctx.sensitive(r, &mut out);
         out.deps.sort_by(|a, b| {
             a.address
                 .cmp(&b.address)
@@ -913,6 +914,33 @@ impl<'s> Ctx<'s> {
                     )),
                 );
             }
+        }
+    }
+
+    /// Every key a `sensitive` list names is one of the `env` keys beside it.
+    fn sensitive(&self, r: &Resource, out: &mut Out) {
+        use crate::manifest::model::undeclared_sensitive;
+        let undeclared: Vec<&Spanned<String>> = match &r.spec {
+            Spec::Job(j) => undeclared_sensitive(&j.sensitive, &j.env).collect(),
+            Spec::Endpoint(e) => e
+                .deployments
+                .values()
+                .flat_map(|d| undeclared_sensitive(&d.get_ref().sensitive, &d.get_ref().env))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for key in undeclared {
+            out.error(
+                Diagnostic::error(
+                    "unknown-sensitive",
+                    format!(
+                        "`sensitive` names `{}`, which `env` does not declare",
+                        key.get_ref()
+                    ),
+                )
+                .at(self.loc(&r.file, key.span()))
+                .help("list only keys of the `env` table beside it"),
+            );
         }
     }
 

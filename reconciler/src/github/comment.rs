@@ -108,7 +108,10 @@ pub fn render(input: &CommentInput<'_>, template: &str) -> Result<String, Error>
     env.add_filter("html", |s: String| escape_html(&s));
     env.add_template("comment.md", template)
         .map_err(Error::Template)?;
-    let plan = input.plan;
+    // A pull request is read by more people than the plan's makers: every `env` value
+    // is hidden, so the comment tells only that a value changed.
+    let redacted = crate::redact::plan(input.plan, crate::redact::Redaction::AllEnv);
+    let plan = &redacted;
     let changes: Vec<&ResourceChange> = plan.changes().collect();
     let tmpl = env.get_template("comment.md").map_err(Error::Template)?;
     let revision = plan.revision.clone();
@@ -234,9 +237,11 @@ fn change_view(c: &ResourceChange) -> Value {
     })
 }
 
-/// Shows a JSON value compactly: strings quoted, everything else as JSON.
+/// Shows a JSON value compactly: strings quoted, everything else as JSON, a hidden
+/// value as `(sensitive)`.
 fn show(value: &Value) -> String {
     match value {
+        Value::String(s) if s == crate::redact::REDACTED => s.clone(),
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }

@@ -232,12 +232,24 @@ pub struct JobSpec {
     pub instances: Option<Spanned<u32>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// `env` keys whose values are secrets: shown as `(sensitive)` in plans and logs
+    /// (keys like `*_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*` are without being listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<SpannedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Spanned<Duration>>,
     #[serde(default)]
     pub retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// The names of `sensitive` that `env` does not declare.
+pub fn undeclared_sensitive<'a>(
+    sensitive: &'a [SpannedStr],
+    env: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = &'a SpannedStr> {
+    sensitive.iter().filter(|k| !env.contains_key(k.get_ref()))
 }
 
 impl JobSpec {
@@ -343,6 +355,9 @@ pub struct DeploymentSpec {
     pub image: Option<SpannedStr>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// `env` keys whose values are secrets (see [`JobSpec::sensitive`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<SpannedStr>,
 }
 
 impl DeploymentSpec {

@@ -84,7 +84,8 @@ pub use cluster::{
 };
 pub use diff::{diff, ObjectDiff};
 pub use objects::{
-    compute_namespace, revision_object_name, DEFAULT_PORT, LABEL_DEPLOYMENT_REVISION,
+    compute_namespace, revision_object_name, DEFAULT_PORT, LABEL_DEPLOYMENT,
+    LABEL_DEPLOYMENT_REVISION,
 };
 pub use render::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,

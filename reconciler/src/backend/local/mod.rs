@@ -1,6 +1,7 @@
 //! The `local` compute target: this machine. Owns GPU discovery (through cudarc, loaded
 //! at run time so machines without CUDA work) and running job processes with a timeout,
-//! captured logs and `CUDA_VISIBLE_DEVICES`.
+//! captured logs and `CUDA_VISIBLE_DEVICES`, in a clean environment ([`ChildEnv`]), as a
+//! process group that dies with the apply ([`job_group`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,12 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub mod child_env;
+pub mod job_group;
 pub mod router;
 pub mod serving;
 pub mod supervisor;
+
+pub use child_env::ChildEnv;
 
 /// A GPU found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +89,9 @@ pub struct Launch {
     pub timeout: Option<Duration>,
     /// GPU indexes to expose; an empty list hides all GPUs.
     pub gpus: Vec<u32>,
+    /// The environment the process starts from (the allow-listed part of the caller's);
+    /// `env` and `CUDA_VISIBLE_DEVICES` are set on top. Nothing else is inherited.
+    pub base_env: ChildEnv,
 }
 
 /// How an attempt ended.
@@ -234,6 +241,7 @@ impl Target for LocalTarget {
             .collect::<Vec<_>>()
             .join(",");
         let mut command = tokio::process::Command::new(resolve_program(program, &launch.workdir));
+        launch.base_env.apply_tokio(&mut command);
         command
             .args(args)
             .current_dir(&launch.workdir)
@@ -250,11 +258,17 @@ impl Target for LocalTarget {
             program: program.clone(),
             source,
         })?;
+        // The job's group dies with this process, however it ends (see `job_group`).
+        let group = child.id();
+        if let Some(pgid) = group {
+            let _ = job_group::record(&launch.workdir, pgid);
+        }
+        let _watchdog = group.and_then(job_group::Watchdog::arm);
         let waited = match launch.timeout {
             Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
             None => Some(child.wait().await),
         };
-        match waited {
+        let result = match waited {
             Some(status) => {
                 let status = status.map_err(|source| Error::Wait {
                     program: program.clone(),
@@ -274,7 +288,9 @@ impl Target for LocalTarget {
                     duration: started.elapsed(),
                 })
             }
-        }
+        };
+        job_group::forget(&launch.workdir);
+        result
     }
 }
 

@@ -288,9 +288,9 @@ impl ObjectStore for FileStore {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| this.io("write", &key, e))?;
             }
-            // A copy, so a job that writes to its inputs can't change the store.
-            let _ = std::fs::remove_file(&dest);
-            std::fs::copy(&path, &dest).map_err(|e| this.io("read", &key, e))?;
+            // A copy, so a job that writes to its inputs can't change the store; zeros
+            // stay holes, so a sparse input costs no more disk than the store's copy.
+            crate::sparse::copy(&path, &dest).map_err(|e| this.io("read", &key, e))?;
             Ok(())
         })
         .await

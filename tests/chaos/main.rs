@@ -68,16 +68,7 @@ pub enum Ended {
 /// limited to `memory` bytes (so a runaway allocation fails instead of filling the
 /// machine).
 pub fn bounded(dir: &std::path::Path, args: &[&str], deadline: Duration, memory: u64) -> Ended {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("USER", "tester")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut cmd = command(dir, args);
     // SAFETY: setrlimit is async-signal-safe and touches no memory of this process.
     unsafe {
         cmd.pre_exec(move || {
@@ -123,6 +114,11 @@ pub fn panicked(run: &Run) -> bool {
 
 /// `cairn <args>` in `dir` to completion (at most `deadline`).
 pub fn cairn_in(dir: &std::path::Path, args: &[&str], deadline: Duration) -> Run {
+    wait_with_deadline(command(dir, args).spawn().expect("cairn starts"), deadline)
+}
+
+/// `cairn <args>` in `dir`, in its own process group, its output captured.
+fn command(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args(args)
         .current_dir(dir)
@@ -133,5 +129,5 @@ pub fn cairn_in(dir: &std::path::Path, args: &[&str], deadline: Duration) -> Run
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    wait_with_deadline(cmd.spawn().expect("cairn starts"), deadline)
+    cmd
 }

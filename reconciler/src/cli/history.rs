@@ -3,24 +3,17 @@
 use cairn::backend::store::DamagedRecord;
 
 use super::context;
-use super::{CommandError, Format, Output, SourceArgs};
+use super::{CommandError, Format, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-
-    /// Only these workspaces.
-    #[arg(short, long = "workspace", value_name = "NAME")]
-    workspaces: Vec<String>,
-
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    report: ReportArgs,
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
-    let loaded = context::load(&args.source, output)?;
-    let selection = context::select(&loaded, &args.workspaces)?;
+    let loaded = context::load(&args.report.source, output)?;
+    let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
     let mut records = Vec::new();
     for store in selection.stores.values() {
@@ -31,7 +24,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         records.extend(journal.records);
     }
     records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-    if args.format == Format::Json {
+    if args.report.format == Format::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&records).expect("records serialize")

@@ -148,6 +148,21 @@ impl SourceArgs {
     }
 }
 
+/// The arguments of a command that reports on workspaces: where the manifests are, which
+/// workspaces, and text or JSON.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Only these workspaces.
+    #[arg(short, long = "workspace", value_name = "NAME")]
+    pub workspaces: Vec<String>,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 /// How output should look, decided once from flags and the environment.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {

@@ -10,19 +10,12 @@ use cairn::serving::EndpointId;
 use serde_json::{json, Value};
 
 use super::context;
-use super::{CommandError, Format, Output, SourceArgs};
+use super::{CommandError, Format, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-
-    /// Only these workspaces.
-    #[arg(short, long = "workspace", value_name = "NAME")]
-    workspaces: Vec<String>,
-
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    report: ReportArgs,
 }
 
 /// The version a state entry stands for: a dataset or model version, a job's run.
@@ -34,8 +27,8 @@ fn version_of(value: &Value) -> Option<&str> {
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
-    let loaded = context::load(&args.source, output)?;
-    let selection = context::select(&loaded, &args.workspaces)?;
+    let loaded = context::load(&args.report.source, output)?;
+    let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
     let serving = context::local_serving(&loaded, std::collections::BTreeMap::new());
     let routes = rt.block_on(serving.routes()).map_err(|e| {
@@ -103,7 +96,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "endpoints": endpoints_of(ws, &routes, &serving),
         }));
     }
-    if args.format == Format::Json {
+    if args.report.format == Format::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({ "workspaces": report }))

@@ -6,24 +6,17 @@ use cairn::plan::human_bytes;
 use serde_json::json;
 
 use super::context;
-use super::{CommandError, Format, Output, SourceArgs};
+use super::{CommandError, Format, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-
-    /// Only these workspaces.
-    #[arg(short, long = "workspace", value_name = "NAME")]
-    workspaces: Vec<String>,
-
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    report: ReportArgs,
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
-    let loaded = context::load(&args.source, output)?;
-    let selection = context::select(&loaded, &args.workspaces)?;
+    let loaded = context::load(&args.report.source, output)?;
+    let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
     let scratch = context::local_dir(&loaded.root).join("verify");
     let mut reports = Vec::new();
@@ -35,7 +28,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     }
     let _ = std::fs::remove_dir(&scratch);
     let damaged: Vec<&Damaged> = reports.iter().flat_map(|(_, _, r)| &r.damaged).collect();
-    if args.format == Format::Json {
+    if args.report.format == Format::Json {
         let workspaces: Vec<_> = reports
             .iter()
             .map(|(ws, url, r)| json!({"workspace": ws, "store": url, "report": r}))

@@ -272,7 +272,7 @@ fn kill_9_during_retrain_and_rollout_converges() {
         let line = format!(
             "trial {trial}: {} killed at {:.2}s of {:.1}s → {}; verify {}",
             if supervisor_too {
-                "apply and supervisor"
+                "apply and serving daemon"
             } else {
                 "apply"
             },

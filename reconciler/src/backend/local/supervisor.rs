@@ -1534,8 +1534,6 @@ pub async fn run_daemon(
     watchdog: Option<WatchdogLink>,
     events: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-
     let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     create_state_dir(&dir)?;
     let socket = socket_path(&dir)?;
@@ -1550,14 +1548,7 @@ pub async fn run_daemon(
         None => (take_lock(&dir).await?, BTreeMap::new()),
     };
     let state = read_state(&dir)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
+    let (mut terminate, mut interrupt) = stop_signals()?;
     // A socket file left by a daemon that died; this one holds the lock, so it is stale.
     let _ = std::fs::remove_file(&socket);
     let listen_error = |source| Error::Listen {
@@ -1626,6 +1617,21 @@ pub async fn run_daemon(
 
 /// Takes `supervisor.lock` (waiting [`LOCK_WAIT`] at most) and writes the holder's pid and
 /// start time in it.
+/// SIGTERM and SIGINT, on which the daemon (and its watchdog) stop cleanly.
+fn stop_signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let on = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| Error::Signal {
+            signal: name,
+            source,
+        })
+    };
+    Ok((
+        on(SignalKind::terminate(), "SIGTERM")?,
+        on(SignalKind::interrupt(), "SIGINT")?,
+    ))
+}
+
 async fn take_lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()

@@ -103,19 +103,10 @@ pub async fn run_watchdog(
     env: &ChildEnv,
     events: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-
     let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     create_state_dir(&dir)?;
     let lock = take_lock(&dir).await?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
+    let (mut terminate, mut interrupt) = super::stop_signals()?;
     let keeping: Keeping = Arc::default();
     let mut quick_deaths = 0u32;
     let mut ever_served = false;

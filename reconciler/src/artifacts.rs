@@ -226,20 +226,27 @@ pub async fn store_model(
             folder: folder.to_path_buf(),
         });
     }
-    let uploads = content.files.iter().map(|f| async move {
-        let key = Store::model_file_key(model, version, &f.path);
-        // Stored only with the bytes just hashed: the record names that hash.
-        store
-            .objects()
-            .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
-            .await?;
-        Ok::<_, Error>(FileEntry {
-            path: f.path.clone(),
-            size: f.size,
-            sha256: f.sha256.clone(),
-            key,
+    // Collected first: a lazy iterator of futures borrowing `f` makes the whole future
+    // not `Send` (rustc's higher-ranked closure lifetimes), which targets need.
+    #[allow(clippy::needless_collect)]
+    let uploads: Vec<_> = content
+        .files
+        .iter()
+        .map(|f| async move {
+            let key = Store::model_file_key(model, version, &f.path);
+            // Stored only with the bytes just hashed: the record names that hash.
+            store
+                .objects()
+                .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
+                .await?;
+            Ok::<_, Error>(FileEntry {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                key,
+            })
         })
-    });
+        .collect();
     let files: Vec<FileEntry> = futures::stream::iter(uploads)
         .buffered(MODEL_UPLOADS)
         .try_collect()

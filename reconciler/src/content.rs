@@ -402,6 +402,20 @@ impl ContentDiff {
     }
 }
 
+/// Checks a downloaded file against the SHA-256 its version recorded.
+pub fn verify_sha256(path: &Path, expected: &str, what: &str) -> Result<(), String> {
+    let actual = tokio::task::block_in_place(|| sha256_file(path))
+        .map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
+    if actual != expected {
+        let _ = std::fs::remove_file(path);
+        return Err(format!(
+            "{what}: `{}` arrived with SHA-256 {actual}, but the version records {expected}; the stored copy is damaged",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

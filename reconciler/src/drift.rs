@@ -48,7 +48,7 @@ pub struct DriftReport {
 impl DriftReport {
     /// The drift in `plan`, with its sensitive `env` values hidden.
     pub fn from_plan(plan: &Plan) -> DriftReport {
-        let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
+        let plan = &crate::plan::redact::plan(plan, crate::plan::redact::Redaction::Sensitive);
         DriftReport {
             revision: plan.revision.clone(),
             rev: plan.source.rev.clone(),

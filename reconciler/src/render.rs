@@ -46,7 +46,7 @@ fn paint(text: &str, action: Action, color: bool) -> String {
 /// Shows a JSON value compactly: strings quoted, a hidden value as `(sensitive)`.
 fn show(value: &Value) -> String {
     match value {
-        Value::String(s) if s == crate::redact::REDACTED => s.clone(),
+        Value::String(s) if s == crate::plan::redact::REDACTED => s.clone(),
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }
@@ -54,7 +54,7 @@ fn show(value: &Value) -> String {
 
 /// The plan for a terminal or a log, with its sensitive `env` values hidden.
 pub fn text(plan: &Plan, color: bool) -> String {
-    let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
+    let plan = &crate::plan::redact::plan(plan, crate::plan::redact::Redaction::Sensitive);
     let mut out = String::new();
     let source = match (&plan.revision, &plan.source.rev) {
         (Some(commit), Some(rev)) => format!(
@@ -206,7 +206,7 @@ fn write_fields(out: &mut String, fields: &[crate::plan::FieldChange], indent: &
 /// The plan as markdown, rendered from `template` (normally [`PLAN_MARKDOWN_TEMPLATE`]).
 /// Sensitive `env` values are hidden.
 pub fn markdown(plan: &Plan, template: &str) -> Result<String, Error> {
-    let plan = &crate::redact::plan(plan, crate::redact::Redaction::Sensitive);
+    let plan = &crate::plan::redact::plan(plan, crate::plan::redact::Redaction::Sensitive);
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);

@@ -37,161 +37,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{
-    self, describe_weights, Outcome, RolloutEvent, RolloutPolicy, Traffic, Weights,
+use crate::rollout::{self, describe_weights, Outcome, RolloutEvent, Traffic, Weights};
+
+pub use crate::plan::endpoint::{
+    revision, DeploymentValue, EndpointValue, MirrorValue, RolloutPlan, RolloutValue,
+    DEFAULT_SCALE_DOWN_DELAY,
 };
-
-/// How long an old revision keeps its replicas after a promotion, unless declared.
-pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
-
-/// An endpoint as declared, with versions resolved: the plan's `after`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EndpointValue {
-    /// `compute.<name>`.
-    pub compute: String,
-    /// The compute's target: `local` or `kubernetes`.
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// `key`, `token` or `none`.
-    pub auth: String,
-    pub deployments: BTreeMap<String, DeploymentValue>,
-    /// Deployment → percent.
-    pub traffic: Weights,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<MirrorValue>,
-    pub rollout: RolloutValue,
-}
-
-/// One deployment of an endpoint, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentValue {
-    /// The model's name.
-    pub model: String,
-    pub version: String,
-    /// Whether the manifest pins the version (`model.x@v`) or follows the newest.
-    pub pinned: bool,
-    /// What runs: the version, plus a hash of `env` when there is one.
-    pub revision: String,
-    pub replicas: u32,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MirrorValue {
-    pub deployment: String,
-    pub percent: u32,
-}
-
-/// `[endpoint.<name>.rollout]` with its defaults filled in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutValue {
-    pub steps: Vec<u32>,
-    /// Humantime, e.g. `30s`.
-    pub step_wait: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99_ms: Option<u64>,
-    pub auto_rollback: bool,
-    /// Percent of requests mirrored to the new revision before traffic moves.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<u32>,
-    pub scale_down_delay: String,
-}
-
-impl RolloutValue {
-    /// Without a `[rollout]` table: switch at once when the new revision is ready.
-    pub fn immediate() -> RolloutValue {
-        RolloutValue {
-            steps: vec![100],
-            step_wait: "0s".into(),
-            max_error_rate: None,
-            max_p99_ms: None,
-            auto_rollback: true,
-            mirror: None,
-            scale_down_delay: humantime::format_duration(DEFAULT_SCALE_DOWN_DELAY).to_string(),
-        }
-    }
-
-    pub fn step_wait(&self) -> Duration {
-        humantime::parse_duration(&self.step_wait).unwrap_or_default()
-    }
-
-    pub fn scale_down_delay(&self) -> Duration {
-        humantime::parse_duration(&self.scale_down_delay).unwrap_or(DEFAULT_SCALE_DOWN_DELAY)
-    }
-
-    /// The engine's policy.
-    pub fn policy(&self) -> RolloutPolicy {
-        RolloutPolicy {
-            steps: self.steps.clone(),
-            step_wait: self.step_wait(),
-            max_error_rate: self.max_error_rate,
-            max_p99_ms: self.max_p99_ms,
-            auto_rollback: self.auto_rollback,
-            mirror: self.mirror,
-            ..RolloutPolicy::default()
-        }
-    }
-
-    /// "10% → 50% → 100%, each held 10s; gates: error rate ≤ 1%, p99 ≤ 250 ms; automatic rollback".
-    pub fn describe(&self) -> String {
-        let steps: Vec<String> = self.steps.iter().map(|s| format!("{s}%")).collect();
-        let mirror = self
-            .mirror
-            .map_or_else(String::new, |m| format!("mirror {m}% first, then "));
-        let walk = if self.step_wait() == Duration::ZERO {
-            format!("{}, without holding", steps.join(" → "))
-        } else {
-            format!("{}, each held {}", steps.join(" → "), self.step_wait)
-        };
-        let mut text = mirror + &walk;
-        let mut gates = Vec::new();
-        if let Some(rate) = self.max_error_rate {
-            gates.push(format!("error rate ≤ {}%", trim_float(rate * 100.0)));
-        }
-        if let Some(p99) = self.max_p99_ms {
-            gates.push(format!("p99 ≤ {p99} ms"));
-        }
-        if gates.is_empty() {
-            text.push_str("; no gates");
-        } else {
-            text.push_str(&format!("; gates: {}", gates.join(", ")));
-        }
-        text.push_str(if self.auto_rollback {
-            "; automatic rollback"
-        } else {
-            "; halts without rolling back"
-        });
-        text
-    }
-}
-
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-/// What the plan shows about a traffic shift.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutPlan {
-    /// Router backend → percent, now.
-    pub from: Weights,
-    /// Router backend → percent, at the end (new revisions under their temporary names).
-    pub to: Weights,
-    /// The weights at each step.
-    pub steps: Vec<Weights>,
-    pub step_wait: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99_ms: Option<u64>,
-    pub auto_rollback: bool,
-    /// One line: steps, hold, gates.
-    pub summary: String,
-}
 
 /// One router backend as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,19 +179,6 @@ pub trait Serving: Send + Sync {
     ) -> Result<()>;
     /// Stops the router and every revision of the endpoint.
     async fn remove(&self, endpoint: &EndpointId) -> Result<()>;
-}
-
-/// The revision of a deployment: its model version, plus a hash of its environment.
-pub fn revision(version: &str, env: &BTreeMap<String, String>) -> String {
-    if env.is_empty() {
-        version.to_string()
-    } else {
-        let text = serde_json::to_string(env).unwrap_or_default();
-        format!(
-            "{version}-{}",
-            &crate::content::short_hash(text.as_bytes())[..6]
-        )
-    }
 }
 
 /// The name a deployment's new revision has while it rolls out beside the old one.
@@ -735,11 +573,6 @@ fn describe_new(after: &EndpointValue) -> String {
     format!("new endpoint{at}: {}", describe_deployments(after))
 }
 
-/// What [`apply`] reports as it goes.
-pub trait Progress: Send + Sync {
-    fn note(&self, message: &str);
-}
-
 /// Brings the endpoint's live serving to `after`. Returns a one-line summary; a failed
 /// gate is an error ([`Error::RolledBack`], [`Error::Halted`]) after traffic was restored.
 ///
@@ -754,7 +587,7 @@ pub async fn apply(
     endpoint: &EndpointId,
     after: &EndpointValue,
     on_event: &(dyn Fn(RolloutEvent) + Send + Sync),
-    progress: &dyn Progress,
+    note: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<String> {
     let live = serving.observe(endpoint).await?;
     let layout = Layout::of(after, live.as_ref());
@@ -767,7 +600,7 @@ pub async fn apply(
         .map(|(_, d, r)| (d, r))
         .chain(layout.idle.iter().map(|(d, r)| (d, r)));
     for (deployment, revision) in unneeded {
-        progress.note(&format!(
+        note(&format!(
             "stopping {deployment}@{revision}: nothing routes traffic to it"
         ));
         serving
@@ -794,7 +627,7 @@ pub async fn apply(
             .iter()
             .map(|r| format!("{}@{} ×{}", r.deployment, r.revision, r.replicas))
             .collect();
-        progress.note(&format!("starting {}", names.join(", ")));
+        note(&format!("starting {}", names.join(", ")));
     }
     serving.deploy(endpoint, &revisions).await?;
 
@@ -851,7 +684,7 @@ pub async fn apply(
                 let kept = declared.get(name) == Some(&(b.deployment.clone(), b.revision.clone()));
                 let stopped = layout.superseded.iter().any(|(n, _, _)| n == name);
                 if !kept && !stopped {
-                    progress.note(&format!("stopping {}@{}", b.deployment, b.revision));
+                    note(&format!("stopping {}@{}", b.deployment, b.revision));
                     serving
                         .retire(endpoint, &b.deployment, &b.revision, Duration::ZERO)
                         .await?;
@@ -898,7 +731,7 @@ pub async fn apply(
         )
         .await?;
     for (deployment, revision) in &replaced {
-        progress.note(&format!(
+        note(&format!(
             "stopping {deployment}@{revision}: replaced in place"
         ));
         serving
@@ -911,7 +744,7 @@ pub async fn apply(
     let summary;
     if layout.moves() {
         if let Some(at) = layout.resume_at {
-            progress.note(&format!(
+            note(&format!(
                 "an unfinished rollout left traffic at {}: resuming at {at}%",
                 describe_weights(&layout.from)
             ));
@@ -924,7 +757,7 @@ pub async fn apply(
                 summary = format!("promoted: {}", describe_serving(after));
             }
             Outcome::RolledBack { step, reason, .. } => {
-                progress.note(&format!("rolled back: {reason}"));
+                note(&format!("rolled back: {reason}"));
                 // The new revisions are at 0 %: take them out and stop them.
                 restore(
                     serving,
@@ -1005,7 +838,7 @@ pub async fn apply(
         )
         .await?;
     for ((deployment, revision), after_delay) in retiring {
-        progress.note(&format!(
+        note(&format!(
             "retiring {deployment}@{revision} in {}",
             humantime::format_duration(after_delay)
         ));

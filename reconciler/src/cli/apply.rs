@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn::apply::{Applier, ApplyOptions, Status};
-use cairn::backend::local::LocalTarget;
 use cairn::backend::store::{Store, MAX_LOCK_LEASE};
 use cairn::plan::Plan;
 
 use super::context;
-use super::plan::{make_plan, print_plan};
+use super::plan::{make_plan, print_plan, PlanRequest};
 use super::progress::Progress;
 use super::{CommandError, Output, PlanFormat, SourceArgs};
 
@@ -71,7 +70,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     // which must still declare the values it was made with.
     let mut saved_plan = saved_plan;
     if let Some(plan) = &mut saved_plan {
-        cairn::redact::restore(plan, &loaded.desired).map_err(|e| {
+        cairn::plan::redact::restore(plan, &loaded.desired).map_err(|e| {
             CommandError::from_error(&e).hint_opt(Some(
                 "the saved plan is stale: make a new one with `cairn plan -o plan.json` and review it".into(),
             ))
@@ -116,22 +115,15 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     }
 
     let rt = super::runtime()?;
-    let local = context::local_dir(&loaded.root);
     // One cache for the plan and the uploads: what the plan hashed is not read again.
     let cache = context::hash_cache(&loaded.root);
-    let target = LocalTarget::detect();
-    let serving = context::local_serving(&loaded, selection.stores.clone());
+    let targets = context::targets(&loaded, &selection, selection.stores.clone());
     let progress = Progress::new(output.progress);
     let user = super::user();
     let applier = Applier {
         snapshot: &loaded.snapshot,
         stores: &selection.stores,
-        target: &target,
-        serving: Some(&serving),
-        kube: selection
-            .clusters
-            .as_deref()
-            .map(|c| c as &dyn cairn::backend::kubernetes::KubeTarget),
+        targets: &targets,
         cache: &cache,
         events: &progress,
         options: ApplyOptions {
@@ -141,10 +133,6 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             holder: user.clone(),
             user,
             command: "cairn apply".into(),
-            work_dir: std::path::absolute(local.join("work"))
-                .unwrap_or_else(|_| local.join("work")),
-            // Job processes get the allow-listed variables only, never Cairn's credentials.
-            child_env: cairn::backend::local::ChildEnv::allowed(std::env::vars_os()),
         },
     };
 
@@ -156,7 +144,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let plan = match saved_plan {
         Some(plan) => plan,
         None => {
-            let plan = match make_plan(&rt, &loaded, &selection, &source, &cache, output) {
+            let request = PlanRequest {
+                source: &source,
+                cache: &cache,
+                destroy: false,
+            };
+            let plan = match make_plan(&rt, &loaded, &selection, &targets, &request, output) {
                 Ok(plan) => plan,
                 Err(e) => {
                     rt.block_on(applier.unlock(locks));

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cairn::backend::kubernetes::{compute_namespace, Clusters, Scope};
+use cairn::backend::kubernetes::{scopes, Clusters, KubeCompute};
+use cairn::backend::local::{ChildEnv, LocalCompute, LocalTarget};
 use cairn::backend::store::Store;
+use cairn::backend::target::Targets;
 use cairn::desired::DesiredState;
 use cairn::diagnostics::did_you_mean;
-use cairn::manifest::{Snapshot, Spec, Target};
+use cairn::manifest::{Snapshot, Spec};
 
 use super::{render, CommandError, Output, SourceArgs};
 
@@ -55,36 +57,6 @@ pub struct Selection {
     pub clusters: Option<std::sync::Arc<Clusters>>,
 }
 
-/// The (kube context, namespace) pairs a workspace's `kubernetes` computes use.
-pub fn kube_scopes(desired: &DesiredState, workspace: &str) -> Vec<Scope> {
-    let Some(Spec::Workspace(ws_spec)) = desired
-        .get(&cairn::Address::workspace(workspace))
-        .map(|r| &r.spec)
-    else {
-        return Vec::new();
-    };
-    let mut scopes: Vec<Scope> = Vec::new();
-    for r in desired
-        .resources
-        .iter()
-        .filter(|r| r.address.workspace == workspace)
-    {
-        if let Spec::Compute(c) = &r.spec {
-            if *c.target.get_ref() != Target::Kubernetes {
-                continue;
-            }
-            let scope = Scope {
-                context: c.context.as_ref().map(|c| c.get_ref().clone()),
-                namespace: compute_namespace(workspace, ws_spec, c),
-            };
-            if !scopes.contains(&scope) {
-                scopes.push(scope);
-            }
-        }
-    }
-    scopes
-}
-
 /// Why a workspace can't be planned with this kubeconfig, if it can't: a context its
 /// computes name is not there.
 fn unreachable_cluster(desired: &DesiredState, workspace: &str) -> Option<String> {
@@ -95,7 +67,7 @@ fn unreachable_cluster(desired: &DesiredState, workspace: &str) -> Option<String
         .enable_all()
         .build()
         .ok()?;
-    for scope in kube_scopes(desired, workspace) {
+    for scope in scopes(desired, workspace) {
         if let Err(e) = rt.block_on(clusters.client(scope.context.as_deref())) {
             return Some(e.to_string());
         }
@@ -127,7 +99,7 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
         named.to_vec()
     };
     for name in names {
-        if !kube_scopes(desired, &name).is_empty() {
+        if !scopes(desired, &name).is_empty() {
             clusters.get_or_insert_with(Clusters::new);
             if let Some(why) = unreachable_cluster(desired, &name) {
                 if named.is_empty() {
@@ -197,7 +169,7 @@ pub fn hash_cache(root: &std::path::Path) -> cairn::content::HashCache {
 
 /// The local supervisor's folder: `<root>/.cairn/serving`.
 pub fn serving_dir(root: &std::path::Path) -> PathBuf {
-    local_dir(root).join(cairn::backend::local::serving::SERVING_DIR)
+    local_dir(root).join(cairn::backend::local::endpoints::SERVING_DIR)
 }
 
 /// Serving on this machine for the manifests at `loaded.root`; `stores` hold the model
@@ -205,46 +177,56 @@ pub fn serving_dir(root: &std::path::Path) -> PathBuf {
 pub fn local_serving(
     loaded: &Loaded,
     stores: std::collections::BTreeMap<String, cairn::backend::store::Store>,
-) -> cairn::backend::local::serving::LocalServing {
+) -> cairn::backend::local::endpoints::LocalEndpoints {
     let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
-    cairn::backend::local::serving::LocalServing::new(&serving_dir(&loaded.root), &program, stores)
-        .with_child_env(cairn::backend::local::child_env::ChildEnv::allowed(
-            std::env::vars_os(),
-        ))
+    cairn::backend::local::endpoints::LocalEndpoints::new(
+        &serving_dir(&loaded.root),
+        &program,
+        stores,
+    )
+    .with_child_env(cairn::backend::local::child_env::ChildEnv::allowed(
+        std::env::vars_os(),
+    ))
 }
 
-/// What is live on Kubernetes for the selected workspaces: their objects and the GPU
-/// capacity of the namespaces they use. `None` when none of them uses Kubernetes.
-pub fn observe_kube(
+/// The compute targets of a command on the selected workspaces: this machine (jobs run
+/// under `<root>/.cairn/work`, endpoints served from `stores`), and the clusters when a
+/// selected workspace uses Kubernetes. Not observed yet ([`observe`]).
+pub fn targets(loaded: &Loaded, selection: &Selection, stores: BTreeMap<String, Store>) -> Targets {
+    // Looking for GPUs loads the CUDA driver library; only do it when a job wants GPUs.
+    let wants_gpus = loaded
+        .desired
+        .resources
+        .iter()
+        .any(|r| matches!(&r.spec, Spec::Job(j) if j.gpus() > 0));
+    let machine = if wants_gpus {
+        LocalTarget::detect()
+    } else {
+        LocalTarget::with_gpus(Vec::new())
+    };
+    let work = local_dir(&loaded.root).join("work");
+    let local = LocalCompute::new(
+        machine,
+        Some(local_serving(loaded, stores)),
+        std::path::absolute(&work).unwrap_or(work),
+        // Job processes get the allow-listed variables only, never Cairn's credentials.
+        ChildEnv::allowed(std::env::vars_os()),
+    );
+    let mut targets = Targets::new().with(Box::new(local));
+    if let Some(clusters) = &selection.clusters {
+        targets = targets.with(Box::new(KubeCompute::new(Some(clusters.clone()))));
+    }
+    targets
+}
+
+/// Observes what the targets run for the selected workspaces, before planning.
+pub fn observe(
     rt: &tokio::runtime::Runtime,
+    targets: &Targets,
     loaded: &Loaded,
     selection: &Selection,
-) -> Result<Option<cairn::plan_objects::KubeLive>, CommandError> {
-    let Some(clusters) = &selection.clusters else {
-        return Ok(None);
-    };
-    let mut live = cairn::plan_objects::KubeLive::default();
-    for workspace in selection.stores.keys() {
-        let scopes = kube_scopes(&loaded.desired, workspace);
-        if scopes.is_empty() {
-            continue;
-        }
-        let objects = rt
-            .block_on(clusters.observe(workspace, &scopes))
-            .map_err(|e| kube_error(&e))?;
-        live.objects.extend(objects);
-        for scope in scopes {
-            let capacity = rt
-                .block_on(clusters.capacity(scope.context.as_deref(), &scope.namespace))
-                .map_err(|e| kube_error(&e))?;
-            live.capacity
-                .insert((scope.context.clone(), scope.namespace.clone()), capacity);
-        }
-    }
-    Ok(Some(live))
-}
-
-/// A cluster error as the CLI reports it.
-pub fn kube_error(e: &cairn::backend::kubernetes::ClusterError) -> CommandError {
-    CommandError::from_error(e).hint_opt(e.hint())
+) -> Result<(), CommandError> {
+    let workspaces: Vec<String> = selection.stores.keys().cloned().collect();
+    rt.block_on(targets.observe(&loaded.desired, &workspaces))
+        .map_err(|e| CommandError::from_error(&e).hint_opt(e.hint()))
 }

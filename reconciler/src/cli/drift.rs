@@ -8,7 +8,7 @@ use cairn::github::publish::{self, DriftIssue};
 
 use super::context;
 use super::github::GitHubArgs;
-use super::plan::make_plan;
+use super::plan::{make_plan, PlanRequest};
 use super::{CommandError, Output, PlanFormat, SourceArgs};
 
 /// Revisions tried, in order, when `--rev` is not given.
@@ -68,7 +68,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let loaded = context::load(&source, output)?;
     let selection = context::select(&loaded, &args.workspaces)?;
     let cache = super::context::hash_cache(&loaded.root);
-    let plan = make_plan(&rt, &loaded, &selection, &source, &cache, output)?;
+    let targets = context::targets(&loaded, &selection, std::collections::BTreeMap::new());
+    let request = PlanRequest {
+        source: &source,
+        cache: &cache,
+        destroy: false,
+    };
+    let plan = make_plan(&rt, &loaded, &selection, &targets, &request, output)?;
     let report = DriftReport::from_plan(&plan);
 
     match args.format {

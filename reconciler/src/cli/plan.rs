@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cairn::backend::local::{LocalTarget, Target};
+use cairn::backend::target::Targets;
 use cairn::content::HashCache;
-use cairn::plan::{Plan, PlanSource, Planner};
-use cairn::serving::{EndpointId, LiveEndpoint};
+use cairn::plan::{Plan, PlanSource};
+use cairn::planner::Planner;
 
 use super::context::{self, Loaded, Selection};
 use super::progress::Progress;
@@ -38,51 +38,38 @@ pub struct Args {
     pub github: super::github::CommentArgs,
 }
 
-/// Makes a plan from loaded manifests, hashing sources through `cache` (and saving it).
-/// Shared with `apply`, which hands in the cache it uploads with, so that each file is
-/// hashed once per run.
+/// Makes a plan from loaded manifests, hashing sources through `cache` (and saving it),
+/// after observing `targets`. Shared with `apply`, which hands in the cache it uploads
+/// with (so that each file is hashed once per run) and the targets it applies with.
 pub fn make_plan(
     rt: &tokio::runtime::Runtime,
     loaded: &Loaded,
     selection: &Selection,
-    source: &SourceArgs,
-    cache: &HashCache,
+    targets: &Targets,
+    plan: &PlanRequest,
     output: Output,
 ) -> Result<Plan, CommandError> {
-    // Looking for GPUs loads the CUDA driver library; only do it when a job wants GPUs.
-    let wants_gpus = loaded
-        .desired
-        .resources
-        .iter()
-        .any(|r| matches!(&r.spec, cairn::manifest::Spec::Job(j) if j.gpus() > 0));
-    let target = if wants_gpus {
-        LocalTarget::detect()
-    } else {
-        LocalTarget::with_gpus(Vec::new())
-    };
-    let live = observe_serving(rt, loaded, selection)?;
-    let kube = context::observe_kube(rt, loaded, selection)?;
+    context::observe(rt, targets, loaded, selection)?;
     let progress = Progress::new(output.progress);
     let planner = Planner {
         snapshot: &loaded.snapshot,
         desired: &loaded.desired,
         stores: &selection.stores,
-        cache,
-        local_gpus: target.observe().gpus.len(),
+        cache: plan.cache,
         events: &progress,
         source: PlanSource {
-            root: source.root().display().to_string(),
-            rev: source.rev.clone(),
+            root: plan.source.root().display().to_string(),
+            rev: plan.source.rev.clone(),
         },
-        serving: Some(&live),
-        kube: kube.as_ref(),
+        targets,
+        destroy: plan.destroy,
     };
     let result = rt.block_on(planner.plan());
     // A cache that can't be saved only costs time on the next plan.
-    let _ = cache.save();
+    let _ = plan.cache.save();
     let mut plan = match result {
         Ok(plan) => plan,
-        Err(cairn::plan::Error::Blocked(diagnostics)) => {
+        Err(cairn::planner::Error::Blocked(diagnostics)) => {
             render::diagnostics(&loaded.snapshot, &diagnostics, output);
             return Err(CommandError::new(format!(
                 "the plan can't be made: {} problem(s) above",
@@ -98,36 +85,12 @@ pub fn make_plan(
     Ok(plan)
 }
 
-/// What serves the selected workspaces' endpoints now (asks a running supervisor; starts
-/// none).
-fn observe_serving(
-    rt: &tokio::runtime::Runtime,
-    loaded: &Loaded,
-    selection: &Selection,
-) -> Result<BTreeMap<String, LiveEndpoint>, CommandError> {
-    let endpoints: Vec<EndpointId> = loaded
-        .desired
-        .resources
-        .iter()
-        .filter(|r| r.kind() == cairn::Kind::Endpoint)
-        .filter(|r| selection.stores.contains_key(&r.address.workspace))
-        .map(|r| EndpointId {
-            workspace: r.address.workspace.clone(),
-            name: r.address.name.clone(),
-        })
-        .collect();
-    if endpoints.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let serving = context::local_serving(loaded, BTreeMap::new());
-    rt.block_on(serving.observe_all(&endpoints)).map_err(|e| {
-        CommandError::from_error(&e).hint_opt(Some(format!(
-            "the local supervisor's log is {}",
-            context::serving_dir(&loaded.root)
-                .join(cairn::backend::local::supervisor::LOG_FILE)
-                .display()
-        )))
-    })
+/// What to plan besides the manifests: where they came from, the hash cache, and
+/// whether it is a destroy.
+pub struct PlanRequest<'a> {
+    pub source: &'a SourceArgs,
+    pub cache: &'a HashCache,
+    pub destroy: bool,
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
@@ -140,7 +103,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let planned = context::load(&args.source, output).and_then(|loaded| {
         let selection = context::select(&loaded, &args.workspaces)?;
         let cache = context::hash_cache(&loaded.root);
-        let plan = make_plan(&rt, &loaded, &selection, &args.source, &cache, output)?;
+        let targets = context::targets(&loaded, &selection, BTreeMap::new());
+        let request = PlanRequest {
+            source: &args.source,
+            cache: &cache,
+            destroy: false,
+        };
+        let plan = make_plan(&rt, &loaded, &selection, &targets, &request, output)?;
         Ok((loaded, plan))
     });
     let (loaded, plan) = match (planned, &target) {

@@ -2,7 +2,7 @@
 //! journal, and the endpoints the local supervisor serves (deployments, weights, health,
 //! request rates).
 
-use cairn::backend::local::serving::LocalServing;
+use cairn::backend::local::endpoints::LocalEndpoints;
 use cairn::backend::local::supervisor::RouteStatus;
 use cairn::backend::store::Error as StoreError;
 use cairn::diagnostics::error_chain;
@@ -169,7 +169,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
 }
 
 /// The routers of one workspace's endpoints, as JSON.
-fn endpoints_of(ws: &str, routes: &[RouteStatus], serving: &LocalServing) -> Vec<Value> {
+fn endpoints_of(ws: &str, routes: &[RouteStatus], serving: &LocalEndpoints) -> Vec<Value> {
     let prefix = format!("{ws}.");
     routes
         .iter()

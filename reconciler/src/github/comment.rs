@@ -110,7 +110,7 @@ pub fn render(input: &CommentInput<'_>, template: &str) -> Result<String, Error>
         .map_err(Error::Template)?;
     // A pull request is read by more people than the plan's makers: every `env` value
     // is hidden, so the comment tells only that a value changed.
-    let redacted = crate::redact::plan(input.plan, crate::redact::Redaction::AllEnv);
+    let redacted = crate::plan::redact::plan(input.plan, crate::plan::redact::Redaction::AllEnv);
     let plan = &redacted;
     let changes: Vec<&ResourceChange> = plan.changes().collect();
     let tmpl = env.get_template("comment.md").map_err(Error::Template)?;
@@ -241,7 +241,7 @@ fn change_view(c: &ResourceChange) -> Value {
 /// value as `(sensitive)`.
 fn show(value: &Value) -> String {
     match value {
-        Value::String(s) if s == crate::redact::REDACTED => s.clone(),
+        Value::String(s) if s == crate::plan::redact::REDACTED => s.clone(),
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }

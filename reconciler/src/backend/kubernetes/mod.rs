@@ -63,10 +63,15 @@
 //! [`Snapshot`]: crate::manifest::Snapshot
 
 pub mod cluster;
+mod cluster_api;
+pub mod compute;
 pub mod diff;
+mod execute;
+mod gpu_fit;
 mod objects;
-mod render;
-mod target;
+pub mod plan;
+mod rollout;
+mod templates;
 pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
@@ -82,16 +87,18 @@ pub use cluster::{
     Applied, ApplyOptions, Capacity, Clusters, Error as ClusterError, KindRef, LiveObject, Outcome,
     Scope,
 };
+pub use cluster_api::ClusterApi;
+pub use compute::{scopes, KubeCompute, TARGET};
 pub use diff::{diff, ObjectDiff};
 pub use objects::{
     compute_namespace, revision_object_name, DEFAULT_PORT, LABEL_DEPLOYMENT,
     LABEL_DEPLOYMENT_REVISION,
 };
-pub use render::{
+pub use plan::{KubeLive, ObjectChangeExt};
+pub use templates::{
     Renderer, Template, TemplateSource, DEFAULT_CAIRN_IMAGE, OVERRIDE_DIR, TEMPLATES,
 };
-pub use target::{BoxError, KubeTarget};
-pub use traffic::{Backend, KubeRoute, KubeTraffic};
+pub use traffic::{KubeRoute, KubeTraffic, ServiceBackend};
 
 /// Label every managed object carries: `app.kubernetes.io/managed-by: cairn`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";

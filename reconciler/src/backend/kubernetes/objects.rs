@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::render::Owned;
+use super::templates::Owned;
 use super::{
     Error, KubeObject, ObjectKey, Renderer, Result, VersionLookup, LABEL_MANAGED_BY,
     LABEL_WORKSPACE,
@@ -30,7 +30,7 @@ const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 const LABEL_JOB: &str = "cairn.dev/job";
 const LABEL_RUN: &str = "cairn.dev/run";
 pub const LABEL_ENDPOINT: &str = "cairn.dev/endpoint";
-pub const LABEL_DEPLOYMENT: &str = "cairn.dev/deployment";
+pub const LABEL_DEPLOYMENT: &str = crate::plan::objects::DEPLOYMENT_LABEL;
 pub const LABEL_DEPLOYMENT_REVISION: &str = "cairn.dev/deployment-revision";
 const ANNOTATION_MODEL: &str = "cairn.dev/model";
 
@@ -377,7 +377,7 @@ impl<'a> Walk<'a> {
             let path = format!("{WORK_DIR}/inputs/{name}");
             paths.insert(format!("inputs.{name}"), PathBuf::from(&path));
             cairn_env.insert(
-                format!("CAIRN_INPUT_{}", crate::apply::env_name(name)),
+                format!("CAIRN_INPUT_{}", crate::backend::job::env_name(name)),
                 path.clone(),
             );
             inputs.push(json!({
@@ -398,7 +398,7 @@ impl<'a> Walk<'a> {
             let path = format!("{WORK_DIR}/outputs/{name}");
             paths.insert(format!("outputs.{name}"), PathBuf::from(&path));
             cairn_env.insert(
-                format!("CAIRN_OUTPUT_{}", crate::apply::env_name(name)),
+                format!("CAIRN_OUTPUT_{}", crate::backend::job::env_name(name)),
                 path.clone(),
             );
             let format = match self
@@ -432,7 +432,7 @@ impl<'a> Walk<'a> {
         let command = spec.command.as_ref().map(|c| {
             c.get_ref()
                 .iter()
-                .map(|arg| crate::apply::expand(arg.get_ref(), &paths, &run_id))
+                .map(|arg| crate::backend::job::expand(arg.get_ref(), &paths, &run_id))
                 .collect::<Vec<_>>()
         });
         let instance = self.instance_type(
@@ -522,7 +522,7 @@ impl<'a> Walk<'a> {
                 continue;
             };
             let version = self.version(address, &reference)?;
-            let revision = crate::serving::revision(&version, &deployment.env);
+            let revision = crate::plan::endpoint::revision(&version, &deployment.env);
             let revision_label = dns_safe(&revision);
             let object_name = revision_object_name(endpoint_name, deployment_name, &revision);
             let instance = self.instance_type(

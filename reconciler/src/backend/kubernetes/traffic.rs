@@ -24,12 +24,12 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::objects::{LABEL_DEPLOYMENT, LABEL_DEPLOYMENT_REVISION};
-use super::{KubeObject, KubeTarget, ObjectKey};
+use super::{ClusterApi, KubeObject, ObjectKey};
 use crate::rollout::{Stats, Traffic, Weights};
 
 /// One revision the route can send traffic to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backend {
+pub struct ServiceBackend {
     /// Its pods' labels (its Service's selector).
     pub selector: BTreeMap<String, String>,
 }
@@ -42,7 +42,7 @@ pub struct KubeRoute {
     /// the rest unchanged.
     pub object: KubeObject,
     /// Service name → backend.
-    pub backends: BTreeMap<String, Backend>,
+    pub backends: BTreeMap<String, ServiceBackend>,
     /// The pods' HTTP port.
     pub port: u16,
 }
@@ -118,7 +118,7 @@ impl KubeRoute {
 
 /// [`Traffic`] for one endpoint on a cluster.
 pub struct KubeTraffic<'a> {
-    target: &'a dyn KubeTarget,
+    target: &'a dyn ClusterApi,
     route: KubeRoute,
     /// The mirror in force: (backend, percent).
     mirror: Mutex<Option<(String, u32)>>,
@@ -128,7 +128,7 @@ pub struct KubeTraffic<'a> {
 
 impl<'a> KubeTraffic<'a> {
     /// `weights` are the ones in force now.
-    pub fn new(target: &'a dyn KubeTarget, route: KubeRoute, weights: Weights) -> Self {
+    pub fn new(target: &'a dyn ClusterApi, route: KubeRoute, weights: Weights) -> Self {
         KubeTraffic {
             target,
             route,
@@ -137,7 +137,7 @@ impl<'a> KubeTraffic<'a> {
         }
     }
 
-    fn backend(&self, name: &str) -> Result<&Backend, String> {
+    fn backend(&self, name: &str) -> Result<&ServiceBackend, String> {
         self.route.backends.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.route.backends.keys().map(String::as_str).collect();
             format!(
@@ -215,7 +215,7 @@ impl<'a> KubeTraffic<'a> {
         self.target
             .apply(&[object], true, &Default::default())
             .await
-            .map_err(|e| format!("applying {what}: {}", crate::diagnostics::error_chain(&*e)))
+            .map_err(|e| format!("applying {what}: {}", crate::diagnostics::error_chain(&e)))
     }
 }
 
@@ -256,7 +256,7 @@ impl Traffic for KubeTraffic<'_> {
             .target
             .get(&key, "apps/v1")
             .await
-            .map_err(|e| format!("reading {key}: {}", crate::diagnostics::error_chain(&*e)))?;
+            .map_err(|e| format!("reading {key}: {}", crate::diagnostics::error_chain(&e)))?;
         let Some(live) = live else { return Ok(false) };
         let n = |p: &str| live.pointer(p).and_then(Value::as_i64);
         let generation = n("/metadata/generation").unwrap_or(0);
@@ -283,7 +283,7 @@ impl Traffic for KubeTraffic<'_> {
                 "/metrics",
             )
             .await
-            .map_err(|e| crate::diagnostics::error_chain(&*e))?;
+            .map_err(|e| crate::diagnostics::error_chain(&e))?;
         let mut total = Stats::default();
         for (pod, text) in &pods {
             let stats =

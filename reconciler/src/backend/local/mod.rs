@@ -12,12 +12,15 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub mod child_env;
+pub mod compute;
+pub mod endpoints;
 pub mod job_group;
+mod jobs;
 pub mod router;
-pub mod serving;
 pub mod supervisor;
 
 pub use child_env::ChildEnv;
+pub use compute::LocalCompute;
 
 /// A GPU found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

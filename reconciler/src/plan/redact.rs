@@ -278,7 +278,7 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                     restore_env(after.get_mut("env"), env, &address, "the job")?;
                     let planned = after.get("run_id").and_then(Value::as_str);
                     if planned.is_some()
-                        && planned != Some(crate::plan::run_id_of(&change.name, after).as_str())
+                        && planned != Some(super::run_id_of(&change.name, after).as_str())
                     {
                         return Err(Error::Changed {
                             address,
@@ -315,7 +315,7 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                         let version = d.get("version").and_then(Value::as_str).unwrap_or("");
                         let planned = d.get("revision").and_then(Value::as_str);
                         if planned.is_some()
-                            && planned != Some(crate::serving::revision(version, env).as_str())
+                            && planned != Some(super::endpoint::revision(version, env).as_str())
                         {
                             return Err(Error::Changed { address, what });
                         }
@@ -327,7 +327,7 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                     };
                     let deployment = o
                         .pointer("/metadata/labels")
-                        .and_then(|l| l.get(crate::backend::kubernetes::LABEL_DEPLOYMENT))
+                        .and_then(|l| l.get(super::objects::DEPLOYMENT_LABEL))
                         .and_then(Value::as_str)
                         .map(str::to_string);
                     match deployment.and_then(|d| envs.get(&d).copied()) {
@@ -664,7 +664,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let revision = crate::serving::revision("v1", &env);
+        let revision = crate::plan::endpoint::revision("v1", &env);
         let real =
             json!({"deployments": {"blue": {"version": "v1", "revision": revision, "env": env}}});
         let mut plan = endpoint_plan();

@@ -1,7 +1,8 @@
-//! What an apply needs from the clusters, as a trait: apply objects, delete them, wait
-//! for a Job to finish and for a Deployment to be available, read an object, scrape pods
-//! through the API server's proxy. [`Clusters`] implements it
-//! over `kube`; the applier only sees this.
+//! What the Kubernetes target's executor needs from the clusters, as a trait: apply
+//! objects, delete them, wait for a Job to finish and for a Deployment to be available,
+//! read an object, scrape pods through the API server's proxy. [`Clusters`] implements
+//! it over `kube`; the executor ([`super::execute`]) and the traffic handle
+//! ([`super::traffic`]) only see this.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,14 +10,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::cluster::{ApplyOptions, Clusters, LiveObject};
-use super::{KubeObject, ObjectKey, LABEL_MANAGED_BY, LABEL_WORKSPACE};
-
-/// Errors from a cluster, as the applier reports them (their chain is the message).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{ClusterError, KubeObject, ObjectKey, LABEL_MANAGED_BY, LABEL_WORKSPACE};
 
 /// Applies and watches Kubernetes objects.
 #[async_trait::async_trait]
-pub trait KubeTarget: Send + Sync {
+pub trait ClusterApi: Send + Sync {
     /// Server-side applies `objects` (field manager `cairn`) in apply waves by kind;
     /// those in `replace` are deleted and created again. With `force`, fields another
     /// manager took over are taken back (the plan showed them as drift and was
@@ -26,7 +24,7 @@ pub trait KubeTarget: Send + Sync {
         objects: &[KubeObject],
         force: bool,
         replace: &BTreeSet<ObjectKey>,
-    ) -> Result<(), BoxError>;
+    ) -> Result<(), ClusterError>;
 
     /// Deletes these objects of `workspace` (`(key, apiVersion)`), each only if it
     /// still carries Cairn's labels for that workspace when read again.
@@ -34,7 +32,7 @@ pub trait KubeTarget: Send + Sync {
         &self,
         workspace: &str,
         objects: &[(ObjectKey, String)],
-    ) -> Result<(), BoxError>;
+    ) -> Result<(), ClusterError>;
 
     /// Waits for a Job to succeed; `on_log` gets its pods' new log lines. A failed Job
     /// or the timeout is an error saying why.
@@ -43,13 +41,13 @@ pub trait KubeTarget: Send + Sync {
         key: &ObjectKey,
         timeout: Duration,
         on_log: &mut (dyn for<'l> FnMut(&'l str) + Send),
-    ) -> Result<(), BoxError>;
+    ) -> Result<(), ClusterError>;
 
     /// Waits until a Deployment is available (all replicas ready and up to date).
-    async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), BoxError>;
+    async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), ClusterError>;
 
     /// Reads one object as it is live; `None` when it does not exist.
-    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, BoxError>;
+    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError>;
 
     /// GETs `path` from every running pod matching the label `selector` in `namespace`
     /// of `context`, through the API server's pod proxy: `(pod, body)` per pod.
@@ -60,17 +58,17 @@ pub trait KubeTarget: Send + Sync {
         selector: &str,
         port: u16,
         path: &str,
-    ) -> Result<Vec<(String, String)>, BoxError>;
+    ) -> Result<Vec<(String, String)>, ClusterError>;
 }
 
 #[async_trait::async_trait]
-impl KubeTarget for Clusters {
+impl ClusterApi for Clusters {
     async fn apply(
         &self,
         objects: &[KubeObject],
         force: bool,
         replace: &BTreeSet<ObjectKey>,
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), ClusterError> {
         let options = ApplyOptions {
             force,
             replace: replace.clone(),
@@ -79,7 +77,7 @@ impl KubeTarget for Clusters {
         let applied = Clusters::apply(self, objects, &options).await?;
         for a in applied {
             if let super::Outcome::Failed(e) = a.outcome {
-                return Err(Box::new(e));
+                return Err(e);
             }
         }
         Ok(())
@@ -89,7 +87,7 @@ impl KubeTarget for Clusters {
         &self,
         workspace: &str,
         objects: &[(ObjectKey, String)],
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), ClusterError> {
         // `prune` reads each object again and checks its live labels before deleting:
         // these stand-ins only carry the key.
         let objects: Vec<LiveObject> = objects
@@ -113,16 +111,16 @@ impl KubeTarget for Clusters {
         key: &ObjectKey,
         timeout: Duration,
         on_log: &mut (dyn for<'l> FnMut(&'l str) + Send),
-    ) -> Result<(), BoxError> {
-        Ok(Clusters::wait_job(self, key, timeout, on_log).await?)
+    ) -> Result<(), ClusterError> {
+        Clusters::wait_job(self, key, timeout, on_log).await
     }
 
-    async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), BoxError> {
-        Ok(Clusters::wait_available(self, key, timeout).await?)
+    async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), ClusterError> {
+        Clusters::wait_available(self, key, timeout).await
     }
 
-    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, BoxError> {
-        Ok(Clusters::get(self, key, api_version).await?)
+    async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError> {
+        Clusters::get(self, key, api_version).await
     }
 
     async fn scrape(
@@ -132,7 +130,7 @@ impl KubeTarget for Clusters {
         selector: &str,
         port: u16,
         path: &str,
-    ) -> Result<Vec<(String, String)>, BoxError> {
-        Ok(Clusters::scrape(self, context, namespace, selector, port, path).await?)
+    ) -> Result<Vec<(String, String)>, ClusterError> {
+        Clusters::scrape(self, context, namespace, selector, port, path).await
     }
 }

@@ -40,7 +40,7 @@ pub const SERVING_DIR: &str = "serving";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serving on this machine.
-pub struct LocalServing {
+pub struct LocalEndpoints {
     dir: PathBuf,
     program: PathBuf,
     stores: BTreeMap<String, Store>,
@@ -48,11 +48,11 @@ pub struct LocalServing {
     client: tokio::sync::OnceCell<SupervisorClient>,
 }
 
-impl LocalServing {
+impl LocalEndpoints {
     /// Serving state in `dir`; `program` is the `cairn` binary (the daemon and the model
     /// server); `stores` hold the model versions, by workspace.
-    pub fn new(dir: &Path, program: &Path, stores: BTreeMap<String, Store>) -> LocalServing {
-        LocalServing {
+    pub fn new(dir: &Path, program: &Path, stores: BTreeMap<String, Store>) -> LocalEndpoints {
+        LocalEndpoints {
             dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
             program: program.to_path_buf(),
             stores,
@@ -63,9 +63,14 @@ impl LocalServing {
 
     /// The base environment of the supervisor (and so of its replicas) when this starts
     /// one; none by default. The CLI passes [`ChildEnv::allowed`] of its own.
-    pub fn with_child_env(mut self, env: ChildEnv) -> LocalServing {
+    pub fn with_child_env(mut self, env: ChildEnv) -> LocalEndpoints {
         self.child_env = env;
         self
+    }
+
+    /// The supervisor daemon's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(super::supervisor::LOG_FILE)
     }
 
     /// The supervisor's name for an endpoint.
@@ -187,8 +192,12 @@ impl LocalServing {
                 .get_file(&file.key, &target)
                 .await
                 .map_err(|e| Error::Target(error_chain(&e)))?;
-            crate::apply::verify_sha256(&target, &file.sha256, &format!("model.{model}@{version}"))
-                .map_err(Error::Target)?;
+            crate::content::verify_sha256(
+                &target,
+                &file.sha256,
+                &format!("model.{model}@{version}"),
+            )
+            .map_err(Error::Target)?;
         }
         std::fs::write(partial.join(".complete"), b"").map_err(|e| io("write", &partial, e))?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -327,7 +336,7 @@ fn live(route: &RouteStatus, replicas: &[ReplicaStatus]) -> LiveEndpoint {
 }
 
 #[async_trait]
-impl Serving for LocalServing {
+impl Serving for LocalEndpoints {
     /// Starts the daemon first when none runs: a new one binds the recorded routers
     /// again and re-adopts the replicas, so what it reports is what serves.
     async fn observe(&self, endpoint: &EndpointId) -> Result<Option<LiveEndpoint>> {

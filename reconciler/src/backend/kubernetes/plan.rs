@@ -1,4 +1,4 @@
-//! The Kubernetes half of a plan: the objects each resource needs in its clusters, how
+//! The Kubernetes part of a plan: the objects each resource needs in its clusters, how
 //! they differ from what is live, and whether the GPUs the plan asks for fit.
 //!
 //! This module owns pairing desired objects (rendered from the templates) with live ones
@@ -20,13 +20,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::backend::kubernetes::{
-    diff, Capacity, KubeObject, LiveObject, ObjectKey, ANNOTATION_ADDRESS,
+use super::{
+    diff, Capacity, KubeObject, LiveObject, ObjectKey, Renderer, ANNOTATION_ADDRESS, TARGET,
 };
-use crate::plan::{Action, FieldChange};
+use crate::address::{Address, Kind};
+use crate::backend::target::PlanScope;
+use crate::diagnostics::{error_chain, Diagnostic, Diagnostics};
+use crate::manifest::{Spec, Target};
+use crate::plan::{Action, FieldChange, ObjectChange, ResourceChange};
 
 /// What is live on Kubernetes for the workspaces being planned, read before planning.
 #[derive(Debug, Clone, Default)]
@@ -38,34 +41,16 @@ pub struct KubeLive {
     pub capacity: BTreeMap<(Option<String>, String), Capacity>,
 }
 
-/// The planned change of one Kubernetes object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ObjectChange {
-    /// Create, update, replace or delete; no-op only for a planned run's Job that is
-    /// already live.
-    pub action: Action,
-    /// The kubeconfig context; `None` is the current one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<String>,
-    pub api_version: String,
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
-    /// The managed fields that differ (live → desired); empty for create and delete.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<FieldChange>,
-    /// For a replace: the immutable fields that force it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub immutable: Vec<String>,
-    /// The object to apply; `None` for a delete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object: Option<Value>,
+/// What the Kubernetes target reads off a planned object change.
+pub trait ObjectChangeExt {
+    /// The object's identity in its cluster.
+    fn key(&self) -> ObjectKey;
+    /// The desired object, for applying; `None` for a delete.
+    fn desired(&self) -> Option<KubeObject>;
 }
 
-impl ObjectChange {
-    /// The object's identity in its cluster.
-    pub fn key(&self) -> ObjectKey {
+impl ObjectChangeExt for ObjectChange {
+    fn key(&self) -> ObjectKey {
         ObjectKey::new(
             self.context.as_deref(),
             &self.api_version,
@@ -75,8 +60,7 @@ impl ObjectChange {
         )
     }
 
-    /// The desired object, for applying.
-    pub fn desired(&self) -> Option<KubeObject> {
+    fn desired(&self) -> Option<KubeObject> {
         self.object.as_ref().map(|value| KubeObject {
             api_version: self.api_version.clone(),
             kind: self.kind.clone(),
@@ -85,22 +69,6 @@ impl ObjectChange {
             context: self.context.clone(),
             value: value.clone(),
         })
-    }
-
-    /// `Deployment imaging-serve/triage-blue-3f9a2c1` (with `@context` when not the
-    /// current one).
-    pub fn describe(&self) -> String {
-        let mut s = format!("{} ", self.kind);
-        if let Some(ns) = &self.namespace {
-            s.push_str(ns);
-            s.push('/');
-        }
-        s.push_str(&self.name);
-        if let Some(context) = &self.context {
-            s.push_str(" @");
-            s.push_str(context);
-        }
-        s
     }
 }
 
@@ -252,6 +220,110 @@ pub fn summarize(changes: &[ObjectChange]) -> String {
         line.push_str(&drifted.join("; "));
     }
     line
+}
+
+/// The Kubernetes part of one workspace's plan: its objects rendered with the versions
+/// found while planning, paired with the live ones, attached to the resources that own
+/// them (those changes' target becomes `kubernetes`); and the GPUs the planned runs ask
+/// for, checked against each namespace's quota and the cluster's nodes
+/// ([`super::gpu_fit`]). A destroy desires no object: every live one is deleted.
+pub fn plan_workspace(
+    live: &KubeLive,
+    scope: &PlanScope<'_>,
+    changes: &mut Vec<ResourceChange>,
+    diagnostics: &mut Diagnostics,
+) {
+    let ws = scope.workspace;
+    let on_kubernetes = scope.desired.resources.iter().any(|r| {
+        r.address.workspace == ws
+            && matches!(&r.spec, Spec::Compute(c) if *c.target.get_ref() == Target::Kubernetes)
+    });
+    if !on_kubernetes {
+        return;
+    }
+    let desired = if scope.destroy {
+        Vec::new()
+    } else {
+        let rendered = Renderer::from_snapshot(scope.snapshot).and_then(|r| {
+            r.with_revision(scope.snapshot.head_commit())
+                .desired_objects(scope.desired, ws, scope.versions)
+        });
+        match rendered {
+            Ok(objects) => objects,
+            Err(e) => {
+                // A template error is the same for every workspace: say it once.
+                let d = kube_diagnostic(&e);
+                if !diagnostics.iter().any(|known| *known == d) {
+                    diagnostics.push(d);
+                }
+                return;
+            }
+        }
+    };
+    let current_jobs = desired
+        .iter()
+        .filter(|o| o.kind == "Job")
+        .filter(|o| {
+            address_of(&o.value)
+                .and_then(|a| Address::parse(&a))
+                .is_some_and(|a| scope.running.contains(&a))
+        })
+        .map(|o| o.key())
+        .collect();
+    let live_objects: Vec<_> = live
+        .objects
+        .iter()
+        .filter(|o| o.is_managed_by(ws))
+        .cloned()
+        .collect();
+    for (address, objects) in compare(&desired, &live_objects, &current_jobs) {
+        match changes.iter_mut().find(|c| c.address == address) {
+            Some(change) => {
+                if change.is_noop() {
+                    change.actions = vec![Action::Update];
+                    change.reason = summarize(&objects);
+                }
+                change.objects = objects;
+                change.target = Some(TARGET.to_string());
+            }
+            None => changes.push(orphans(ws, &address, objects)),
+        }
+    }
+    super::gpu_fit::check(live, scope, changes, diagnostics);
+}
+
+/// A change for live objects whose resource is gone from both the manifests and the
+/// state: they are deleted.
+fn orphans(ws: &str, address: &str, objects: Vec<ObjectChange>) -> ResourceChange {
+    let parsed = Address::parse(address);
+    ResourceChange {
+        address: if address.is_empty() {
+            format!("{ws}/?")
+        } else {
+            address.to_string()
+        },
+        workspace: ws.to_string(),
+        kind: parsed.as_ref().map_or(Kind::Compute, |a| a.kind),
+        name: parsed.map_or_else(|| address.to_string(), |a| a.name),
+        actions: vec![Action::Delete],
+        reason: format!("no longer declared: {}", summarize(&objects)),
+        before: None,
+        after: None,
+        changes: Vec::new(),
+        depends_on: Vec::new(),
+        rollout: None,
+        sensitive: Vec::new(),
+        target: Some(TARGET.to_string()),
+        objects,
+    }
+}
+
+fn kube_diagnostic(e: &super::Error) -> Diagnostic {
+    let d = Diagnostic::error("kubernetes", error_chain(e));
+    match e.hint() {
+        Some(h) => d.help(h),
+        None => d,
+    }
 }
 
 #[cfg(test)]

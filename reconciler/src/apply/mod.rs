@@ -1,0 +1,517 @@
+//! Applying a plan: take each affected workspace's lock, check the plan isn't stale, then
+//! carry out the changes in dependency order with bounded parallelism.
+//!
+//! Guarantees:
+//! - A change starts only after every change it depends on has succeeded. A failure
+//!   skips its dependents (transitively); independent changes go on. The report lists
+//!   every change with its outcome.
+//! - Nothing half-done is ever visible: dataset and model versions become visible only
+//!   when their marker is written, after all their files. Re-running apply after a crash
+//!   or a kill converges: uploads resume (files already stored are skipped), runs without
+//!   a successful record run again.
+//! - `state.json` is written with compare-and-swap under the lock; one journal record per
+//!   workspace is appended at the end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::backend::store::{
+    self, now_rfc3339, JournalOutcome, JournalRecord, LockGuard, StateEntry, Store, VersionedState,
+};
+use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure, Targets};
+use crate::content::HashCache;
+use crate::events::Events;
+use crate::manifest::Snapshot;
+use crate::plan::{Action, Plan, ResourceChange};
+
+mod sources;
+
+/// Errors that stop an apply before (or instead of) running changes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{source}")]
+    Locked {
+        #[source]
+        source: store::Error,
+        waited: Duration,
+    },
+    #[error("the plan is stale: the state of workspace `{workspace}` changed since it was made")]
+    Stale { workspace: String },
+    #[error("the store of workspace `{workspace}` failed")]
+    Store {
+        workspace: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("no store is open for workspace `{0}`")]
+    NoStore(String),
+    #[error("workspace `{0}` is not locked; take its lock before applying")]
+    NotLocked(String),
+}
+
+/// Locks held by an apply, renewed by a heartbeat until released.
+#[derive(Debug)]
+pub struct Locks {
+    held: Vec<(String, LockGuard)>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// The outcome of one change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub address: String,
+    pub action: Action,
+    pub status: Status,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What happened along the way (rollout steps with their figures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Value>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub outcomes: Vec<Outcome>,
+    /// Journal keys written, one per workspace.
+    pub journal: Vec<String>,
+    pub duration_ms: u64,
+}
+
+impl ApplyReport {
+    pub fn success(&self) -> bool {
+        self.outcomes.iter().all(|o| o.status == Status::Succeeded)
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+}
+
+/// Knobs for an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Changes carried out at once.
+    pub parallelism: usize,
+    /// How long to wait for a store lock held by someone else.
+    pub lock_timeout: Duration,
+    /// How long a lock stays valid without a heartbeat.
+    pub lock_lease: Duration,
+    /// `user@host`, recorded in the lock and the journal.
+    pub holder: String,
+    pub user: String,
+    /// The command line, recorded in the lock.
+    pub command: String,
+}
+
+/// Everything an apply needs.
+pub struct Applier<'a> {
+    pub snapshot: &'a Snapshot,
+    pub stores: &'a BTreeMap<String, Store>,
+    /// The compute targets that carry out jobs, endpoints and their objects.
+    pub targets: &'a Targets,
+    pub cache: &'a HashCache,
+    pub events: &'a dyn Events,
+    pub options: ApplyOptions,
+}
+
+impl Applier<'_> {
+    /// Applies `plan`. Returns an error only if nothing could be started (lock, stale
+    /// plan, unreachable store); failures of single changes are in the report.
+    /// Takes the locks of `workspaces` (in name order, so two applies can't wait on each
+    /// other), waiting up to the lock timeout, and keeps them alive with a heartbeat until
+    /// they are released. Take them before planning, so the plan can't go stale while
+    /// waiting.
+    pub async fn lock<'w>(
+        &self,
+        workspaces: impl IntoIterator<Item = &'w str>,
+    ) -> Result<Locks, Error> {
+        let names: BTreeSet<&str> = workspaces.into_iter().collect();
+        let mut held: Vec<(String, LockGuard)> = Vec::new();
+        for ws in names {
+            let Some(store) = self.stores.get(ws) else {
+                self.release(held).await;
+                return Err(Error::NoStore(ws.to_string()));
+            };
+            match self.lock_one(store).await {
+                Ok(guard) => held.push((ws.to_string(), guard)),
+                Err(e) => {
+                    self.release(held).await;
+                    return Err(e);
+                }
+            }
+        }
+        let heartbeat = self.heartbeat(&held);
+        Ok(Locks { held, heartbeat })
+    }
+
+    /// Releases locks without applying anything.
+    pub async fn unlock(&self, locks: Locks) {
+        locks.heartbeat.abort();
+        self.release(locks.held).await;
+    }
+
+    /// Applies `plan` under `locks` (from [`Applier::lock`], covering every workspace the
+    /// plan changes), then releases them. Returns an error only if nothing could be started
+    /// (stale plan, unreachable store); failures of single changes are in the report.
+    pub async fn apply(&self, plan: &Plan, locks: Locks) -> Result<ApplyReport, Error> {
+        let started = Instant::now();
+        let started_at = now_rfc3339();
+        let changes: Vec<&ResourceChange> = plan.changes().collect();
+        let touched: BTreeSet<&str> = changes.iter().map(|c| c.workspace.as_str()).collect();
+        if let Some(ws) = touched
+            .iter()
+            .find(|ws| !locks.held.iter().any(|(h, _)| h == *ws))
+        {
+            let ws = ws.to_string();
+            self.unlock(locks).await;
+            return Err(Error::NotLocked(ws));
+        }
+
+        let result = self.run_changes(plan, &changes, &touched).await;
+        locks.heartbeat.abort();
+        let guards = locks.held;
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.release(guards).await;
+                return Err(e);
+            }
+        };
+
+        let mut journal = Vec::new();
+        let plan_hash = plan.hash();
+        for ws in &touched {
+            let store = &self.stores[*ws];
+            let mine: Vec<JournalOutcome> = outcomes
+                .iter()
+                .filter(|o| o.address.split('/').next() == Some(*ws))
+                .map(|o| JournalOutcome {
+                    address: o.address.clone(),
+                    action: o.action.as_str().to_string(),
+                    status: o.status.as_str().to_string(),
+                    duration_ms: o.duration_ms,
+                    message: o.message.clone(),
+                    events: o.events.clone(),
+                })
+                .collect();
+            let record = JournalRecord {
+                id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+                workspace: ws.to_string(),
+                started_at: started_at.clone(),
+                finished_at: now_rfc3339(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                revision: plan.revision.clone(),
+                user: self.options.user.clone(),
+                plan_hash: plan_hash.clone(),
+                success: mine.iter().all(|o| o.status == "succeeded"),
+                outcomes: mine,
+            };
+            match store.append_journal(&record).await {
+                Ok(key) => journal.push(key),
+                Err(e) => self
+                    .events
+                    .note(ws, &format!("could not write the journal: {e}")),
+            }
+        }
+        self.release(guards).await;
+        Ok(ApplyReport {
+            outcomes,
+            journal,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn lock_one(&self, store: &Store) -> Result<LockGuard, Error> {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            match store
+                .try_lock(
+                    &self.options.holder,
+                    &self.options.command,
+                    self.options.lock_lease,
+                )
+                .await
+            {
+                Ok(guard) => return Ok(guard),
+                Err(store::Error::Locked { holder, .. })
+                    if started.elapsed() < self.options.lock_timeout =>
+                {
+                    if !announced {
+                        self.events.waiting_for_lock(&store.url(), &holder);
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source @ store::Error::Locked { .. }) => {
+                    return Err(Error::Locked {
+                        source,
+                        waited: started.elapsed(),
+                    });
+                }
+                Err(store::Error::PreconditionFailed { .. }) => {
+                    // Someone else took it between our read and write: wait like a lock.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Store {
+                        workspace: store.url(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&self, guards: &[(String, LockGuard)]) -> tokio::task::JoinHandle<()> {
+        let mut held: Vec<(Store, LockGuard)> = guards
+            .iter()
+            .map(|(ws, g)| (self.stores[ws].clone(), g.clone()))
+            .collect();
+        let every = (self.options.lock_lease / 3).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for (store, guard) in &mut held {
+                    let _ = store.renew_lock(guard).await;
+                }
+            }
+        })
+    }
+
+    async fn release(&self, guards: Vec<(String, LockGuard)>) {
+        for (ws, guard) in guards {
+            let store = &self.stores[&ws];
+            // The heartbeat renewed the lock, so its etag moved on: release by id.
+            let _ = store.force_unlock(&guard.info.id).await;
+        }
+    }
+
+    async fn run_changes(
+        &self,
+        plan: &Plan,
+        changes: &[&ResourceChange],
+        touched: &BTreeSet<&str>,
+    ) -> Result<Vec<Outcome>, Error> {
+        // The plan must still describe the store as it is.
+        let mut states: HashMap<String, VersionedState> = HashMap::new();
+        for ws in touched {
+            let store = &self.stores[*ws];
+            let state = store.state().await.map_err(|source| Error::Store {
+                workspace: ws.to_string(),
+                source,
+            })?;
+            let planned = plan.workspaces.iter().find(|w| w.name == *ws);
+            if planned.map(|w| &w.state_etag) != Some(&state.etag) {
+                return Err(Error::Stale {
+                    workspace: ws.to_string(),
+                });
+            }
+            states.insert(ws.to_string(), state);
+        }
+        let states = Mutex::new(states);
+
+        let index: HashMap<&str, usize> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.address.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = changes
+            .iter()
+            .map(|c| {
+                c.depends_on
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let mut status: Vec<Option<Status>> = vec![None; changes.len()];
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+        let mut started = vec![false; changes.len()];
+        let mut in_flight = FuturesUnordered::new();
+        let mut last_save = Instant::now();
+        let parallelism = self.options.parallelism.max(1);
+
+        loop {
+            // Skip what can no longer run; start what is ready.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for i in 0..changes.len() {
+                    if started[i] {
+                        continue;
+                    }
+                    if let Some(bad) = deps[i]
+                        .iter()
+                        .find(|&&d| matches!(status[d], Some(Status::Failed | Status::Skipped)))
+                    {
+                        started[i] = true;
+                        status[i] = Some(Status::Skipped);
+                        let message =
+                            format!("skipped because {} did not succeed", changes[*bad].address);
+                        self.events
+                            .finished(&changes[i].address, "skipped", Some(&message));
+                        outcomes[i] = Some(Outcome {
+                            address: changes[i].address.clone(),
+                            action: changes[i].action(),
+                            status: Status::Skipped,
+                            duration_ms: 0,
+                            message: Some(message),
+                            events: Vec::new(),
+                        });
+                        progressed = true;
+                    }
+                }
+            }
+            for i in 0..changes.len() {
+                if in_flight.len() >= parallelism {
+                    break;
+                }
+                if started[i]
+                    || !deps[i]
+                        .iter()
+                        .all(|&d| status[d] == Some(Status::Succeeded))
+                {
+                    continue;
+                }
+                started[i] = true;
+                let change = changes[i];
+                self.events.started(&change.address, change.action());
+                in_flight.push(async move {
+                    let t = Instant::now();
+                    let result = self.execute(plan, change).await;
+                    (i, result, t.elapsed())
+                });
+            }
+            let Some((i, result, elapsed)) = in_flight.next().await else {
+                break;
+            };
+            let change = changes[i];
+            let (s, message, events) = match result {
+                Ok(done) => {
+                    let mut states = states.lock().expect("state lock");
+                    let state = states.get_mut(&change.workspace).expect("state loaded");
+                    match done.value {
+                        Some(value) => {
+                            state.state.resources.insert(
+                                change.address.clone(),
+                                StateEntry {
+                                    kind: change.kind,
+                                    value,
+                                    revision: plan.revision.clone(),
+                                    applied_at: now_rfc3339(),
+                                },
+                            );
+                        }
+                        None => {
+                            state.state.resources.remove(&change.address);
+                        }
+                    }
+                    (Status::Succeeded, done.message, done.events)
+                }
+                Err(failed) => (
+                    Status::Failed,
+                    Some(failed.error.to_string()),
+                    failed.events,
+                ),
+            };
+            status[i] = Some(s);
+            self.events
+                .finished(&change.address, s.as_str(), message.as_deref());
+            outcomes[i] = Some(Outcome {
+                address: change.address.clone(),
+                action: change.action(),
+                status: s,
+                duration_ms: elapsed.as_millis() as u64,
+                message,
+                events,
+            });
+            // Save progress about once a second, so a crash loses little without
+            // rewriting a large state after every change. What a crash does lose is
+            // recovered by the next plan: committed versions and successful runs are found
+            // in the store and recorded again.
+            if last_save.elapsed() > Duration::from_secs(1) {
+                self.save_states(&states).await?;
+                last_save = Instant::now();
+            }
+        }
+        self.save_states(&states).await?;
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    async fn save_states(
+        &self,
+        states: &Mutex<HashMap<String, VersionedState>>,
+    ) -> Result<(), Error> {
+        let snapshot: Vec<(String, VersionedState)> = states
+            .lock()
+            .expect("state lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (ws, mut state) in snapshot {
+            let store = &self.stores[&ws];
+            store
+                .save_state(&mut state)
+                .await
+                .map_err(|source| Error::Store {
+                    workspace: ws.clone(),
+                    source,
+                })?;
+            states.lock().expect("state lock").insert(ws, state);
+        }
+        Ok(())
+    }
+
+    /// Carries out one change: on its compute target when it has one, else in the
+    /// store (dataset and model versions, workspaces).
+    async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Applied, Failure> {
+        let store = &self.stores[&change.workspace];
+        match change.target.as_deref() {
+            Some(name) => {
+                let target = self.targets.get(name).ok_or_else(|| {
+                    ChangeError::Unsupported(format!(
+                        "this change runs on the `{name}` target, which is not connected to this apply"
+                    ))
+                })?;
+                let context = ApplyContext {
+                    plan,
+                    store,
+                    events: self.events,
+                };
+                target.apply(&context, change).await
+            }
+            None => self
+                .store_change(plan, change, store)
+                .await
+                .map_err(Failure::from),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What every compute target reads from a job's planned value: its run id, input and
+//! output references, retries and timeout ([`PlannedJob`]), and how a command's
+//! placeholders (`{{ inputs.x }}`, `{{ outputs.y }}`, `{{ run_id }}`) and the
+//! `CAIRN_INPUT_*`/`CAIRN_OUTPUT_*` variable names are made.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// What every target reads from a job's planned value (the plan's `after`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedJob {
+    pub run_id: String,
+    /// Input name → the version reference the run reads.
+    pub inputs: BTreeMap<String, String>,
+    /// Output name → `model.<name>@<run id>`.
+    pub outputs: BTreeMap<String, String>,
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+}
+
+impl PlannedJob {
+    /// Reads the value; a malformed one says which field.
+    pub fn parse(after: &Value) -> Result<PlannedJob, String> {
+        let map = |field: &str| -> Result<BTreeMap<String, String>, String> {
+            serde_json::from_value(after.get(field).cloned().unwrap_or_default())
+                .map_err(|e| format!("the plan's `{field}` of this job is malformed: {e}"))
+        };
+        Ok(PlannedJob {
+            run_id: str_field(after, "run_id")?,
+            inputs: map("inputs")?,
+            outputs: map("outputs")?,
+            retries: after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+            timeout: after
+                .get("timeout")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
+                .map(|d| d.as_std()),
+        })
+    }
+}
+
+/// A string field of a planned value.
+pub fn str_field(value: &Value, field: &str) -> Result<String, String> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("the plan has no `{field}`"))
+}
+
+/// `train-data` → `TRAIN_DATA`.
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Replaces `{{ inputs.x }}`, `{{ outputs.y }}` and `{{ run_id }}` in one argument.
+pub fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        let inner = rest[start + 2..start + end].trim();
+        out.push_str(&rest[..start]);
+        match paths.get(inner) {
+            Some(path) => out.push_str(&path.display().to_string()),
+            None if inner == "run_id" => out.push_str(run_id),
+            None => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_placeholders() {
+        let paths = BTreeMap::from([("inputs.loans".to_string(), PathBuf::from("/w/in/loans"))]);
+        assert_eq!(
+            expand("--data={{ inputs.loans }}", &paths, "r1"),
+            "--data=/w/in/loans"
+        );
+        assert_eq!(expand("{{run_id}}-x", &paths, "r1"), "r1-x");
+        assert_eq!(expand("{{ other }}", &paths, "r1"), "{{ other }}");
+        assert_eq!(env_name("train-data"), "TRAIN_DATA");
+    }
+}

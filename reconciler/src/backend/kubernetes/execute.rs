@@ -1,0 +1,276 @@
+//! Carrying out a change on Kubernetes: its objects applied in waves (workloads first,
+//! waited for until available; a planned run's Job waited for until it finishes and its
+//! outputs are in the store), its traffic moved by the rollout engine
+//! ([`super::rollout`]), then the objects no longer desired deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::compute::KubeCompute;
+use super::plan::ObjectChangeExt as _;
+use super::rollout::{failed, kube_route};
+use super::{ClusterApi, KubeObject, ObjectKey};
+use crate::address::Kind;
+use crate::backend::job::PlannedJob;
+use crate::backend::store::{now_rfc3339, RunRecord, RunStatus};
+use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure};
+use crate::diagnostics::error_chain;
+use crate::plan::{plural, Action, ObjectChange, ResourceChange};
+
+/// How long a Deployment may take to become available.
+const DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a run's Job may take when its job declares no timeout.
+const JOB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Added to a declared timeout for scheduling and image pulls.
+const JOB_START_SLACK: Duration = Duration::from_secs(600);
+
+impl KubeCompute {
+    /// A change on Kubernetes: its objects applied in order (a Job's run waited for,
+    /// Deployments waited for until available before Services and routes move traffic
+    /// to them), then the objects no longer desired deleted. An endpoint whose traffic
+    /// moves is rolled out by the rollout engine on its HTTPRoute or Service between
+    /// the two.
+    pub(super) async fn execute(
+        &self,
+        cx: &ApplyContext<'_>,
+        change: &ResourceChange,
+    ) -> Result<Applied, Failure> {
+        let mut applied = 0;
+        let mut deleted = 0;
+        let mut events = Vec::new();
+        let mut summary = None;
+        if !change.objects.is_empty() {
+            let kube = self.api().ok_or_else(|| {
+                ChangeError::Unsupported(
+                    "this plan changes Kubernetes objects, but this apply has no cluster connection"
+                        .into(),
+                )
+            })?;
+            let (deletes, upserts): (Vec<&ObjectChange>, Vec<&ObjectChange>) = change
+                .objects
+                .iter()
+                .partition(|o| o.action == Action::Delete);
+            // Deployments first, then what routes traffic to them once they are ready.
+            let (workloads, rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
+                .into_iter()
+                .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
+            applied += self
+                .apply_batch(cx, change, kube, &workloads)
+                .await
+                .map_err(ChangeError::Failed)?;
+            let moving = match change.rollout {
+                Some(_) if change.kind == Kind::Endpoint => {
+                    kube_route(change, kube, &rest, &deletes)
+                        .await
+                        .map_err(ChangeError::Target)?
+                }
+                _ => None,
+            };
+            match moving {
+                None => {
+                    applied += self
+                        .apply_batch(cx, change, kube, &rest)
+                        .await
+                        .map_err(ChangeError::Failed)?
+                }
+                Some(moving) => {
+                    let (route, others): (Vec<&ObjectChange>, Vec<&ObjectChange>) =
+                        rest.into_iter().partition(|o| o.key() == moving.route_key);
+                    applied += self
+                        .apply_batch(cx, change, kube, &others)
+                        .await
+                        .map_err(ChangeError::Failed)?;
+                    match self
+                        .kube_rollout(cx, change, kube, moving, &mut events)
+                        .await
+                    {
+                        Ok(done) => summary = Some(done),
+                        Err(message) => {
+                            return Err(Failure {
+                                error: ChangeError::Failed(message),
+                                events,
+                            })
+                        }
+                    }
+                    applied += self
+                        .apply_batch(cx, change, kube, &route)
+                        .await
+                        .map_err(ChangeError::Failed)?;
+                }
+            }
+            if !deletes.is_empty() {
+                let objects: Vec<(ObjectKey, String)> = deletes
+                    .iter()
+                    .map(|o| (o.key(), o.api_version.clone()))
+                    .collect();
+                kube.delete(&change.workspace, &objects)
+                    .await
+                    .map_err(|e| ChangeError::Target(failed("deleting objects", e)))?;
+                deleted = objects.len();
+            }
+        }
+        let value = if change.action() == Action::Delete {
+            None
+        } else {
+            change.after.clone()
+        };
+        let objects = match (applied, deleted) {
+            (0, 0) => None,
+            (a, 0) => Some(format!("applied {}", plural(a, "Kubernetes object"))),
+            (0, d) => Some(format!("deleted {}", plural(d, "Kubernetes object"))),
+            // Two or more objects.
+            (a, d) => Some(format!("applied {a} and deleted {d} Kubernetes objects")),
+        };
+        let message = match (summary, objects) {
+            (Some(s), Some(o)) => Some(format!("{s}; {o}")),
+            (s, o) => s.or(o),
+        };
+        Ok(Applied {
+            value,
+            message,
+            events,
+        })
+    }
+
+    /// Applies one batch of a change's objects, then waits for its Deployments to be
+    /// available and a planned run's Job to finish. Returns how many it changed.
+    async fn apply_batch(
+        &self,
+        cx: &ApplyContext<'_>,
+        change: &ResourceChange,
+        kube: &dyn ClusterApi,
+        batch: &[&ObjectChange],
+    ) -> Result<usize, String> {
+        let replace: BTreeSet<ObjectKey> = batch
+            .iter()
+            .filter(|o| o.action == Action::Replace)
+            .map(|o| o.key())
+            .collect();
+        // Objects the plan showed drifting are taken back from whoever changed them
+        // (the plan was approved); others are applied without force, so an edit made
+        // since the plan is a conflict, not silently overwritten.
+        for force in [false, true] {
+            let objects: Vec<KubeObject> = batch
+                .iter()
+                .filter(|o| (o.action == Action::Update) == force)
+                .filter_map(|o| o.desired())
+                .collect();
+            if !objects.is_empty() {
+                kube.apply(&objects, force, &replace)
+                    .await
+                    .map_err(|e| failed("applying objects", e))?;
+            }
+        }
+        // An endpoint's Deployments come up together; the first that fails says why.
+        let deployments: Vec<_> = batch
+            .iter()
+            .filter(|o| o.kind == "Deployment")
+            .map(|o| {
+                cx.events.note(
+                    &change.address,
+                    &format!("waiting for {} to be available", o.describe()),
+                );
+                async move {
+                    kube.wait_available(&o.key(), DEPLOYMENT_TIMEOUT)
+                        .await
+                        .map_err(|e| failed(&o.describe(), e))
+                }
+            })
+            .collect();
+        futures::future::try_join_all(deployments).await?;
+        if change.action() == Action::Run {
+            for o in batch.iter().filter(|o| o.kind == "Job") {
+                self.wait_job(cx, change, kube, o).await?;
+            }
+        }
+        Ok(batch.iter().filter(|o| o.action != Action::NoOp).count())
+    }
+
+    /// Waits for a run's Job, then checks the pod stored its outputs and records the
+    /// run in the store.
+    async fn wait_job(
+        &self,
+        cx: &ApplyContext<'_>,
+        change: &ResourceChange,
+        kube: &dyn ClusterApi,
+        job: &ObjectChange,
+    ) -> Result<(), String> {
+        let store = cx.store;
+        let after = change
+            .after
+            .as_ref()
+            .ok_or("the plan has no value for this job")?;
+        let PlannedJob {
+            run_id,
+            inputs,
+            outputs,
+            retries,
+            timeout,
+        } = PlannedJob::parse(after)?;
+        let timeout = timeout.map_or(JOB_TIMEOUT, |t| t + JOB_START_SLACK);
+        cx.events.note(
+            &change.address,
+            &format!("waiting for {} (run {run_id})", job.describe()),
+        );
+        let started_at = now_rfc3339();
+        let t = Instant::now();
+        let address = change.address.clone();
+        let events = cx.events;
+        let mut on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
+        let waited = kube.wait_job(&job.key(), timeout, &mut on_log).await;
+        let mut error = waited.err().map(|e| error_chain(&e));
+        let mut produced = BTreeMap::new();
+        let mut metrics = None;
+        if error.is_none() {
+            for (name, reference) in &outputs {
+                let model = reference
+                    .split('@')
+                    .next()
+                    .unwrap_or(reference)
+                    .trim_start_matches("model.");
+                match store.model_version(model, &run_id).await {
+                    Ok(Some(record)) => {
+                        metrics = metrics.or(record.metrics);
+                        produced.insert(name.clone(), reference.clone());
+                    }
+                    Ok(None) => {
+                        error = Some(format!(
+                            "{} succeeded but model.{model}@{run_id} is not in the store: the pod's `cairn upload` did not store it",
+                            job.describe()
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        error = Some(error_chain(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        let record = RunRecord {
+            job: change.name.clone(),
+            run_id: run_id.clone(),
+            status: if error.is_none() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
+            attempts: retries + 1,
+            started_at,
+            finished_at: now_rfc3339(),
+            duration_ms: t.elapsed().as_millis() as u64,
+            exit_code: None,
+            inputs,
+            outputs: produced,
+            metrics,
+            logs: Vec::new(),
+            error: error.clone(),
+            commit: cx.plan.revision.clone(),
+        };
+        store.put_run(&record).await.map_err(|e| error_chain(&e))?;
+        match error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}

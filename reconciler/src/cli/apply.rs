@@ -18,35 +18,58 @@ use super::{CommandError, Output, PlanFormat, SourceArgs};
 pub struct Args {
     /// A plan saved with `cairn plan -o FILE`, or the manifests root to plan and apply.
     #[arg(value_name = "PLAN_OR_PATH")]
-    target: Option<PathBuf>,
+    pub target: Option<PathBuf>,
 
     /// Read the manifests at this Git revision (when planning here).
     #[arg(long, value_name = "REV")]
-    rev: Option<String>,
+    pub rev: Option<String>,
 
     /// Apply only these workspaces (repeatable).
     #[arg(short, long = "workspace", value_name = "NAME")]
-    workspaces: Vec<String>,
+    pub workspaces: Vec<String>,
 
     /// Don't ask for confirmation.
     #[arg(long)]
-    auto_approve: bool,
+    pub auto_approve: bool,
 
     /// Changes carried out at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
-    parallelism: usize,
+    pub parallelism: usize,
 
     /// How long to wait for a lock held by another apply, e.g. `30s` (at most 24h).
     #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = lock_timeout)]
-    lock_timeout: cairn::manifest::Duration,
+    pub lock_timeout: cairn::manifest::Duration,
 
     /// How long the lock stays valid without a heartbeat, from 1s to 24h; a crashed
     /// apply's lock can be taken over after this.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = lock_lease)]
-    lock_lease: cairn::manifest::Duration,
+    pub lock_lease: cairn::manifest::Duration,
+}
+
+/// What `apply` and `destroy` share: apply a fresh plan (of the manifests, or of tearing
+/// the workspaces down) or a saved one.
+pub struct Request {
+    pub args: Args,
+    /// Plan the removal of everything the workspaces' states record.
+    pub destroy: bool,
+    /// After a successful destroy, delete the destroyed datasets', models' and jobs'
+    /// versions and runs from the store too.
+    pub purge_store: bool,
 }
 
 pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+    execute(
+        Request {
+            args,
+            destroy: false,
+            purge_store: false,
+        },
+        output,
+    )
+}
+
+pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
+    let args = &request.args;
     let saved = args.target.as_deref().filter(|p| p.is_file());
     let (saved_plan, source) = match saved {
         Some(path) => {
@@ -144,12 +167,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     let plan = match saved_plan {
         Some(plan) => plan,
         None => {
-            let request = PlanRequest {
+            let plan_request = PlanRequest {
                 source: &source,
                 cache: &cache,
-                destroy: false,
+                destroy: request.destroy,
             };
-            let plan = match make_plan(&rt, &loaded, &selection, &targets, &request, output) {
+            let plan = match make_plan(&rt, &loaded, &selection, &targets, &plan_request, output) {
                 Ok(plan) => plan,
                 Err(e) => {
                     rt.block_on(applier.unlock(locks));
@@ -182,12 +205,43 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     }
     let result = rt.block_on(applier.apply(&plan, locks));
     let _ = cache.save();
-    report(result.map_err(apply_error)?)
+    let applied = result.map_err(apply_error)?;
+    let success = applied.success();
+    let code = report(applied)?;
+    if success && request.purge_store {
+        purge(&rt, &plan, &selection.stores)?;
+    }
+    Ok(code)
+}
+
+/// Deletes the stored versions and runs of the datasets, models and jobs `plan` removed.
+fn purge(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    stores: &std::collections::BTreeMap<String, Store>,
+) -> Result<(), CommandError> {
+    let mut removed = 0;
+    for change in plan
+        .changes()
+        .filter(|c| c.action() == cairn::plan::Action::Delete)
+    {
+        let Some(store) = stores.get(&change.workspace) else {
+            continue;
+        };
+        removed += rt
+            .block_on(store.purge(change.kind, &change.name))
+            .map_err(|e| CommandError::from_error(&e))?;
+    }
+    println!(
+        "Purged {} from the stores.",
+        cairn::plan::plural(removed, "stored object")
+    );
+    Ok(())
 }
 
 /// `--lock-lease`: from 1 s to [`MAX_LOCK_LEASE`], so an expiry can't wrap around and
 /// an apply that died can't hold the store for ever.
-fn lock_lease(text: &str) -> Result<cairn::manifest::Duration, String> {
+pub fn lock_lease(text: &str) -> Result<cairn::manifest::Duration, String> {
     let lease: cairn::manifest::Duration = text.parse()?;
     let bounds = Duration::from_secs(1)..=MAX_LOCK_LEASE;
     if !bounds.contains(&lease.as_std()) {
@@ -200,7 +254,7 @@ fn lock_lease(text: &str) -> Result<cairn::manifest::Duration, String> {
 
 /// `--lock-timeout`: at most [`MAX_LOCK_LEASE`] (waiting longer than a lease can last
 /// waits for nothing).
-fn lock_timeout(text: &str) -> Result<cairn::manifest::Duration, String> {
+pub fn lock_timeout(text: &str) -> Result<cairn::manifest::Duration, String> {
     let timeout: cairn::manifest::Duration = text.parse()?;
     if timeout.as_std() > MAX_LOCK_LEASE {
         return Err(format!(

@@ -7,6 +7,7 @@
 
 mod apply;
 mod context;
+mod destroy;
 mod drift;
 mod github;
 mod history;
@@ -74,6 +75,10 @@ enum Command {
     Plan(plan::Args),
     /// Carry out a plan: a fresh one after confirmation, or a saved one exactly.
     Apply(apply::Args),
+    /// Tear workspaces down: plan the removal of everything their states record
+    /// (endpoints stopped, Kubernetes objects deleted, stored versions kept unless
+    /// `--purge-store`), then apply it like `apply` does.
+    Destroy(destroy::Args),
     /// Check whether what is live still matches the default branch: exit 0 when it
     /// does, 2 with a report per resource and field when it drifted, 1 on errors.
     /// `--github-issue` keeps one `drift` issue open while drift lasts.
@@ -263,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args, output),
         Command::Plan(args) => plan::run(args, output),
         Command::Apply(args) => apply::run(args, output),
+        Command::Destroy(args) => destroy::run(args, output),
         Command::Drift(args) => drift::run(args, output),
         Command::Status(args) => status::run(args, output),
         Command::Policy(args) => policy::run(args, output),

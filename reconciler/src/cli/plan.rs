@@ -34,6 +34,11 @@ pub struct Args {
     #[arg(long)]
     pub detailed_exitcode: bool,
 
+    /// Plan the removal of everything the workspaces' states record, as `cairn destroy`
+    /// would (save it with `-o` and apply it with `cairn apply FILE`).
+    #[arg(long)]
+    pub destroy: bool,
+
     #[command(flatten)]
     pub github: super::github::CommentArgs,
 }
@@ -107,7 +112,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         let request = PlanRequest {
             source: &args.source,
             cache: &cache,
-            destroy: false,
+            destroy: args.destroy,
         };
         let plan = make_plan(&rt, &loaded, &selection, &targets, &request, output)?;
         Ok((loaded, plan))

@@ -569,7 +569,7 @@ mod tests {
                     {"path": "deployments.green", "after": {"env": {"DB_USER": "user-PLANTED"}, "replicas": 1}}
                 ],
                 "objects": [{
-                    "action": "update", "api_version": "apps/v1", "kind": "Deployment",
+                    "action": "update", "api_version": "v1", "kind": "Workload",
                     "namespace": "risk", "name": "api-blue",
                     "changes": [
                         {"path": "spec.template.spec.containers[0].env[0].value", "before": "pw-PLANTED-1", "after": "pw-PLANTED-2"},

@@ -248,6 +248,10 @@ impl Planner<'_> {
             }
         }
 
+        if self.destroy {
+            self.order_teardown(&mut changes);
+        }
+
         // Each target adds its part: objects, capacity.
         for ws in &selected {
             let scope = PlanScope {
@@ -370,6 +374,43 @@ impl Planner<'_> {
             }
         }
         out
+    }
+
+    /// Orders a destroy's deletes in reverse dependency order, as Terraform does: a
+    /// resource goes only after everything that uses it (an endpoint before its model
+    /// and compute), and the workspace last.
+    fn order_teardown(&self, changes: &mut [ResourceChange]) {
+        let deleted: BTreeSet<String> = changes
+            .iter()
+            .filter(|c| c.action() == Action::Delete)
+            .map(|c| c.address.clone())
+            .collect();
+        let mut users: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for resource in &self.desired.resources {
+            let user = resource.address.to_string();
+            if !deleted.contains(&user) {
+                continue;
+            }
+            for dependency in &resource.dependencies {
+                users
+                    .entry(dependency.address.to_string())
+                    .or_default()
+                    .insert(user.clone());
+            }
+        }
+        for change in changes.iter_mut().filter(|c| c.action() == Action::Delete) {
+            let mut after: BTreeSet<String> = users.remove(&change.address).unwrap_or_default();
+            if change.kind == Kind::Workspace {
+                after.extend(
+                    deleted
+                        .iter()
+                        .filter(|a| a.split('/').next() == Some(change.workspace.as_str()))
+                        .filter(|a| **a != change.address)
+                        .cloned(),
+                );
+            }
+            change.depends_on = after.into_iter().collect();
+        }
     }
 
     /// Create, update or no-op, decided by comparing `after` with the applied value.

@@ -598,6 +598,31 @@ impl Store {
         format!("datasets/{name}/{version}/_version.json")
     }
 
+    /// Deletes every stored version of a dataset or model, or every run of a job
+    /// (`cairn destroy --purge-store`); other kinds keep nothing here. Markers go
+    /// first, so a version being deleted is never visible with files missing. Returns
+    /// how many objects were deleted.
+    pub async fn purge(&self, kind: Kind, name: &str) -> Result<usize> {
+        let (prefix, marker) = match kind {
+            Kind::Dataset => (format!("datasets/{name}/"), "/_version.json"),
+            Kind::Model => (format!("models/{name}/"), "/_model.json"),
+            Kind::Job => (format!("runs/{name}/"), "/_run.json"),
+            _ => return Ok(0),
+        };
+        let mut keys: Vec<String> = self
+            .objects
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        keys.sort_by_key(|k| !k.ends_with(marker));
+        for key in &keys {
+            self.objects.delete(key, Condition::None).await?;
+        }
+        Ok(keys.len())
+    }
+
     /// Returns the committed version, if its marker exists.
     pub async fn dataset_version(
         &self,

@@ -1,5 +1,5 @@
 //! Tests of the local traffic router (`cairn::backend::local::router`), over real HTTP on
-//! loopback, in front of real model servers (`cairn::workload::serve`, in-process on port 0)
+//! loopback, in front of real model servers (`cairn::workload::model_server`, in-process on port 0)
 //! serving a model trained for the test. The `x-cairn-deployment` response header says
 //! which deployment answered; each server's own `/metrics` says how many predictions it
 //! served.
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cairn::backend::local::router::{self, Handle, Mirror, RouterOptions, Routes};
 use cairn::rollout::Weights;
-use cairn::workload::serve::{self, ServeOptions};
+use cairn::workload::model_server::{self, ServeOptions};
 use cairn::workload::{train, TrainOptions};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -64,7 +64,7 @@ fn trained() -> (tempfile::TempDir, std::path::PathBuf) {
 pub struct Backend {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<serve::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<model_server::Result<()>>>,
 }
 
 /// Model servers (deployment → replicas) and a router in front, on one runtime.
@@ -96,7 +96,7 @@ impl Rig {
             let servers = (0..*replicas)
                 .map(|_| {
                     let options = ServeOptions::new(&dir, "127.0.0.1:0".parse().unwrap(), *name);
-                    let server = runtime.block_on(serve::bind(options)).unwrap();
+                    let server = runtime.block_on(model_server::bind(options)).unwrap();
                     let addr = server.local_addr();
                     let (shutdown, signal) = oneshot::channel::<()>();
                     let task = runtime.spawn(server.run(async {

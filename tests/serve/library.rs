@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use cairn::workload::serve::{self, Error, ServeOptions, Status};
+use cairn::workload::model_server::{self, Error, ServeOptions, Status};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -19,7 +19,7 @@ struct Running {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<serve::Result<()>>,
+    task: tokio::task::JoinHandle<model_server::Result<()>>,
 }
 
 impl Running {
@@ -29,7 +29,7 @@ impl Running {
             .enable_all()
             .build()
             .unwrap();
-        let server = runtime.block_on(serve::bind(options)).unwrap();
+        let server = runtime.block_on(model_server::bind(options)).unwrap();
         let addr = server.local_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = runtime.spawn(server.run(async {
@@ -50,13 +50,13 @@ impl Running {
     }
 
     /// Signals shutdown and returns what `run` returned.
-    fn stop(mut self) -> serve::Result<()> {
+    fn stop(mut self) -> model_server::Result<()> {
         self.shutdown();
         self.join()
     }
 
     /// Waits (up to 10 s) for `run` to return on its own.
-    fn join(self) -> serve::Result<()> {
+    fn join(self) -> model_server::Result<()> {
         let task = self.task;
         self.runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await })
@@ -376,7 +376,11 @@ fn bind_errors_name_the_address() {
     let addr = taken.local_addr().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let err = runtime
-        .block_on(serve::bind(ServeOptions::new(&trained.dir, addr, "blue")))
+        .block_on(model_server::bind(ServeOptions::new(
+            &trained.dir,
+            addr,
+            "blue",
+        )))
         .unwrap_err();
     assert!(
         matches!(&err, Error::Bind { addr: a, .. } if *a == addr),
@@ -386,7 +390,7 @@ fn bind_errors_name_the_address() {
 
     let mut bad_name = options(&trained.dir);
     bad_name.name = "blue\ngreen".into();
-    let err = runtime.block_on(serve::bind(bad_name)).unwrap_err();
+    let err = runtime.block_on(model_server::bind(bad_name)).unwrap_err();
     assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
 }
 
@@ -431,7 +435,7 @@ fn status_reports_loading_then_ready() {
     let trained = trained();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let server = serve::bind(options(&trained.dir)).await.unwrap();
+        let server = model_server::bind(options(&trained.dir)).await.unwrap();
         let mut status = server.status();
         assert_eq!(*status.borrow(), Status::Loading);
         let (stop, signal) = oneshot::channel::<()>();

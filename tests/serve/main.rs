@@ -1,6 +1,6 @@
 //! Tests of the reference model server, over real HTTP on loopback.
 //!
-//! - `library`: the server in-process (`cairn::workload::serve`), bound to port 0:
+//! - `library`: the server in-process (`cairn::workload::model_server`), bound to port 0:
 //!   predictions against `Model::predict`, bad requests, metrics, readiness while the
 //!   model loads, a model that fails to load, graceful shutdown.
 //! - `process`: the real `cairn serve` binary: serving, SIGTERM with requests in flight,

@@ -126,10 +126,7 @@ pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
         let report = cairn::policy::check(&loaded.snapshot, &loaded.desired, plan)
             .map_err(|e| super::policy::policy_error(&e))?;
         if report.denied() {
-            eprint!(
-                "{}",
-                cairn::render::policy_text(&report, output.color_stderr)
-            );
+            eprint!("{}", cairn::view::policy_text(&report, output.color_stderr));
             return Err(super::policy::denied(
                 &report,
                 "refusing to apply: the plan is denied by policy, nothing was applied",

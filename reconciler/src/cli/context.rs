@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cairn::backend::kubernetes::{scopes, Clusters, KubeCompute};
-use cairn::backend::local::{ChildEnv, LocalCompute, LocalTarget};
+use cairn::backend::local::{ChildEnv, LocalCompute, LocalMachine};
 use cairn::backend::store::Store;
 use cairn::backend::target::Targets;
 use cairn::desired::DesiredState;
@@ -200,9 +200,9 @@ pub fn targets(loaded: &Loaded, selection: &Selection, stores: BTreeMap<String, 
         .iter()
         .any(|r| matches!(&r.spec, Spec::Job(j) if j.gpus() > 0));
     let machine = if wants_gpus {
-        LocalTarget::detect()
+        LocalMachine::detect()
     } else {
-        LocalTarget::with_gpus(Vec::new())
+        LocalMachine::with_gpus(Vec::new())
     };
     let work = local_dir(&loaded.root).join("work");
     let local = LocalCompute::new(

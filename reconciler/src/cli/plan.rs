@@ -161,10 +161,10 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
 
 pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(), CommandError> {
     match format {
-        PlanFormat::Text => print!("{}", cairn::render::text(plan, output.color_stdout)),
+        PlanFormat::Text => print!("{}", cairn::view::text(plan, output.color_stdout)),
         PlanFormat::Json => println!("{}", plan.to_json()),
         PlanFormat::Markdown => {
-            let text = cairn::render::markdown(plan, cairn::render::PLAN_MARKDOWN_TEMPLATE)
+            let text = cairn::view::markdown(plan, cairn::view::PLAN_MARKDOWN_TEMPLATE)
                 .map_err(|e| CommandError::from_error(&e))?;
             print!("{text}");
         }

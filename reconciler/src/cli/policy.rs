@@ -150,7 +150,7 @@ fn eval(args: EvalArgs, output: Output) -> Result<u8, CommandError> {
             serde_json::to_string_pretty(&report).expect("reports serialize")
         ),
         Format::Text => {
-            let text = cairn::render::policy_text(&report, output.color_stdout);
+            let text = cairn::view::policy_text(&report, output.color_stdout);
             if text.is_empty() {
                 println!(
                     "No policy findings: {} polic{} evaluated.",

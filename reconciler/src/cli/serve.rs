@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cairn::workload::serve::{self, ServeOptions, Status};
+use cairn::workload::model_server::{self, ServeOptions, Status};
 
 use super::{CommandError, Output};
 
@@ -34,11 +34,11 @@ pub struct Args {
     model_version: Option<String>,
 
     /// The largest request body accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = serve::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = model_server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
 
     /// The most rows accepted in one prediction request.
-    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_ROWS)]
+    #[arg(long, value_name = "N", default_value_t = model_server::DEFAULT_MAX_ROWS)]
     max_rows: usize,
 }
 
@@ -57,7 +57,7 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
         let shutdown = shutdown_signal()?;
         let dir = options.model_dir.clone();
         let name = options.name.clone();
-        let server = serve::bind(options).await.map_err(error)?;
+        let server = model_server::bind(options).await.map_err(error)?;
         eprintln!(
             "cairn serve: listening on http://{} (deployment `{name}`), loading the model from {}",
             server.local_addr(),
@@ -83,12 +83,14 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     Ok(0)
 }
 
-fn error(error: serve::Error) -> CommandError {
+fn error(error: model_server::Error) -> CommandError {
     let hint = match &error {
-        serve::Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+        model_server::Error::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
             Some("another process listens there; choose another port with `--listen`")
         }
-        serve::Error::Load { .. } => {
+        model_server::Error::Load { .. } => {
             Some("the folder must hold a `model.safetensors` written by `cairn train`")
         }
         _ => None,

@@ -86,7 +86,7 @@ pub async fn sync_comment(
 /// The commit status a plan earns: `failure` when a policy denies it, else `success`;
 /// the description is the summary line (denials first), cut to 140 characters when set.
 pub fn plan_status(plan: &Plan) -> (StatusState, String) {
-    let line = crate::render::summary_line(plan);
+    let line = crate::view::summary_line(plan);
     match &plan.policy {
         Some(p) if p.denied() => (
             StatusState::Failure,

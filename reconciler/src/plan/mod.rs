@@ -1,7 +1,7 @@
 //! The plan model: what `apply` will do, to which resource, and why, as plain data.
 //!
 //! Every stage reads and writes these types: the planner ([`crate::planner`]) makes a
-//! [`Plan`], policies ([`crate::policy`]) and renderers ([`crate::render`]) read it,
+//! [`Plan`], policies ([`crate::policy`]) and renderers ([`crate::view`]) read it,
 //! the compute targets ([`crate::backend`]) attach their objects to it and carry it out.
 //! This module imports no stage, so none of them can form a cycle through it.
 //!

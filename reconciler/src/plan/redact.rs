@@ -586,9 +586,8 @@ mod tests {
     #[test]
     fn an_endpoint_plan_shows_no_sensitive_value_anywhere() {
         let plan = endpoint_plan();
-        let text = crate::render::text(&plan, false);
-        let markdown =
-            crate::render::markdown(&plan, crate::render::PLAN_MARKDOWN_TEMPLATE).unwrap();
+        let text = crate::view::text(&plan, false);
+        let markdown = crate::view::markdown(&plan, crate::view::PLAN_MARKDOWN_TEMPLATE).unwrap();
         let json = plan.to_json();
         let comment = crate::github::comment::render(
             &crate::github::comment::CommentInput {

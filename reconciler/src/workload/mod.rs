@@ -1,5 +1,5 @@
 //! The reference workloads: the trainer `cairn train` runs, and the model server `cairn
-//! serve` runs ([`serve`](mod@serve), which has its own module doc and error type).
+//! serve` runs ([`model_server`], which has its own module doc and error type).
 //!
 //! Training is one straight line, one file per stage:
 //!
@@ -27,13 +27,13 @@
 
 mod data;
 mod model;
-pub mod serve;
+pub mod model_server;
 mod train;
 
 use std::path::PathBuf;
 
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
-pub use serve::{bind, serve, ServeOptions, Server};
+pub use model_server::{bind, serve, ServeOptions, Server};
 pub use train::{train, Device, Metrics, TrainOptions, TrainReport, METRICS_FILE};
 
 /// Errors from reading training data, training, and reading or using a model.

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 
 use super::endpoints::LocalEndpoints;
-use super::{ChildEnv, LocalTarget, Target as _};
+use super::{ChildEnv, JobRunner as _, LocalMachine};
 use crate::address::{Address, Kind};
 use crate::backend::rollout_log::RolloutLog;
 use crate::backend::target::{
@@ -28,7 +28,7 @@ pub const TARGET: &str = "local";
 
 /// This machine as a compute target.
 pub struct LocalCompute {
-    pub(super) machine: LocalTarget,
+    pub(super) machine: LocalMachine,
     endpoints: Option<LocalEndpoints>,
     /// Scratch space for job runs (`<root>/.cairn/work`).
     pub(super) work_dir: PathBuf,
@@ -43,7 +43,7 @@ impl LocalCompute {
     /// This machine (`machine`: its GPUs, found once), running jobs under `work_dir` from
     /// `child_env`, serving endpoints through `endpoints` (none: endpoint changes fail).
     pub fn new(
-        machine: LocalTarget,
+        machine: LocalMachine,
         endpoints: Option<LocalEndpoints>,
         work_dir: PathBuf,
         child_env: ChildEnv,
@@ -216,10 +216,7 @@ impl ComputeTarget for LocalCompute {
                 let after = change.after.clone().ok_or_else(|| {
                     ChangeError::Plan("the plan has no value for this job".into())
                 })?;
-                let message = self
-                    .run_job(cx, change, &after)
-                    .await
-                    .map_err(ChangeError::Failed)?;
+                let message = self.run_job(cx, change, &after).await?;
                 Ok(Applied {
                     value: Some(after),
                     message: Some(message),

@@ -1,6 +1,6 @@
 //! Running a job on this machine: its inputs fetched from the store into a run folder,
 //! its command run with retries and a timeout as a process group
-//! ([`super::LocalTarget`]), its outputs stored as model versions with lineage, and the
+//! ([`super::LocalMachine`]), its outputs stored as model versions with lineage, and the
 //! run recorded with its logs and metrics.
 
 use std::collections::BTreeMap;
@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::compute::LocalCompute;
-use super::{job_group, Exit, Launch, Target as _};
+use super::{job_group, Exit, JobRunner as _, Launch};
 use crate::address::Kind;
 use crate::artifacts;
 use crate::backend::job::{env_name, expand, PlannedJob};
 use crate::backend::store::{now_rfc3339, RunRecord, RunStatus, Store};
-use crate::backend::target::ApplyContext;
+use crate::backend::target::{ApplyContext, ChangeError};
 use crate::diagnostics::error_chain;
 use crate::plan::{Plan, ResourceChange};
 
@@ -27,7 +27,7 @@ impl LocalCompute {
         cx: &ApplyContext<'_>,
         change: &ResourceChange,
         after: &Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, ChangeError> {
         let (plan, store) = (cx.plan, cx.store);
         let job = change.name.clone();
         let PlannedJob {
@@ -36,7 +36,7 @@ impl LocalCompute {
             outputs,
             retries,
             timeout,
-        } = PlannedJob::parse(after)?;
+        } = PlannedJob::parse(after).map_err(ChangeError::Plan)?;
         let work = self.work_dir.join("runs").join(&job).join(&run_id);
         // A job an earlier, killed apply left running in this folder is stopped, not
         // run a second time beside it; other runs' leftovers are removed.
@@ -49,7 +49,7 @@ impl LocalCompute {
         remove_leftover_runs(&work).await;
         let command: Vec<String> =
             serde_json::from_value(after.get("command").cloned().unwrap_or_default())
-                .map_err(|_| "the job has no command".to_string())?;
+                .map_err(|_| ChangeError::Plan("the job has no command".into()))?;
         let env: BTreeMap<String, String> =
             serde_json::from_value(after.get("env").cloned().unwrap_or_default())
                 .unwrap_or_default();
@@ -60,7 +60,9 @@ impl LocalCompute {
         let mut env_vars = env.clone();
         for (name, reference) in &inputs {
             let dest = work.join("inputs").join(name);
-            self.fetch_input(store, reference, &dest).await?;
+            self.fetch_input(store, reference, &dest)
+                .await
+                .map_err(ChangeError::Failed)?;
             env_vars.insert(
                 format!("CAIRN_INPUT_{}", env_name(name)),
                 dest.display().to_string(),
@@ -105,8 +107,9 @@ impl LocalCompute {
             for name in outputs.keys() {
                 let dir = work.join("outputs").join(name);
                 let _ = std::fs::remove_dir_all(&dir);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    ChangeError::Target(format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
             let log = work.join(format!("attempt-{attempt}.log"));
             let launch = Launch {
@@ -227,13 +230,13 @@ impl LocalCompute {
         };
         // Its outputs and logs are stored: the run's folder (a copy of every input) goes.
         remove_run_folder(&work).await;
-        store.put_run(&record).await.map_err(|e| error_chain(&e))?;
+        store.put_run(&record).await?;
         match error {
             None => Ok(format!(
                 "run {run_id} succeeded in {}",
                 humantime::format_duration(Duration::from_secs(duration_ms / 1000))
             )),
-            Some(e) => Err(e),
+            Some(e) => Err(ChangeError::Failed(e)),
         }
     }
 

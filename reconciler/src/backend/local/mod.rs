@@ -136,11 +136,11 @@ pub struct Health {
     pub message: String,
 }
 
-/// A compute target: where jobs run. The local target implements it with processes on
-/// this machine; the Kubernetes target will with Jobs. The planner sees a target only
-/// through [`Target::observe`]; the executor through [`Target::run`] and [`Target::logs`].
+/// Where a local job's attempts run: [`LocalMachine`], processes on this machine. The
+/// local target ([`LocalCompute`]) reads its capacity through [`JobRunner::observe`] and
+/// runs attempts through [`JobRunner::run`] and [`JobRunner::logs`].
 #[async_trait]
-pub trait Target: Send + Sync {
+pub trait JobRunner: Send + Sync {
     /// What the target offers now: GPUs, CPUs, memory.
     fn observe(&self) -> &Capacity;
 
@@ -156,19 +156,19 @@ pub trait Target: Send + Sync {
 
 /// This machine.
 #[derive(Debug, Clone, Default)]
-pub struct LocalTarget {
+pub struct LocalMachine {
     capacity: Capacity,
 }
 
-impl LocalTarget {
+impl LocalMachine {
     /// Looks at this machine once: GPUs through the CUDA driver, CPUs, memory.
-    pub fn detect() -> LocalTarget {
-        LocalTarget::with_gpus(detect_gpus())
+    pub fn detect() -> LocalMachine {
+        LocalMachine::with_gpus(detect_gpus())
     }
 
     /// This machine, with the GPUs given (none: skip loading the CUDA driver).
-    pub fn with_gpus(gpus: Vec<Gpu>) -> LocalTarget {
-        LocalTarget {
+    pub fn with_gpus(gpus: Vec<Gpu>) -> LocalMachine {
+        LocalMachine {
             capacity: Capacity {
                 gpus,
                 cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -187,7 +187,7 @@ fn total_memory() -> Option<u64> {
 }
 
 #[async_trait]
-impl Target for LocalTarget {
+impl JobRunner for LocalMachine {
     fn observe(&self) -> &Capacity {
         &self.capacity
     }

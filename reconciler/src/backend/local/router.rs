@@ -36,7 +36,7 @@
 //! Counters: the router counts, per deployment, the requests it sent there (mirror copies
 //! included: they are that deployment's traffic too), the errors (a 5xx answer, or no
 //! answer at all: 502 and 504 above) and the latency from the request's arrival at the
-//! router to the response headers, in the buckets of [`serve::LATENCY_BUCKETS`]. Requests
+//! router to the response headers, in the buckets of [`model_server::LATENCY_BUCKETS`]. Requests
 //! that reach no deployment (no valid key, unknown pin, no traffic, a bad body) are not
 //! counted. A connection failure that a retry recovered is not an error. Counters are
 //! cumulative and keep counting across route changes.
@@ -82,7 +82,7 @@ use tokio::sync::Semaphore;
 
 use crate::diagnostics::error_chain;
 use crate::rollout::{Stats, Traffic, Weights};
-use crate::workload::serve::{self, DEPLOYMENT_HEADER};
+use crate::workload::model_server::{self, DEPLOYMENT_HEADER};
 
 /// Errors from starting the router or from routes it cannot take. Failed requests are
 /// not errors here: they are answered (4xx/5xx) and counted.
@@ -233,7 +233,7 @@ impl RouterOptions {
         RouterOptions {
             listen,
             routes,
-            max_body_bytes: serve::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: model_server::DEFAULT_MAX_BODY_BYTES,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Some(Duration::from_secs(60)),
             probe_timeout: Duration::from_secs(1),
@@ -730,16 +730,16 @@ struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
     /// Requests per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; serve::LATENCY_BUCKETS.len() + 1],
+    buckets: [AtomicU64; model_server::LATENCY_BUCKETS.len() + 1],
 }
 
 impl Counters {
     fn record(&self, error: bool, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        let bucket = serve::LATENCY_BUCKETS
+        let bucket = model_server::LATENCY_BUCKETS
             .iter()
             .position(|&le| seconds <= le)
-            .unwrap_or(serve::LATENCY_BUCKETS.len());
+            .unwrap_or(model_server::LATENCY_BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -749,7 +749,7 @@ impl Counters {
 
     fn snapshot(&self) -> Stats {
         let mut cumulative = 0;
-        let latency = serve::LATENCY_BUCKETS
+        let latency = model_server::LATENCY_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
@@ -1217,7 +1217,7 @@ mod tests {
         counters.record(false, Duration::from_millis(2));
         let stats = counters.snapshot();
         assert_eq!((stats.requests, stats.errors), (3, 1));
-        assert_eq!(stats.latency.len(), serve::LATENCY_BUCKETS.len() + 1);
+        assert_eq!(stats.latency.len(), model_server::LATENCY_BUCKETS.len() + 1);
         let at = |le: f64| stats.latency.iter().find(|(b, _)| *b == le).unwrap().1;
         assert_eq!(at(0.00025), 0);
         assert_eq!(at(0.0005), 1);

@@ -9,7 +9,7 @@ use owo_colors::OwoColorize;
 use serde_json::Value;
 
 use crate::plan::{Action, Plan, ResourceChange};
-use crate::policy::{PolicyMessage, PolicyReport};
+use crate::plan::{PolicyMessage, PolicyReport};
 use crate::rollout::describe_weights;
 
 /// The markdown template shipped with Cairn.

@@ -1,190 +1,12 @@
-//! Endpoints: what an endpoint's live serving should be, how a plan decides between
-//! create, update and rollout, and how an apply gets there on any serving target.
-//!
-//! The declared side is an [`EndpointValue`]: each deployment resolved to a model version
-//! and a *revision* (the version, plus a hash of the deployment's environment when it has
-//! one), the traffic map, the mirror and the rollout policy. It is what the plan shows as
-//! `after` and what the state records once applied.
-//!
-//! The live side is a [`LiveEndpoint`], observed through a [`Serving`] target: the router's
-//! backends (name → deployment revision), their weights and readiness. A backend is named
-//! after its deployment (`blue`); while a new revision of a deployment rolls out beside the
-//! running one it is named `blue@<revision>`, which is also what the pin header takes.
-//!
-//! [`apply`] converges from whatever is live, so a rerun after a crash finishes the job:
-//! 0. stop the revisions that carry no traffic and aren't declared (an old revision kept
-//!    after an earlier promotion, one nothing routes to), so that no table the apply
-//!    writes names a revision that a scheduled stop might take away under it;
-//! 1. start every declared revision (the target waits until each replica is ready; a
-//!    revision that fails to start is undone by the target and the old one keeps serving);
-//! 2. put new revisions behind the router at 0 %;
-//! 3. walk traffic from the live weights to the declared ones with the rollout engine
-//!    ([`crate::rollout`]), gated by error rate and p99 latency;
-//! 4. promote: name each new revision after its deployment, keep the old one at 0 % and
-//!    retire it after `scale_down_delay` — or, when a gate fails, move all traffic back,
-//!    stop the new revisions and fail the change saying why.
-//!
-//! A rollout is finished only by its promotion (step 4): until then its new revision
-//! keeps the temporary name. So when an apply dies part way (or the target does), what
-//! serves says how far it got, whatever the state recorded, and the next plan shows the
-//! rollout again from there: the step traffic was left at is held again under the gates,
-//! then the remaining steps, and a rollback goes back to the revision that served before.
-//! A new, never-gated revision never gets traffic by skipping the steps.
+//! The plan's side of an endpoint: whether applying its declared value creates, updates
+//! or rolls it out ([`decide`]), worked out from how the declared endpoint lies over what
+//! serves it ([`Layout`], which [`super::apply`] follows too, so that what a plan shows is
+//! what an apply does).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-
-use crate::rollout::{self, describe_weights, Outcome, RolloutEvent, Traffic, Weights};
-
-pub use crate::plan::endpoint::{
-    revision, DeploymentValue, EndpointValue, MirrorValue, RolloutPlan, RolloutValue,
-    DEFAULT_SCALE_DOWN_DELAY,
-};
-
-/// One router backend as observed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveBackend {
-    pub deployment: String,
-    pub revision: String,
-    pub replicas: u32,
-    pub ready_replicas: u32,
-}
-
-/// What serves an endpoint now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveEndpoint {
-    pub port: Option<u16>,
-    /// Whether the router answers.
-    pub serving: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Router backend name → revision.
-    pub backends: BTreeMap<String, LiveBackend>,
-    pub weights: Weights,
-    /// Revisions (deployment, revision) the target runs for the endpoint that no backend
-    /// names, e.g. left by an apply that died between starting and routing them.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub idle: BTreeSet<(String, String)>,
-}
-
-impl LiveEndpoint {
-    /// The revision answering for `deployment` under its own name.
-    pub fn revision_of(&self, deployment: &str) -> Option<&str> {
-        self.backends.get(deployment).map(|b| b.revision.as_str())
-    }
-
-    /// Traffic per deployment (revisions of one deployment added up).
-    pub fn deployment_weights(&self) -> Weights {
-        let mut out = Weights::new();
-        for (name, weight) in &self.weights {
-            let deployment = self
-                .backends
-                .get(name)
-                .map_or(name.as_str(), |b| b.deployment.as_str());
-            *out.entry(deployment.to_string()).or_default() += weight;
-        }
-        out.retain(|_, w| *w > 0);
-        out
-    }
-}
-
-/// Names one endpoint on a target.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct EndpointId {
-    pub workspace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for EndpointId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/endpoint.{}", self.workspace, self.name)
-    }
-}
-
-/// One revision of a deployment to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevisionSpec {
-    pub deployment: String,
-    pub revision: String,
-    pub model: String,
-    pub version: String,
-    pub replicas: u32,
-    pub env: BTreeMap<String, String>,
-}
-
-/// The router's table for an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteTable {
-    pub port: Option<u16>,
-    /// Backend name → (deployment, revision).
-    pub backends: BTreeMap<String, (String, String)>,
-    pub weights: Weights,
-    /// Backend name and percent.
-    pub mirror: Option<(String, u32)>,
-    /// Requests need the endpoint's key.
-    pub auth: bool,
-}
-
-/// Errors of serving targets and of applying endpoints.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Target(String),
-    #[error("the rollout engine failed: {0}")]
-    Rollout(#[from] rollout::Error),
-    #[error("rolled back {}: {reason}; all traffic is on the previous revision", at_step(*.step))]
-    RolledBack { step: u32, reason: String },
-    #[error(
-        "halted at step {step}%: {reason}; traffic stays split as it was (auto_rollback is off)"
-    )]
-    Halted { step: u32, reason: String },
-    #[error("{deployment} never became ready; traffic was not moved")]
-    NotReady { deployment: String },
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn at_step(step: u32) -> String {
-    if step == 0 {
-        "during the mirror phase, before any traffic moved".to_string()
-    } else {
-        format!("at step {step}%")
-    }
-}
-
-/// A target that serves endpoints: the local supervisor and router, or Kubernetes.
-#[async_trait]
-pub trait Serving: Send + Sync {
-    /// What serves the endpoint now; `None` when nothing does. A target whose serving
-    /// outlives a control process (the local supervisor) starts that process first, so
-    /// that the answer is what serves, not what was last recorded.
-    async fn observe(&self, endpoint: &EndpointId) -> Result<Option<LiveEndpoint>>;
-    /// Starts the revisions that are not running and scales the others to `replicas`;
-    /// returns once every replica is ready. On failure nothing it started keeps running.
-    async fn deploy(&self, endpoint: &EndpointId, revisions: &[RevisionSpec]) -> Result<()>;
-    /// Puts the table in force (binding the port first when the router is new or moves).
-    async fn route(&self, endpoint: &EndpointId, table: &RouteTable) -> Result<()>;
-    /// The rollout engine's handle on the endpoint's traffic.
-    fn traffic(&self, endpoint: &EndpointId) -> Box<dyn Traffic>;
-    /// Stops a revision after `after` (at once for zero).
-    async fn retire(
-        &self,
-        endpoint: &EndpointId,
-        deployment: &str,
-        revision: &str,
-        after: Duration,
-    ) -> Result<()>;
-    /// Stops the router and every revision of the endpoint.
-    async fn remove(&self, endpoint: &EndpointId) -> Result<()>;
-}
-
-/// The name a deployment's new revision has while it rolls out beside the old one.
-pub fn canary_name(deployment: &str, revision: &str) -> String {
-    format!("{deployment}@{revision}")
-}
+use super::{canary_name, EndpointValue, LiveEndpoint, RolloutPlan, RolloutValue};
+use crate::rollout::{self, describe_weights, Weights};
 
 /// How the plan classifies an endpoint change.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,35 +196,35 @@ pub fn effective_steps(steps: &[u32]) -> Vec<u32> {
 /// How the declared endpoint lies over what serves it: the one computation behind both
 /// the plan ([`decide`]) and [`apply`], so that what a plan shows is what an apply does.
 #[derive(Debug, Clone, PartialEq)]
-struct Layout {
+pub(super) struct Layout {
     /// Declared deployment → its router backend name during the change: its own name when
     /// that backend already runs the declared revision or carries nothing, the temporary
     /// `name@revision` when that one runs it already (an unfinished rollout) or when the
     /// deployment's backend carries traffic on another revision.
-    targets: BTreeMap<String, String>,
+    pub(super) targets: BTreeMap<String, String>,
     /// The live weights (backends about to be retired left out).
-    from: Weights,
+    pub(super) from: Weights,
     /// Where traffic would be had no rollout been left unfinished: the share of a revision
     /// under a temporary name is given back to its deployment's own backend. Rollouts
     /// interpolate from here and roll back to here, so a revision that never passed every
     /// gate is never what a rollback (or a skipped rollout) leaves serving.
-    base: Weights,
+    pub(super) base: Weights,
     /// The declared weights, by backend name.
-    to: Weights,
+    pub(super) to: Weights,
     /// How far (percent of the way from `base` to `to`) an unfinished rollout had moved
     /// traffic to the revisions it was rolling out, when it had moved any.
-    resume_at: Option<u32>,
+    pub(super) resume_at: Option<u32>,
     /// Backends that carry no traffic, would get none back on a rollback and whose
     /// revision isn't declared (old revisions kept after a promotion, revisions of failed
     /// rollouts): an apply retires them at once, before it routes anything, so that no
     /// route it writes depends on a revision that may be stopped under it.
-    superseded: Vec<(String, String, String)>,
+    pub(super) superseded: Vec<(String, String, String)>,
     /// Revisions that run but that no backend names, and that aren't declared: stopped.
-    idle: Vec<(String, String)>,
+    pub(super) idle: Vec<(String, String)>,
 }
 
 impl Layout {
-    fn of(after: &EndpointValue, live: Option<&LiveEndpoint>) -> Layout {
+    pub(super) fn of(after: &EndpointValue, live: Option<&LiveEndpoint>) -> Layout {
         let declared = |deployment: &str, revision: &str| {
             after
                 .deployments
@@ -496,14 +318,14 @@ impl Layout {
 
     /// Whether traffic has to move (or, for an unfinished rollout, be held under the
     /// gates again before the promotion).
-    fn moves(&self) -> bool {
+    pub(super) fn moves(&self) -> bool {
         shifts(&self.base, &self.to)
     }
 
     /// The rollout policy for this change: when an unfinished rollout moved traffic
     /// already, the steps start where it stopped (that step held again under the gates)
     /// and there is no mirror phase (it comes before any traffic moves).
-    fn rollout_value(&self, declared: &RolloutValue) -> RolloutValue {
+    pub(super) fn rollout_value(&self, declared: &RolloutValue) -> RolloutValue {
         let Some(at) = self.resume_at else {
             return declared.clone();
         };
@@ -521,7 +343,7 @@ impl Layout {
     }
 
     /// The temporary backends of the declared deployments: what a rollback stops.
-    fn canaries(&self) -> BTreeSet<String> {
+    pub(super) fn canaries(&self) -> BTreeSet<String> {
         self.targets
             .iter()
             .filter(|(d, backend)| d != backend)
@@ -531,7 +353,7 @@ impl Layout {
 }
 
 /// "blue 100% (c085e0311ef0)": the deployments with traffic and their revisions.
-fn describe_serving(after: &EndpointValue) -> String {
+pub(super) fn describe_serving(after: &EndpointValue) -> String {
     let shown: Vec<String> = after
         .traffic
         .iter()
@@ -573,282 +395,6 @@ fn describe_new(after: &EndpointValue) -> String {
     format!("new endpoint{at}: {}", describe_deployments(after))
 }
 
-/// Brings the endpoint's live serving to `after`. Returns a one-line summary; a failed
-/// gate is an error ([`Error::RolledBack`], [`Error::Halted`]) after traffic was restored.
-///
-/// It works from what the target says serves, not from what the state recorded, so an
-/// apply that died anywhere is finished by the next one: a new revision started but not
-/// routed is routed at 0 % and rolled out; a rollout stopped part way walks the remaining
-/// steps from where traffic is, holding that step under the gates again; one that moved
-/// all traffic but died before the promotion holds the last step again and promotes; old
-/// revisions that nothing routes to are stopped.
-pub async fn apply(
-    serving: &dyn Serving,
-    endpoint: &EndpointId,
-    after: &EndpointValue,
-    on_event: &(dyn Fn(RolloutEvent) + Send + Sync),
-    note: &(dyn Fn(&str) + Send + Sync),
-) -> Result<String> {
-    let live = serving.observe(endpoint).await?;
-    let layout = Layout::of(after, live.as_ref());
-
-    // 0. What nothing routes traffic to, and no rollback needs, stops before anything is
-    // routed: no table this apply writes names a revision that might be stopped under it.
-    let unneeded = layout
-        .superseded
-        .iter()
-        .map(|(_, d, r)| (d, r))
-        .chain(layout.idle.iter().map(|(d, r)| (d, r)));
-    for (deployment, revision) in unneeded {
-        note(&format!(
-            "stopping {deployment}@{revision}: nothing routes traffic to it"
-        ));
-        serving
-            .retire(endpoint, deployment, revision, Duration::ZERO)
-            .await?;
-    }
-
-    // 1. Every declared revision runs and is ready.
-    let revisions: Vec<RevisionSpec> = after
-        .deployments
-        .iter()
-        .filter(|(_, d)| d.replicas > 0)
-        .map(|(name, d)| RevisionSpec {
-            deployment: name.clone(),
-            revision: d.revision.clone(),
-            model: d.model.clone(),
-            version: d.version.clone(),
-            replicas: d.replicas,
-            env: d.env.clone(),
-        })
-        .collect();
-    if !revisions.is_empty() {
-        let names: Vec<String> = revisions
-            .iter()
-            .map(|r| format!("{}@{} ×{}", r.deployment, r.revision, r.replicas))
-            .collect();
-        note(&format!("starting {}", names.join(", ")));
-    }
-    serving.deploy(endpoint, &revisions).await?;
-
-    let targets = &layout.targets;
-    let mirror_of = |targets: &BTreeMap<String, String>| {
-        after.mirror.as_ref().map(|m| {
-            (
-                targets
-                    .get(&m.deployment)
-                    .cloned()
-                    .unwrap_or_else(|| m.deployment.clone()),
-                m.percent,
-            )
-        })
-    };
-    let auth = after.auth != "none";
-    let declared: BTreeMap<String, (String, String)> = after
-        .deployments
-        .iter()
-        .filter(|(_, d)| d.replicas > 0)
-        .map(|(name, d)| (targets[name].clone(), (name.clone(), d.revision.clone())))
-        .collect();
-    let to = layout.to.clone();
-
-    let routed = live.as_ref().filter(|l| l.weights.values().any(|w| *w > 0));
-    let Some(live) = routed else {
-        // Nothing carries traffic: route straight to the declared weights.
-        let routed = serving
-            .route(
-                endpoint,
-                &RouteTable {
-                    port: after.port,
-                    backends: declared.clone(),
-                    weights: to.clone(),
-                    mirror: mirror_of(targets),
-                    auth,
-                },
-            )
-            .await;
-        if let Err(e) = routed {
-            // Without a router nothing can reach the revisions just started.
-            if live.is_none() {
-                for r in &revisions {
-                    let _ = serving
-                        .retire(endpoint, &r.deployment, &r.revision, Duration::ZERO)
-                        .await;
-                }
-            }
-            return Err(e);
-        }
-        if let Some(live) = &live {
-            // What the old table named and the new one doesn't.
-            for (name, b) in &live.backends {
-                let kept = declared.get(name) == Some(&(b.deployment.clone(), b.revision.clone()));
-                let stopped = layout.superseded.iter().any(|(n, _, _)| n == name);
-                if !kept && !stopped {
-                    note(&format!("stopping {}@{}", b.deployment, b.revision));
-                    serving
-                        .retire(endpoint, &b.deployment, &b.revision, Duration::ZERO)
-                        .await?;
-                }
-            }
-        }
-        return Ok(format!("serving {}", describe_serving(after)));
-    };
-
-    // 2. New revisions join the router at 0 %, beside what serves.
-    let mut backends: BTreeMap<String, (String, String)> = live
-        .backends
-        .iter()
-        .filter(|(n, _)| !layout.superseded.iter().any(|(s, _, _)| s == *n))
-        .map(|(n, b)| (n.clone(), (b.deployment.clone(), b.revision.clone())))
-        .collect();
-    // A backend name taken over by a declared revision carries nothing (see
-    // `Layout::targets`): the revision it named is stopped once it is off the router.
-    let mut replaced = Vec::new();
-    for (name, value) in &declared {
-        if let Some(old) = backends.insert(name.clone(), value.clone()) {
-            if old != *value {
-                replaced.push(old);
-            }
-        }
-    }
-    let full = |weights: &Weights| -> Weights {
-        backends
-            .keys()
-            .map(|n| (n.clone(), weights.get(n).copied().unwrap_or(0)))
-            .collect()
-    };
-    let joined = full(&layout.from);
-    serving
-        .route(
-            endpoint,
-            &RouteTable {
-                port: after.port,
-                backends: backends.clone(),
-                weights: joined.clone(),
-                mirror: mirror_of(targets),
-                auth,
-            },
-        )
-        .await?;
-    for (deployment, revision) in &replaced {
-        note(&format!(
-            "stopping {deployment}@{revision}: replaced in place"
-        ));
-        serving
-            .retire(endpoint, deployment, revision, Duration::ZERO)
-            .await?;
-    }
-
-    // 3. Traffic moves by the steps, watched by the gates: from where an unfinished
-    // rollout left it, when one did.
-    let summary;
-    if layout.moves() {
-        if let Some(at) = layout.resume_at {
-            note(&format!(
-                "an unfinished rollout left traffic at {}: resuming at {at}%",
-                describe_weights(&layout.from)
-            ));
-        }
-        let traffic = serving.traffic(endpoint);
-        let policy = layout.rollout_value(&after.rollout).policy();
-        let base = full(&layout.base);
-        match rollout::run(traffic.as_ref(), &base, &full(&to), &policy, on_event).await? {
-            Outcome::Promoted { .. } => {
-                summary = format!("promoted: {}", describe_serving(after));
-            }
-            Outcome::RolledBack { step, reason, .. } => {
-                note(&format!("rolled back: {reason}"));
-                // The new revisions are at 0 %: take them out and stop them.
-                restore(
-                    serving,
-                    endpoint,
-                    after,
-                    &backends,
-                    &base,
-                    &layout.canaries(),
-                    auth,
-                )
-                .await?;
-                return Err(Error::RolledBack { step, reason });
-            }
-            Outcome::Halted { step, reason, .. } => {
-                return Err(Error::Halted { step, reason });
-            }
-            Outcome::NotReady { deployment } => {
-                restore(
-                    serving,
-                    endpoint,
-                    after,
-                    &backends,
-                    &base,
-                    &layout.canaries(),
-                    auth,
-                )
-                .await?;
-                return Err(Error::NotReady { deployment });
-            }
-        }
-    } else {
-        summary = format!("serving {}", describe_serving(after));
-    }
-
-    // 4. Promote: new revisions take their deployment's name; the revisions that served
-    // until now stay at 0 % until they are retired, the others stop at once.
-    let mut final_backends = BTreeMap::new();
-    let mut final_weights = Weights::new();
-    let mut keep: BTreeSet<(String, String)> = BTreeSet::new();
-    for (name, d) in &after.deployments {
-        if d.replicas == 0 {
-            continue;
-        }
-        final_backends.insert(name.clone(), (name.clone(), d.revision.clone()));
-        final_weights.insert(name.clone(), after.traffic.get(name).copied().unwrap_or(0));
-        keep.insert((name.clone(), d.revision.clone()));
-    }
-    let delay = after.rollout.scale_down_delay();
-    let mut retiring = Vec::new();
-    for (name, (deployment, revision)) in &backends {
-        let pair = (deployment.clone(), revision.clone());
-        if keep.contains(&pair) {
-            continue;
-        }
-        let served = layout.base.get(name).copied().unwrap_or(0) > 0;
-        if served && after.deployments.contains_key(deployment) {
-            let name = canary_name(deployment, revision);
-            final_backends.insert(name.clone(), pair.clone());
-            final_weights.insert(name, 0);
-            retiring.push((pair, delay));
-        } else {
-            retiring.push((pair, Duration::ZERO));
-        }
-    }
-    serving
-        .route(
-            endpoint,
-            &RouteTable {
-                port: after.port,
-                backends: final_backends,
-                weights: final_weights,
-                mirror: after
-                    .mirror
-                    .as_ref()
-                    .map(|m| (m.deployment.clone(), m.percent)),
-                auth,
-            },
-        )
-        .await?;
-    for ((deployment, revision), after_delay) in retiring {
-        note(&format!(
-            "retiring {deployment}@{revision} in {}",
-            humantime::format_duration(after_delay)
-        ));
-        serving
-            .retire(endpoint, &deployment, &revision, after_delay)
-            .await?;
-    }
-    Ok(summary)
-}
-
 /// Whether traffic has to move: some flows now, some will, and not to the same places.
 fn shifts(from: &Weights, to: &Weights) -> bool {
     let (from, to) = (positive(from), positive(to));
@@ -860,53 +406,6 @@ fn positive(w: &Weights) -> Weights {
         .filter(|(_, p)| **p > 0)
         .map(|(n, p)| (n.clone(), *p))
         .collect()
-}
-
-/// After a failed rollout: the table as it was before (traffic where the last finished
-/// rollout put it), then the new revisions stopped.
-async fn restore(
-    serving: &dyn Serving,
-    endpoint: &EndpointId,
-    after: &EndpointValue,
-    backends: &BTreeMap<String, (String, String)>,
-    base: &Weights,
-    canaries: &BTreeSet<String>,
-    auth: bool,
-) -> Result<()> {
-    let kept: BTreeMap<String, (String, String)> = backends
-        .iter()
-        .filter(|(n, _)| !canaries.contains(*n))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    let weights: Weights = kept
-        .keys()
-        .map(|n| (n.clone(), base.get(n).copied().unwrap_or(0)))
-        .collect();
-    let mirror = after
-        .mirror
-        .as_ref()
-        .filter(|m| kept.contains_key(&m.deployment))
-        .map(|m| (m.deployment.clone(), m.percent));
-    serving
-        .route(
-            endpoint,
-            &RouteTable {
-                port: after.port,
-                backends: kept,
-                weights,
-                mirror,
-                auth,
-            },
-        )
-        .await?;
-    for name in canaries {
-        if let Some((deployment, revision)) = backends.get(name) {
-            serving
-                .retire(endpoint, deployment, revision, Duration::ZERO)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

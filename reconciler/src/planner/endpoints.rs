@@ -1,0 +1,178 @@
+//! Endpoints: each deployment resolved to a model version and revision, compared with
+//! what the state recorded and what serves now ([`crate::serving::decide`]); a rollout
+//! shaped by the endpoint's compute target.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{assumed_live, change, Error, Planner, Result, Versions};
+use crate::address::{Address, Kind, Reference};
+use crate::backend::store::Store;
+use crate::backend::target::{EndpointRollout, Observed};
+use crate::desired::Resource;
+use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::manifest::Spec;
+use crate::plan::{Action, ResourceChange};
+use crate::serving::{self, Decision, DeploymentValue, EndpointValue, RolloutValue};
+
+impl Planner<'_> {
+    /// An endpoint: its deployments resolved to model versions, compared with what the
+    /// state recorded and what serves now.
+    pub(super) async fn endpoint(
+        &self,
+        resource: &Resource,
+        store: &Store,
+        before: Option<Value>,
+        versions: &Versions,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Option<ResourceChange>> {
+        let Spec::Endpoint(spec) = &resource.spec else {
+            unreachable!()
+        };
+        let ws = resource.address.workspace.as_str();
+        let Some(compute) = self.compute_of(resource, spec.compute.get_ref()) else {
+            return Ok(None);
+        };
+        let Some(target) = self.targets.for_compute(compute) else {
+            // The compute's own change says its target is missing.
+            return Ok(None);
+        };
+        let mut deployments = BTreeMap::new();
+        for (name, d) in &spec.deployments {
+            let d = d.get_ref();
+            let Ok(r) = Reference::parse(d.model.get_ref()) else {
+                continue;
+            };
+            let model = Address::new(ws, Kind::Model, r.name.clone());
+            let (version, pinned) = match &r.pin {
+                Some(pin) => {
+                    let known = versions.get(&model) == Some(pin)
+                        || store
+                            .has_model_version(&r.name, pin)
+                            .await
+                            .map_err(|source| Error::Store {
+                                workspace: ws.to_string(),
+                                source,
+                            })?;
+                    if !known {
+                        diagnostics.push(
+                            Diagnostic::error(
+                                "model-version",
+                                format!(
+                                    "{} serves model.{}@{pin}, which is not in the store",
+                                    resource.address.local(),
+                                    r.name
+                                ),
+                            )
+                            .at(self.loc(resource, d.model.span()))
+                            .help("pin a version that exists (`cairn status` lists the current one), or drop the pin to follow the newest"),
+                        );
+                    }
+                    (pin.clone(), true)
+                }
+                None => (
+                    versions
+                        .get(&model)
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".into()),
+                    false,
+                ),
+            };
+            deployments.insert(
+                name.get_ref().clone(),
+                DeploymentValue {
+                    model: r.name.clone(),
+                    revision: serving::revision(&version, &d.env),
+                    version,
+                    pinned,
+                    replicas: d.replicas(),
+                    env: d.env.clone(),
+                },
+            );
+        }
+        let rollout = match &spec.rollout {
+            Some(r) => {
+                let r = r.get_ref();
+                RolloutValue {
+                    steps: r.steps.get_ref().clone(),
+                    step_wait: r
+                        .step_wait
+                        .as_ref()
+                        .map_or_else(|| "30s".to_string(), |d| d.to_string()),
+                    max_error_rate: r.max_error_rate.as_ref().map(|v| *v.get_ref()),
+                    max_p99_ms: r.max_p99_ms.as_ref().map(|v| *v.get_ref()),
+                    auto_rollback: r.auto_rollback,
+                    mirror: r.mirror.as_ref().map(|m| *m.get_ref()),
+                    scale_down_delay: r.scale_down_delay.as_ref().map_or_else(
+                        || {
+                            humantime::format_duration(serving::DEFAULT_SCALE_DOWN_DELAY)
+                                .to_string()
+                        },
+                        |d| d.to_string(),
+                    ),
+                }
+            }
+            None => RolloutValue::immediate(),
+        };
+        let after = EndpointValue {
+            compute: spec.compute.get_ref().clone(),
+            target: target.name().to_string(),
+            port: spec.port.as_ref().map(|p| *p.get_ref()),
+            auth: serde_json::to_value(spec.auth)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_else(|| "key".into()),
+            traffic: spec.weights().map(|(n, w)| (n.to_string(), w)).collect(),
+            mirror: spec.mirror.as_ref().and_then(|m| {
+                m.get_ref()
+                    .iter()
+                    .next()
+                    .map(|(n, p)| serving::MirrorValue {
+                        deployment: n.get_ref().clone(),
+                        percent: *p.get_ref(),
+                    })
+            }),
+            deployments,
+            rollout,
+        };
+        let before_value: Option<EndpointValue> = before
+            .as_ref()
+            .and_then(|b| serde_json::from_value(b.clone()).ok());
+        let address = resource.address.to_string();
+        let observed;
+        let live = match target.live_endpoint(&address) {
+            Observed::Live(live) => live,
+            Observed::Unknown => {
+                // Not observed: assume what the state recorded still serves.
+                observed = before_value.as_ref().map(assumed_live);
+                observed.as_ref()
+            }
+        };
+        let after_json = serde_json::to_value(&after).expect("endpoint values serialize");
+        let mut rollout_plan = None;
+        let (action, reason) = match serving::decide(before_value.as_ref(), &after, live) {
+            Decision::NoOp => (Action::NoOp, "up to date".to_string()),
+            Decision::Create(reason) => (Action::Create, reason),
+            Decision::Update(reason) => (Action::Update, reason),
+            Decision::Rollout(reason, mut plan) => {
+                target.shape_rollout(
+                    &EndpointRollout {
+                        address: &resource.address,
+                        compute,
+                        compute_ref: spec.compute.get_ref(),
+                        after: &after,
+                        live,
+                    },
+                    &mut plan,
+                );
+                rollout_plan = Some(plan);
+                (Action::Rollout, reason)
+            }
+        };
+        let mut c = change(resource, action, reason, before, Some(after_json));
+        c.rollout = rollout_plan;
+        c.target = Some(target.name().to_string());
+        Ok(Some(c))
+    }
+}

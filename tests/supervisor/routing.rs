@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn::backend::local::router::Mirror;
 use cairn::backend::local::supervisor::{
-    self, Backend, Error, ReplicaState, RouteSpec, RouteStatus, RouteTraffic,
+    self, Error, ReplicaState, RouteBackend, RouteSpec, RouteStatus, RouteTraffic,
 };
 use cairn::rollout::{Traffic, Weights};
 use serde_json::Value;
@@ -37,7 +37,7 @@ pub fn route(
         listen,
         backends: backends
             .iter()
-            .map(|(name, d, r)| (name.to_string(), Backend::new(*d, *r)))
+            .map(|(name, d, r)| (name.to_string(), RouteBackend::new(*d, *r)))
             .collect(),
         weights: weights(split),
         mirror: None,

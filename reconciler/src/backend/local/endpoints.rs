@@ -23,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 use super::child_env::ChildEnv;
 use super::router::Mirror;
 use super::supervisor::{
-    Backend, DeploymentSpec, ReplicaState, ReplicaStatus, RouteSpec, RouteStatus, RouteTraffic,
-    SupervisorClient,
+    DeploymentSpec, ReplicaState, ReplicaStatus, RouteBackend, RouteSpec, RouteStatus,
+    RouteTraffic, SupervisorClient,
 };
 use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
@@ -392,7 +392,7 @@ impl Serving for LocalEndpoints {
                 .map(|(n, (deployment, revision))| {
                     (
                         n.clone(),
-                        Backend {
+                        RouteBackend {
                             deployment: deployment.clone(),
                             revision: revision.clone(),
                         },

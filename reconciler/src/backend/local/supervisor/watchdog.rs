@@ -42,7 +42,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{create_state_dir, describe_exit, take_lock, ChildEnv, Error, Event, Result, Shared};
+use super::daemon::{stop_signals, Shared};
+use super::lock::take_lock;
+use super::process::{describe_exit, signal_process};
+use super::state::create_state_dir;
+use super::{Error, Event, Result};
+use crate::backend::local::child_env::ChildEnv;
 use crate::backend::local::router;
 
 /// The most listening sockets handed to a new daemon (the kernel passes at most 253
@@ -106,7 +111,7 @@ pub async fn run_watchdog(
     let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     create_state_dir(&dir)?;
     let lock = take_lock(&dir).await?;
-    let (mut terminate, mut interrupt) = super::stop_signals()?;
+    let (mut terminate, mut interrupt) = stop_signals()?;
     let keeping: Keeping = Arc::default();
     let mut quick_deaths = 0u32;
     let mut ever_served = false;
@@ -203,7 +208,7 @@ fn spawn_daemon(
 
 /// SIGTERM to the daemon, SIGKILL after [`STOP_GRACE`]; the watchdog then exits 0.
 async fn stop_daemon(mut child: tokio::process::Child, pid: u32) -> Result<()> {
-    super::signal_process(pid, libc::SIGTERM);
+    signal_process(pid, libc::SIGTERM);
     if tokio::time::timeout(STOP_GRACE, child.wait())
         .await
         .is_err()

@@ -61,21 +61,39 @@ mod latency_bounds {
     }
 }
 
+/// Why a serving target could not do what the engine asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrafficError {
+    /// What carries the traffic can't be reached or read (the router is down, the API
+    /// server refused a read, a backend's metrics can't be parsed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The target refused the change (a backend it doesn't have, an object the API
+    /// server rejects).
+    #[error("{0}")]
+    Refused(String),
+    /// The target can't do this at all (mirroring without a gateway).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
 /// What the engine needs from a serving target.
 #[async_trait]
 pub trait Traffic: Send + Sync {
     /// Routes traffic by these weights from now on.
-    async fn set_weights(&self, weights: &Weights) -> Result<(), String>;
+    async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError>;
     /// Whether the deployment answers its readiness probe.
-    async fn ready(&self, deployment: &str) -> Result<bool, String>;
+    async fn ready(&self, deployment: &str) -> Result<bool, TrafficError>;
     /// The deployment's cumulative counters.
-    async fn stats(&self, deployment: &str) -> Result<Stats, String>;
+    async fn stats(&self, deployment: &str) -> Result<Stats, TrafficError>;
     /// Copies `percent` of the weighted requests to `deployment` (answers dropped), or
     /// stops copying (`None`).
-    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
         match mirror {
             None => Ok(()),
-            Some(_) => Err("this target cannot mirror traffic".to_string()),
+            Some(_) => Err(TrafficError::Unsupported(
+                "this target cannot mirror traffic".to_string(),
+            )),
         }
     }
 }
@@ -176,7 +194,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the traffic target failed: {0}")]
-    Target(String),
+    Target(#[from] TrafficError),
     #[error("weights must add up to 100 (or 0), got {0}")]
     BadWeights(u32),
 }
@@ -303,7 +321,7 @@ pub async fn run(
     for deployment in &gaining {
         let deadline = tokio::time::Instant::now() + policy.ready_timeout;
         loop {
-            if traffic.ready(deployment).await.map_err(Error::Target)? {
+            if traffic.ready(deployment).await? {
                 on_event(RolloutEvent::Ready {
                     deployment: deployment.to_string(),
                 });
@@ -323,14 +341,13 @@ pub async fn run(
     if let (Some(percent), [deployment]) = (policy.mirror.filter(|p| *p > 0), gaining.as_slice()) {
         traffic
             .set_mirror(Some((deployment.as_str(), percent.min(100))))
-            .await
-            .map_err(Error::Target)?;
+            .await?;
         on_event(RolloutEvent::Mirror {
             deployment: deployment.to_string(),
             percent,
         });
         let watched = watch_step(traffic, &gaining, policy).await;
-        traffic.set_mirror(None).await.map_err(Error::Target)?;
+        traffic.set_mirror(None).await?;
         match watched? {
             Ok((requests, error_rate, p99)) => on_event(RolloutEvent::StepPassed {
                 step: 0,
@@ -367,7 +384,7 @@ pub async fn run(
     }
     for step in steps {
         let weights = interpolate(from, to, step);
-        traffic.set_weights(&weights).await.map_err(Error::Target)?;
+        traffic.set_weights(&weights).await?;
         on_event(RolloutEvent::Step {
             step,
             weights: weights.clone(),
@@ -389,7 +406,7 @@ pub async fn run(
                     reason: reason.clone(),
                 });
                 if policy.auto_rollback {
-                    traffic.set_weights(from).await.map_err(Error::Target)?;
+                    traffic.set_weights(from).await?;
                     on_event(RolloutEvent::RolledBack {
                         weights: from.clone(),
                     });
@@ -424,7 +441,7 @@ async fn watch_step(
 ) -> Result<Result<(u64, f64, Option<f64>), String>, Error> {
     let mut start = Vec::new();
     for d in gaining {
-        start.push(traffic.stats(d).await.map_err(Error::Target)?);
+        start.push(traffic.stats(d).await?);
     }
     let began = tokio::time::Instant::now();
     loop {
@@ -435,7 +452,7 @@ async fn watch_step(
         let mut errors = 0;
         let mut worst_p99: Option<f64> = None;
         for (d, before) in gaining.iter().zip(&start) {
-            let now = traffic.stats(d).await.map_err(Error::Target)?;
+            let now = traffic.stats(d).await?;
             let r = now.requests.saturating_sub(before.requests);
             let e = now.errors.saturating_sub(before.errors);
             requests += r;
@@ -586,19 +603,19 @@ mod tests {
 
     #[async_trait]
     impl Traffic for Sim {
-        async fn set_weights(&self, weights: &Weights) -> Result<(), String> {
+        async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError> {
             *self.weights.lock().unwrap() = weights.clone();
             self.history.lock().unwrap().push(weights.clone());
             Ok(())
         }
-        async fn ready(&self, _deployment: &str) -> Result<bool, String> {
+        async fn ready(&self, _deployment: &str) -> Result<bool, TrafficError> {
             Ok(true)
         }
-        async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+        async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
             *self.mirror.lock().unwrap() = mirror.map(|(n, p)| (n.to_string(), p));
             Ok(())
         }
-        async fn stats(&self, deployment: &str) -> Result<Stats, String> {
+        async fn stats(&self, deployment: &str) -> Result<Stats, TrafficError> {
             self.tick();
             Ok(self
                 .stats

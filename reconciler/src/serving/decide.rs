@@ -411,6 +411,7 @@ fn positive(w: &Weights) -> Weights {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serving::{DeploymentValue, LiveBackend};
 
     fn value(version: &str, traffic: &[(&str, u32)]) -> EndpointValue {
         let mut deployments = BTreeMap::new();

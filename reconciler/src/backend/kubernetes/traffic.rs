@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::objects::{LABEL_DEPLOYMENT, LABEL_DEPLOYMENT_REVISION};
 use super::{ClusterApi, KubeObject, ObjectKey};
-use crate::rollout::{Stats, Traffic, Weights};
+use crate::rollout::{Stats, Traffic, TrafficError, Weights};
 
 /// One revision the route can send traffic to.
 #[derive(Debug, Clone, PartialEq)]
@@ -241,22 +241,25 @@ const MIRROR_NEEDS_GATEWAY: &str =
 
 #[async_trait]
 impl Traffic for KubeTraffic<'_> {
-    async fn set_weights(&self, weights: &Weights) -> Result<(), String> {
+    async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError> {
         let mirror = self.mirror.lock().expect("mirror lock").clone();
-        let object = self.object_with(weights, mirror.as_ref())?;
-        self.put(object).await?;
+        let object = self
+            .object_with(weights, mirror.as_ref())
+            .map_err(TrafficError::Refused)?;
+        self.put(object).await.map_err(TrafficError::Refused)?;
         *self.weights.lock().expect("weights lock") = weights.clone();
         Ok(())
     }
 
-    async fn ready(&self, deployment: &str) -> Result<bool, String> {
-        self.backend(deployment)?;
+    async fn ready(&self, deployment: &str) -> Result<bool, TrafficError> {
+        self.backend(deployment).map_err(TrafficError::Refused)?;
         let key = self.route.key("Deployment", deployment);
-        let live = self
-            .target
-            .get(&key, "apps/v1")
-            .await
-            .map_err(|e| format!("reading {key}: {}", crate::diagnostics::error_chain(&e)))?;
+        let live = self.target.get(&key, "apps/v1").await.map_err(|e| {
+            TrafficError::Unavailable(format!(
+                "reading {key}: {}",
+                crate::diagnostics::error_chain(&e)
+            ))
+        })?;
         let Some(live) = live else { return Ok(false) };
         let n = |p: &str| live.pointer(p).and_then(Value::as_i64);
         let generation = n("/metadata/generation").unwrap_or(0);
@@ -266,8 +269,8 @@ impl Traffic for KubeTraffic<'_> {
         Ok(observed >= generation && available >= replicas)
     }
 
-    async fn stats(&self, deployment: &str) -> Result<Stats, String> {
-        let backend = self.backend(deployment)?;
+    async fn stats(&self, deployment: &str) -> Result<Stats, TrafficError> {
+        let backend = self.backend(deployment).map_err(TrafficError::Refused)?;
         let selector: Vec<String> = backend
             .selector
             .iter()
@@ -283,25 +286,28 @@ impl Traffic for KubeTraffic<'_> {
                 "/metrics",
             )
             .await
-            .map_err(|e| crate::diagnostics::error_chain(&e))?;
+            .map_err(|e| TrafficError::Unavailable(crate::diagnostics::error_chain(&e)))?;
         let mut total = Stats::default();
         for (pod, text) in &pods {
-            let stats =
-                parse_metrics(text).map_err(|e| format!("the /metrics of pod `{pod}`: {e}"))?;
+            let stats = parse_metrics(text).map_err(|e| {
+                TrafficError::Unavailable(format!("the /metrics of pod `{pod}`: {e}"))
+            })?;
             add(&mut total, &stats);
         }
         Ok(total)
     }
 
-    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
         let mirror = mirror.map(|(name, percent)| (name.to_string(), percent));
         if !self.route.weighted() && mirror.is_some() {
-            return Err(MIRROR_NEEDS_GATEWAY.to_string());
+            return Err(TrafficError::Unsupported(MIRROR_NEEDS_GATEWAY.to_string()));
         }
         let weights = self.weights.lock().expect("weights lock").clone();
         if self.route.weighted() {
-            let object = self.object_with(&weights, mirror.as_ref())?;
-            self.put(object).await?;
+            let object = self
+                .object_with(&weights, mirror.as_ref())
+                .map_err(TrafficError::Refused)?;
+            self.put(object).await.map_err(TrafficError::Refused)?;
         }
         *self.mirror.lock().expect("mirror lock") = mirror;
         Ok(())

@@ -28,7 +28,7 @@ use super::supervisor::{
 };
 use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
-use crate::rollout::Traffic;
+use crate::rollout::{Traffic, TrafficError};
 use crate::serving::{
     EndpointId, Error, LiveBackend, LiveEndpoint, Result, RevisionSpec, RouteTable, Serving,
 };
@@ -248,14 +248,17 @@ struct Unreachable(String);
 
 #[async_trait]
 impl Traffic for Unreachable {
-    async fn set_weights(&self, _: &crate::rollout::Weights) -> std::result::Result<(), String> {
-        Err(self.0.clone())
+    async fn set_weights(
+        &self,
+        _: &crate::rollout::Weights,
+    ) -> std::result::Result<(), TrafficError> {
+        Err(TrafficError::Unavailable(self.0.clone()))
     }
-    async fn ready(&self, _: &str) -> std::result::Result<bool, String> {
-        Err(self.0.clone())
+    async fn ready(&self, _: &str) -> std::result::Result<bool, TrafficError> {
+        Err(TrafficError::Unavailable(self.0.clone()))
     }
-    async fn stats(&self, _: &str) -> std::result::Result<crate::rollout::Stats, String> {
-        Err(self.0.clone())
+    async fn stats(&self, _: &str) -> std::result::Result<crate::rollout::Stats, TrafficError> {
+        Err(TrafficError::Unavailable(self.0.clone()))
     }
 }
 

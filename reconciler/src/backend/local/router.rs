@@ -81,7 +81,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::diagnostics::error_chain;
-use crate::rollout::{Stats, Traffic, Weights};
+use crate::rollout::{Stats, Traffic, TrafficError, Weights};
 use crate::workload::model_server::{self, DEPLOYMENT_HEADER};
 
 /// Errors from starting the router or from routes it cannot take. Failed requests are
@@ -418,26 +418,26 @@ impl Handle {
 
 #[async_trait]
 impl Traffic for Handle {
-    async fn set_weights(&self, weights: &Weights) -> Result<(), String> {
-        Handle::set_weights(self, weights).map_err(|e| error_chain(&e))
+    async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError> {
+        Handle::set_weights(self, weights).map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn ready(&self, deployment: &str) -> Result<bool, String> {
+    async fn ready(&self, deployment: &str) -> Result<bool, TrafficError> {
         Handle::ready(self, deployment)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn stats(&self, deployment: &str) -> Result<Stats, String> {
-        Handle::stats(self, deployment).map_err(|e| error_chain(&e))
+    async fn stats(&self, deployment: &str) -> Result<Stats, TrafficError> {
+        Handle::stats(self, deployment).map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
         let mirror = mirror.map(|(deployment, percent)| Mirror {
             deployment: deployment.to_string(),
             percent,
         });
-        Handle::set_mirror(self, mirror).map_err(|e| error_chain(&e))
+        Handle::set_mirror(self, mirror).map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 }
 

@@ -11,7 +11,7 @@ use super::super::{Result, SupervisorClient};
 use super::{RouteSpec, RouteStatus};
 use crate::backend::local::router::Mirror;
 use crate::diagnostics::error_chain;
-use crate::rollout::{Stats, Traffic, Weights};
+use crate::rollout::{Stats, Traffic, TrafficError, Weights};
 
 impl SupervisorClient {
     /// Creates or updates the endpoint's router. Every backend must name a revision whose
@@ -146,28 +146,28 @@ impl RouteTraffic {
 
 #[async_trait]
 impl Traffic for RouteTraffic {
-    async fn set_weights(&self, weights: &Weights) -> Result<(), String> {
+    async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError> {
         self.client
             .set_weights(&self.endpoint, weights)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn ready(&self, backend: &str) -> Result<bool, String> {
+    async fn ready(&self, backend: &str) -> Result<bool, TrafficError> {
         self.client
             .ready(&self.endpoint, backend)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn stats(&self, backend: &str) -> Result<Stats, String> {
+    async fn stats(&self, backend: &str) -> Result<Stats, TrafficError> {
         self.client
             .stats(&self.endpoint, backend)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 
-    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), String> {
+    async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
         let mirror = mirror.map(|(deployment, percent)| Mirror {
             deployment: deployment.to_string(),
             percent,
@@ -175,6 +175,6 @@ impl Traffic for RouteTraffic {
         self.client
             .set_mirror(&self.endpoint, mirror)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| TrafficError::Unavailable(error_chain(&e)))
     }
 }

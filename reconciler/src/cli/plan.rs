@@ -10,7 +10,7 @@ use cairn::serving::{EndpointId, LiveEndpoint};
 
 use super::context::{self, Loaded, Selection};
 use super::progress::Progress;
-use super::{render, CommandError, Output, PlanFormat, SourceArgs};
+use super::{render, CommandError, ErrorKind, Outcome, Output, PlanFormat, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -84,12 +84,19 @@ pub fn make_plan(
         Ok(plan) => plan,
         Err(cairn::plan::Error::Blocked(diagnostics)) => {
             render::diagnostics(&loaded.snapshot, &diagnostics, output);
-            return Err(CommandError::new(format!(
+            return Err(CommandError::user(format!(
                 "the plan can't be made: {} problem(s) above",
                 diagnostics.error_count()
             )));
         }
-        Err(e) => return Err(CommandError::from_error(&e)),
+        Err(e) => {
+            let kind = match &e {
+                cairn::plan::Error::Store { source, .. } => super::store_kind(source),
+                // A workspace without an open store is the CLI's mistake.
+                _ => ErrorKind::Internal,
+            };
+            return Err(CommandError::from_error(kind, &e));
+        }
     };
     plan.notes.extend(selection.skipped.iter().cloned());
     let report = cairn::policy::check(&loaded.snapshot, &loaded.desired, &plan)
@@ -121,7 +128,7 @@ fn observe_serving(
     }
     let serving = context::local_serving(loaded, BTreeMap::new());
     rt.block_on(serving.observe_all(&endpoints)).map_err(|e| {
-        CommandError::from_error(&e).hint_opt(Some(format!(
+        CommandError::from_error(ErrorKind::Target, &e).hint_opt(Some(format!(
             "the local supervisor's log is {}",
             context::serving_dir(&loaded.root)
                 .join(cairn::backend::local::supervisor::LOG_FILE)
@@ -130,7 +137,7 @@ fn observe_serving(
     })
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let rt = super::runtime()?;
     // With --comment, the token and pull request are checked before planning.
     let target = match args.github.comment {
@@ -153,7 +160,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     };
     if let Some(path) = &args.out {
         std::fs::write(path, plan.to_json()).map_err(|e| {
-            CommandError::new(format!("cannot write the plan to {}: {e}", path.display()))
+            CommandError::user(format!("cannot write the plan to {}: {e}", path.display()))
         })?;
     }
     print_plan(&plan, args.format, output)?;
@@ -173,16 +180,16 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "the plan is denied by policy",
         ));
     }
-    let code = if args.detailed_exitcode && plan.has_changes() {
-        2
+    let outcome = if args.detailed_exitcode && plan.has_changes() {
+        Outcome::Changes
     } else {
-        0
+        Outcome::Success
     };
     // The process ends right after: freeing a large desired state and plan piece by piece
     // would only cost time.
     std::mem::forget(loaded);
     std::mem::forget(plan);
-    Ok(code)
+    Ok(outcome)
 }
 
 pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(), CommandError> {
@@ -191,7 +198,7 @@ pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(),
         PlanFormat::Json => println!("{}", plan.to_json()),
         PlanFormat::Markdown => {
             let text = cairn::render::markdown(plan, cairn::render::PLAN_MARKDOWN_TEMPLATE)
-                .map_err(|e| CommandError::from_error(&e))?;
+                .map_err(|e| CommandError::from_error(ErrorKind::Internal, &e))?;
             print!("{text}");
         }
     }

@@ -142,6 +142,16 @@ fn the_examples_use_the_action_as_it_is_declared() {
                     assert!(with.contains_key(*r), "{rel} does not pass `{r}`");
                 }
                 check_command(rel, with["command"].as_str().unwrap());
+                // An error (1) or a usage error (64, a typo in `command`) never keeps a
+                // run green; only "no changes" (0) and "changes or drift" (2) may.
+                let allowed = with
+                    .get("allow-exit-codes")
+                    .or(inputs.get("allow-exit-codes").map(|i| &i["default"]))
+                    .and_then(Value::as_str)
+                    .unwrap_or("0");
+                for code in allowed.split_whitespace() {
+                    assert!(code == "0" || code == "2", "{rel} allows exit code {code}");
+                }
             }
         }
     }

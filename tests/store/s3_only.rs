@@ -179,6 +179,7 @@ async fn an_unreachable_endpoint_is_typed() {
         endpoint: Some(endpoint.clone()),
         region: None,
         path_style: None,
+        ..StoreOptions::default()
     };
     let store = Store::new(Arc::new(
         S3Store::new(&format!("s3://{BUCKET}/p"), &options)
@@ -422,6 +423,7 @@ async fn lock_contender() {
         endpoint: Some(endpoint.to_string()),
         region: Some("us-east-1".into()),
         path_style: Some(true),
+        ..StoreOptions::default()
     };
     let store = Store::new(Arc::new(
         S3Store::new(&format!("s3://{BUCKET}/{prefix}"), &options)

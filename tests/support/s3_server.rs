@@ -178,6 +178,7 @@ impl S3Server {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             path_style: Some(true),
+            ..StoreOptions::default()
         }
     }
 

@@ -12,7 +12,7 @@ use cairn::plan::Plan;
 use super::context;
 use super::plan::{make_plan, print_plan, PlanRequest};
 use super::progress::Progress;
-use super::{CommandError, Output, PlanFormat, SourceArgs};
+use super::{CommandError, ErrorKind, Outcome, Output, PlanFormat, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -57,7 +57,7 @@ pub struct Request {
     pub purge_store: bool,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     execute(
         Request {
             args,
@@ -68,7 +68,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     )
 }
 
-pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
+pub fn execute(request: Request, output: Output) -> Result<Outcome, CommandError> {
     let args = &request.args;
     let saved = args.target.as_deref().filter(|p| p.is_file());
     let (saved_plan, source) = match saved {
@@ -94,7 +94,7 @@ pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
     let mut saved_plan = saved_plan;
     if let Some(plan) = &mut saved_plan {
         cairn::plan::redact::restore(plan, &loaded.desired).map_err(|e| {
-            CommandError::from_error(&e).hint_opt(Some(
+            CommandError::from_error(ErrorKind::Conflict, &e).hint_opt(Some(
                 "the saved plan is stale: make a new one with `cairn plan -o plan.json` and review it".into(),
             ))
         })?;
@@ -108,7 +108,7 @@ pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
                 if selection.stores.get(&w.name).map(Store::url).as_deref()
                     != Some(w.store.as_str())
                 {
-                    return Err(CommandError::new(format!(
+                    return Err(CommandError::conflict(format!(
                         "the saved plan was made for the store {} of workspace `{}`, which the manifests no longer name",
                         w.store, w.name
                     )));
@@ -198,17 +198,17 @@ pub fn execute(request: Request, output: Output) -> Result<u8, CommandError> {
         if was_saved {
             println!("The saved plan has no changes to apply.");
         }
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let result = rt.block_on(applier.apply(&plan, locks));
     let _ = cache.save();
     let applied = result.map_err(apply_error)?;
     let success = applied.success();
-    let code = report(applied)?;
+    let outcome = report(applied)?;
     if success && request.purge_store {
         purge(&rt, &plan, &selection.stores)?;
     }
-    Ok(code)
+    Ok(outcome)
 }
 
 /// Deletes the stored versions and runs of the datasets, models and jobs `plan` removed.
@@ -227,7 +227,7 @@ fn purge(
         };
         removed += rt
             .block_on(store.purge(change.kind, &change.name))
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::from_error(super::store_kind(&e), &e))?;
     }
     println!(
         "Purged {} from the stores.",
@@ -262,31 +262,35 @@ pub fn lock_timeout(text: &str) -> Result<cairn::manifest::Duration, String> {
 }
 
 fn apply_error(e: cairn::apply::Error) -> CommandError {
+    use cairn::apply::Error as E;
     match &e {
-        cairn::apply::Error::Locked {
+        E::Locked {
             source: cairn::backend::store::Error::Locked { id, .. },
             ..
         } => {
             let hint = format!(
                 "wait for it (`--lock-timeout 5m`), or if that apply died, run `cairn unlock {id}`; an abandoned lock is also taken over once its lease runs out"
             );
-            CommandError::from_error(&e).hint_opt(Some(hint))
+            CommandError::from_error(ErrorKind::Conflict, &e).hint_opt(Some(hint))
         }
-        cairn::apply::Error::Stale { .. } => CommandError::from_error(&e).hint_opt(Some(
+        E::Locked { source, .. } | E::Store { source, .. } => {
+            CommandError::from_error(super::store_kind(source), &e)
+        }
+        E::Stale { .. } => CommandError::from_error(ErrorKind::Conflict, &e).hint_opt(Some(
             "make a new plan with `cairn plan -o plan.json` and review it".into(),
         )),
-        _ => CommandError::from_error(&e),
+        E::NoStore(_) | E::NotLocked(_) => CommandError::from_error(ErrorKind::Internal, &e),
     }
 }
 
-fn report(report: cairn::apply::ApplyReport) -> Result<u8, CommandError> {
+fn report(report: cairn::apply::ApplyReport) -> Result<Outcome, CommandError> {
     let ok = report.count(Status::Succeeded);
     let failed = report.count(Status::Failed);
     let skipped = report.count(Status::Skipped);
     let secs = report.duration_ms as f64 / 1000.0;
     if report.success() {
         println!("Apply complete: {ok} succeeded in {secs:.1}s.");
-        Ok(0)
+        Ok(Outcome::Success)
     } else {
         for o in report
             .outcomes
@@ -300,22 +304,22 @@ fn report(report: cairn::apply::ApplyReport) -> Result<u8, CommandError> {
             );
         }
         println!("Apply failed: {ok} succeeded, {failed} failed, {skipped} skipped in {secs:.1}s.");
-        Ok(1)
+        Ok(Outcome::Failed(ErrorKind::Target))
     }
 }
 
 fn read_plan(path: &Path) -> Result<Plan, CommandError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| CommandError::new(format!("cannot read the plan {}: {e}", path.display())))?;
+        .map_err(|e| CommandError::user(format!("cannot read the plan {}: {e}", path.display())))?;
     Plan::from_json(&text).map_err(|e| {
-        CommandError::new(format!("{} is not a Cairn plan: {e}", path.display()))
+        CommandError::user(format!("{} is not a Cairn plan: {e}", path.display()))
             .hint_opt(Some("make one with `cairn plan -o plan.json`".into()))
     })
 }
 
 fn confirm() -> Result<(), CommandError> {
     if !std::io::stdin().is_terminal() {
-        return Err(CommandError::new(
+        return Err(CommandError::user(
             "refusing to apply without confirmation: input is not a terminal",
         )
         .hint_opt(Some(
@@ -327,7 +331,7 @@ fn confirm() -> Result<(), CommandError> {
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     if answer.trim() != "yes" {
-        return Err(CommandError::new("apply cancelled"));
+        return Err(CommandError::user("apply cancelled"));
     }
     Ok(())
 }

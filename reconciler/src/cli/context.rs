@@ -12,7 +12,7 @@ use cairn::desired::DesiredState;
 use cairn::diagnostics::did_you_mean;
 use cairn::manifest::{Snapshot, Spec};
 
-use super::{render, CommandError, Output, SourceArgs};
+use super::{render, CommandError, ErrorKind, Output, SourceArgs};
 
 /// Resolved manifests.
 pub struct Loaded {
@@ -36,7 +36,7 @@ pub fn load(source: &SourceArgs, output: Output) -> Result<Loaded, CommandError>
         Err(diagnostics) => {
             render::diagnostics(&snapshot, &diagnostics, output);
             let n = diagnostics.error_count();
-            Err(CommandError::new(format!(
+            Err(CommandError::user(format!(
                 "the manifests in {} are invalid ({n} error{})",
                 snapshot.origin.describe(),
                 if n == 1 { "" } else { "s" }
@@ -81,13 +81,15 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
     let mut stores = BTreeMap::new();
     let mut skipped = Vec::new();
     let mut clusters: Option<Clusters> = None;
+    let aws: std::sync::Arc<dyn cairn::backend::store::AwsChain> =
+        std::sync::Arc::new(super::aws::DefaultChain::from_env());
     let names: Vec<String> = if named.is_empty() {
         desired.workspaces.clone()
     } else {
         for name in named {
             if !desired.workspaces.contains(name) {
                 return Err(
-                    CommandError::new(format!("there is no workspace `{name}`")).hint_opt(Some(
+                    CommandError::user(format!("there is no workspace `{name}`")).hint_opt(Some(
                         match did_you_mean(name, desired.workspaces.iter().map(String::as_str)) {
                             Some(best) => format!("did you mean `{best}`?"),
                             None => format!("workspaces: {}", desired.workspaces.join(", ")),
@@ -108,7 +110,7 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
                     ));
                     continue;
                 }
-                return Err(CommandError::new(format!(
+                return Err(CommandError::user(format!(
                     "workspace `{name}` can't be planned: {why}"
                 ))
                 .hint_opt(Some(
@@ -126,13 +128,17 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
             endpoint: spec.endpoint.as_ref().map(|e| e.get_ref().clone()),
             region: spec.region.clone(),
             path_style: spec.path_style,
+            aws: Some(aws.clone()),
         };
         let mut store =
             Store::open_with(spec.store_url(), &loaded.root, &options).map_err(|e| {
-                CommandError::new(format!(
-                    "cannot open the store of workspace `{name}`: {}",
-                    cairn::diagnostics::error_chain(&e)
-                ))
+                CommandError::new(
+                    super::store_kind(&e),
+                    format!(
+                        "cannot open the store of workspace `{name}`: {}",
+                        cairn::diagnostics::error_chain(&e)
+                    ),
+                )
             })?;
         if !spec.store_url().starts_with("file://") {
             // A remote state is checked by etag, not read again, when it did not change.
@@ -146,7 +152,7 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
         stores.insert(name, store);
     }
     if stores.is_empty() {
-        let mut err = CommandError::new("no workspace can be planned");
+        let mut err = CommandError::user("no workspace can be planned");
         err.hints.extend(skipped);
         return Err(err);
     }
@@ -228,5 +234,5 @@ pub fn observe(
 ) -> Result<(), CommandError> {
     let workspaces: Vec<String> = selection.stores.keys().cloned().collect();
     rt.block_on(targets.observe(&loaded.desired, &workspaces))
-        .map_err(|e| CommandError::from_error(&e).hint_opt(e.hint()))
+        .map_err(|e| CommandError::from_error(ErrorKind::Target, &e).hint_opt(e.hint()))
 }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{apply, CommandError, Output};
+use super::{apply, CommandError, Outcome, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,7 +42,7 @@ pub struct Args {
     lock_lease: cairn::manifest::Duration,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     apply::execute(
         apply::Request {
             args: apply::Args {

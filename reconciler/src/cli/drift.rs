@@ -9,7 +9,7 @@ use cairn::github::publish::{self, DriftIssue};
 use super::context;
 use super::github::GitHubArgs;
 use super::plan::{make_plan, PlanRequest};
-use super::{CommandError, Output, PlanFormat, SourceArgs};
+use super::{CommandError, ErrorKind, Outcome, Output, PlanFormat, SourceArgs};
 
 /// Revisions tried, in order, when `--rev` is not given.
 const DEFAULT_REVS: [&str; 2] = ["origin/HEAD", "main"];
@@ -42,7 +42,7 @@ pub struct Args {
     pub github: GitHubArgs,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let rt = super::runtime()?;
     let conn = match args.github_issue {
         true => Some(super::github::connect(&rt, &args.github, None)?),
@@ -55,7 +55,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     if source.rev.is_none() {
         let found = cairn::changes::first_existing_revision(&source.root(), &DEFAULT_REVS);
         source.rev = Some(found.ok_or_else(|| {
-            CommandError::new(format!(
+            CommandError::user(format!(
                 "no default branch found in the repository holding {}: neither {} names a commit",
                 source.root().display(),
                 DEFAULT_REVS.join(" nor ")
@@ -84,7 +84,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "{}",
             report
                 .markdown(DRIFT_MARKDOWN_TEMPLATE, GITHUB_COMMENT_LIMIT)
-                .map_err(|e| CommandError::from_error(&e))?
+                .map_err(|e| CommandError::from_error(ErrorKind::Internal, &e))?
         ),
     }
 
@@ -96,7 +96,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             // Room for the marker on top.
             body = report
                 .markdown(DRIFT_MARKDOWN_TEMPLATE, GITHUB_COMMENT_LIMIT - 200)
-                .map_err(|e| CommandError::from_error(&e))?;
+                .map_err(|e| CommandError::from_error(ErrorKind::Internal, &e))?;
             Some((title.as_str(), body.as_str()))
         } else {
             None
@@ -127,5 +127,9 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             DriftIssue::NothingOpen => {}
         }
     }
-    Ok(if report.drifted() { 2 } else { 0 })
+    Ok(if report.drifted() {
+        Outcome::Changes
+    } else {
+        Outcome::Success
+    })
 }

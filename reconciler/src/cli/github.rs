@@ -14,7 +14,7 @@ use cairn::github::{GitHub, PullRequestEvent, Repo};
 use cairn::plan::Plan;
 
 use super::context::Loaded;
-use super::{CommandError, SourceArgs};
+use super::{CommandError, ErrorKind, SourceArgs};
 
 /// The public API; GitHub Actions sets `GITHUB_API_URL` (also for Enterprise Server).
 const DEFAULT_API: &str = "https://api.github.com";
@@ -85,7 +85,7 @@ fn event() -> Result<Option<PullRequestEvent>, CommandError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) => {
-            return Err(CommandError::new(format!(
+            return Err(CommandError::user(format!(
                 "cannot read the GitHub event at {path} (GITHUB_EVENT_PATH): {e}"
             )))
         }
@@ -93,9 +93,11 @@ fn event() -> Result<Option<PullRequestEvent>, CommandError> {
     match PullRequestEvent::from_json(&text) {
         Ok(event) => Ok(Some(event)),
         Err(cairn::github::event::Error::NotAPullRequest) => Ok(None),
-        Err(e) => Err(CommandError::from_error(&e).hint_opt(Some(format!(
-            "GITHUB_EVENT_PATH points at {path}, which should hold the event's JSON"
-        )))),
+        Err(e) => Err(
+            CommandError::from_error(ErrorKind::User, &e).hint_opt(Some(format!(
+                "GITHUB_EVENT_PATH points at {path}, which should hold the event's JSON"
+            ))),
+        ),
     }
 }
 
@@ -112,17 +114,17 @@ pub fn connect(
         .or_else(|| env("GITHUB_REPOSITORY"))
         .or_else(|| event_repo.map(str::to_string))
         .ok_or_else(|| {
-            CommandError::new("no GitHub repository given").hint_opt(Some(
+            CommandError::user("no GitHub repository given").hint_opt(Some(
                 "pass --repo owner/name (GitHub Actions sets GITHUB_REPOSITORY)".into(),
             ))
         })?;
     let repo = Repo::parse(&repo_text).ok_or_else(|| {
-        CommandError::new(format!(
+        CommandError::user(format!(
             "`{repo_text}` is not a GitHub repository: expected `owner/name`"
         ))
     })?;
     let token = env("GITHUB_TOKEN").ok_or_else(|| {
-        CommandError::new("GITHUB_TOKEN is not set: Cairn needs a token to talk to GitHub")
+        CommandError::user("GITHUB_TOKEN is not set: Cairn needs a token to talk to GitHub")
             .hint_opt(Some(
             "in a workflow add `env: { GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }} }` to the step"
                 .into(),
@@ -156,7 +158,7 @@ pub fn pr_target(
         .pr
         .or(event.as_ref().map(|e| e.number))
         .ok_or_else(|| {
-            CommandError::new("no pull request to comment on").hint_opt(Some(
+            CommandError::user("no pull request to comment on").hint_opt(Some(
                 "run on a `pull_request` event (GITHUB_EVENT_PATH), or pass --pr NUMBER".into(),
             ))
         })?;
@@ -166,7 +168,7 @@ pub fn pr_target(
         .or_else(|| event.as_ref().map(|e| e.head_sha.clone()));
     if let Some(sha) = &sha {
         if sha.len() < 7 || sha.len() > 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(CommandError::new(format!(
+            return Err(CommandError::user(format!(
                 "`{sha}` is not a commit id (--sha takes the full hexadecimal id)"
             )));
         }
@@ -187,7 +189,11 @@ pub fn pr_target(
 /// what to do about the token.
 pub fn error(e: cairn::github::Error) -> CommandError {
     use cairn::github::Error as E;
-    let mut err = CommandError::from_error(&e).hint_opt(e.hint());
+    let kind = match e {
+        E::BadApiUrl(_) | E::BadToken => ErrorKind::User,
+        _ => ErrorKind::Target,
+    };
+    let mut err = CommandError::from_error(kind, &e).hint_opt(e.hint());
     if matches!(e, E::Unauthorized { .. }) {
         err.hints.push(
             "check GITHUB_TOKEN (in a workflow: `GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}`)"
@@ -257,8 +263,8 @@ pub fn comment_on_plan(
         key: &key,
         pr: pr.as_ref(),
     };
-    let parts =
-        comment::build(&input, COMMENT_TEMPLATE).map_err(|e| CommandError::from_error(&e))?;
+    let parts = comment::build(&input, COMMENT_TEMPLATE)
+        .map_err(|e| CommandError::from_error(ErrorKind::Internal, &e))?;
     let Connection { gh, repo } = &target.conn;
     let sync: CommentSync = rt
         .block_on(publish::sync_comment(gh, repo, target.number, &key, &parts))
@@ -299,7 +305,7 @@ pub fn comment_on_plan(
     );
     if denied {
         let n = plan.policy.as_ref().map_or(0, |p| p.deny.len());
-        return Err(CommandError::new(format!(
+        return Err(CommandError::policy(format!(
             "the policies deny this plan ({n} message{}); see the pull request comment",
             if n == 1 { "" } else { "s" }
         )));

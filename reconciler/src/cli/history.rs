@@ -3,7 +3,7 @@
 use cairn::backend::store::DamagedRecord;
 
 use super::context;
-use super::{CommandError, Format, Output, ReportArgs};
+use super::{CommandError, Format, Outcome, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -11,7 +11,7 @@ pub struct Args {
     report: ReportArgs,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let loaded = context::load(&args.report.source, output)?;
     let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
@@ -19,7 +19,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     for store in selection.stores.values() {
         let journal = rt
             .block_on(store.journal())
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::store(&e))?;
         warn_damaged(&journal.damaged, output);
         records.extend(journal.records);
     }
@@ -29,11 +29,11 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "{}",
             serde_json::to_string_pretty(&records).expect("records serialize")
         );
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     if records.is_empty() {
         println!("No applies recorded yet.");
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     for r in &records {
         let ok = r
@@ -63,13 +63,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             r.plan_hash
         );
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 /// Names each damaged journal record on stderr, with what to do; the others are shown.
 pub fn warn_damaged(damaged: &[DamagedRecord], output: Output) {
     for record in damaged {
-        let warning = CommandError::new(format!(
+        let warning = CommandError::target(format!(
             "skipped the damaged journal record `{}`: {}",
             record.key, record.reason
         ))

@@ -3,7 +3,7 @@
 use cairn::backend::store::BrokenLock;
 
 use super::context;
-use super::{CommandError, Output, SourceArgs};
+use super::{CommandError, Outcome, Output, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,13 +24,13 @@ pub struct Args {
     workspaces: Vec<String>,
 }
 
-pub fn run(mut args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(mut args: Args, output: Output) -> Result<Outcome, CommandError> {
     if args.force {
         // `cairn unlock --force PATH`: with no id to take, the one positional is the path.
         match (args.lock_id.take(), &args.source.path) {
             (Some(path), None) => args.source.path = Some(path.into()),
             (Some(id), Some(_)) => {
-                return Err(CommandError::new(format!(
+                return Err(CommandError::user(format!(
                     "`--force` removes whatever lock is held, without an id (got `{id}`)"
                 ))
                 .hint_opt(Some(
@@ -48,7 +48,7 @@ pub fn run(mut args: Args, output: Output) -> Result<u8, CommandError> {
         for (ws, store) in &selection.stores {
             match rt
                 .block_on(store.break_lock())
-                .map_err(|e| CommandError::from_error(&e))?
+                .map_err(|e| CommandError::store(&e))?
             {
                 Some(BrokenLock::Held(info)) => println!(
                     "Removed lock {} on workspace `{ws}` (held by {} for `{}` since {}).",
@@ -64,7 +64,7 @@ pub fn run(mut args: Args, output: Output) -> Result<u8, CommandError> {
         if removed == 0 {
             println!("No lock is held.");
         }
-        return Ok(0);
+        return Ok(Outcome::Success);
     };
     for (ws, store) in &selection.stores {
         match rt.block_on(store.force_unlock(lock_id)) {
@@ -73,14 +73,14 @@ pub fn run(mut args: Args, output: Output) -> Result<u8, CommandError> {
                     "Released lock {} on workspace `{ws}` (held by {} for `{}` since {}).",
                     info.id, info.holder, info.command, info.started_at
                 );
-                return Ok(0);
+                return Ok(Outcome::Success);
             }
             Err(cairn::backend::store::Error::NoSuchLock { .. }) => continue,
-            Err(e) => return Err(CommandError::from_error(&e)),
+            Err(e) => return Err(CommandError::store(&e)),
         }
     }
     Err(
-        CommandError::new(format!("no lock with id `{lock_id}` is held")).hint_opt(Some(
+        CommandError::user(format!("no lock with id `{lock_id}` is held")).hint_opt(Some(
             "the apply may have finished and released it already".into(),
         )),
     )

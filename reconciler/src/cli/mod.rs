@@ -2,10 +2,24 @@
 //! exit codes, all in one place. The library returns typed results; this module decides
 //! how they look.
 //!
-//! Exit codes: 0 ok / no changes, 1 error (invalid manifests, policy deny, failure),
-//! 2 changes present (`plan --detailed-exitcode`, `drift`).
+//! A command ends in an [`Outcome`] (it ran to its end) or a [`CommandError`] (it
+//! stopped), and every error is classified where it is made into an [`ErrorKind`].
+//! [`Outcome::exit_code`] is the one table from those to exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; no changes (`plan --detailed-exitcode`), no drift (`drift`); `--help`, `--version` |
+//! | 1 | an error of any kind but usage: [`ErrorKind::User`], [`ErrorKind::Policy`], [`ErrorKind::Conflict`], [`ErrorKind::Target`], [`ErrorKind::Internal`] |
+//! | 2 | changes present (`plan --detailed-exitcode`), drift found (`drift`): never an error |
+//! | 64 | a usage error: an unknown command or flag, a bad flag value, a missing argument (`EX_USAGE`) |
+//!
+//! Usage errors get their own code because clap's default, 2, means "changes present":
+//! a typo in a workflow that allows 2 (`drift`) must not pass. The other kinds share 1
+//! for now (scripts and the tests rely on it); a kind may get its own code later
+//! without any command changing.
 
 mod apply;
+mod aws;
 mod context;
 mod destroy;
 mod drift;
@@ -30,7 +44,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn::diagnostics::error_chain;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Cairn: GitOps for ML infrastructure. Plans and applies TOML manifests of workspaces,
 /// compute, datasets, training jobs, models and endpoints.
@@ -115,6 +129,13 @@ enum Command {
     /// itself); `--stop` stops it and everything it serves.
     #[cfg(target_os = "linux")]
     Supervise(supervise::Args),
+    /// Print a shell completion script: `cairn completions bash > /etc/bash_completion.d/cairn`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where the manifests come from, shared by every command that reads them.
@@ -148,7 +169,7 @@ impl SourceArgs {
         };
         snapshot.map_err(|e| {
             let hint = e.hint();
-            CommandError::new(error_chain(&e)).hint_opt(hint)
+            CommandError::user(error_chain(&e)).hint_opt(hint)
         })
     }
 }
@@ -177,21 +198,100 @@ pub struct Output {
     pub progress: bool,
 }
 
-/// A failure the CLI reports: a message, hints, and the exit code.
+/// How a command that ran to its end finished. (One that stopped early returns a
+/// [`CommandError`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what was asked, and found no changes if it looked for them.
+    Success,
+    /// It found changes (`plan --detailed-exitcode`) or drift (`drift`).
+    Changes,
+    /// It printed its own report of a failure (invalid manifests from `validate`,
+    /// failed changes from `apply`, failed policy tests): no further message is due.
+    Failed(ErrorKind),
+}
+
+impl Outcome {
+    /// The exit-code table (see the module documentation): the one place a code is
+    /// chosen.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Changes => 2,
+            Outcome::Failed(ErrorKind::Usage) => 64,
+            Outcome::Failed(
+                ErrorKind::User
+                | ErrorKind::Policy
+                | ErrorKind::Conflict
+                | ErrorKind::Target
+                | ErrorKind::Internal,
+            ) => 1,
+        }
+    }
+}
+
+/// What kind of failure stopped a command, decided where the error is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command line itself is wrong: an unknown command or flag, a bad value, a
+    /// missing argument. Reported by clap, before any command runs.
+    Usage,
+    /// What the user gave is wrong or missing: invalid manifests, an unknown workspace or
+    /// revision, arguments that don't fit together, an unreadable plan file, a missing
+    /// token or pull request.
+    User,
+    /// The policies deny the plan (or the manifests).
+    Policy,
+    /// Someone else got there first: a lock held by another apply, a saved plan made
+    /// stale by a later apply, a record changed under a conditional write.
+    Conflict,
+    /// Something Cairn talks to failed or can't be reached: a store, a cluster, the local
+    /// supervisor, GitHub, a model server's port; or changes failed while applying.
+    Target,
+    /// Cairn itself failed (no async runtime, a task that panicked): a bug to report.
+    Internal,
+}
+
+/// A failure the CLI reports: its kind (which picks the exit code), a message and hints.
 #[derive(Debug)]
 pub struct CommandError {
+    pub kind: ErrorKind,
     pub message: String,
     pub hints: Vec<String>,
-    pub exit: u8,
 }
 
 impl CommandError {
-    pub fn new(message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CommandError {
+            kind,
             message: message.into(),
             hints: Vec::new(),
-            exit: 1,
         }
+    }
+
+    /// See [`ErrorKind::User`].
+    pub fn user(message: impl Into<String>) -> Self {
+        CommandError::new(ErrorKind::User, message)
+    }
+
+    /// See [`ErrorKind::Policy`].
+    pub fn policy(message: impl Into<String>) -> Self {
+        CommandError::new(ErrorKind::Policy, message)
+    }
+
+    /// See [`ErrorKind::Conflict`].
+    pub fn conflict(message: impl Into<String>) -> Self {
+        CommandError::new(ErrorKind::Conflict, message)
+    }
+
+    /// See [`ErrorKind::Target`].
+    pub fn target(message: impl Into<String>) -> Self {
+        CommandError::new(ErrorKind::Target, message)
+    }
+
+    /// See [`ErrorKind::Internal`].
+    pub fn internal(message: impl Into<String>) -> Self {
+        CommandError::new(ErrorKind::Internal, message)
     }
 
     pub fn hint_opt(mut self, hint: Option<String>) -> Self {
@@ -199,10 +299,27 @@ impl CommandError {
         self
     }
 
-    /// An error with its whole chain of causes as the message, and the hint of the
-    /// first cause that has one (a damaged lock: `cairn unlock --force`).
-    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Self {
-        CommandError::new(error_chain(error)).hint_opt(known_hint(error))
+    /// An error of `kind` with its whole chain of causes as the message, and the hint of
+    /// the first cause that has one (a damaged lock: `cairn unlock --force`).
+    pub fn from_error(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> Self {
+        CommandError::new(kind, error_chain(error)).hint_opt(known_hint(error))
+    }
+
+    /// A store error, classified by what went wrong: a lock or a conditional write lost
+    /// to someone else is a conflict, a bad store URL the user's, the rest the store's.
+    pub fn store(error: &cairn::backend::store::Error) -> Self {
+        CommandError::from_error(store_kind(error), error)
+    }
+}
+
+/// The kind of a store error (see [`CommandError::store`]).
+pub fn store_kind(error: &cairn::backend::store::Error) -> ErrorKind {
+    use cairn::backend::store::Error as E;
+    match error {
+        E::Locked { .. } | E::PreconditionFailed { .. } => ErrorKind::Conflict,
+        E::InvalidUrl { .. } | E::Unsupported(_) | E::NoSuchLock { .. } => ErrorKind::User,
+        E::Join(_) => ErrorKind::Internal,
+        _ => ErrorKind::Target,
     }
 }
 
@@ -226,7 +343,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CommandError::new(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| CommandError::internal(format!("cannot start the async runtime: {e}")))
 }
 
 /// `user@host`, for locks and the journal.
@@ -244,7 +361,10 @@ pub fn user() -> String {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(usage(&e).exit_code()),
+    };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let auto = |tty: bool| tty && !no_color;
     let output = match cli.color {
@@ -281,12 +401,36 @@ pub fn main() -> ExitCode {
         Command::Upload(args) => transfer::upload(args, output),
         #[cfg(target_os = "linux")]
         Command::Supervise(args) => supervise::run(args, output),
+        Command::Completions { shell } => completions(shell),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let outcome = match result {
+        Ok(outcome) => outcome,
         Err(err) => {
             render::command_error(&err, output);
-            ExitCode::from(err.exit)
+            Outcome::Failed(err.kind)
         }
+    };
+    ExitCode::from(outcome.exit_code())
+}
+
+/// Prints what clap says about a command line it could not take, as clap prints it:
+/// help and the version (asked for, on stdout) are a success; the rest, help shown for a
+/// missing subcommand included (on stderr), is a usage error.
+fn usage(error: &clap::Error) -> Outcome {
+    // Nothing to do when the terminal is gone.
+    let _ = error.print();
+    if error.use_stderr() {
+        Outcome::Failed(ErrorKind::Usage)
+    } else {
+        Outcome::Success
     }
+}
+
+/// `cairn completions SHELL`: the completion script, generated from the same definition
+/// clap parses with.
+fn completions(shell: clap_complete::Shell) -> Result<Outcome, CommandError> {
+    let mut command = Cli::command();
+    let name = command.get_name().to_string();
+    clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+    Ok(Outcome::Success)
 }

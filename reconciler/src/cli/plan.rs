@@ -10,7 +10,7 @@ use cairn::planner::Planner;
 
 use super::context::{self, Loaded, Selection};
 use super::progress::Progress;
-use super::{render, CommandError, Output, PlanFormat, SourceArgs};
+use super::{render, CommandError, ErrorKind, Outcome, Output, PlanFormat, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,12 +76,19 @@ pub fn make_plan(
         Ok(plan) => plan,
         Err(cairn::planner::Error::Blocked(diagnostics)) => {
             render::diagnostics(&loaded.snapshot, &diagnostics, output);
-            return Err(CommandError::new(format!(
+            return Err(CommandError::user(format!(
                 "the plan can't be made: {} problem(s) above",
                 diagnostics.error_count()
             )));
         }
-        Err(e) => return Err(CommandError::from_error(&e)),
+        Err(e) => {
+            let kind = match &e {
+                cairn::planner::Error::Store { source, .. } => super::store_kind(source),
+                // A workspace without an open store is the CLI's mistake.
+                _ => ErrorKind::Internal,
+            };
+            return Err(CommandError::from_error(kind, &e));
+        }
     };
     plan.notes.extend(selection.skipped.iter().cloned());
     let report = cairn::policy::check(&loaded.snapshot, &loaded.desired, &plan)
@@ -98,7 +105,7 @@ pub struct PlanRequest<'a> {
     pub destroy: bool,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let rt = super::runtime()?;
     // With --comment, the token and pull request are checked before planning.
     let target = match args.github.comment {
@@ -127,7 +134,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     };
     if let Some(path) = &args.out {
         std::fs::write(path, plan.to_json()).map_err(|e| {
-            CommandError::new(format!("cannot write the plan to {}: {e}", path.display()))
+            CommandError::user(format!("cannot write the plan to {}: {e}", path.display()))
         })?;
     }
     print_plan(&plan, args.format, output)?;
@@ -147,16 +154,16 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             "the plan is denied by policy",
         ));
     }
-    let code = if args.detailed_exitcode && plan.has_changes() {
-        2
+    let outcome = if args.detailed_exitcode && plan.has_changes() {
+        Outcome::Changes
     } else {
-        0
+        Outcome::Success
     };
     // The process ends right after: freeing a large desired state and plan piece by piece
     // would only cost time.
     std::mem::forget(loaded);
     std::mem::forget(plan);
-    Ok(code)
+    Ok(outcome)
 }
 
 pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(), CommandError> {
@@ -165,7 +172,7 @@ pub fn print_plan(plan: &Plan, format: PlanFormat, output: Output) -> Result<(),
         PlanFormat::Json => println!("{}", plan.to_json()),
         PlanFormat::Markdown => {
             let text = cairn::view::markdown(plan, cairn::view::PLAN_MARKDOWN_TEMPLATE)
-                .map_err(|e| CommandError::from_error(&e))?;
+                .map_err(|e| CommandError::from_error(ErrorKind::Internal, &e))?;
             print!("{text}");
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cairn::policy::{Input, Origin, Policies, TestResult};
 use owo_colors::OwoColorize;
 
-use super::{context, CommandError, Format, Output, SourceArgs};
+use super::{context, CommandError, ErrorKind, Format, Outcome, Output, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -58,7 +58,7 @@ struct EvalArgs {
     format: Format,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     match args.command {
         Command::Test(args) => test(args, output),
         Command::Eval(args) => eval(args, output),
@@ -66,14 +66,14 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
 }
 
 pub fn policy_error(e: &cairn::policy::Error) -> CommandError {
-    CommandError::from_error(e).hint_opt(e.hint())
+    CommandError::from_error(ErrorKind::User, e).hint_opt(e.hint())
 }
 
-fn test(args: TestArgs, output: Output) -> Result<u8, CommandError> {
+fn test(args: TestArgs, output: Output) -> Result<Outcome, CommandError> {
     let policies = match &args.folder {
         Some(folder) => {
             if !folder.is_dir() {
-                return Err(CommandError::new(format!(
+                return Err(CommandError::user(format!(
                     "{} is not a folder of policies",
                     folder.display()
                 ))
@@ -98,7 +98,7 @@ fn test(args: TestArgs, output: Output) -> Result<u8, CommandError> {
         .test(|f| !only_folder || f.origin == Origin::Repository)
         .map_err(|e| policy_error(&e))?;
     if outcomes.is_empty() {
-        return Err(CommandError::new("no policy tests found").hint_opt(Some(
+        return Err(CommandError::user("no policy tests found").hint_opt(Some(
             "tests are rules named `test_…` (conventionally in `*_test.rego` files) that evaluate to true".into(),
         )));
     }
@@ -131,15 +131,19 @@ fn test(args: TestArgs, output: Output) -> Result<u8, CommandError> {
         if outcomes.len() == 1 { "" } else { "s" }
     );
     println!("{}", paint(&line, failed == 0));
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(if failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed(ErrorKind::User)
+    })
 }
 
-fn eval(args: EvalArgs, output: Output) -> Result<u8, CommandError> {
+fn eval(args: EvalArgs, output: Output) -> Result<Outcome, CommandError> {
     let loaded = context::load(&args.source, output)?;
     let input = Input::new(&loaded.desired, None);
     if args.input {
         println!("{}", input.to_json());
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let report = Policies::from_snapshot(&loaded.snapshot)
         .and_then(|p| p.evaluate(&input))
@@ -169,14 +173,14 @@ fn eval(args: EvalArgs, output: Output) -> Result<u8, CommandError> {
     if report.denied() {
         return Err(denied(&report, "denied by policy"));
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 /// The error for a denied plan (or manifests); `what` says what was refused, e.g.
 /// "the plan is denied by policy".
 pub fn denied(report: &cairn::policy::PolicyReport, what: &str) -> CommandError {
     let n = report.deny.len();
-    CommandError::new(format!(
+    CommandError::policy(format!(
         "{what}: {n} message{} above",
         if n == 1 { "" } else { "s" }
     ))

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use cairn::workload::model_server::{self, ServeOptions, Status};
 
-use super::{CommandError, Output};
+use super::{CommandError, ErrorKind, Outcome, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,7 +42,7 @@ pub struct Args {
     max_rows: usize,
 }
 
-pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
     let options = ServeOptions {
         model_dir: args.model,
         listen: args.listen,
@@ -80,7 +80,7 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     runtime.shutdown_background();
     result?;
     eprintln!("cairn serve: stopped");
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 fn error(error: model_server::Error) -> CommandError {
@@ -95,7 +95,11 @@ fn error(error: model_server::Error) -> CommandError {
         }
         _ => None,
     };
-    CommandError::from_error(&error).hint_opt(hint.map(String::from))
+    let kind = match &error {
+        model_server::Error::Bind { .. } => ErrorKind::Target,
+        _ => ErrorKind::User,
+    };
+    CommandError::from_error(kind, &error).hint_opt(hint.map(String::from))
 }
 
 /// Returns a future that completes on SIGTERM or SIGINT, after saying so on stderr.
@@ -103,7 +107,7 @@ fn error(error: model_server::Error) -> CommandError {
 fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, CommandError> {
     use tokio::signal::unix::{signal, SignalKind};
     let handler = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| CommandError::new(format!("cannot handle {name}: {e}")))
+        signal(kind).map_err(|e| CommandError::internal(format!("cannot handle {name}: {e}")))
     };
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;

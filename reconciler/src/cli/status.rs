@@ -10,7 +10,7 @@ use cairn::serving::EndpointId;
 use serde_json::{json, Value};
 
 use super::context;
-use super::{CommandError, Format, Output, ReportArgs};
+use super::{CommandError, ErrorKind, Format, Outcome, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,13 +26,13 @@ fn version_of(value: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let loaded = context::load(&args.report.source, output)?;
     let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
     let serving = context::local_serving(&loaded, std::collections::BTreeMap::new());
     let routes = rt.block_on(serving.routes()).map_err(|e| {
-        CommandError::from_error(&e).hint_opt(Some(format!(
+        CommandError::from_error(ErrorKind::Target, &e).hint_opt(Some(format!(
             "the local supervisor's log is {}",
             context::serving_dir(&loaded.root)
                 .join(cairn::backend::local::supervisor::LOG_FILE)
@@ -43,7 +43,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     for (ws, store) in &selection.stores {
         let state = rt
             .block_on(store.state())
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::store(&e))?;
         // A damaged lock or journal record is reported, not fatal: status is where a
         // user looks to find out what is wrong.
         let lock = match rt.block_on(store.lock_info()) {
@@ -60,11 +60,11 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
                 "damaged": error_chain(&e),
                 "hint": e.hint(),
             })),
-            Err(e) => return Err(CommandError::from_error(&e)),
+            Err(e) => return Err(CommandError::store(&e)),
         };
         let journal = rt
             .block_on(store.journal())
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::store(&e))?;
         super::history::warn_damaged(&journal.damaged, output);
         let journal = journal.records;
         let resources: Vec<Value> = state
@@ -102,7 +102,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             serde_json::to_string_pretty(&json!({ "workspaces": report }))
                 .expect("values serialize")
         );
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     for ws in &report {
         println!(
@@ -165,7 +165,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             print_endpoint(e);
         }
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 /// The routers of one workspace's endpoints, as JSON.

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use cairn::backend::local::child_env::ChildEnv;
 use cairn::backend::local::supervisor::{self, DaemonOptions, Event, WatchdogLink};
 
-use super::{CommandError, Output};
+use super::{CommandError, ErrorKind, Outcome, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,13 +44,13 @@ pub struct Args {
     watchdog_fd: Option<i32>,
 }
 
-pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
     let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
     if args.print_systemd_unit {
         let unit = supervisor::systemd_unit(&program, &args.state)
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::from_error(ErrorKind::Target, &e))?;
         print!("{unit}");
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let runtime = super::runtime()?;
     if args.stop {
@@ -75,43 +75,46 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     // Replica tasks end with the runtime; the replicas themselves keep running.
     runtime.shutdown_background();
     match result {
-        Ok(()) => Ok(0),
+        Ok(()) => Ok(Outcome::Success),
         Err(supervisor::Error::AlreadyRunning { state_dir }) => {
             log_line(&format!(
                 "another supervisor already runs for {}; leaving it be",
                 state_dir.display()
             ));
-            Ok(0)
+            Ok(Outcome::Success)
         }
-        Err(error) => Err(CommandError::from_error(&error)),
+        Err(error) => Err(CommandError::from_error(ErrorKind::Target, &error)),
     }
 }
 
 /// `--stop`: shuts a running daemon down; with none answering, stops what its state
 /// records.
-fn stop(runtime: &tokio::runtime::Runtime, state: &std::path::Path) -> Result<u8, CommandError> {
-    let client =
-        supervisor::SupervisorClient::new(state).map_err(|e| CommandError::from_error(&e))?;
+fn stop(
+    runtime: &tokio::runtime::Runtime,
+    state: &std::path::Path,
+) -> Result<Outcome, CommandError> {
+    let client = supervisor::SupervisorClient::new(state)
+        .map_err(|e| CommandError::from_error(ErrorKind::Target, &e))?;
     if client.socket().exists() && runtime.block_on(client.ping()).is_ok() {
         let stopped = runtime
             .block_on(client.shutdown())
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::from_error(ErrorKind::Target, &e))?;
         println!(
             "Stopped the supervisor of {} and {} replica(s).",
             state.display(),
             stopped.len()
         );
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let stopped = runtime
         .block_on(supervisor::stop_without_daemon(
             state,
             Duration::from_secs(10),
         ))
-        .map_err(|e| CommandError::from_error(&e))?;
+        .map_err(|e| CommandError::from_error(ErrorKind::Target, &e))?;
     if stopped.watchdog.is_none() && stopped.replicas.is_empty() {
         println!("No supervisor runs for {}.", state.display());
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let watchdog = stopped
         .watchdog
@@ -122,7 +125,7 @@ fn stop(runtime: &tokio::runtime::Runtime, state: &std::path::Path) -> Result<u8
         state.display(),
         stopped.replicas.len()
     );
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 fn log(event: &Event) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cairn::workload::{train, Device, Error, TrainOptions};
 
-use super::{CommandError, Format, Output};
+use super::{CommandError, ErrorKind, Format, Outcome, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -67,7 +67,7 @@ impl From<DeviceArg> for Device {
     }
 }
 
-pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
     let options = TrainOptions {
         data: args.data,
         out: args.out,
@@ -82,14 +82,14 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
     let report = train(&options).map_err(|e| {
         let hint = matches!(e, Error::GpuUnavailable { .. })
             .then(|| "use `--device auto` or `--device cpu` to train on the CPU".to_string());
-        CommandError::from_error(&e).hint_opt(hint)
+        CommandError::from_error(ErrorKind::User, &e).hint_opt(hint)
     })?;
     if args.format == Format::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         );
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let m = &report.metrics;
     println!(
@@ -116,5 +116,5 @@ pub fn run(args: Args, _output: Output) -> Result<u8, CommandError> {
         "Wrote {}/model.safetensors and metrics.json.",
         options.out.display()
     );
-    Ok(0)
+    Ok(Outcome::Success)
 }

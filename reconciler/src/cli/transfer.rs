@@ -2,7 +2,7 @@
 //! job's own container. `fetch` downloads an input version into a folder; `upload`
 //! stores the job's output folders as model versions named after the run, with their
 //! lineage. The store comes from `CAIRN_STORE*` (the Job template sets them), its
-//! credentials from the usual AWS chain.
+//! credentials from the usual AWS chain (`aws.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use cairn::artifacts::{self, Lineage, VersionKind, VersionRef};
 use cairn::backend::store::{Store, StoreOptions};
 
-use super::{CommandError, Output};
+use super::{CommandError, ErrorKind, Outcome, Output};
 
 /// The workspace store, as the Job template passes it.
 #[derive(Debug, clap::Args)]
@@ -38,10 +38,11 @@ impl StoreArgs {
             endpoint: self.store_endpoint.clone(),
             region: self.store_region.clone(),
             path_style: self.store_path_style,
+            aws: Some(std::sync::Arc::new(super::aws::DefaultChain::from_env())),
         };
         let base = std::env::current_dir()
-            .map_err(|e| CommandError::new(format!("cannot read the current folder: {e}")))?;
-        Store::open_with(&self.store, &base, &options).map_err(|e| CommandError::from_error(&e))
+            .map_err(|e| CommandError::internal(format!("cannot read the current folder: {e}")))?;
+        Store::open_with(&self.store, &base, &options).map_err(|e| CommandError::store(&e))
     }
 }
 
@@ -90,14 +91,21 @@ pub struct UploadArgs {
 }
 
 fn bad(what: &str, text: &str, hint: &str) -> CommandError {
-    CommandError::new(format!("`{text}` is not a valid {what}")).hint_opt(Some(hint.into()))
+    CommandError::user(format!("`{text}` is not a valid {what}")).hint_opt(Some(hint.into()))
 }
 
 fn artifact_error(e: &artifacts::Error) -> CommandError {
-    CommandError::from_error(e).hint_opt(e.hint())
+    let kind = match e {
+        artifacts::Error::BadReference(..) | artifacts::Error::EmptyOutput { .. } => {
+            ErrorKind::User
+        }
+        artifacts::Error::Store(source) => super::store_kind(source),
+        _ => ErrorKind::Target,
+    };
+    CommandError::from_error(kind, e).hint_opt(e.hint())
 }
 
-pub fn fetch(args: FetchArgs, _output: Output) -> Result<u8, CommandError> {
+pub fn fetch(args: FetchArgs, _output: Output) -> Result<Outcome, CommandError> {
     VersionRef::parse(&args.reference).map_err(|e| artifact_error(&e))?;
     let store = args.store.open()?;
     let runtime = super::runtime()?;
@@ -112,15 +120,15 @@ pub fn fetch(args: FetchArgs, _output: Output) -> Result<u8, CommandError> {
         cairn::plan::human_bytes(fetched.bytes),
         args.to.display()
     );
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
-pub fn upload(args: UploadArgs, _output: Output) -> Result<u8, CommandError> {
+pub fn upload(args: UploadArgs, _output: Output) -> Result<Outcome, CommandError> {
     // With several instances (an Indexed Job), the first pod uploads for all of them.
     if let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") {
         if index.trim() != "0" {
             eprintln!("completion index {index}: the pod with index 0 uploads the outputs");
-            return Ok(0);
+            return Ok(Outcome::Success);
         }
     }
     let mut outputs = Vec::new();
@@ -186,5 +194,5 @@ pub fn upload(args: UploadArgs, _output: Output) -> Result<u8, CommandError> {
             if record.files.len() == 1 { "" } else { "s" }
         );
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }

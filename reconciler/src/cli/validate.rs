@@ -1,7 +1,7 @@
 //! `cairn validate`: load, resolve and check the manifests (and that the policies load);
 //! print a summary or every finding.
 
-use super::{render, CommandError, Format, Output, SourceArgs};
+use super::{render, CommandError, ErrorKind, Format, Outcome, Output, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,12 +13,12 @@ pub struct Args {
     format: Format,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let snapshot = match args.source.load() {
         Ok(s) => s,
         Err(err) if args.format == Format::Json => {
             render::json_failure(&err);
-            return Ok(err.exit);
+            return Ok(Outcome::Failed(err.kind));
         }
         Err(err) => return Err(err),
     };
@@ -54,9 +54,13 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
             }
         },
     }
-    let code = if result.is_ok() { 0 } else { 1 };
+    let outcome = if result.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failed(ErrorKind::User)
+    };
     // The process ends right after: no need to free the desired state piece by piece.
     std::mem::forget(result);
     std::mem::forget(snapshot);
-    Ok(code)
+    Ok(outcome)
 }

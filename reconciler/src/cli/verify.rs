@@ -6,7 +6,7 @@ use cairn::plan::human_bytes;
 use serde_json::json;
 
 use super::context;
-use super::{CommandError, Format, Output, ReportArgs};
+use super::{CommandError, Format, Outcome, Output, ReportArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +14,7 @@ pub struct Args {
     report: ReportArgs,
 }
 
-pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
+pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     let loaded = context::load(&args.report.source, output)?;
     let selection = context::select(&loaded, &args.report.workspaces)?;
     let rt = super::runtime()?;
@@ -23,7 +23,7 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
     for (ws, store) in &selection.stores {
         let report = rt
             .block_on(store.verify(&scratch))
-            .map_err(|e| CommandError::from_error(&e))?;
+            .map_err(|e| CommandError::store(&e))?;
         reports.push((ws.clone(), store.url(), report));
     }
     let _ = std::fs::remove_dir(&scratch);
@@ -59,12 +59,12 @@ pub fn run(args: Args, output: Output) -> Result<u8, CommandError> {
         }
     }
     if damaged.is_empty() {
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     let mut markers: Vec<&str> = damaged.iter().map(|d| d.marker.as_str()).collect();
     markers.sort_unstable();
     markers.dedup();
-    Err(CommandError::new(format!(
+    Err(CommandError::target(format!(
         "{} damaged file{} in {} version{}",
         damaged.len(),
         if damaged.len() == 1 { "" } else { "s" },

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
-pub use s3::{S3Store, PARTS_IN_FLIGHT, PART_SIZE};
+pub use s3::{AwsChain, S3Store, FALLBACK_REGION, PARTS_IN_FLIGHT, PART_SIZE};
 pub use verify::VerifyReport;
 
 use crate::address::Kind;
@@ -406,16 +406,21 @@ const STATE_KEY: &str = ".cairn/state.json";
 const LOCK_KEY: &str = ".cairn/lock";
 const JOURNAL_PREFIX: &str = ".cairn/journal/";
 
-/// How to reach an S3 store: a workspace's `endpoint`, `region` and `path_style`.
-/// Ignored by folder stores.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How to reach an S3 store: a workspace's `endpoint`, `region` and `path_style`, and
+/// the AWS chain for what they leave open. Ignored by folder stores.
+#[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// An S3-compatible server's URL (`http://127.0.0.1:9000`); AWS S3 when absent.
     pub endpoint: Option<String>,
-    /// The region to sign for; the AWS chain's (`AWS_REGION`, profile), else `us-east-1`.
+    /// The region to sign for; the AWS chain's (`AWS_REGION`, profile), else
+    /// [`FALLBACK_REGION`].
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`); on by default with an `endpoint`.
     pub path_style: Option<bool>,
+    /// Where the region, credentials and SDK settings not given above come from (the
+    /// CLI passes the standard AWS chain). `None`: nowhere; only explicit credentials
+    /// ([`S3Store::with_credentials`]) sign requests.
+    pub aws: Option<Arc<dyn AwsChain>>,
 }
 
 /// A workspace's store: the layout above, over any [`ObjectStore`].

@@ -7,14 +7,17 @@
 //!
 //! Flow and guarantees:
 //! - The client is built lazily on the first request, so opening a store is cheap and
-//!   synchronous. Credentials come from the standard AWS chain (environment, profile,
-//!   web identity, container, and instance metadata only on an EC2 instance or with
-//!   `AWS_EC2_METADATA_DISABLED=false`) through `aws-config`; this is the one place the
-//!   library reads the environment, as every AWS tool does. A chain that finds no
-//!   credentials is [`Error::NoCredentials`] (the server was not asked), not a refusal. A workspace's
+//!   synchronous. The region, credentials and SDK settings the workspace leaves open come
+//!   from the caller's [`AwsChain`] (the CLI's is the standard AWS chain: environment,
+//!   profile, web identity, container, and instance metadata only on an EC2 instance or
+//!   with `AWS_EC2_METADATA_DISABLED=false`); the library itself reads no environment
+//!   and no `~/.aws`. Without a chain, only the workspace's options and
+//!   [`S3Store::with_credentials`] count. A chain that finds no credentials is
+//!   [`Error::NoCredentials`] (the server was not asked), not a refusal. A workspace's
 //!   `endpoint`, `region` and `path_style` override the chain; with an endpoint (the
-//!   workspace's, or `AWS_ENDPOINT_URL`) and no `path_style`, path-style addressing is
-//!   used (what self-hosted servers expect). No region anywhere means `us-east-1`.
+//!   workspace's, or the chain's: `AWS_ENDPOINT_URL`) and no `path_style`, path-style
+//!   addressing is used (what self-hosted servers expect). No region anywhere means
+//!   [`FALLBACK_REGION`].
 //! - `IfAbsent` is `If-None-Match: *`, `IfMatch` is `If-Match`; 412, and 409
 //!   `ConditionalRequestConflict` (a concurrent conditional write), are
 //!   [`Error::PreconditionFailed`]. So the lock and the state are only as safe as the
@@ -70,17 +73,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::ecs::EcsCredentialsProvider;
-use aws_config::environment::{
-    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
-};
-use aws_config::imds::credentials::ImdsCredentialsProvider;
-use aws_config::imds::region::ImdsRegionProvider;
-use aws_config::meta::credentials::CredentialsProviderChain;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
-use aws_config::provider_config::ProviderConfig;
-use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
+use aws_config::SdkConfig;
+use aws_credential_types::provider::{error::CredentialsError, future, ProvideCredentials};
 use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -118,7 +112,7 @@ const BODY_ATTEMPTS: u32 = 3;
 
 /// The region used when neither the workspace nor the AWS chain names one. S3-compatible
 /// servers accept it; AWS redirects to the bucket's region with a clear error.
-const FALLBACK_REGION: &str = "us-east-1";
+pub const FALLBACK_REGION: &str = "us-east-1";
 
 /// One HTTPS client (rustls with ring, hyper 1) for the whole process: its connection
 /// pools and loaded root certificates are shared by every store.
@@ -130,6 +124,38 @@ static HTTP_CLIENT: LazyLock<SharedHttpClient> = LazyLock::new(|| {
         ))
         .build_https()
 });
+
+/// Where an S3 store gets what its workspace leaves open: the region, the credentials,
+/// and the AWS SDK's settings (`AWS_ENDPOINT_URL`, a profile's `endpoint_url`, …). A
+/// store asks once, when it connects (on its first request).
+///
+/// The library has no implementation of its own, so that it reads no environment and no
+/// `~/.aws`: the CLI's resolves the standard AWS chain (`cli/aws.rs`) and comes in
+/// through [`StoreOptions::aws`].
+#[async_trait]
+pub trait AwsChain: fmt::Debug + Send + Sync {
+    /// Resolves the configuration to connect with. `region` is the workspace's, when it
+    /// names one: it wins over the chain's, and the chain's credential providers use it.
+    /// `http` is the store's HTTPS client, for the providers that send requests
+    /// (instance metadata, STS, the container endpoint).
+    async fn load(&self, region: Option<&str>, http: SharedHttpClient) -> SdkConfig;
+}
+
+/// The credentials of a store that has neither explicit ones nor an [`AwsChain`]: none,
+/// which the first request reports as [`Error::NoCredentials`].
+#[derive(Debug)]
+struct NoChain;
+
+impl ProvideCredentials for NoChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
+            "no AWS credential chain was given, and no explicit credentials",
+        )))
+    }
+}
 
 /// Explicit credentials, for callers that do not want the AWS chain (tests, tools).
 #[derive(Clone)]
@@ -306,9 +332,51 @@ impl S3Store {
     }
 
     async fn connect(&self) -> Result<Connection> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            // Every provider of the chain (IMDS, STS, SSO) uses this client too; built
-            // on its own, one would look for the default client, which is left out.
+        let sdk = match &self.options.aws {
+            Some(chain) => {
+                chain
+                    .load(self.options.region.as_deref(), HTTP_CLIENT.clone())
+                    .await
+            }
+            None => SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .build(),
+        };
+        let region = match &self.options.region {
+            Some(region) => region.clone(),
+            None => sdk
+                .region()
+                .map_or(FALLBACK_REGION.to_string(), |r| r.to_string()),
+        };
+        let credentials = match &self.credentials {
+            Some(c) => SharedCredentialsProvider::new(Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                c.session_token.clone(),
+                None,
+                "cairn",
+            )),
+            None => sdk
+                .credentials_provider()
+                .unwrap_or_else(|| SharedCredentialsProvider::new(NoChain)),
+        };
+
+        // Learn the secret in use, only to keep it out of messages. A chain that finds
+        // nothing is not an error yet: the first request says so, with a hint.
+        let mut secrets = Vec::new();
+        let mut access_key_id = None;
+        if let Ok(creds) = credentials.provide_credentials().await {
+            access_key_id = Some(creds.access_key_id().to_string());
+            secrets.push(creds.secret_access_key().to_string());
+            if let Some(token) = creds.session_token() {
+                secrets.push(token.to_string());
+            }
+        }
+        secrets.retain(|s| s.len() >= 4);
+
+        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
+            // Every provider of the chain (IMDS, STS) was handed this client too; built on
+            // its own, one would look for the default client, which is left out.
             .http_client(HTTP_CLIENT.clone())
             .retry_config(
                 RetryConfig::standard()
@@ -321,92 +389,9 @@ impl S3Store {
                     .connect_timeout(Duration::from_secs(5))
                     .read_timeout(Duration::from_secs(60))
                     .build(),
-            );
-        // The region and credential chains are the SDK's default ones, but the instance
-        // metadata service is asked only on an EC2 instance or when configured for it
-        // (see `instance_metadata`): elsewhere its address belongs to no one, and a
-        // chain that finds nothing should say so at once instead of timing out there.
-        let imds = instance_metadata();
-        let base = ProviderConfig::without_region().with_http_client(HTTP_CLIENT.clone());
-        let region = match &self.options.region {
-            Some(region) => Some(Region::new(region.clone())),
-            None => {
-                let mut chain =
-                    RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
-                        .or_else(
-                            ProfileFileRegionProvider::builder()
-                                .configure(&base)
-                                .build(),
-                        );
-                if imds {
-                    chain = chain.or_else(ImdsRegionProvider::builder().configure(&base).build());
-                }
-                chain.region().await
-            }
-        };
-        let region = region.unwrap_or_else(|| Region::new(FALLBACK_REGION));
-        loader = loader.region(region.clone());
-        let mut secrets = Vec::new();
-        let mut access_key_id = None;
-        if let Some(c) = &self.credentials {
-            loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                &c.access_key_id,
-                &c.secret_access_key,
-                c.session_token.clone(),
-                None,
-                "cairn",
-            )));
-        } else {
-            let conf = base.with_region(Some(region));
-            let mut chain = CredentialsProviderChain::first_try(
-                "Environment",
-                EnvironmentVariableCredentialsProvider::new(),
             )
-            .or_else(
-                "Profile",
-                ProfileFileCredentialsProvider::builder()
-                    .configure(&conf)
-                    .build(),
-            )
-            .or_else(
-                "WebIdentityToken",
-                WebIdentityTokenCredentialsProvider::builder()
-                    .configure(&conf)
-                    .build(),
-            )
-            .or_else(
-                "EcsContainer",
-                EcsCredentialsProvider::builder().configure(&conf).build(),
-            );
-            if imds {
-                chain = chain.or_else(
-                    "Ec2InstanceMetadata",
-                    ImdsCredentialsProvider::builder().configure(&conf).build(),
-                );
-            }
-            loader = loader.credentials_provider(chain);
-        }
-        let sdk = loader.load().await;
-
-        // Learn the secret in use, only to keep it out of messages. A chain that finds
-        // nothing is not an error yet: the first request says so, with a hint.
-        if let Some(provider) = sdk.credentials_provider() {
-            use aws_sdk_s3::config::ProvideCredentials;
-            if let Ok(creds) = provider.provide_credentials().await {
-                access_key_id = Some(creds.access_key_id().to_string());
-                secrets.push(creds.secret_access_key().to_string());
-                if let Some(token) = creds.session_token() {
-                    secrets.push(token.to_string());
-                }
-            }
-        }
-        secrets.retain(|s| s.len() >= 4);
-
-        let region = sdk
-            .region()
-            .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
-        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
             .region(Region::new(region.clone()))
+            .credentials_provider(credentials)
             // Checksums only where S3 requires them: many S3-compatible servers reject
             // the streaming checksum trailers the SDK sends by default now.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -1362,31 +1347,6 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Finds a credentials-provider failure in an error's chain and describes it.
-/// Whether the credential and region chains may ask the EC2 instance metadata service:
-/// when `AWS_EC2_METADATA_DISABLED` is `false` (configured for it), or on an EC2 instance
-/// (its DMI data says so) unless `AWS_EC2_METADATA_DISABLED` is `true`.
-fn instance_metadata() -> bool {
-    match std::env::var("AWS_EC2_METADATA_DISABLED")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        Ok("true") => false,
-        Ok("false") => true,
-        _ => on_ec2(),
-    }
-}
-
-/// Whether this machine is an EC2 instance, by its DMI data (no request is sent).
-fn on_ec2() -> bool {
-    let read = |name: &str| {
-        std::fs::read_to_string(Path::new("/sys/devices/virtual/dmi/id").join(name))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
-    read("sys_vendor") == "Amazon EC2" || read("board_asset_tag").starts_with("i-")
-}
-
 /// Whether a credentials error means that no provider of the chain had any credentials.
 fn no_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
@@ -1403,6 +1363,7 @@ fn no_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Finds a credentials-provider failure in an error's chain and describes it.
 fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {

@@ -1,0 +1,110 @@
+//! Exit codes, as the README's table gives them: 0 ok, 1 an error, 2 changes present or
+//! drift found, 64 a usage error. 2 is what a CI step allows to keep a drift check or a
+//! `plan --detailed-exitcode` green, so a typo on the command line must not exit 2.
+
+use crate::support::{manifests, Job, Root};
+
+/// What clap reports as a usage error: exit 64, its message on stderr, nothing on stdout.
+#[track_caller]
+fn usage_error(root: &Root, args: &[&str], says: &[&str]) {
+    let run = root.cairn(args);
+    run.code(64);
+    for text in says {
+        assert!(run.stderr.contains(text), "{text}: {}", run.both());
+    }
+    assert!(run.stdout.is_empty(), "{}", run.both());
+}
+
+#[test]
+fn a_misspelt_flag_is_a_usage_error_not_drift() {
+    let root = manifests(&Job::default());
+    usage_error(
+        &root,
+        &["drift", "ROOT", "--rev", "HEAD", "--github-isue"],
+        &[
+            "unexpected argument '--github-isue'",
+            "'--github-issue'",
+            "Usage: cairn drift",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelt_command_is_a_usage_error() {
+    let root = manifests(&Job::default());
+    usage_error(
+        &root,
+        &["plna", "ROOT"],
+        &["unrecognized subcommand 'plna'", "'plan'"],
+    );
+}
+
+#[test]
+fn a_bad_flag_value_is_a_usage_error() {
+    let root = manifests(&Job::default());
+    usage_error(
+        &root,
+        &["plan", "ROOT", "--format", "yaml"],
+        &["invalid value 'yaml' for '--format"],
+    );
+    usage_error(
+        &root,
+        &["apply", "ROOT", "--lock-lease", "25h"],
+        &["a lock lease is from 1s to 24h"],
+    );
+}
+
+/// Without a command, clap shows the help on stderr: still a usage error, so that a
+/// workflow whose command came out empty fails.
+#[test]
+fn a_missing_command_is_a_usage_error() {
+    let root = manifests(&Job::default());
+    usage_error(&root, &[], &["Usage: cairn", "Commands:"]);
+    usage_error(&root, &["policy"], &["Usage: cairn policy"]);
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    let root = manifests(&Job::default());
+    let help = root.cairn(&["--help"]);
+    help.ok();
+    assert!(
+        help.stdout.contains("Usage: cairn") && help.stdout.contains("completions"),
+        "{}",
+        help.both()
+    );
+    let help = root.cairn(&["plan", "--help"]);
+    help.ok();
+    assert!(
+        help.stdout.contains("--detailed-exitcode"),
+        "{}",
+        help.both()
+    );
+    let version = root.cairn(&["--version"]);
+    version.ok();
+    assert_eq!(
+        version.stdout.trim(),
+        format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        "{}",
+        version.both()
+    );
+}
+
+#[test]
+fn changes_exit_2_and_errors_exit_1() {
+    let root = manifests(&Job::default());
+    let plan = root.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(plan.stdout.contains("4 to add"), "{}", plan.both());
+    // Without the flag, changes are a success.
+    root.cairn(&["plan", "ROOT"]).ok();
+
+    // A user error found after parsing: a workspace that isn't there.
+    let unknown = root.cairn(&["plan", "ROOT", "-w", "nope", "--detailed-exitcode"]);
+    unknown.code(1);
+    assert!(
+        unknown.stderr.contains("there is no workspace `nope`"),
+        "{}",
+        unknown.both()
+    );
+}

@@ -1476,10 +1476,29 @@ mod tests {
             endpoint: Some("http://key:secret@127.0.0.1:9000".into()),
             region: Some("eu-west-1".into()),
             path_style: None,
+            ..StoreOptions::default()
         };
         let s = S3Store::new("s3://bucket/p", &options).unwrap();
         assert_eq!(s.url(), "s3://bucket/p (at http://127.0.0.1:9000)");
         assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    /// With no chain and no explicit credentials there are none, whatever the process's
+    /// environment holds: the library asks no one, and says so before sending anything.
+    #[tokio::test]
+    async fn without_a_chain_a_store_has_no_credentials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let options = StoreOptions {
+            endpoint: Some(endpoint),
+            ..StoreOptions::default()
+        };
+        let s = S3Store::new("s3://bucket/p", &options).unwrap();
+        match s.get("k").await {
+            Err(Error::NoCredentials { store, .. }) => assert!(store.starts_with("s3://bucket/p")),
+            other => panic!("expected NoCredentials, got {other:?}"),
+        }
     }
 
     #[test]

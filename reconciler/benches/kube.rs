@@ -1,5 +1,5 @@
 //! The Kubernetes target at scale, against the in-memory test API server
-//! (`tests/support/kube_server.rs`) through a kubeconfig, as `cairn` would talk to a
+//! (`tests/support/kube_server/`) through a kubeconfig, as `cairn` would talk to a
 //! cluster (`cargo bench --bench kube`; in a debug build: `cargo test --bench kube`).
 //!
 //! For N endpoints (250 and 1,000 by default; `CAIRN_BENCH_ENDPOINTS=100,400` to
@@ -17,7 +17,7 @@
 //! largest N's times to the smallest's, which should be about the ratio of the Ns
 //! (linear).
 
-#[path = "../../tests/support/kube_server.rs"]
+#[path = "../../tests/support/kube_server/mod.rs"]
 #[allow(unused_imports)]
 mod kube_server;
 

@@ -18,7 +18,7 @@
 //! the ratio of the largest N's times to the smallest's (linear growth: about the ratio
 //! of the Ns).
 
-#[path = "../../tests/support/kube_server.rs"]
+#[path = "../../tests/support/kube_server/mod.rs"]
 #[allow(unused_imports, dead_code)]
 mod kube_server;
 

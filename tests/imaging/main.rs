@@ -24,7 +24,7 @@ mod support;
 #[allow(dead_code)]
 mod s3_server;
 
-#[path = "../support/kube_server.rs"]
+#[path = "../support/kube_server/mod.rs"]
 #[allow(dead_code)]
 mod kube_server;
 

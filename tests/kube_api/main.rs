@@ -1,4 +1,4 @@
-//! The test Kubernetes API server (`tests/support/kube_server.rs`) against the real
+//! The test Kubernetes API server (`tests/support/kube_server/`) against the real
 //! `kube` client: what the Kubernetes target's tests will rely on it for.
 //!
 //! - `discovery`: `/version`, legacy and aggregated discovery, kinds registered later.
@@ -10,7 +10,7 @@
 //! - `strict`: what the server refuses, as the real one would.
 //! - `controls`: kubeconfigs, request counts, seeding objects.
 
-#[path = "../support/kube_server.rs"]
+#[path = "../support/kube_server/mod.rs"]
 mod kube_server;
 
 mod apply;

@@ -1,4 +1,4 @@
-//! The Kubernetes target against the test API server (`tests/support/kube_server.rs`),
+//! The Kubernetes target against the test API server (`tests/support/kube_server/`),
 //! through `cairn::backend::kubernetes::Clusters` built from a kubeconfig file, so that
 //! the real `kube::Client` path runs unchanged.
 //!
@@ -13,7 +13,7 @@
 //! - `capacity`: GPU quota and node allocatable, and nodes a role can't read.
 //! - `contexts`: two clusters in one kubeconfig, unknown contexts, unreachable servers.
 
-#[path = "../support/kube_server.rs"]
+#[path = "../support/kube_server/mod.rs"]
 mod kube_server;
 
 mod apply;

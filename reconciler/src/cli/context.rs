@@ -62,7 +62,7 @@ pub struct Selection {
 fn unreachable_cluster(desired: &DesiredState, workspace: &str) -> Option<String> {
     // Making a client reads the kubeconfig and connects to nothing. A client belongs to
     // the runtime it was made in, so this check makes its own, thrown away after.
-    let clusters = Clusters::new();
+    let clusters = Clusters::new(kube_sources());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +102,7 @@ pub fn select(loaded: &Loaded, named: &[String]) -> Result<Selection, CommandErr
     };
     for name in names {
         if !scopes(desired, &name).is_empty() {
-            clusters.get_or_insert_with(Clusters::new);
+            clusters.get_or_insert_with(|| Clusters::new(kube_sources()));
             if let Some(why) = unreachable_cluster(desired, &name) {
                 if named.is_empty() {
                     skipped.push(format!(
@@ -235,4 +235,15 @@ pub fn observe(
     let workspaces: Vec<String> = selection.stores.keys().cloned().collect();
     rt.block_on(targets.observe(&loaded.desired, &workspaces))
         .map_err(|e| CommandError::from_error(ErrorKind::Target, &e).hint_opt(e.hint()))
+}
+
+/// Where the kubeconfig is looked for, from the environment as kubectl reads it.
+fn kube_sources() -> cairn::backend::kubernetes::cluster::KubeconfigSources {
+    cairn::backend::kubernetes::cluster::KubeconfigSources {
+        kubeconfig: std::env::var_os("KUBECONFIG"),
+        home: std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from),
+        in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! This module owns the rule for "what counts as drift" on Kubernetes. It is pure: it
 //! takes a desired [`KubeObject`] and the live object as JSON, and never talks to a
-//! cluster. Observing and applying are in `cluster.rs`.
+//! cluster. Observing and applying are in `cluster/`.
 //!
 //! # The rule
 //! Cairn applies objects with server-side apply, so it only ever sets the fields it

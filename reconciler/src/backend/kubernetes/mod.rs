@@ -3,7 +3,7 @@
 //!
 //! This module owns the templates, rendering them safely, and the rules every rendered
 //! object follows. Talking to clusters (observing, applying, pruning, waiting) is
-//! `cluster.rs` ([`Clusters`]), and the managed-field diff of a rendered object against
+//! `cluster/` ([`Clusters`]), and the managed-field diff of a rendered object against
 //! its live counterpart is `diff.rs` ([`diff()`]); both take the [`KubeObject`]s made
 //! here.
 //!

@@ -1,0 +1,201 @@
+//! Errors from talking to clusters, each with a hint for the user, and how a client
+//! error becomes one (never naming credentials).
+
+use std::time::Duration;
+
+use super::connect::Cluster;
+use crate::backend::kubernetes::ObjectKey;
+
+/// Turns a client error into ours: API answers keep their message; anything else is
+/// the server being out of reach, named by its URL (never its credentials).
+pub(super) fn request_error(
+    cluster: &Cluster,
+    action: &'static str,
+    what: String,
+    error: kube::Error,
+) -> Error {
+    match error {
+        kube::Error::Api(status) => Error::Api {
+            action,
+            what,
+            code: status.code,
+            reason: status.reason.clone(),
+            message: status.message.clone(),
+        },
+        kube::Error::Auth(e) => Error::Context {
+            context: cluster.name.clone(),
+            message: format!("cannot authenticate: {e}"),
+        },
+        other => Error::Unreachable {
+            context: cluster.name.clone(),
+            server: cluster.server.clone(),
+            source: Box::new(other),
+        },
+    }
+}
+
+fn known_contexts(known: &[String]) -> String {
+    if known.is_empty() {
+        "it has no contexts".to_string()
+    } else {
+        format!(
+            "the known contexts are {}",
+            known
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// Errors from talking to clusters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no kubeconfig: {why}")]
+    NoKubeconfig { why: String },
+    #[error("cannot read the kubeconfig {paths}: {message}")]
+    Kubeconfig { paths: String, message: String },
+    #[error("context `{context}` is not in the kubeconfig {paths}; {}", known_contexts(.known))]
+    UnknownContext {
+        context: String,
+        known: Vec<String>,
+        paths: String,
+    },
+    #[error("the kubeconfig {paths} names no current context; {}", known_contexts(.known))]
+    NoCurrentContext { known: Vec<String>, paths: String },
+    #[error("cannot use context `{context}`: {message}")]
+    Context { context: String, message: String },
+    #[error("cannot reach the Kubernetes API server at {server} (context `{context}`): {source}")]
+    Unreachable {
+        context: String,
+        server: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("cannot {action} {what}: {message} ({code} {reason})")]
+    Api {
+        action: &'static str,
+        what: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("{object}: {}", conflict_message(.fields, .managers))]
+    Conflict {
+        object: Box<ObjectKey>,
+        /// The conflicting fields, as the server names them (`.spec.replicas`).
+        fields: Vec<String>,
+        /// The field managers that own them.
+        managers: Vec<String>,
+    },
+    #[error("{object} exists and is not managed by Cairn for workspace `{workspace}`{}", .owner.as_ref().map(|o| format!(" (it belongs to workspace `{o}`)")).unwrap_or_default())]
+    NotManaged {
+        object: Box<ObjectKey>,
+        workspace: String,
+        /// The workspace that manages it, when another one does.
+        owner: Option<String>,
+    },
+    #[error("the cluster of context `{context}` does not serve {api_version} {kind}")]
+    KindNotServed {
+        context: String,
+        api_version: String,
+        kind: String,
+    },
+    #[error("{object}: {problem}")]
+    InvalidObject {
+        object: Box<ObjectKey>,
+        problem: String,
+    },
+    #[error("{job} failed: {reason}: {message}")]
+    JobFailed {
+        job: Box<ObjectKey>,
+        reason: String,
+        message: String,
+    },
+    #[error("{object} is not progressing: {reason}: {message} ({state})")]
+    NotProgressing {
+        object: Box<ObjectKey>,
+        reason: String,
+        message: String,
+        state: String,
+    },
+    #[error("timed out after {} waiting for {what}: {state}", humantime::format_duration(*.waited))]
+    Timeout {
+        what: String,
+        waited: Duration,
+        state: String,
+    },
+    #[error("{object} kept changing while Cairn wrote it ({attempts} attempts)")]
+    Raced {
+        object: Box<ObjectKey>,
+        attempts: usize,
+    },
+    #[error("{object} disappeared while Cairn waited for it")]
+    Gone { object: Box<ObjectKey> },
+}
+
+fn conflict_message(fields: &[String], managers: &[String]) -> String {
+    let owners = managers
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let fields = fields
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{owners} also manages {fields}, with another value")
+}
+
+impl Error {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::NoKubeconfig { .. } => {
+                "set KUBECONFIG or write ~/.kube/config (e.g. with your cloud's `get-credentials` command)".into()
+            }
+            Error::Kubeconfig { .. } => "check the file with `kubectl config view`".into(),
+            Error::UnknownContext { .. } => {
+                "set the compute's `context` to one of the known contexts, or add it to the kubeconfig".into()
+            }
+            Error::NoCurrentContext { .. } => {
+                "set the compute's `context`, or pick one with `kubectl config use-context`".into()
+            }
+            Error::Context { .. } => {
+                "check the context with `kubectl --context <context> get namespaces`".into()
+            }
+            Error::Unreachable { .. } => {
+                "check that the cluster is up and reachable from here (VPN, firewall, proxy)".into()
+            }
+            Error::Api { code: 401, .. } => "the cluster refused the credentials: log in again".into(),
+            Error::Api { code: 403, .. } => {
+                "the kubeconfig's user lacks permission: check its RBAC roles with `kubectl auth can-i`".into()
+            }
+            Error::Api { code: 422, .. } => {
+                "the API server refused the object: check the template override that renders it".into()
+            }
+            Error::Api { .. } => return None,
+            Error::Conflict { .. } => {
+                "someone else (kubectl edit, an autoscaler, another tool) changed these fields; rerun with `--force-conflicts` to take them back, or remove them from the manifests to leave them to the other manager".into()
+            }
+            Error::NotManaged { .. } => {
+                "Cairn never takes over objects it did not create: delete or rename the object, or give the resource another name".into()
+            }
+            Error::KindNotServed { kind, .. } if kind == "HTTPRoute" => {
+                "install the Gateway API CRDs in the cluster, or remove `gateway` from the compute".into()
+            }
+            Error::KindNotServed { .. } => "install the CRD that serves it, or remove the template override that renders it".into(),
+            Error::InvalidObject { .. } => "check the template override that renders it".into(),
+            Error::JobFailed { .. } => "read the job's logs: `kubectl logs job/<name>`".into(),
+            Error::NotProgressing { .. } | Error::Timeout { .. } => {
+                "look at the pods' events: `kubectl describe pods -l <selector>`".into()
+            }
+            Error::Raced { .. } => "another client keeps changing it; run again".into(),
+            Error::Gone { .. } => "someone deleted it; run again".into(),
+        })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,189 @@
+//! Job rules: its compute (role, GPUs, command or image for the target), instances
+//! and timeout, `{{ inputs.<name> }}` placeholders, input and output names, and the
+//! lineage of the models it outputs.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::{Ctx, Out, View};
+use crate::address::{Kind, Reference};
+use crate::desired::Resource;
+use crate::diagnostics::{did_you_mean, Diagnostic};
+use crate::manifest::{JobSpec, Role, Spec, Target};
+
+impl Ctx<'_> {
+    pub(super) fn job<'v>(&self, view: &View<'v>, r: &Resource, spec: &JobSpec, out: &mut Out) {
+        let compute = self.compute_of(view, r, &spec.compute, Role::Train, out);
+        let compute_name = Reference::parse(spec.compute.get_ref())
+            .map(|c| c.name)
+            .unwrap_or_default();
+        if let Some(compute) = compute {
+            let type_gpus =
+                self.instance_type(r, compute, &compute_name, spec.instance_type.as_ref(), out);
+            self.gpus(
+                r,
+                compute,
+                &compute_name,
+                spec.gpus.as_ref(),
+                spec.instances(),
+                "instance",
+                type_gpus,
+                out,
+            );
+            match compute.target.get_ref() {
+                Target::Local if spec.command.is_none() => out.error(
+                    Diagnostic::error("missing-command", "a job on the local target needs a `command`")
+                        .at(self.loc(&r.file, r.name_span.clone()))
+                        .help("add `command = [\"python\", \"train.py\", \"--data\", \"{{ inputs.<name> }}\"]`"),
+                ),
+                Target::Kubernetes if spec.image.is_none() => out.error(
+                    Diagnostic::error("missing-image", "a job on Kubernetes needs an `image`")
+                        .at(self.loc(&r.file, r.name_span.clone()))
+                        .help("add `image = \"registry.example.com/team/trainer:1.0\"`"),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(instances) = &spec.instances {
+            if *instances.get_ref() == 0 {
+                out.error(
+                    Diagnostic::error("invalid-value", "`instances` must be at least 1")
+                        .at(self.loc(&r.file, instances.span()))
+                        .help("use `instances = 1` for a single-machine job; remove the job to stop running it"),
+                );
+            }
+        }
+        if let Some(timeout) = &spec.timeout {
+            if timeout.get_ref().as_std().is_zero() {
+                out.error(
+                    Diagnostic::error("invalid-value", "`timeout` must be longer than zero")
+                        .at(self.loc(&r.file, timeout.span()))
+                        .help("e.g. `timeout = \"2h\"`"),
+                );
+            }
+        }
+        if let Some(command) = &spec.command {
+            if command.get_ref().is_empty() {
+                out.error(
+                    Diagnostic::error("missing-command", "`command` is empty")
+                        .at(self.loc(&r.file, command.span()))
+                        .help(
+                            "give the program and its arguments, e.g. `[\"python\", \"train.py\"]`",
+                        ),
+                );
+            }
+            for (field, names) in [("inputs", &spec.inputs), ("outputs", &spec.outputs)] {
+                for (name, span) in placeholders(command.get_ref(), field) {
+                    if !names.contains_key(name.as_str()) {
+                        let declared: Vec<&str> =
+                            names.keys().map(|k| k.get_ref().as_str()).collect();
+                        out.error(
+                            Diagnostic::error(
+                                "unknown-placeholder",
+                                format!("`{{{{ {field}.{name} }}}}` names no declared {}", &field[..field.len() - 1]),
+                            )
+                            .at(self.loc(&r.file, span))
+                            .help(match did_you_mean(&name, declared.iter().copied()) {
+                                Some(best) => format!("did you mean `{{{{ {field}.{best} }}}}`?"),
+                                None => format!("declare it in `{field}`, e.g. `{field} = {{ {name} = \"…\" }}`"),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        for (name, value) in &spec.inputs {
+            self.io_name(r, name, out);
+            self.reference(
+                view,
+                r,
+                "inputs",
+                value,
+                &[Kind::Dataset, Kind::Model],
+                true,
+                out,
+            );
+        }
+        for (name, value) in &spec.outputs {
+            self.io_name(r, name, out);
+            let Some((model, _)) =
+                self.reference(view, r, "outputs", value, &[Kind::Model], false, out)
+            else {
+                continue;
+            };
+            let Spec::Model(m) = &model.spec else {
+                continue;
+            };
+            // The model depends on the job, not the other way round: drop the edge the
+            // output reference just added (an input of the same model keeps its own).
+            out.deps.pop();
+            let produced_by_this_job = m
+                .from_job
+                .as_ref()
+                .and_then(|j| Reference::parse(j.get_ref()).ok())
+                .is_some_and(|j| j.kind == Kind::Job && j.name == r.address.name);
+            if !produced_by_this_job {
+                let why = match (&m.from_job, &m.source) {
+                    (Some(other), _) => format!("it says `from_job = \"{}\"`", other.get_ref()),
+                    (None, Some(_)) => "it is imported from a `source`".to_string(),
+                    (None, None) => "it names no `from_job`".to_string(),
+                };
+                out.error(
+                    Diagnostic::error(
+                        "lineage",
+                        format!(
+                            "{} outputs {}, but {why}",
+                            r.address.local(),
+                            model.address.local()
+                        ),
+                    )
+                    .at(self.loc(&r.file, value.span()))
+                    .related(
+                        self.loc(&model.file, model.name_span.clone()),
+                        "model declared here",
+                    )
+                    .help(format!(
+                        "set `from_job = \"{}\"` on {}",
+                        r.address.local(),
+                        model.address.local()
+                    )),
+                );
+            }
+        }
+    }
+
+    fn io_name(&self, r: &Resource, name: &Spanned<String>, out: &mut Out) {
+        let n = name.get_ref();
+        let ok = n.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && n.len() <= 63;
+        if !ok {
+            out.error(
+                Diagnostic::error("invalid-name", format!("`{n}` is not a valid input or output name"))
+                    .at(self.loc(&r.file, name.span()))
+                    .help("use lowercase letters, digits, `_` and `-`, starting with a letter; it becomes `CAIRN_INPUT_<NAME>`"),
+            );
+        }
+    }
+}
+
+/// Returns the names used as `{{ <field>.<name> }}` in a command, with the span of the
+/// argument that holds each.
+fn placeholders(command: &[Spanned<String>], field: &str) -> Vec<(String, Range<usize>)> {
+    let mut names = Vec::new();
+    for arg in command {
+        let mut rest = arg.get_ref().as_str();
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { break };
+            let inner = after[..end].trim();
+            if let Some(name) = inner.strip_prefix(field).and_then(|s| s.strip_prefix('.')) {
+                names.push((name.trim().to_string(), arg.span()));
+            }
+            rest = &after[end + 2..];
+        }
+    }
+    names
+}

@@ -1,0 +1,122 @@
+//! The status controls: what the controllers this server does not run would write (a
+//! Job that succeeds or fails, a Deployment that becomes available, any status).
+
+use serde_json::{json, Value};
+
+use super::path::Target;
+use super::state::now;
+use super::writes::Writer;
+use super::{KubeServer, CONTROLLER};
+
+impl KubeServer {
+    /// Replaces an object's `status` as a controller would (an update of the `status`
+    /// subresource by [`CONTROLLER`]); returns the object.
+    pub fn set_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> Value {
+        let res = self
+            .shared
+            .lock()
+            .find_kind(api_version, kind)
+            .expect("a kind the server serves");
+        let target = Target::Object {
+            res,
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+            status: true,
+        };
+        self.shared
+            .update_with(&target, &Writer::test(CONTROLLER), |old| {
+                let mut new = old.clone();
+                new["status"] = status;
+                Ok(new)
+            })
+            .unwrap_or_else(|e| panic!("set status: {}", e.message))
+    }
+
+    /// Marks a Job complete as the job controller does: one pod succeeded.
+    pub fn job_succeeded(&self, namespace: &str, name: &str) -> Value {
+        let now = now();
+        self.set_status(
+            "batch/v1",
+            "Job",
+            Some(namespace),
+            name,
+            json!({
+                "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
+                "ready": 0, "terminating": 0,
+                "uncountedTerminatedPods": {},
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                     "message": "Reached expected number of succeeded pods",
+                     "lastProbeTime": now, "lastTransitionTime": now},
+                    {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                     "message": "Reached expected number of succeeded pods",
+                     "lastProbeTime": now, "lastTransitionTime": now},
+                ],
+            }),
+        )
+    }
+
+    /// Marks a Job failed as the job controller does when its pods run out of retries.
+    pub fn job_failed(&self, namespace: &str, name: &str) -> Value {
+        let now = now();
+        let failed = self
+            .object("batch/v1", "Job", Some(namespace), name)
+            .and_then(|j| j["spec"]["backoffLimit"].as_u64())
+            .unwrap_or(6)
+            + 1;
+        self.set_status(
+            "batch/v1",
+            "Job",
+            Some(namespace),
+            name,
+            json!({
+                "startTime": now, "failed": failed, "active": 0, "ready": 0, "terminating": 0,
+                "uncountedTerminatedPods": {},
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                     "message": "Job has reached the specified backoff limit",
+                     "lastProbeTime": now, "lastTransitionTime": now},
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                     "message": "Job has reached the specified backoff limit",
+                     "lastProbeTime": now, "lastTransitionTime": now},
+                ],
+            }),
+        )
+    }
+
+    /// Marks a Deployment rolled out and available at its generation, every replica
+    /// (`spec.replicas`, 1 when unset) ready, as the deployment controller does.
+    pub fn deployment_available(&self, namespace: &str, name: &str) -> Value {
+        let now = now();
+        let deployment = self
+            .object("apps/v1", "Deployment", Some(namespace), name)
+            .unwrap_or_else(|| panic!("no deployment {namespace}/{name}"));
+        let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
+        self.set_status(
+            "apps/v1",
+            "Deployment",
+            Some(namespace),
+            name,
+            json!({
+                "observedGeneration": deployment["metadata"]["generation"],
+                "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "conditions": [
+                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                     "message": "Deployment has minimum availability.",
+                     "lastUpdateTime": now, "lastTransitionTime": now},
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                     "message": format!("ReplicaSet \"{name}\" has successfully progressed."),
+                     "lastUpdateTime": now, "lastTransitionTime": now},
+                ],
+            }),
+        )
+    }
+}

@@ -18,15 +18,12 @@
 //! `<target>::<function>`.
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 #[path = "../support/s3_server.rs"]
-#[allow(dead_code)]
 mod s3_server;
 
 #[path = "../support/kube_server.rs"]
-#[allow(dead_code)]
 mod kube_server;
 
 /// The imaging test's serving pods and gateway (`pods::Pods`, `pods::gateway`).

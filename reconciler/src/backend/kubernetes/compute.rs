@@ -8,10 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use super::cluster::{Clusters, Scope};
 use super::plan::{plan_workspace, KubeLive};
-use super::{compute_namespace, revision_object_name, ClusterApi};
+use super::{
+    compute_namespace, revision_object_name, ClusterApi, ObjectKey, LABEL_MANAGED_BY,
+    LABEL_WORKSPACE,
+};
 use crate::backend::target::{
     Applied, ApplyContext, ComputeTarget, EndpointRollout, Failure, ObserveError, PlanScope,
 };
@@ -120,6 +124,10 @@ impl ComputeTarget for KubeCompute {
             live.objects
                 .extend(clusters.observe(workspace, &scopes).await.map_err(failed)?);
             for scope in scopes {
+                if is_foreign_namespace(&clusters, workspace, &scope).await {
+                    live.foreign_namespaces
+                        .insert((scope.context.clone(), scope.namespace.clone()));
+                }
                 let capacity = clusters
                     .capacity(scope.context.as_deref(), &scope.namespace)
                     .await
@@ -204,6 +212,33 @@ impl ComputeTarget for KubeCompute {
         change: &ResourceChange,
     ) -> Result<Applied, Failure> {
         self.execute(cx, change).await
+    }
+}
+
+/// Whether the scope's namespace exists without this workspace's labels (apply uses such
+/// a namespace as it is). A failed read says no: the plan then shows it created, and
+/// apply finds it.
+async fn is_foreign_namespace(clusters: &Clusters, workspace: &str, scope: &Scope) -> bool {
+    let key = ObjectKey::new(
+        scope.context.as_deref(),
+        "v1",
+        "Namespace",
+        None,
+        &scope.namespace,
+    );
+    let label = |namespace: &Value, key: &str| {
+        namespace
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    match clusters.get(&key, "v1").await {
+        Ok(Some(namespace)) => {
+            label(&namespace, LABEL_MANAGED_BY).as_deref() != Some("cairn")
+                || label(&namespace, LABEL_WORKSPACE).as_deref() != Some(workspace)
+        }
+        Ok(None) | Err(_) => false,
     }
 }
 

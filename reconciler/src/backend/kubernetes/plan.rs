@@ -12,7 +12,7 @@
 //!   matches is left out of the plan.
 //! - A live object carrying Cairn's labels for the workspace that nothing desires any
 //!   more is deleted (pruned). Objects without the labels are never seen, so never
-//!   touched.
+//!   touched; a namespace that exists without them is used as it is (not created).
 //! - A training Job is desired only while its run is planned: a finished run's Job is
 //!   neither recreated nor compared, and Jobs of other runs are pruned. A planned run's
 //!   Job that is already live and unchanged (an apply that died while waiting) is listed
@@ -39,6 +39,10 @@ pub struct KubeLive {
     pub objects: Vec<LiveObject>,
     /// GPU capacity per (kube context, namespace).
     pub capacity: BTreeMap<(Option<String>, String), Capacity>,
+    /// The (kube context, namespace) pairs the computes use that exist but are not the
+    /// workspace's (a platform team's, another workspace's): apply uses them as they
+    /// are, so they are neither planned for creation nor compared.
+    pub foreign_namespaces: BTreeSet<(Option<String>, String)>,
 }
 
 /// What the Kubernetes target reads off a planned object change.
@@ -249,7 +253,15 @@ pub fn plan_workspace(
                 .desired_objects(scope.desired, ws, scope.versions)
         });
         match rendered {
-            Ok(objects) => objects,
+            Ok(objects) => objects
+                .into_iter()
+                .filter(|o| {
+                    o.kind != "Namespace"
+                        || !live
+                            .foreign_namespaces
+                            .contains(&(o.context.clone(), o.name.clone()))
+                })
+                .collect(),
             Err(e) => {
                 // A template error is the same for every workspace: say it once.
                 let d = kube_diagnostic(&e);

@@ -1,0 +1,275 @@
+//! The node of the Kubernetes target's test world: nothing in the test API server runs
+//! pods, so this thread plays the kubelet and the job and deployment controllers.
+//!
+//! - A new Job's pod runs here, step by step as the cluster would run it: each init
+//!   container, then the main container, each as a real process with its command and
+//!   environment (`/cairn/...` paths mapped to a folder per pod). Cairn's own steps
+//!   (`cairn fetch`, `cairn upload`) run the real binary against the S3 store; the
+//!   job's own step runs its command as written. A failed pod is run again up to the
+//!   Job's `backoffLimit`, then the Job is marked failed (`BackoffLimitExceeded`); a Job
+//!   active longer than its `activeDeadlineSeconds` has its pod killed and is marked
+//!   failed (`DeadlineExceeded`), as the job controller does.
+//! - A Deployment's new generation is marked available, and its serving pods are
+//!   started ([`crate::pods::Pods`]: small HTTP servers answering predictions and
+//!   `/metrics`, reachable through the API server's pod proxy).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::kube_server::KubeServer;
+use crate::pods::Pods;
+use crate::s3_server::{aws_credentials, SECRET_KEY};
+
+/// The kubelet thread; dropping it stops it.
+pub struct Kubelet {
+    node: Arc<Node>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the thread works with.
+pub struct Node {
+    server: Arc<KubeServer>,
+    /// One folder per pod run.
+    work: PathBuf,
+    pub pods: Pods,
+    log: Mutex<Vec<String>>,
+}
+
+/// How one run of a Job's pod ended.
+enum PodEnd {
+    Succeeded,
+    Failed,
+    DeadlineExceeded,
+}
+
+impl Kubelet {
+    /// Starts playing the node of `server`, running pods under `work`.
+    pub fn start(server: Arc<KubeServer>, work: PathBuf) -> Kubelet {
+        std::fs::create_dir_all(&work).unwrap();
+        let node = Arc::new(Node {
+            server,
+            work,
+            pods: Pods::new(),
+            log: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (node, stop) = (node.clone(), stop.clone());
+            std::thread::spawn(move || node.run(&stop))
+        };
+        Kubelet {
+            node,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// What it did, for failure messages.
+    pub fn log(&self) -> String {
+        self.node.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Node {
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+
+    fn run(&self, stop: &AtomicBool) {
+        let mut started_jobs: BTreeSet<String> = BTreeSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            for object in self.server.objects() {
+                let kind = object["kind"].as_str().unwrap_or("");
+                let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+                let name = object["metadata"]["name"].as_str().unwrap_or("");
+                let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_string();
+                match kind {
+                    "Job"
+                        if object["status"].get("conditions").is_none()
+                            && started_jobs.insert(uid) =>
+                    {
+                        self.run_job(ns, name, &object);
+                    }
+                    "Deployment"
+                        if object["status"]["observedGeneration"]
+                            != object["metadata"]["generation"] =>
+                    {
+                        self.note(format!("Deployment {ns}/{name} available"));
+                        let deployment = self.server.deployment_available(ns, name);
+                        self.pods.start(&self.server, &deployment);
+                    }
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Runs a Job's pod until it succeeds, runs out of retries or of its deadline, and
+    /// records how the Job ended.
+    fn run_job(&self, ns: &str, name: &str, job: &Value) {
+        let backoff_limit = job["spec"]["backoffLimit"].as_u64().unwrap_or(6);
+        let deadline = job["spec"]["activeDeadlineSeconds"]
+            .as_u64()
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let pod = &job["spec"]["template"]["spec"];
+        for attempt in 0..=backoff_limit {
+            let root = self.work.join(ns).join(format!("{name}-{attempt}"));
+            match self.run_pod(&root, pod, deadline) {
+                PodEnd::Succeeded => {
+                    self.note(format!("Job {ns}/{name}: succeeded"));
+                    self.server.job_succeeded(ns, name);
+                    return;
+                }
+                PodEnd::Failed => self.note(format!("Job {ns}/{name}: pod {attempt} failed")),
+                PodEnd::DeadlineExceeded => {
+                    self.note(format!("Job {ns}/{name}: deadline exceeded"));
+                    self.deadline_exceeded(ns, name);
+                    return;
+                }
+            }
+        }
+        self.server.job_failed(ns, name);
+    }
+
+    /// Marks a Job failed as the job controller does past `activeDeadlineSeconds`.
+    fn deadline_exceeded(&self, ns: &str, name: &str) {
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let condition = |kind: &str| {
+            json!({
+                "type": kind, "status": "True", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline",
+                "lastProbeTime": now, "lastTransitionTime": now,
+            })
+        };
+        self.server.set_status(
+            "batch/v1",
+            "Job",
+            Some(ns),
+            name,
+            json!({
+                "startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+                "uncountedTerminatedPods": {},
+                "conditions": [condition("FailureTarget"), condition("Failed")],
+            }),
+        );
+    }
+
+    /// Runs one pod's steps in order, in a fresh folder standing for its `/cairn`
+    /// volume.
+    fn run_pod(&self, root: &Path, pod: &Value, deadline: Option<Instant>) -> PodEnd {
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::create_dir_all(root).unwrap();
+        let steps = pod["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(pod["containers"].as_array().into_iter().flatten());
+        for container in steps {
+            let step = container["name"].as_str().unwrap_or("?");
+            let env: Vec<(String, String)> = container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().to_string(),
+                        local(root, e["value"].as_str().unwrap_or("")),
+                    )
+                })
+                .collect();
+            // The job writes its outputs into folders of the pod's volume.
+            for (key, dir) in &env {
+                if key.starts_with("CAIRN_OUTPUT_") {
+                    std::fs::create_dir_all(dir).unwrap();
+                }
+            }
+            let command: Vec<String> = container["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| local(root, a.as_str().unwrap()))
+                .collect();
+            let Some(program) = command.first() else {
+                self.note(format!(
+                    "{step}: no command (the image's entrypoint can't run here)"
+                ));
+                return PodEnd::Failed;
+            };
+            let program = if program == "cairn" {
+                env!("CARGO_BIN_EXE_cairn")
+            } else {
+                program.as_str()
+            };
+            let log = root.join(format!("{step}.log"));
+            let mut cmd = Command::new(program);
+            cmd.args(&command[1..])
+                .envs(env.iter().cloned())
+                .env("NO_COLOR", "1")
+                .current_dir(root)
+                .stdin(Stdio::null())
+                .stdout(File::create(&log).unwrap())
+                .stderr(File::create(root.join(format!("{step}.err"))).unwrap());
+            aws_credentials(&mut cmd, SECRET_KEY);
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+            let mut child = cmd.spawn().unwrap();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    crate::support::kill_group(child.id());
+                    let _ = child.wait();
+                    return PodEnd::DeadlineExceeded;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let output = |ext: &str| {
+                std::fs::read_to_string(root.join(format!("{step}.{ext}"))).unwrap_or_default()
+            };
+            self.note(format!(
+                "{}: {step}: {command:?} {status}\n{}{}",
+                root.display(),
+                output("log"),
+                output("err")
+            ));
+            if !status.success() {
+                return PodEnd::Failed;
+            }
+        }
+        PodEnd::Succeeded
+    }
+}
+
+/// A pod path (`/cairn/...`) on this machine.
+fn local(root: &Path, text: &str) -> String {
+    match text.strip_prefix("/cairn") {
+        Some(rest) => format!("{}{rest}", root.display()),
+        // `model.x@v=/cairn/outputs/model`
+        None => text.replace("=/cairn/", &format!("={}/", root.display())),
+    }
+}

@@ -1,0 +1,387 @@
+//! The contract every compute target keeps, one function per behaviour, written against
+//! [`TargetFixture`] only (the real `cairn` binary on a manifests repository, what the
+//! store and the journal record, and the target's own checks), so it runs unchanged on
+//! every target. `main.rs` instantiates it once per target.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fixture::{Job, TargetFixture, ENDPOINT, JOB, MODEL, TRAIN, WS};
+
+/// The changes of the last journal record, as `address: status`.
+fn statuses(repo: &crate::fixture::Repo) -> Vec<String> {
+    let journal = repo.journal();
+    let last = journal.last().expect("a journal record");
+    last["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}: {}",
+                o["address"].as_str().unwrap(),
+                o["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The steps a journaled rollout walked, with whether each passed its gates.
+fn walked(outcome: &Value) -> Vec<String> {
+    outcome["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e["event"].as_str()? {
+            "step" => Some(format!("step {}", e["step"])),
+            "step-passed" => Some(format!("passed {}", e["step"])),
+            "gate-failed" => Some(format!("failed {}", e["step"])),
+            "rolled-back" => Some("rolled back".to_string()),
+            "promoted" => Some("promoted".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts a failed job's apply: exit 1, the job failed saying `why`, its model skipped
+/// because of it, a failed run recorded, no model version, nothing of either in the
+/// state, and the run planned again.
+fn assert_job_failed<F: TargetFixture>(world: &F, apply: &crate::support::Run, why: &str) {
+    let repo = world.repo();
+    apply.code(1);
+    assert!(
+        apply.stdout.contains("Apply failed:") && apply.stdout.contains("1 failed, 1 skipped"),
+        "{}",
+        apply.both()
+    );
+    let job = repo.last_outcome(JOB);
+    assert_eq!(job["status"], "failed", "{job}");
+    let message = job["message"].as_str().unwrap_or("");
+    assert!(message.contains(why), "{why:?} in {message:?}");
+    assert!(
+        apply.stderr.contains(&format!("✗ {JOB}: ")),
+        "{}",
+        apply.both()
+    );
+    let model = repo.last_outcome(MODEL);
+    assert_eq!(model["status"], "skipped", "{model}");
+    assert!(
+        model["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("{JOB} did not succeed")),
+        "{model}"
+    );
+    let runs = repo.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    assert!(repo.versions("models", "scorer").is_empty());
+    let state = repo.state();
+    assert!(state.get(JOB).is_none(), "{state}");
+    assert!(state.get(MODEL).is_none(), "{state}");
+    assert!(
+        state.get(format!("{WS}/dataset.loans")).is_some(),
+        "{state}"
+    );
+    let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(plan.stdout.contains(&format!("▶ {JOB}")), "{}", plan.both());
+}
+
+/// 1. A job run that succeeds: its run is recorded with the model version it stored,
+///    and the state records both.
+pub fn a_job_run_succeeds<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    let plan = repo.cairn(&["plan", "ROOT"]);
+    plan.ok();
+    assert!(plan.stdout.contains(&format!("▶ {JOB}")), "{}", plan.both());
+
+    let apply = repo.apply();
+    apply.ok();
+    assert!(apply.stdout.contains("Apply complete"), "{}", apply.both());
+    let runs = repo.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let run_id = run["run_id"].as_str().unwrap();
+    assert_eq!(run["outputs"]["model"], format!("model.scorer@{run_id}"));
+    assert_eq!(repo.versions("models", "scorer"), [run_id]);
+    assert_eq!(repo.model_version(), run_id);
+    assert_eq!(repo.state()[JOB]["value"]["run_id"], run_id);
+    let model = repo.last_outcome(MODEL);
+    assert_eq!(model["status"], "succeeded", "{model}");
+}
+
+/// 2a. A job whose command exits non-zero: a failed change, its model skipped.
+pub fn a_failed_job_skips_its_dependents<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    repo.set_job(&Job::script("echo 'bad data' >&2; exit 3"));
+    let apply = repo.apply();
+    assert_job_failed(&world, &apply, world.failed_job_reason());
+}
+
+/// 2b. A job that runs past its `timeout`: stopped, a failed change, its model skipped.
+pub fn a_timed_out_job_skips_its_dependents<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    repo.set_job(&Job {
+        timeout: Some("1s".into()),
+        ..Job::script("sleep 30")
+    });
+    let apply = repo.apply();
+    assert_job_failed(&world, &apply, world.timed_out_reason());
+    assert!(
+        apply.took < Duration::from_secs(20),
+        "the job was stopped at its timeout: {:?}",
+        apply.took
+    );
+}
+
+/// 3. `retries = 1`: the first attempt fails, the second succeeds and stores the model.
+pub fn a_failed_attempt_is_retried<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    let scratch = repo.scratch();
+    let attempts = scratch.join("attempts");
+    let marker = scratch.join("first-attempt-failed");
+    let script = format!(
+        "echo attempt >> {attempts}\n\
+         if [ ! -e {marker} ]; then touch {marker}; echo 'first attempt fails' >&2; exit 1; fi\n\
+         {TRAIN}",
+        attempts = attempts.display(),
+        marker = marker.display(),
+    );
+    repo.set_job(&Job {
+        retries: 1,
+        ..Job::script(script)
+    });
+    let apply = repo.apply();
+    apply.ok();
+    let tried = std::fs::read_to_string(&attempts).unwrap_or_default();
+    assert_eq!(tried.lines().count(), 2, "two attempts ran: {tried:?}");
+    let runs = repo.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:?}");
+    assert_eq!(runs[0]["attempts"], 2, "{runs:?}");
+    let run_id = runs[0]["run_id"].as_str().unwrap();
+    assert_eq!(repo.versions("models", "scorer"), [run_id]);
+    assert_eq!(repo.model_version(), run_id);
+}
+
+/// 4. An endpoint is created and serves the trained version.
+pub fn an_endpoint_is_created<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    let plan = repo.cairn(&["plan", "ROOT"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains(&format!("+ {ENDPOINT}")),
+        "{}",
+        plan.both()
+    );
+    let apply = repo.apply();
+    apply.ok();
+    let endpoint = repo.last_outcome(ENDPOINT);
+    assert_eq!(endpoint["status"], "succeeded", "{endpoint}");
+    let version = repo.model_version();
+    assert_eq!(
+        repo.state()[ENDPOINT]["value"]["deployments"]["blue"]["version"],
+        version.as_str(),
+        "{}",
+        repo.state()
+    );
+    world.assert_serving(&version);
+}
+
+/// 5. A new model version is rolled out step by step under its gates, then promoted.
+pub fn a_rollout_is_promoted<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    let v1 = repo.model_version();
+
+    repo.retrain();
+    let plan = repo.cairn(&["plan", "ROOT"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains(&format!("» {ENDPOINT}")),
+        "{}",
+        plan.both()
+    );
+    let (apply, requests) = world.apply_under_load();
+    apply.ok();
+    let v2 = repo.model_version();
+    assert_ne!(v1, v2);
+    let endpoint = repo.last_outcome(ENDPOINT);
+    assert_eq!(endpoint["status"], "succeeded", "{endpoint}");
+    assert_eq!(
+        walked(&endpoint),
+        ["step 50", "passed 50", "step 100", "passed 100", "promoted"],
+        "{endpoint}"
+    );
+    assert!(requests.ok > 0, "{requests:?}");
+    assert_eq!(requests.failed, 0, "{requests:?}");
+    world.assert_serving(&v2);
+}
+
+/// 6. A new version that fails its requests is rolled back: traffic stays on the old
+///    one, the change fails saying why, and the rollout is still to do.
+pub fn a_rollout_is_rolled_back_on_a_failed_gate<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    let v1 = repo.model_version();
+
+    world.break_next_version();
+    let (apply, requests) = world.apply_under_load();
+    apply.code(1);
+    assert!(
+        requests.failed > 0,
+        "the broken version answered: {requests:?}"
+    );
+    let endpoint = repo.last_outcome(ENDPOINT);
+    assert_eq!(endpoint["status"], "failed", "{endpoint}");
+    let message = endpoint["message"].as_str().unwrap_or("");
+    assert!(message.contains("rolled back"), "{message}");
+    assert!(message.contains("error rate"), "{message}");
+    let walked = walked(&endpoint);
+    assert_eq!(
+        walked.iter().rev().take(2).collect::<Vec<_>>(),
+        ["rolled back", "failed 50"],
+        "{walked:?}"
+    );
+    assert!(
+        apply.stderr.contains(&format!("✗ {ENDPOINT}: ")),
+        "{}",
+        apply.both()
+    );
+    // The new model version is stored (its job ran), but the endpoint serves the old one.
+    assert_ne!(repo.model_version(), v1);
+    assert_eq!(
+        repo.state()[ENDPOINT]["value"]["deployments"]["blue"]["version"],
+        v1.as_str()
+    );
+    world.assert_serving(&v1);
+    let plan = repo.cairn(&["plan", "ROOT"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains(&format!("» {ENDPOINT}")),
+        "{}",
+        plan.both()
+    );
+}
+
+/// 7. An endpoint removed from the manifests is planned for deletion, and apply stops it.
+pub fn a_removed_endpoint_is_pruned<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    world.assert_serving(&repo.model_version());
+
+    repo.set_endpoint(false);
+    let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(&format!("- {ENDPOINT}")),
+        "{}",
+        plan.both()
+    );
+    assert!(plan.stdout.contains("1 to destroy"), "{}", plan.both());
+    let apply = repo.apply();
+    apply.ok();
+    assert_eq!(statuses(repo), [format!("{ENDPOINT}: succeeded")]);
+    assert!(repo.state().get(ENDPOINT).is_none(), "{}", repo.state());
+    world.assert_not_serving();
+    repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]).code(0);
+}
+
+/// 8. Right after an apply, observing the target finds nothing to change.
+pub fn nothing_changes_after_an_apply<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
+    plan.code(0);
+    assert!(plan.stdout.contains("No changes"), "{}", plan.both());
+}
+
+/// 9a. `cairn destroy`: everything the state records is removed from the target (the
+///     endpoint first), the state is empty, the journal has the record, stored versions
+///     are kept, and the next plan creates everything again.
+pub fn destroy_tears_the_workspace_down<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    let version = repo.model_version();
+    world.assert_serving(&version);
+    let records = repo.journal().len();
+
+    let plan = repo.cairn(&["plan", "ROOT", "--destroy", "--detailed-exitcode"]);
+    plan.code(2);
+    for address in [ENDPOINT, MODEL, JOB] {
+        assert!(
+            plan.stdout.contains(&format!("- {address}")),
+            "{}",
+            plan.both()
+        );
+    }
+    let destroy = repo.cairn(&["destroy", "ROOT", "--auto-approve"]);
+    destroy.ok();
+    let state = repo.state();
+    assert_eq!(state.as_object().map(|s| s.len()), Some(0), "{state}");
+    let journal = repo.journal();
+    assert_eq!(journal.len(), records + 1);
+    let record = journal.last().unwrap();
+    assert_eq!(record["success"], true, "{record}");
+    let outcomes = record["outcomes"].as_array().unwrap();
+    assert!(outcomes.len() >= 5, "{record}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["action"] == "delete" && o["status"] == "succeeded"),
+        "{record}"
+    );
+    // The endpoint goes before the model it serves.
+    let position = |a: &str| outcomes.iter().position(|o| o["address"] == a).unwrap();
+    assert!(position(ENDPOINT) < position(MODEL), "{record}");
+    world.assert_torn_down();
+    // Versions and runs stay in the store for lineage.
+    assert_eq!(repo.versions("models", "scorer"), [version.clone()]);
+    assert_eq!(repo.runs().len(), 1);
+
+    let again = repo.cairn(&["plan", "ROOT"]);
+    again.ok();
+    for created in [
+        format!("+ {WS}/workspace"),
+        format!("+ {WS}/compute.here"),
+        format!("+ {WS}/dataset.loans"),
+        format!("+ {ENDPOINT}"),
+    ] {
+        assert!(
+            again.stdout.contains(&created),
+            "{created}\n{}",
+            again.both()
+        );
+    }
+}
+
+/// 9b. `cairn destroy --purge-store` also deletes the stored versions and runs.
+pub fn destroy_can_purge_the_store<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    repo.apply().ok();
+    assert_eq!(repo.versions("models", "scorer").len(), 1);
+    assert_eq!(repo.versions("datasets", "loans").len(), 1);
+
+    let destroy = repo.cairn(&["destroy", "ROOT", "--auto-approve", "--purge-store"]);
+    destroy.ok();
+    assert!(destroy.stdout.contains("Purged"), "{}", destroy.both());
+    assert_eq!(repo.stored_files(), Vec::<String>::new());
+    assert!(repo.runs().is_empty());
+    let verify = repo.cairn(&["verify", "ROOT"]);
+    verify.ok();
+    assert!(!verify.stdout.contains("scorer"), "{}", verify.both());
+}

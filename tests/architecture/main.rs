@@ -7,9 +7,10 @@
 //!   means no stage can be read, changed or tested without the others; the fix is a leaf
 //!   module both sides import (as the plan model is), or moving a helper to the module
 //!   it belongs to.
-//! - `library_files_are_short`: no library file is over [`MAX_LINES`] lines unless its
-//!   module doc (`//!`) says why, on a line holding `long:` and a reason, e.g.
-//!   `//! long: one state machine; its states read best side by side`.
+//! - `library_files_are_short`: no library file is over [`MAX_LINES`] lines of code (its
+//!   trailing `#[cfg(test)]` module, the unit tests kept beside what they test, is not
+//!   counted) unless its module doc (`//!`) says why, on a line holding `long:` and a
+//!   reason, e.g. `//! long: one state machine; its states read best side by side`.
 //!
 //! What counts as an import: every path that starts with `crate::` (or `super::` reaching
 //! another stage) in a `use` item, in code, and in macro invocations (`matches!(x,
@@ -315,7 +316,6 @@ fn shortest_cycle(graph: &Graph, start: &str) -> Option<Vec<String>> {
 }
 
 #[test]
-#[ignore = "enabled once issue 13's restructuring lands"]
 fn stage_modules_import_no_cycle() {
     let graph = import_graph();
     // Nodes that reach each other are in one cycle (a strongly connected component).
@@ -365,12 +365,15 @@ fn stage_modules_import_no_cycle() {
 }
 
 #[test]
-#[ignore = "enabled once issue 13's restructuring lands"]
 fn library_files_are_short() {
     let mut long = Vec::new();
     for file in library_files() {
         let text = std::fs::read_to_string(&file).unwrap();
-        let lines = text.lines().count();
+        // Up to the unit tests, when they close the file.
+        let lines = text
+            .lines()
+            .take_while(|l| !l.starts_with("#[cfg(test)]"))
+            .count();
         if lines <= MAX_LINES {
             continue;
         }
@@ -387,7 +390,7 @@ fn library_files_are_short() {
     }
     assert!(
         long.is_empty(),
-        "library files over {MAX_LINES} lines without `//! long: <reason>` in their module doc \
+        "library files over {MAX_LINES} lines of code without `//! long: <reason>` in their module doc \
          (split them along their seams, or say why not):\n{}",
         long.join("\n")
     );

@@ -190,4 +190,4 @@ mod decide;
 mod orchestrate;
 
 pub use decide::{decide, effective_steps, Decision};
-pub use orchestrate::apply;
+pub use orchestrate::{apply, walk};

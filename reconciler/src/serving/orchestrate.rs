@@ -10,7 +10,9 @@ use super::decide::{describe_serving, Layout};
 use super::{
     canary_name, EndpointId, EndpointValue, Error, Result, RevisionSpec, RouteTable, Serving,
 };
-use crate::rollout::{self, describe_weights, Outcome, RolloutEvent, Weights};
+use crate::rollout::{
+    self, describe_weights, Outcome, RolloutEvent, RolloutPolicy, Traffic, Weights,
+};
 
 /// Brings the endpoint's live serving to `after`. Returns a one-line summary; a failed
 /// gate is an error ([`Error::RolledBack`], [`Error::Halted`]) after traffic was restored.
@@ -191,12 +193,14 @@ pub async fn apply(
         let traffic = serving.traffic(endpoint);
         let policy = layout.rollout_value(&after.rollout).policy();
         let base = full(&layout.base);
-        match rollout::run(traffic.as_ref(), &base, &full(&to), &policy, on_event).await? {
-            Outcome::Promoted { .. } => {
+        match walk(traffic.as_ref(), &base, &full(&to), &policy, on_event).await {
+            Ok(_) => {
                 summary = format!("promoted: {}", describe_serving(after));
             }
-            Outcome::RolledBack { step, reason, .. } => {
-                note(&format!("rolled back: {reason}"));
+            Err(e @ (Error::RolledBack { .. } | Error::NotReady { .. })) => {
+                if let Error::RolledBack { reason, .. } = &e {
+                    note(&format!("rolled back: {reason}"));
+                }
                 // The new revisions are at 0 %: take them out and stop them.
                 restore(
                     serving,
@@ -208,24 +212,9 @@ pub async fn apply(
                     auth,
                 )
                 .await?;
-                return Err(Error::RolledBack { step, reason });
+                return Err(e);
             }
-            Outcome::Halted { step, reason, .. } => {
-                return Err(Error::Halted { step, reason });
-            }
-            Outcome::NotReady { deployment } => {
-                restore(
-                    serving,
-                    endpoint,
-                    after,
-                    &backends,
-                    &base,
-                    &layout.canaries(),
-                    auth,
-                )
-                .await?;
-                return Err(Error::NotReady { deployment });
-            }
+            Err(e) => return Err(e),
         }
     } else {
         summary = format!("serving {}", describe_serving(after));
@@ -286,6 +275,27 @@ pub async fn apply(
             .await?;
     }
     Ok(summary)
+}
+
+/// Walks traffic from `from` to `to` with the rollout engine under `policy`: the one way
+/// every target's rollout runs ([`crate::rollout::run`] is called nowhere else). `Ok`
+/// holds the weights it promoted; [`Error::RolledBack`] (a failed gate) and
+/// [`Error::NotReady`] come after the engine put traffic back on `from`, so the caller
+/// only undoes what it started; with [`Error::Halted`] traffic stays split
+/// (`auto_rollback = false`).
+pub async fn walk(
+    traffic: &dyn Traffic,
+    from: &Weights,
+    to: &Weights,
+    policy: &RolloutPolicy,
+    on_event: &(dyn Fn(RolloutEvent) + Send + Sync),
+) -> Result<Weights> {
+    match rollout::run(traffic, from, to, policy, on_event).await? {
+        Outcome::Promoted { weights } => Ok(weights),
+        Outcome::RolledBack { step, reason, .. } => Err(Error::RolledBack { step, reason }),
+        Outcome::Halted { step, reason, .. } => Err(Error::Halted { step, reason }),
+        Outcome::NotReady { deployment } => Err(Error::NotReady { deployment }),
+    }
 }
 
 /// After a failed rollout: the table as it was before (traffic where the last finished

@@ -1,4 +1,4 @@
-//! Rolling an endpoint out on Kubernetes: the rollout engine ([`crate::rollout::run`])
+//! Rolling an endpoint out on Kubernetes: the rollout engine ([`crate::serving::walk`])
 //! moves traffic on the endpoint's HTTPRoute weights (or, without a gateway, its
 //! Service selector), gated by the revisions' metrics ([`super::traffic`]); a failed gate
 //! puts the route back and deletes the revisions the change started.
@@ -15,7 +15,7 @@ use crate::backend::rollout_log::RolloutLog;
 use crate::backend::target::ApplyContext;
 use crate::diagnostics::error_chain;
 use crate::plan::{plural, Action, ObjectChange, ResourceChange};
-use crate::rollout::{self, RolloutEvent, Traffic as _, Weights};
+use crate::rollout::{RolloutEvent, Traffic as _, Weights};
 use crate::serving::{self, EndpointValue};
 
 impl KubeCompute {
@@ -76,25 +76,17 @@ impl KubeCompute {
                 }
             ),
         );
-        let outcome = rollout::run(&traffic, &from, &to, &policy, &on_event).await;
+        let outcome = serving::walk(&traffic, &from, &to, &policy, &on_event).await;
         events.extend(log.into_events());
         let failure = match outcome {
-            Ok(rollout::Outcome::Promoted { weights }) => {
+            Ok(weights) => {
                 return Ok(format!(
                     "promoted: {}",
                     crate::rollout::describe_weights(&weights)
                 ))
             }
-            Ok(rollout::Outcome::RolledBack { step, reason, .. }) => {
-                serving::Error::RolledBack { step, reason }
-            }
-            Ok(rollout::Outcome::Halted { step, reason, .. }) => {
-                return Err(serving::Error::Halted { step, reason }.to_string())
-            }
-            Ok(rollout::Outcome::NotReady { deployment }) => {
-                serving::Error::NotReady { deployment }
-            }
-            Err(e) => serving::Error::Rollout(e),
+            Err(e @ serving::Error::Halted { .. }) => return Err(e.to_string()),
+            Err(e) => e,
         };
         // Traffic is back on the previous revisions: the route names only those again,
         // and the revisions this change started are deleted.

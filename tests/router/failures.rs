@@ -77,7 +77,7 @@ fn ready_means_every_replica_answers_its_probe() {
     assert_eq!(ready("empty"), Ok(false));
     let error = ready("purple").unwrap_err();
     assert_eq!(
-        error,
+        error.to_string(),
         "no deployment named `purple` behind this router; it has: blue, empty, stuck"
     );
     assert!(rig
@@ -147,7 +147,10 @@ fn bad_routes_are_refused_and_change_nothing() {
         .runtime
         .block_on(Traffic::set_weights(&handle, &weights_of(&[("blue", 90)])))
         .unwrap_err();
-    assert_eq!(error, "weights must add up to 100 (or 0), got 90");
+    assert_eq!(
+        error.to_string(),
+        "weights must add up to 100 (or 0), got 90"
+    );
     let error = handle
         .set_weights(&weights_of(&[("blue", 90), ("gren", 10)]))
         .unwrap_err();

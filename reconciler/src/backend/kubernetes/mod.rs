@@ -70,6 +70,7 @@ mod execute;
 mod gpu_fit;
 mod objects;
 pub mod plan;
+mod rendered;
 mod rollout;
 mod templates;
 pub mod traffic;

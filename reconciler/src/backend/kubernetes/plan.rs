@@ -288,7 +288,16 @@ pub fn plan_workspace(
         .filter(|o| o.is_managed_by(ws))
         .cloned()
         .collect();
-    for (address, objects) in compare(&desired, &live_objects, &current_jobs) {
+    for (address, mut objects) in compare(&desired, &live_objects, &current_jobs) {
+        if scope.destroy {
+            // A destroy leaves the namespaces in place, as Argo CD does with those it
+            // creates: deleting one deletes whatever others keep in it (hand-made
+            // Secrets, other teams' objects).
+            objects.retain(|o| !(o.kind == "Namespace" && o.action == Action::Delete));
+            if objects.is_empty() {
+                continue;
+            }
+        }
         match changes.iter_mut().find(|c| c.address == address) {
             Some(change) => {
                 if change.is_noop() {

@@ -151,7 +151,7 @@ pub enum EntryKind {
     Outside,
 }
 
-/// A file under the manifests root, as listed by [`Tree::files`].
+/// A file under the manifests root, as listed by [`Tree::walk`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeFile {
     /// Path relative to the listed folder, `/`-separated.

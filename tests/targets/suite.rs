@@ -349,7 +349,10 @@ pub fn destroy_tears_the_workspace_down<F: TargetFixture>() {
     assert!(position(ENDPOINT) < position(MODEL), "{record}");
     world.assert_torn_down();
     // Versions and runs stay in the store for lineage.
-    assert_eq!(repo.versions("models", "scorer"), [version.clone()]);
+    assert_eq!(
+        repo.versions("models", "scorer"),
+        std::slice::from_ref(&version)
+    );
     assert_eq!(repo.runs().len(), 1);
 
     let again = repo.cairn(&["plan", "ROOT"]);

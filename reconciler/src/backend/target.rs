@@ -91,9 +91,10 @@ pub enum ChangeError {
     /// edited).
     #[error("{0}")]
     Plan(String),
-    /// The store could not record or provide what the change needs.
+    /// The store could not record or provide what the change needs (boxed: a store
+    /// error is large, and every change result carries this type).
     #[error(transparent)]
-    Store(#[from] store::Error),
+    Store(Box<store::Error>),
     /// The target could not be reached or refused the work.
     #[error("{0}")]
     Target(String),
@@ -104,6 +105,12 @@ pub enum ChangeError {
     /// Nothing here can carry the change out (a target not connected to this apply).
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<store::Error> for ChangeError {
+    fn from(error: store::Error) -> ChangeError {
+        ChangeError::Store(Box::new(error))
+    }
 }
 
 /// A change's failure and what happened before it failed.

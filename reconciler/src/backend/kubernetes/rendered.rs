@@ -246,8 +246,6 @@ fn is_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Hashes an object's canonical JSON (keys sorted at every level, whatever order the
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

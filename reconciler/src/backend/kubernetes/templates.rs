@@ -634,6 +634,7 @@ fn undefined_hint(variable: Option<&str>, context: Option<&Value>) -> String {
     }
 }
 
+/// Hashes an object's canonical JSON (keys sorted at every level, whatever order the
 /// JSON maps keep; serde_json's `preserve_order` could be switched on by any crate).
 fn spec_hash(value: &Value) -> String {
     fn write(value: &Value, out: &mut String) {

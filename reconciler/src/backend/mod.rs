@@ -6,9 +6,10 @@
 //! - [`store`]: datasets, models, runs, state, lock and journal, over any object store.
 //! - [`local`]: the `local` compute target: this machine's GPUs and processes.
 //! - [`kubernetes`]: the `kubernetes` compute target's objects, rendered from templates.
-//! - [`job`], [`rollout_log`]: what both targets share: a planned job's value, a
-//!   rollout's record.
+//! - [`job`], [`distribution`], [`rollout_log`]: what both targets share: a planned
+//!   job's value, the distributed-training contract, a rollout's record.
 
+pub mod distribution;
 pub mod job;
 pub mod kubernetes;
 pub mod local;

@@ -70,6 +70,7 @@ async fn objects_go_to_their_contexts_cluster() {
             "LimitRange imaging-train/cairn-imaging",
             "Namespace -/imaging-train",
             "ResourceQuota imaging-train/cairn-imaging-gpu-pool",
+            "Service imaging-train/train-pneumonia-9f3c2a1b7d4e",
             "ServiceAccount imaging-train/cairn-imaging",
         ]
     );

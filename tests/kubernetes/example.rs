@@ -42,6 +42,7 @@ fn objects_come_in_apply_order_with_their_contexts() {
             "onprem-radiology ServiceAccount imaging-serve cairn-imaging",
             "aks-gpu-westeurope Job imaging-train train-pneumonia-9f3c2a1b7d4e",
             "onprem-radiology Deployment imaging-serve triage-blue-9f3c2a1b7d4e",
+            "aks-gpu-westeurope Service imaging-train train-pneumonia-9f3c2a1b7d4e",
             "onprem-radiology Service imaging-serve triage-blue-9f3c2a1b7d4e",
             "onprem-radiology Service imaging-serve triage",
             "onprem-radiology HTTPRoute imaging-serve triage",
@@ -115,8 +116,9 @@ fn the_spec_hash_changes_with_the_object_but_not_with_the_revision() {
     }
     let three = hashes(Renderer::shipped(), retrained);
     let changed: Vec<usize> = (0..one.len()).filter(|&i| one[i] != three[i]).collect();
-    // The Job, the Deployment, its Service and the route name the new run or version.
-    assert_eq!(changed, [8, 9, 10, 12], "hashes: {one:?} → {three:?}");
+    // The Job and its headless Service, the Deployment, its Service and the route name
+    // the new run or version.
+    assert_eq!(changed, [8, 9, 10, 11, 13], "hashes: {one:?} → {three:?}");
 }
 
 #[test]

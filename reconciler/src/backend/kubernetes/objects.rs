@@ -13,6 +13,7 @@ use super::{
     LABEL_WORKSPACE,
 };
 use crate::address::{Address, Kind, Reference};
+use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT, RANK_VARIABLES};
 use crate::desired::{DesiredState, Resource};
 use crate::manifest::{
     ComputeSpec, EndpointSpec, InstanceType, JobSpec, Spec, Target, WorkspaceSpec,
@@ -443,6 +444,20 @@ impl<'a> Walk<'a> {
         )?;
 
         let name = &address.name;
+        let object_name = format!("{name}-{run_id}");
+        let distributed = spec.instances() > 1;
+        // Several instances find instance 0 through the run's headless Service: an
+        // Indexed Job's pod is `<job>-<index>`, its DNS name `<pod>.<service>`.
+        let group = Distribution::new(
+            spec.instances(),
+            spec.gpus(),
+            if distributed {
+                format!("{object_name}-0.{object_name}")
+            } else {
+                "127.0.0.1".to_string()
+            },
+            DEFAULT_MASTER_PORT,
+        );
         let mut labels = self.labels(name, "training");
         labels.insert(LABEL_JOB.into(), name.clone());
         labels.insert(LABEL_RUN.into(), run_id.clone());
@@ -454,7 +469,7 @@ impl<'a> Walk<'a> {
             (LABEL_RUN, run_id.as_str()),
         ]);
         let vars = json!({
-            "name": format!("{name}-{run_id}"),
+            "name": object_name,
             "namespace": namespace,
             "service_account": service_account(self.workspace),
             "compute": compute_vars(compute_name, &Address::new(self.workspace, Kind::Compute, compute_name), compute, &namespace),
@@ -464,9 +479,10 @@ impl<'a> Walk<'a> {
                 "run_id": run_id,
                 "image": image.get_ref(),
                 "command": command,
-                "env": env_list(env),
+                "env": job_env(env, &group),
                 "gpus": spec.gpus(),
                 "instances": spec.instances(),
+                "master_port": group.master_port,
                 "timeout_seconds": spec.timeout.as_ref().map(|t| t.get_ref().as_std().as_secs()),
                 "retries": spec.retries,
                 "resources": resources(instance.map(|(_, it)| it), spec.gpus()),
@@ -825,6 +841,29 @@ fn resources(instance: Option<&InstanceType>, gpus: u32) -> Value {
         out.insert("limits".into(), Value::Object(limits));
     }
     Value::Object(out)
+}
+
+/// A job container's `env`: the job's variables and Cairn's, then the
+/// distributed-training contract ([`Distribution`]); each instance's rank comes from
+/// its completion index (the annotation every Indexed Job pod carries; 0 otherwise).
+fn job_env(mut env: BTreeMap<&str, String>, group: &Distribution) -> Value {
+    for (name, value) in group.shared_env() {
+        env.insert(name, value);
+    }
+    let mut list: Vec<Value> = env
+        .into_iter()
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect();
+    for name in RANK_VARIABLES {
+        list.push(if group.instances > 1 {
+            json!({"name": name, "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            }}})
+        } else {
+            json!({"name": name, "value": "0"})
+        });
+    }
+    Value::Array(list)
 }
 
 /// `[{name, value}]`, sorted by name, as a container's `env` wants it.

@@ -6,8 +6,10 @@
 //! for each new Job it runs the pod's steps as the cluster would, with the real binary
 //! for Cairn's own containers (`cairn fetch` of the dataset version from S3, `cairn
 //! upload` of the output folder as the model version) and a stand-in for the trainer's
-//! image (it checks its input folder and writes a model file), then marks the Job
-//! complete; for each Deployment it marks the rollout available.
+//! image (`images/densenet-trainer/bin/torchrun`: the job's two pods run together and
+//! rendezvous at instance 0 through the run's headless Service, with the env Cairn set,
+//! before instance 0 writes a model file), then marks the Job complete; for each
+//! Deployment it marks the rollout available.
 //!
 //! Checked: the first plan lists the objects per resource; apply converges (the model
 //! version is in the store with its lineage, the Deployment serves it, the route sends
@@ -240,12 +242,54 @@ impl<'a> Kubelet<'a> {
         }
     }
 
-    /// Runs a Job's pod: init containers in order, then the main container. Returns
-    /// whether every step succeeded.
+    /// Runs a Job's pods together, one per completion index as an Indexed Job's are
+    /// (one pod otherwise). Returns whether every pod succeeded.
     fn run_pod(&self, context: &str, job: &Value) -> bool {
+        let server = self
+            .world
+            .servers()
+            .into_iter()
+            .find(|(c, _)| *c == context)
+            .map(|(_, s)| s)
+            .unwrap();
+        let indexed = job["spec"]["completionMode"] == "Indexed";
+        let pods = if indexed {
+            job["spec"]["completions"].as_u64().unwrap_or(1)
+        } else {
+            1
+        };
+        let dns = ClusterDns::of(server, job, pods);
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..pods)
+                .map(|index| {
+                    let dns = &dns;
+                    s.spawn(move || self.run_one_pod(context, job, indexed.then_some(index), dns))
+                })
+                .collect();
+            runs.into_iter().all(|run| run.join().unwrap())
+        })
+    }
+
+    /// Runs one pod: init containers in order, then the main container, each as a real
+    /// process with the environment the pod spec gives it (`valueFrom` the completion
+    /// index resolved as the API server does, names resolved by [`ClusterDns`]).
+    /// Cairn's containers run the real binary; others run their command with the
+    /// image's `bin/` (from `images/`) first on PATH. Returns whether every step
+    /// succeeded.
+    fn run_one_pod(
+        &self,
+        context: &str,
+        job: &Value,
+        index: Option<u64>,
+        dns: &ClusterDns,
+    ) -> bool {
         let name = job["metadata"]["name"].as_str().unwrap();
         let pod = &job["spec"]["template"]["spec"];
-        let root = self.work.join(context).join(name);
+        let pod_name = match index {
+            Some(i) => format!("{name}-{i}"),
+            None => name.to_string(),
+        };
+        let root = self.work.join(context).join(&pod_name);
         let steps = pod["initContainers"]
             .as_array()
             .into_iter()
@@ -253,66 +297,161 @@ impl<'a> Kubelet<'a> {
             .chain(pod["containers"].as_array().into_iter().flatten());
         for container in steps {
             let step = container["name"].as_str().unwrap_or("?");
-            let env: Vec<(String, String)> = container["env"]
+            let mut env: Vec<(String, String)> = container["env"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|e| {
-                    (
-                        e["name"].as_str().unwrap().to_string(),
-                        local(&root, e["value"].as_str().unwrap_or("")),
-                    )
+                    let value = match (&e["valueFrom"], index) {
+                        (Value::Null, _) => e["value"].as_str().unwrap_or("").to_string(),
+                        (from, Some(i))
+                            if from["fieldRef"]["fieldPath"]
+                                == "metadata.annotations['batch.kubernetes.io/job-completion-index']" =>
+                        {
+                            i.to_string()
+                        }
+                        (from, _) => panic!("{pod_name}/{step}: cannot resolve {from}"),
+                    };
+                    (e["name"].as_str().unwrap().to_string(), dns.resolve(&local(&root, &value)))
                 })
                 .collect();
+            if let Some(i) = index {
+                // The Job controller sets it in every container of an Indexed Job's pod.
+                env.push(("JOB_COMPLETION_INDEX".into(), i.to_string()));
+            }
             let command: Vec<String> = container["command"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|a| local(&root, a.as_str().unwrap()))
                 .collect();
-            if command.first().map(String::as_str) == Some("cairn") {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-                cmd.args(&command[1..])
-                    .envs(env.iter().cloned())
-                    .env("NO_COLOR", "1")
-                    .stdin(Stdio::null());
-                aws_credentials(&mut cmd, SECRET_KEY);
-                let out = cmd.output().unwrap();
-                self.note(format!(
-                    "{context}: {name}/{step}: {:?} exit {:?}\n{}{}",
-                    command,
-                    out.status.code(),
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-                if !out.status.success() {
-                    return false;
-                }
+            let Some(program) = command.first() else {
+                self.note(format!("{context}: {pod_name}/{step}: no command"));
+                return false;
+            };
+            let mut cmd = if program == "cairn" {
+                Command::new(env!("CARGO_BIN_EXE_cairn"))
             } else {
-                // The trainer's image: read what the fetch steps put in the inputs, write
-                // a model and its metrics into each output folder.
-                let inputs = root.join("inputs");
-                let files = count_files(&inputs);
-                self.note(format!("{context}: {name}/{step}: {files} input files"));
-                if files == 0 {
+                let image = container["image"].as_str().unwrap_or("");
+                let Some(bin) = image_bin(image) else {
+                    self.note(format!("{context}: {pod_name}/{step}: image {image} is not in tests/imaging/images"));
                     return false;
+                };
+                let path = format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                );
+                let program = bin.join(program);
+                let mut cmd = Command::new(if program.exists() {
+                    program
+                } else {
+                    PathBuf::from(&command[0])
+                });
+                cmd.env("PATH", path);
+                cmd
+            };
+            // The job writes its outputs into folders of the pod's volume.
+            for (key, dir) in &env {
+                if key.starts_with("CAIRN_OUTPUT_") {
+                    std::fs::create_dir_all(dir).unwrap();
                 }
-                for (key, dir) in &env {
-                    if key.starts_with("CAIRN_OUTPUT_") {
-                        std::fs::create_dir_all(dir).unwrap();
-                        std::fs::write(
-                            Path::new(dir).join("model.onnx"),
-                            format!("onnx model trained on {files} files"),
-                        )
-                        .unwrap();
-                        std::fs::write(Path::new(dir).join("metrics.json"), r#"{"auc": 0.91}"#)
-                            .unwrap();
-                    }
-                }
+            }
+            std::fs::create_dir_all(&root).unwrap();
+            cmd.args(&command[1..])
+                .envs(env.iter().cloned())
+                .env("NO_COLOR", "1")
+                .current_dir(&root)
+                .stdin(Stdio::null());
+            aws_credentials(&mut cmd, SECRET_KEY);
+            let out = cmd.output().unwrap();
+            self.note(format!(
+                "{context}: {pod_name}/{step}: {:?} exit {:?}\n{}{}",
+                command,
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            if !out.status.success() {
+                return false;
             }
         }
         true
     }
+}
+
+/// The cluster's DNS for one Job's pods, as CoreDNS answers it: pod `<job>-<index>`
+/// with `subdomain: S` is `<job>-<index>.S` (also `.<ns>.svc.cluster.local`) only when
+/// a headless Service named S in its namespace selects it, and, before the pods are
+/// ready (a rendezvous happens before), only with `publishNotReadyAddresses`. Each pod
+/// gets its own loopback address, as each pod has its own IP.
+struct ClusterDns {
+    records: Vec<(String, String)>,
+}
+
+impl ClusterDns {
+    fn of(server: &KubeServer, job: &Value, pods: u64) -> ClusterDns {
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let subnet = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let ns = job["metadata"]["namespace"].as_str().unwrap();
+        let template = &job["spec"]["template"];
+        let Some(subdomain) = template["spec"]["subdomain"].as_str() else {
+            return ClusterDns {
+                records: Vec::new(),
+            };
+        };
+        let labels = template["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let published = server.objects().into_iter().any(|o| {
+            o["kind"] == "Service"
+                && o["metadata"]["namespace"] == ns
+                && o["metadata"]["name"] == subdomain
+                && o["spec"]["clusterIP"] == "None"
+                && o["spec"]["publishNotReadyAddresses"] == true
+                && o["spec"]["selector"]
+                    .as_object()
+                    .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        if !published {
+            return ClusterDns {
+                records: Vec::new(),
+            };
+        }
+        let records = (0..pods)
+            .flat_map(|i| {
+                let ip = format!("127.1.{subnet}.{}", i + 1);
+                let host = format!("{name}-{i}.{subdomain}");
+                [
+                    (format!("{host}.{ns}.svc.cluster.local"), ip.clone()),
+                    (format!("{host}.{ns}.svc"), ip.clone()),
+                    (host, ip),
+                ]
+            })
+            .collect();
+        ClusterDns { records }
+    }
+
+    /// A value that is a pod's DNS name, as the address it resolves to.
+    fn resolve(&self, value: &str) -> String {
+        self.records
+            .iter()
+            .find(|(name, _)| name == value)
+            .map_or_else(|| value.to_string(), |(_, ip)| ip.clone())
+    }
+}
+
+/// The `bin/` folder standing for an image (by its repository's last path segment)
+/// under tests/imaging/images.
+fn image_bin(image: &str) -> Option<PathBuf> {
+    let repository = image.rsplit('/').next()?.split(':').next()?;
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/imaging/images")
+        .join(repository)
+        .join("bin");
+    bin.is_dir().then_some(bin)
 }
 
 /// A merge patch by another field manager, as `kubectl edit` sends it.
@@ -337,22 +476,6 @@ fn local(root: &Path, text: &str) -> String {
         // `model.x@v=/cairn/outputs/model`
         None => text.replace("=/cairn/", &format!("={}/", root.display())),
     }
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            if e.file_type().unwrap().is_dir() {
-                count_files(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 /// Runs `body` while a kubelet plays the nodes.
@@ -448,6 +571,10 @@ fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
             .unwrap()
             .starts_with("dataset.chest-xrays@"));
         assert_eq!(record["metrics"]["auc"], 0.91);
+        // Both pods of the 2-instance job rendezvoused at instance 0 (through the
+        // headless Service) before it wrote the model.
+        assert_eq!(record["metrics"]["nodes"], 2, "{}", kubelet_log(kubelet));
+        assert_eq!(record["metrics"]["ranks_joined"], json!([0, 1]));
 
         // The Deployment fetches that version; the route sends it everything.
         let fetch =

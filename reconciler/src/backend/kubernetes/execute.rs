@@ -51,9 +51,18 @@ impl KubeCompute {
                 .iter()
                 .partition(|o| o.action == Action::Delete);
             // Deployments first, then what routes traffic to them once they are ready.
-            let (workloads, rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
+            let (workloads, mut rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
                 .into_iter()
                 .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
+            // A run's headless Service is how its pods find each other: it exists
+            // before the Job's pods start.
+            if change.kind == Kind::Job {
+                applied += self
+                    .apply_batch(cx, change, kube, &rest)
+                    .await
+                    .map_err(ChangeError::Failed)?;
+                rest.clear();
+            }
             applied += self
                 .apply_batch(cx, change, kube, &workloads)
                 .await

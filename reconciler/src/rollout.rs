@@ -12,7 +12,9 @@
 //!
 //! Gates only judge traffic seen during the step (counter deltas), and only once at least
 //! [`RolloutPolicy::min_requests`] requests arrived, so an idle endpoint doesn't fail on
-//! one unlucky request and a busy one fails fast.
+//! one unlucky request and a busy one fails fast. They fail closed: a gated step that
+//! ends with fewer requests than that fails ("no traffic to judge"), rather than
+//! promoting a version nothing has tried.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -485,6 +487,19 @@ async fn watch_step(
             }
         }
         if began.elapsed() >= policy.step_wait {
+            // Gates fail closed: a step nothing reached proves nothing about the version
+            // (a route the gateway never accepted looks exactly like this).
+            let gated = policy.max_error_rate.is_some() || policy.max_p99_ms.is_some();
+            if gated && requests < policy.min_requests {
+                let names: Vec<&str> = gaining.iter().map(|d| d.as_str()).collect();
+                return Ok(Err(format!(
+                    "no traffic to judge: {} reached {} during the step, and the gates need {}; \
+                     send requests during the rollout, and check that the route was accepted",
+                    crate::plan::plural(requests as usize, "request"),
+                    names.join(", "),
+                    policy.min_requests
+                )));
+            }
             return Ok(Ok((requests, rate, worst_p99)));
         }
     }
@@ -743,6 +758,63 @@ mod tests {
             other => panic!("expected a rollback, got {other:?}"),
         }
         assert_eq!(sim.history.lock().unwrap().last(), Some(&from));
+    }
+
+    /// A route nothing reaches (say, one the gateway never accepted): the weights are
+    /// set, but no request ever arrives.
+    struct Unreached(Sim);
+
+    #[async_trait]
+    impl Traffic for Unreached {
+        async fn set_weights(&self, weights: &Weights) -> Result<(), TrafficError> {
+            self.0.set_weights(weights).await
+        }
+        async fn ready(&self, deployment: &str) -> Result<bool, TrafficError> {
+            self.0.ready(deployment).await
+        }
+        async fn set_mirror(&self, mirror: Option<(&str, u32)>) -> Result<(), TrafficError> {
+            self.0.set_mirror(mirror).await
+        }
+        async fn stats(&self, _deployment: &str) -> Result<Stats, TrafficError> {
+            Ok(Stats::default())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_without_traffic_fails_closed() {
+        let traffic = Unreached(Sim::new(&[]));
+        let from = w(&[("blue", 100)]);
+        let to = w(&[("blue", 0), ("green", 100)]);
+        let halting = RolloutPolicy {
+            auto_rollback: false,
+            ..policy()
+        };
+        match run(&traffic, &from, &to, &halting, &|_| {}).await.unwrap() {
+            Outcome::Halted { step, reason, .. } => {
+                assert_eq!(step, 10);
+                assert_eq!(
+                    reason,
+                    "no traffic to judge: 0 requests reached green during the step, and the \
+                     gates need 20; send requests during the rollout, and check that the \
+                     route was accepted"
+                );
+            }
+            other => panic!("expected a halt, got {other:?}"),
+        }
+        // With rollback, the old weights come back: the endpoint keeps its old revision.
+        let outcome = run(&traffic, &from, &to, &policy(), &|_| {}).await.unwrap();
+        assert!(
+            matches!(&outcome, Outcome::RolledBack { weights, .. } if *weights == from),
+            "{outcome:?}"
+        );
+        // Without gates there is nothing to judge, and nothing to fail.
+        let ungated = RolloutPolicy {
+            max_error_rate: None,
+            max_p99_ms: None,
+            ..policy()
+        };
+        let outcome = run(&traffic, &from, &to, &ungated, &|_| {}).await.unwrap();
+        assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -219,6 +219,45 @@ impl<'a> KubeTraffic<'a> {
     }
 }
 
+/// Why a route's gateway refused it, from its `status.parents`: a parent whose
+/// `Accepted` or `ResolvedRefs` condition is false for the route's current generation.
+/// None while no gateway has written status, or when every parent accepted it.
+pub fn route_refusal(route: &Value) -> Option<String> {
+    let generation = route
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
+    let parents = route.pointer("/status/parents")?.as_array()?;
+    parents.iter().find_map(|parent| {
+        let gateway = parent
+            .pointer("/parentRef/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        parent
+            .get("conditions")?
+            .as_array()?
+            .iter()
+            .filter(|c| {
+                let observed = c.get("observedGeneration").and_then(Value::as_i64);
+                observed.is_none() || generation.is_none() || observed >= generation
+            })
+            .find(|c| {
+                matches!(
+                    c.get("type").and_then(Value::as_str),
+                    Some("Accepted" | "ResolvedRefs")
+                ) && c.get("status").and_then(Value::as_str) == Some("False")
+            })
+            .map(|c| {
+                let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default();
+                format!(
+                    "gateway `{gateway}`: {} is False ({}: {})",
+                    text("type"),
+                    text("reason"),
+                    text("message")
+                )
+            })
+    })
+}
+
 /// A Service's pod selector (empty when it has none).
 pub fn selector_of(service: &Value) -> BTreeMap<String, String> {
     service
@@ -246,8 +285,25 @@ impl Traffic for KubeTraffic<'_> {
         let object = self
             .object_with(weights, mirror.as_ref())
             .map_err(TrafficError::Refused)?;
+        let (kind, api_version) = (object.kind.clone(), object.api_version.clone());
         self.put(object).await.map_err(TrafficError::Refused)?;
         *self.weights.lock().expect("weights lock") = weights.clone();
+        if kind == "HTTPRoute" {
+            // A route its gateway refused carries no traffic: say why now, rather
+            // than after a step that saw nothing.
+            let key = self.route.key("HTTPRoute", &self.route.object.name);
+            let live = self.target.get(&key, &api_version).await.map_err(|e| {
+                TrafficError::Unavailable(format!(
+                    "reading {key}: {}",
+                    crate::diagnostics::error_chain(&e)
+                ))
+            })?;
+            if let Some(refusal) = live.as_ref().and_then(route_refusal) {
+                return Err(TrafficError::Refused(format!(
+                    "the gateway did not accept {key}: {refusal}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -386,6 +442,29 @@ cairn_request_duration_seconds_bucket{le=\"+Inf\"} 100
 cairn_request_duration_seconds_sum 2.5
 cairn_request_duration_seconds_count 100
 ";
+
+    #[test]
+    fn a_refused_route_says_which_gateway_and_why() {
+        let route = serde_json::json!({
+            "metadata": {"generation": 3},
+            "status": {"parents": [{
+                "parentRef": {"name": "radiology-gw"},
+                "conditions": [
+                    {"type": "Accepted", "status": "False", "observedGeneration": 3,
+                     "reason": "NotAllowedByListeners", "message": "no listener allows this namespace"},
+                ],
+            }]},
+        });
+        assert_eq!(
+            route_refusal(&route).as_deref(),
+            Some("gateway `radiology-gw`: Accepted is False (NotAllowedByListeners: no listener allows this namespace)")
+        );
+        // Status about an older generation says nothing about this one.
+        let mut stale = route.clone();
+        stale["metadata"]["generation"] = 4.into();
+        assert_eq!(route_refusal(&stale), None);
+        assert_eq!(route_refusal(&serde_json::json!({"metadata": {}})), None);
+    }
 
     #[test]
     fn reads_cairn_serve_metrics() {

@@ -153,8 +153,9 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
                 Some("use `--device auto` or `--device cpu` to train on the CPU".to_string())
             }
             Error::Group(_) => Some(
-                "every rank must run the same `cairn train` with the same `WORLD_SIZE`, \
-                 `MASTER_ADDR` and `MASTER_PORT`; a rank that failed first has its own log"
+                "every rank runs the same `cairn train` with the same `WORLD_SIZE`, \
+                 `MASTER_ADDR` and `MASTER_PORT`, and reaches rank 0 within \
+                 `--rendezvous-timeout`; a rank that failed first says why in its own output"
                     .to_string(),
             ),
             _ => None,

@@ -116,12 +116,7 @@ impl LocalCompute {
                         .collect(),
                     env,
                     outputs: outputs_dir,
-                    gpus: gpu_ids
-                        .iter()
-                        .skip(rank * gpus)
-                        .take(gpus)
-                        .copied()
-                        .collect(),
+                    gpus: rank_gpus(&gpu_ids, rank, gpus),
                 }
             })
             .collect();
@@ -373,6 +368,15 @@ fn rank_dir(work: &Path, rank: usize) -> PathBuf {
     }
 }
 
+/// The GPUs rank `rank` sees: the `rank`-th slice of `per_rank` ids.
+fn rank_gpus(ids: &[u32], rank: usize, per_rank: usize) -> Vec<u32> {
+    ids.iter()
+        .skip(rank * per_rank)
+        .take(per_rank)
+        .copied()
+        .collect()
+}
+
 /// A rank's log file in the run folder; a single-instance job keeps `attempt-A.log`.
 fn log_name(attempt: u32, rank: usize, instances: usize) -> String {
     if instances == 1 {
@@ -429,5 +433,35 @@ async fn remove_leftover_runs(work: &Path) {
         if !job_group::running(&path) {
             remove_run_folder(&path).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_gets_its_own_slice_of_the_gpus() {
+        let ids = [0, 1, 2, 3, 4, 5];
+        assert_eq!(rank_gpus(&ids, 0, 2), [0, 1]);
+        assert_eq!(rank_gpus(&ids, 2, 2), [4, 5]);
+        assert_eq!(rank_gpus(&ids, 1, 3), [3, 4, 5]);
+        assert!(rank_gpus(&ids, 1, 0).is_empty());
+    }
+
+    #[test]
+    fn a_single_instance_keeps_its_log_name() {
+        assert_eq!(log_name(2, 0, 1), "attempt-2.log");
+        assert_eq!(log_name(2, 1, 3), "attempt-2.rank-1.log");
+        assert_eq!(
+            log_key("train", "abc", 1, 0, 1),
+            "runs/train/abc/attempt-1.log"
+        );
+        assert_eq!(
+            log_key("train", "abc", 1, 2, 3),
+            "runs/train/abc/attempt-1.rank-2.log"
+        );
+        assert_eq!(rank_dir(Path::new("/w"), 0), Path::new("/w"));
+        assert_eq!(rank_dir(Path::new("/w"), 2), Path::new("/w/ranks/rank-2"));
     }
 }

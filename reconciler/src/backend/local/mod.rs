@@ -427,3 +427,83 @@ fn kill_group(pgid: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(dir: &Path, scripts: &[&str], timeout: Option<Duration>) -> Launch {
+        Launch {
+            ranks: scripts
+                .iter()
+                .enumerate()
+                .map(|(rank, script)| RankLaunch {
+                    command: vec!["sh".into(), "-c".into(), script.to_string()],
+                    env: BTreeMap::from([("RANK".to_string(), rank.to_string())]),
+                    log: dir.join(format!("rank-{rank}.log")),
+                    gpus: vec![rank as u32],
+                })
+                .collect(),
+            workdir: dir.to_path_buf(),
+            timeout,
+            base_env: ChildEnv::allowed(std::env::vars_os()),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_rank_runs_with_its_own_env_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"$RANK $CUDA_VISIBLE_DEVICES\"";
+        let launch = launch(dir.path(), &[script, script, script], None);
+        let exit = LocalMachine::default().run(&launch).await.unwrap();
+        assert!(exit.success(), "{exit:?}");
+        for rank in 0..3 {
+            let log = std::fs::read_to_string(&launch.ranks[rank].log).unwrap();
+            assert_eq!(log, format!("{rank} {rank}\n"));
+        }
+        assert!(!dir.path().join(job_group::RECORD).exists());
+    }
+
+    /// Rank 1 fails while rank 0 would sleep for a minute: the group stops at once and
+    /// the exit names rank 1; rank 0's sleep (a grandchild) is gone too.
+    #[tokio::test]
+    async fn the_first_failing_rank_stops_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("sleeper.pid");
+        let rank0 = format!("sleep 60 & echo $! > {}; wait", pid.display());
+        let launch = launch(
+            dir.path(),
+            &[&rank0, "sleep 0.3; echo no >&2; exit 3", "sleep 60"],
+            None,
+        );
+        let machine = LocalMachine::default();
+        let exit = machine.run(&launch).await.unwrap();
+        assert_eq!((exit.rank, exit.code, exit.timed_out), (1, Some(3), false));
+        assert!(exit.duration < Duration::from_secs(10), "{exit:?}");
+        assert_eq!(machine.logs(&launch, 1, 5).await, "no");
+        let sleeper: i32 = std::fs::read_to_string(&pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, or a zombie waiting for init to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "rank 0's child outlived the group: {stat}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_acts_on_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = launch(
+            dir.path(),
+            &["true", "sleep 60"],
+            Some(Duration::from_millis(500)),
+        );
+        let exit = LocalMachine::default().run(&launch).await.unwrap();
+        assert!(exit.timed_out, "{exit:?}");
+        assert!(exit.duration < Duration::from_secs(10), "{exit:?}");
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! - `flow`: plan → apply → no changes; the data → retrain → new model chain; saved plans.
 //! - `failures`: failing, retried and timed-out jobs.
+//! - `distributed`: jobs with `instances = N`: N ranks that meet, fail and retry together.
 //! - `locking`: concurrent applies, `unlock`, `history`.
 //! - `crash`: `kill -9` during a run or an upload, then convergence.
 //! - `s3`: the same flow on an S3 store (a real S3 server on loopback).
@@ -16,6 +17,7 @@ mod support;
 mod s3_server;
 
 mod crash;
+mod distributed;
 mod failures;
 mod flow;
 mod locking;

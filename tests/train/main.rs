@@ -5,8 +5,12 @@
 //! Which tests check what depends on the machine: without a usable GPU, `--device cuda`
 //! must be a clear error and `auto` must train on the CPU; with one, the GPU's numbers
 //! must match the CPU's. Each test says on stderr which case it checked.
+//!
+//! `distributed`: data-parallel training, several `cairn train` processes under the
+//! distributed-training contract's variables.
 
 mod device;
+mod distributed;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,17 @@
 //! `cairn train`: the reference trainer. Reads a folder of CSV files, fits a logistic
 //! regression, writes `model.safetensors` and `metrics.json`. The example workspace's job
 //! runs it.
+//!
+//! Data-parallel: when its environment holds the distributed-training contract with
+//! `WORLD_SIZE` > 1 (`RANK`, `MASTER_ADDR`, `MASTER_PORT`, as a target sets them for a job
+//! with `instances` > 1), this process trains as that rank of the group and only rank 0
+//! writes the files (see `cairn::workload::train`). This file reads those variables; the
+//! library reads none.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use cairn::workload::{train, Device, Error, TrainOptions};
+use cairn::workload::{train, Device, Error, GroupOptions, TrainOptions};
 
 use super::{CommandError, ErrorKind, Format, Outcome, Output};
 
@@ -46,6 +53,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
 
+    /// With `WORLD_SIZE` > 1: how long the ranks may take to find each other, and how
+    /// long one rank waits for the others during an epoch before it gives up.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    rendezvous_timeout: cairn::manifest::Duration,
+
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -67,7 +79,62 @@ impl From<DeviceArg> for Device {
     }
 }
 
+/// The data-parallel group the contract's variables describe, or `None` for one process
+/// (`WORLD_SIZE` unset or 1).
+fn group_from_env(timeout: Duration) -> Result<Option<GroupOptions>, CommandError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let number = |name: &str, text: String| {
+        text.trim().parse::<u32>().map_err(|_| {
+            CommandError::new(
+                ErrorKind::User,
+                format!("`{name}` is `{text}`, not a whole number"),
+            )
+            .hint_opt(Some(
+                "the distributed-training contract sets it; unset `WORLD_SIZE` to train in \
+                 one process"
+                    .into(),
+            ))
+        })
+    };
+    let Some(world) = var("WORLD_SIZE") else {
+        return Ok(None);
+    };
+    let world_size = number("WORLD_SIZE", world)?;
+    if world_size <= 1 {
+        return Ok(None);
+    }
+    let missing = |name: &str| {
+        CommandError::new(
+            ErrorKind::User,
+            format!("`WORLD_SIZE` is {world_size} but `{name}` is not set"),
+        )
+        .hint_opt(Some(
+            "set `RANK`, `MASTER_ADDR` and `MASTER_PORT` too, or unset `WORLD_SIZE` to train \
+             in one process"
+                .into(),
+        ))
+    };
+    let rank = number("RANK", var("RANK").ok_or_else(|| missing("RANK"))?)?;
+    let master_addr = var("MASTER_ADDR").ok_or_else(|| missing("MASTER_ADDR"))?;
+    let port = var("MASTER_PORT").ok_or_else(|| missing("MASTER_PORT"))?;
+    let master_port = port.trim().parse::<u16>().map_err(|_| {
+        CommandError::new(
+            ErrorKind::User,
+            format!("`MASTER_PORT` is `{port}`, not a port number"),
+        )
+    })?;
+    Ok(Some(GroupOptions {
+        world_size,
+        rank,
+        master_addr,
+        master_port,
+        timeout,
+    }))
+}
+
 pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
+    let group = group_from_env(args.rendezvous_timeout.as_std())?;
+    let rank = group.as_ref().map(|g| g.rank);
     let options = TrainOptions {
         data: args.data,
         out: args.out,
@@ -78,12 +145,41 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
         holdout: args.holdout,
         seed: args.seed,
         device: args.device.into(),
+        group,
     };
     let report = train(&options).map_err(|e| {
-        let hint = matches!(e, Error::GpuUnavailable { .. })
-            .then(|| "use `--device auto` or `--device cpu` to train on the CPU".to_string());
-        CommandError::from_error(ErrorKind::User, &e).hint_opt(hint)
+        let hint = match &e {
+            Error::GpuUnavailable { .. } => {
+                Some("use `--device auto` or `--device cpu` to train on the CPU".to_string())
+            }
+            Error::Group(_) => Some(
+                "every rank runs the same `cairn train` with the same `WORLD_SIZE`, \
+                 `MASTER_ADDR` and `MASTER_PORT`, and reaches rank 0 within \
+                 `--rendezvous-timeout`; a rank that failed first says why in its own output"
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        let kind = match e {
+            Error::Group(_) => ErrorKind::Target,
+            _ => ErrorKind::User,
+        };
+        CommandError::from_error(kind, &e).hint_opt(hint)
     })?;
+    if let Some(rank) = rank.filter(|r| *r != 0) {
+        if args.format == Format::Json {
+            println!(
+                "{}",
+                serde_json::json!({ "rank": rank, "world_size": report.world_size })
+            );
+        } else {
+            println!(
+                "Rank {rank} of {} trained its shard; rank 0 writes the model.",
+                report.world_size
+            );
+        }
+        return Ok(Outcome::Success);
+    }
     if args.format == Format::Json {
         println!(
             "{}",
@@ -94,13 +190,18 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
     let m = &report.metrics;
     println!(
         "Trained a logistic regression on {} rows ({} train, {} test), {} features, label `{}`, \
-         on {}.",
+         on {}{}.",
         report.rows,
         report.train_rows,
         report.test_rows,
         report.features.len(),
         report.label,
-        report.device
+        report.device,
+        if report.world_size > 1 {
+            format!(" in {} processes", report.world_size)
+        } else {
+            String::new()
+        }
     );
     if !report.skipped_columns.is_empty() {
         println!(

@@ -9,6 +9,9 @@
 //!   → model (write `model.safetensors`; read it back and predict)
 //! ```
 //!
+//! With several processes (a data-parallel group, [`TrainOptions::group`]), each epoch's
+//! gradient is summed across them by [`allreduce`] (TCP, rank 0 in the middle).
+//!
 //! [`train`] writes two files into [`TrainOptions::out`]: [`MODEL_FILE`] (the weights and
 //! the standardization, see [`Model`]) and [`METRICS_FILE`] (the [`TrainReport`] as pretty
 //! JSON, metrics at the top level).
@@ -25,6 +28,7 @@
 //! Caveats: the whole table is held in memory (it is meant for example-sized data), and a
 //! column with a single non-numeric or empty cell is skipped as a feature, not imputed.
 
+pub mod allreduce;
 mod data;
 mod model;
 pub mod model_server;
@@ -32,6 +36,7 @@ mod train;
 
 use std::path::PathBuf;
 
+pub use allreduce::GroupOptions;
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
 pub use model_server::{bind, serve, ServeOptions, Server};
 pub use train::{train, Device, Metrics, TrainOptions, TrainReport, METRICS_FILE};
@@ -141,6 +146,8 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("data-parallel training failed")]
+    Group(#[from] allreduce::Error),
     #[error("cannot create the output folder `{}`", path.display())]
     CreateOut {
         path: PathBuf,

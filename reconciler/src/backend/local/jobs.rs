@@ -2,6 +2,17 @@
 //! its command run with retries and a timeout as a process group
 //! ([`super::LocalMachine`]), its outputs stored as model versions with lineage, and the
 //! run recorded with its logs and metrics.
+//!
+//! A job with `instances = N` runs its command N times at once, as ranks 0 to N−1 of the
+//! distributed-training contract ([`Distribution`]): `MASTER_ADDR=127.0.0.1`, a
+//! `MASTER_PORT` found free for each attempt, and the job's `gpus` per rank through
+//! `CUDA_VISIBLE_DEVICES` (rank `r` gets the `r`-th `gpus` of the machine's GPUs). The
+//! contract's variables are set over the job's declared `env`, as the `CAIRN_*` ones
+//! are. Each rank writes its own log (`attempt-A.rank-R.log`; a single-instance job keeps
+//! `attempt-A.log`). Only rank 0's outputs are stored: the other ranks' `{{ outputs.x }}`
+//! and `CAIRN_OUTPUT_*` name scratch folders of their own (`ranks/rank-R/outputs/x`), so
+//! they cannot overwrite rank 0's. One rank failing stops the group and fails the
+//! attempt, naming the rank; the timeout and `retries` act on the whole group.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +21,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::compute::LocalCompute;
-use super::{job_group, Exit, JobRunner as _, Launch};
+use super::{job_group, Exit, JobRunner as _, Launch, RankLaunch};
 use crate::address::Kind;
 use crate::artifacts;
+use crate::backend::distribution::Distribution;
 use crate::backend::job::{env_name, expand, PlannedJob};
 use crate::backend::store::{now_rfc3339, RunRecord, RunStatus, Store};
 use crate::backend::target::{ApplyContext, ChangeError};
@@ -54,6 +66,10 @@ impl LocalCompute {
             serde_json::from_value(after.get("env").cloned().unwrap_or_default())
                 .unwrap_or_default();
         let gpus = after.get("gpus").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let instances = after
+            .get("instances")
+            .and_then(Value::as_u64)
+            .map_or(1, |n| n.max(1)) as usize;
 
         // Inputs: each version's files, fetched into the run's folder.
         let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -69,27 +85,40 @@ impl LocalCompute {
             );
             paths.insert(format!("inputs.{name}"), dest);
         }
-        for name in outputs.keys() {
-            let dest = work.join("outputs").join(name);
-            env_vars.insert(
-                format!("CAIRN_OUTPUT_{}", env_name(name)),
-                dest.display().to_string(),
-            );
-            paths.insert(format!("outputs.{name}"), dest);
-        }
         env_vars.insert("CAIRN_RUN_ID".into(), run_id.clone());
         env_vars.insert("CAIRN_JOB".into(), change.address.clone());
-        let command: Vec<String> = command
-            .iter()
-            .map(|arg| expand(arg, &paths, &run_id))
-            .collect();
         let gpu_ids: Vec<u32> = self
             .machine
             .observe()
             .gpus
             .iter()
-            .take(gpus)
+            .take(gpus * instances)
             .map(|g| g.index)
+            .collect();
+        // Each rank's outputs folder, and its command and variables naming them.
+        let ranks: Vec<Rank> = (0..instances)
+            .map(|rank| {
+                let outputs_dir = rank_dir(&work, rank).join("outputs");
+                let mut paths = paths.clone();
+                let mut env = env_vars.clone();
+                for name in outputs.keys() {
+                    let dest = outputs_dir.join(name);
+                    env.insert(
+                        format!("CAIRN_OUTPUT_{}", env_name(name)),
+                        dest.display().to_string(),
+                    );
+                    paths.insert(format!("outputs.{name}"), dest);
+                }
+                Rank {
+                    command: command
+                        .iter()
+                        .map(|arg| expand(arg, &paths, &run_id))
+                        .collect(),
+                    env,
+                    outputs: outputs_dir,
+                    gpus: rank_gpus(&gpu_ids, rank, gpus),
+                }
+            })
             .collect();
 
         let started_at = now_rfc3339();
@@ -98,35 +127,60 @@ impl LocalCompute {
         let mut last: Option<Exit> = None;
         let mut spawn_error = None;
         let mut last_launch: Option<Launch> = None;
+        let mut attempts_made = 0;
         let attempts = retries + 1;
         for attempt in 1..=attempts {
+            attempts_made = attempt;
             if attempt > 1 {
                 cx.events
                     .note(&change.address, &format!("attempt {attempt} of {attempts}"));
             }
-            for name in outputs.keys() {
-                let dir = work.join("outputs").join(name);
-                let _ = std::fs::remove_dir_all(&dir);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    ChangeError::Target(format!("cannot create {}: {e}", dir.display()))
-                })?;
+            for rank in &ranks {
+                for name in outputs.keys() {
+                    let dir = rank.outputs.join(name);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        ChangeError::Target(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
             }
-            let log = work.join(format!("attempt-{attempt}.log"));
+            // A port found free now; the group's ranks meet on it for this attempt.
+            let distribution =
+                Distribution::new(instances as u32, gpus as u32, "127.0.0.1", free_port()?);
             let launch = Launch {
-                command: command.clone(),
-                env: env_vars.clone(),
+                ranks: ranks
+                    .iter()
+                    .enumerate()
+                    .map(|(r, rank)| {
+                        let mut env = rank.env.clone();
+                        env.extend(
+                            distribution
+                                .env(r as u32)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), v)),
+                        );
+                        RankLaunch {
+                            command: rank.command.clone(),
+                            env,
+                            log: work.join(log_name(attempt, r, instances)),
+                            gpus: rank.gpus.clone(),
+                        }
+                    })
+                    .collect(),
                 workdir: work.clone(),
-                log: log.clone(),
                 timeout,
-                gpus: gpu_ids.clone(),
                 base_env: self.child_env.clone(),
             };
             let result = self.machine.run(&launch).await;
-            last_launch = Some(launch.clone());
-            let key = Store::run_log_key(&job, &run_id, attempt);
-            if log.exists() && store.objects().put_file(&key, &log).await.is_ok() {
-                logs.push(key);
+            for (r, process) in launch.ranks.iter().enumerate() {
+                let key = log_key(&job, &run_id, attempt, r, instances);
+                if process.log.exists()
+                    && store.objects().put_file(&key, &process.log).await.is_ok()
+                {
+                    logs.push(key);
+                }
             }
+            last_launch = Some(launch);
             match result {
                 Ok(exit) => {
                     let ok = exit.success();
@@ -144,7 +198,7 @@ impl LocalCompute {
         let finished_at = now_rfc3339();
         let duration_ms = t.elapsed().as_millis() as u64;
         let succeeded = last.as_ref().is_some_and(Exit::success);
-        let attempts_made = logs.len().max(1) as u32;
+        let attempts_made = attempts_made.max(1);
         // From the first output folder that has a `metrics.json`, else the run's folder.
         let folders: Vec<PathBuf> = outputs
             .keys()
@@ -188,12 +242,20 @@ impl LocalCompute {
             }
         } else if error.is_none() {
             let exit = last.as_ref();
+            // The failing rank's log: the one that says why.
+            let rank = exit.map_or(0, |e| e.rank);
             let tail = match &last_launch {
-                Some(launch) => match self.machine.logs(launch, 5).await {
+                Some(launch) => match self.machine.logs(launch, rank, 5).await {
                     t if t.is_empty() => String::new(),
+                    t if instances > 1 => format!("; last lines of its log:\n{t}"),
                     t => format!("; last lines of the log:\n{t}"),
                 },
                 None => String::new(),
+            };
+            let who = if instances > 1 {
+                format!("rank {rank} of {instances} ")
+            } else {
+                String::new()
             };
             error = Some(match exit {
                 Some(e) if e.timed_out => format!(
@@ -201,9 +263,14 @@ impl LocalCompute {
                     humantime::format_duration(Duration::from_secs(e.duration.as_secs()))
                 ),
                 Some(e) => format!(
-                    "exited with code {} (attempt {attempts_made} of {attempts}){tail}",
+                    "{who}exited with code {} (attempt {attempts_made} of {attempts}){}{tail}",
                     e.code
-                        .map_or("none (killed by a signal)".into(), |c| c.to_string())
+                        .map_or("none (killed by a signal)".into(), |c| c.to_string()),
+                    if instances > 1 {
+                        "; the other ranks were stopped"
+                    } else {
+                        ""
+                    }
                 ),
                 None => "did not run".into(),
             });
@@ -282,6 +349,66 @@ impl LocalCompute {
     }
 }
 
+/// One rank's part of a job's launch, the same for every attempt.
+struct Rank {
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    /// The folder holding its outputs' folders.
+    outputs: PathBuf,
+    gpus: Vec<u32>,
+}
+
+/// The folder a rank's outputs go under: the run's folder for rank 0 (whose outputs are
+/// stored), a scratch folder of its own for every other rank.
+fn rank_dir(work: &Path, rank: usize) -> PathBuf {
+    if rank == 0 {
+        work.to_path_buf()
+    } else {
+        work.join("ranks").join(format!("rank-{rank}"))
+    }
+}
+
+/// The GPUs rank `rank` sees: the `rank`-th slice of `per_rank` ids.
+fn rank_gpus(ids: &[u32], rank: usize, per_rank: usize) -> Vec<u32> {
+    ids.iter()
+        .skip(rank * per_rank)
+        .take(per_rank)
+        .copied()
+        .collect()
+}
+
+/// A rank's log file in the run folder; a single-instance job keeps `attempt-A.log`.
+fn log_name(attempt: u32, rank: usize, instances: usize) -> String {
+    if instances == 1 {
+        format!("attempt-{attempt}.log")
+    } else {
+        format!("attempt-{attempt}.rank-{rank}.log")
+    }
+}
+
+/// Where a rank's log of an attempt is stored: beside the run's other logs, under the
+/// same name as in the run folder.
+fn log_key(job: &str, run_id: &str, attempt: u32, rank: usize, instances: usize) -> String {
+    let single = Store::run_log_key(job, run_id, attempt);
+    match single.strip_suffix(".log") {
+        Some(stem) if instances > 1 => format!("{stem}.rank-{rank}.log"),
+        _ => single,
+    }
+}
+
+/// A TCP port on the loopback interface that nothing listens on now: asks the kernel for
+/// one and lets it go. Another process could take it before rank 0 listens; the window
+/// is the time it takes to start the ranks, and a rank that finds the port taken fails
+/// the attempt, which `retries` runs again with a new port.
+fn free_port() -> Result<u16, ChangeError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| {
+            ChangeError::Target(format!("cannot find a free port for the job's ranks: {e}"))
+        })
+}
+
 /// Removes a run's folder once its outputs and logs are stored.
 async fn remove_run_folder(work: &Path) {
     let work = work.to_path_buf();
@@ -306,5 +433,35 @@ async fn remove_leftover_runs(work: &Path) {
         if !job_group::running(&path) {
             remove_run_folder(&path).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_gets_its_own_slice_of_the_gpus() {
+        let ids = [0, 1, 2, 3, 4, 5];
+        assert_eq!(rank_gpus(&ids, 0, 2), [0, 1]);
+        assert_eq!(rank_gpus(&ids, 2, 2), [4, 5]);
+        assert_eq!(rank_gpus(&ids, 1, 3), [3, 4, 5]);
+        assert!(rank_gpus(&ids, 1, 0).is_empty());
+    }
+
+    #[test]
+    fn a_single_instance_keeps_its_log_name() {
+        assert_eq!(log_name(2, 0, 1), "attempt-2.log");
+        assert_eq!(log_name(2, 1, 3), "attempt-2.rank-1.log");
+        assert_eq!(
+            log_key("train", "abc", 1, 0, 1),
+            "runs/train/abc/attempt-1.log"
+        );
+        assert_eq!(
+            log_key("train", "abc", 1, 2, 3),
+            "runs/train/abc/attempt-1.rank-2.log"
+        );
+        assert_eq!(rank_dir(Path::new("/w"), 0), Path::new("/w"));
+        assert_eq!(rank_dir(Path::new("/w"), 2), Path::new("/w/ranks/rank-2"));
     }
 }

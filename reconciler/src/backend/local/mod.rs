@@ -2,6 +2,12 @@
 //! at run time so machines without CUDA work) and running job processes with a timeout,
 //! captured logs and `CUDA_VISIBLE_DEVICES`, in a clean environment ([`ChildEnv`]), as a
 //! process group that dies with the apply ([`job_group`]).
+//!
+//! An attempt is a group of processes, one per rank of the job's instances
+//! ([`Launch::ranks`]): all of them join one process group (rank 0 leads it), so one
+//! signal, one watchdog and one pid record cover every rank. The attempt succeeds when
+//! every rank exits 0; the first rank to fail (or the timeout) kills the whole group at
+//! once, and [`Exit::rank`] names the rank whose exit it reports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,27 +88,41 @@ pub enum Error {
     EmptyCommand,
 }
 
-/// A process to run for a job attempt.
+/// The processes of one job attempt: one per rank, run together in `workdir`.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    /// The processes, by rank (index 0 is rank 0); one for a single-instance job.
+    pub ranks: Vec<RankLaunch>,
+    pub workdir: PathBuf,
+    /// How long the whole group may run.
+    pub timeout: Option<Duration>,
+    /// The environment every process starts from (the allow-listed part of the
+    /// caller's); a rank's `env` and `CUDA_VISIBLE_DEVICES` are set on top. Nothing else
+    /// is inherited.
+    pub base_env: ChildEnv,
+}
+
+/// One rank's process of an attempt.
+#[derive(Debug, Clone)]
+pub struct RankLaunch {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub workdir: PathBuf,
+    /// Where its output (stdout and stderr) goes.
     pub log: PathBuf,
-    pub timeout: Option<Duration>,
     /// GPU indexes to expose; an empty list hides all GPUs.
     pub gpus: Vec<u32>,
-    /// The environment the process starts from (the allow-listed part of the caller's);
-    /// `env` and `CUDA_VISIBLE_DEVICES` are set on top. Nothing else is inherited.
-    pub base_env: ChildEnv,
 }
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
+    /// The exit code of [`Exit::rank`]; `None` when a signal ended it (or the timeout).
     pub code: Option<i32>,
     pub timed_out: bool,
     pub duration: Duration,
+    /// The rank this exit is about: the first to fail, or 0 when every rank succeeded
+    /// or the group timed out.
+    pub rank: u32,
 }
 
 impl Exit {
@@ -147,11 +167,12 @@ pub trait JobRunner: Send + Sync {
     /// Whether the target can take work now.
     async fn health(&self) -> Health;
 
-    /// Runs one attempt to completion (or timeout), writing its output to `launch.log`.
+    /// Runs one attempt, every rank at once, to completion (or timeout, or the first
+    /// rank's failure, which stops the others), writing each rank's output to its log.
     async fn run(&self, launch: &Launch) -> Result<Exit, Error>;
 
-    /// Returns the last `lines` non-empty lines an attempt wrote.
-    async fn logs(&self, launch: &Launch, lines: usize) -> String;
+    /// Returns the last `lines` non-empty lines rank `rank` of an attempt wrote.
+    async fn logs(&self, launch: &Launch, rank: u32, lines: usize) -> String;
 }
 
 /// This machine.
@@ -211,8 +232,11 @@ impl JobRunner for LocalMachine {
         }
     }
 
-    async fn logs(&self, launch: &Launch, lines: usize) -> String {
-        let Ok(text) = tokio::fs::read_to_string(&launch.log).await else {
+    async fn logs(&self, launch: &Launch, rank: u32, lines: usize) -> String {
+        let Some(process) = launch.ranks.get(rank as usize) else {
+            return String::new();
+        };
+        let Ok(text) = tokio::fs::read_to_string(&process.log).await else {
             return String::new();
         };
         let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -220,80 +244,159 @@ impl JobRunner for LocalMachine {
     }
 
     async fn run(&self, launch: &Launch) -> Result<Exit, Error> {
-        let (program, args) = launch.command.split_first().ok_or(Error::EmptyCommand)?;
-        if let Some(parent) = launch.log.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| Error::Log {
-                    path: launch.log.clone(),
-                    source,
-                })?;
+        if launch.ranks.iter().any(|r| r.command.is_empty()) || launch.ranks.is_empty() {
+            return Err(Error::EmptyCommand);
         }
-        let log = std::fs::File::create(&launch.log).map_err(|source| Error::Log {
-            path: launch.log.clone(),
-            source,
-        })?;
-        let log_err = log.try_clone().map_err(|source| Error::Log {
-            path: launch.log.clone(),
-            source,
-        })?;
-        let visible = launch
-            .gpus
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut command = tokio::process::Command::new(resolve_program(program, &launch.workdir));
-        launch.base_env.apply_tokio(&mut command);
-        command
-            .args(args)
-            .current_dir(&launch.workdir)
-            .envs(&launch.env)
-            .env("CUDA_VISIBLE_DEVICES", visible)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .kill_on_drop(true);
-        #[cfg(unix)]
-        command.process_group(0);
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        // The job's group dies with this process, however it ends (see `job_group`).
-        let group = child.id();
-        if let Some(pgid) = group {
-            let _ = job_group::record(&launch.workdir, pgid);
+        let mut group: Option<u32> = None;
+        let mut watchdog = None;
+        // Every rank is started before any is waited for: an exited rank 0 stays a zombie
+        // until then, so the group's id stays taken while the others join it.
+        let mut children = Vec::with_capacity(launch.ranks.len());
+        for (rank, process) in launch.ranks.iter().enumerate() {
+            let child = match spawn(launch, process, group).await {
+                Ok(child) => child,
+                Err(e) => {
+                    // The ranks already started must not wait for one that never comes.
+                    if let Some(pgid) = group {
+                        kill_group(pgid);
+                    }
+                    drop(children);
+                    drop(watchdog);
+                    job_group::forget(&launch.workdir);
+                    return Err(e);
+                }
+            };
+            if rank == 0 {
+                // The group dies with this process, however it ends (see `job_group`).
+                group = child.id();
+                if let Some(pgid) = group {
+                    let _ = job_group::record(&launch.workdir, pgid);
+                }
+                watchdog = group.and_then(job_group::Watchdog::arm);
+            }
+            children.push(child);
         }
-        let _watchdog = group.and_then(job_group::Watchdog::arm);
-        let waited = match launch.timeout {
-            Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
-            None => Some(child.wait().await),
-        };
-        let result = match waited {
-            Some(status) => {
-                let status = status.map_err(|source| Error::Wait {
-                    program: program.clone(),
-                    source,
-                })?;
-                Ok(Exit {
-                    code: status.code(),
+        let mut waits = tokio::task::JoinSet::new();
+        for (rank, (mut child, process)) in children.into_iter().zip(&launch.ranks).enumerate() {
+            let program = process.command[0].clone();
+            waits.spawn(async move { (rank as u32, program, child.wait().await) });
+        }
+        let deadline = launch.timeout.map(|t| tokio::time::Instant::now() + t);
+        let result = loop {
+            let next = match deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, waits.join_next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            stop(group, &mut waits).await;
+                            break Ok(Exit {
+                                code: None,
+                                timed_out: true,
+                                duration: started.elapsed(),
+                                rank: 0,
+                            });
+                        }
+                    }
+                }
+                None => waits.join_next().await,
+            };
+            let Some(joined) = next else {
+                // Every rank exited 0.
+                break Ok(Exit {
+                    code: Some(0),
                     timed_out: false,
                     duration: started.elapsed(),
-                })
-            }
-            None => {
-                kill_group(&mut child).await;
-                Ok(Exit {
-                    code: None,
-                    timed_out: true,
-                    duration: started.elapsed(),
-                })
+                    rank: 0,
+                });
+            };
+            let (rank, program, status) =
+                joined.expect("a wait task neither panics nor is aborted here");
+            match status {
+                Ok(status) if status.success() => continue,
+                Ok(status) => {
+                    // One rank failed: the others would wait for it until the timeout.
+                    stop(group, &mut waits).await;
+                    break Ok(Exit {
+                        code: status.code(),
+                        timed_out: false,
+                        duration: started.elapsed(),
+                        rank,
+                    });
+                }
+                Err(source) => {
+                    stop(group, &mut waits).await;
+                    break Err(Error::Wait { program, source });
+                }
             }
         };
+        drop(watchdog);
         job_group::forget(&launch.workdir);
         result
+    }
+}
+
+/// Starts one rank's process: the leader of a new process group (`group` is `None`, for
+/// rank 0) or a member of rank 0's.
+async fn spawn(
+    launch: &Launch,
+    process: &RankLaunch,
+    group: Option<u32>,
+) -> Result<tokio::process::Child, Error> {
+    let (program, args) = process.command.split_first().ok_or(Error::EmptyCommand)?;
+    let log_error = |source| Error::Log {
+        path: process.log.clone(),
+        source,
+    };
+    if let Some(parent) = process.log.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(log_error)?;
+    }
+    let log = std::fs::File::create(&process.log).map_err(log_error)?;
+    let log_err = log.try_clone().map_err(log_error)?;
+    let visible = process
+        .gpus
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = tokio::process::Command::new(resolve_program(program, &launch.workdir));
+    launch.base_env.apply_tokio(&mut command);
+    command
+        .args(args)
+        .current_dir(&launch.workdir)
+        .envs(&process.env)
+        .env("CUDA_VISIBLE_DEVICES", visible)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(group.and_then(|g| i32::try_from(g).ok()).unwrap_or(0));
+    #[cfg(not(unix))]
+    let _ = group;
+    command.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })
+}
+
+/// Kills every rank of an attempt (the whole process group `group`, grandchildren
+/// included) and waits for the ranks' processes.
+async fn stop(
+    group: Option<u32>,
+    waits: &mut tokio::task::JoinSet<(u32, String, std::io::Result<std::process::ExitStatus>)>,
+) {
+    if let Some(pgid) = group {
+        kill_group(pgid);
+    }
+    // SIGKILL can't be ignored: the ranks in the group end within moments. One that left
+    // the group is killed when its task is aborted (`kill_on_drop`).
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while waits.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        waits.shutdown().await;
     }
 }
 
@@ -310,21 +413,97 @@ fn resolve_program(program: &str, _workdir: &Path) -> PathBuf {
     PathBuf::from(program)
 }
 
-async fn kill_group(child: &mut tokio::process::Child) {
+/// Sends `SIGKILL` to the process group `pgid`.
+fn kill_group(pgid: u32) {
     #[cfg(unix)]
-    if let Some(pid) = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .filter(|p| *p > 1)
-    {
-        // The job leads its own process group (see `process_group(0)`): signal the whole
-        // group, so no grandchild outlives the timeout. A negative pid names the group;
-        // `pid > 1` guarantees this is never `kill(-1)`, which would signal every process.
+    if let Some(pgid) = i32::try_from(pgid).ok().filter(|p| *p > 1) {
+        // A job's ranks share one process group, led by rank 0 (see `spawn`): signal the
+        // whole group, so no rank or grandchild outlives the attempt. A negative pid
+        // names the group; `pgid > 1` guarantees this is never `kill(-1)`, which would
+        // signal every process.
         // SAFETY: plain system call on a process group this process created.
         unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(-pgid, libc::SIGKILL);
         }
     }
-    let _ = child.kill().await;
-    let _ = child.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(dir: &Path, scripts: &[&str], timeout: Option<Duration>) -> Launch {
+        Launch {
+            ranks: scripts
+                .iter()
+                .enumerate()
+                .map(|(rank, script)| RankLaunch {
+                    command: vec!["sh".into(), "-c".into(), script.to_string()],
+                    env: BTreeMap::from([("RANK".to_string(), rank.to_string())]),
+                    log: dir.join(format!("rank-{rank}.log")),
+                    gpus: vec![rank as u32],
+                })
+                .collect(),
+            workdir: dir.to_path_buf(),
+            timeout,
+            base_env: ChildEnv::allowed(std::env::vars_os()),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_rank_runs_with_its_own_env_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"$RANK $CUDA_VISIBLE_DEVICES\"";
+        let launch = launch(dir.path(), &[script, script, script], None);
+        let exit = LocalMachine::default().run(&launch).await.unwrap();
+        assert!(exit.success(), "{exit:?}");
+        for rank in 0..3 {
+            let log = std::fs::read_to_string(&launch.ranks[rank].log).unwrap();
+            assert_eq!(log, format!("{rank} {rank}\n"));
+        }
+        assert!(!dir.path().join(job_group::RECORD).exists());
+    }
+
+    /// Rank 1 fails while rank 0 would sleep for a minute: the group stops at once and
+    /// the exit names rank 1; rank 0's sleep (a grandchild) is gone too.
+    #[tokio::test]
+    async fn the_first_failing_rank_stops_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("sleeper.pid");
+        let rank0 = format!("sleep 60 & echo $! > {}; wait", pid.display());
+        let launch = launch(
+            dir.path(),
+            &[&rank0, "sleep 0.3; echo no >&2; exit 3", "sleep 60"],
+            None,
+        );
+        let machine = LocalMachine::default();
+        let exit = machine.run(&launch).await.unwrap();
+        assert_eq!((exit.rank, exit.code, exit.timed_out), (1, Some(3), false));
+        assert!(exit.duration < Duration::from_secs(10), "{exit:?}");
+        assert_eq!(machine.logs(&launch, 1, 5).await, "no");
+        let sleeper: i32 = std::fs::read_to_string(&pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, or a zombie waiting for init to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "rank 0's child outlived the group: {stat}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_acts_on_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = launch(
+            dir.path(),
+            &["true", "sleep 60"],
+            Some(Duration::from_millis(500)),
+        );
+        let exit = LocalMachine::default().run(&launch).await.unwrap();
+        assert!(exit.timed_out, "{exit:?}");
+        assert!(exit.duration < Duration::from_secs(10), "{exit:?}");
+    }
 }

@@ -495,7 +495,10 @@ async fn watch_step(
                 return Ok(Err(format!(
                     "no traffic to judge: {} reached {} during the step, and the gates need {}; \
                      send requests during the rollout, and check that the route was accepted",
-                    crate::plan::plural(requests as usize, "request"),
+                    match requests {
+                        1 => "1 request".to_string(),
+                        n => format!("{n} requests"),
+                    },
                     names.join(", "),
                     policy.min_requests
                 )));

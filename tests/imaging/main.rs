@@ -259,6 +259,13 @@ impl<'a> Kubelet<'a> {
             1
         };
         let dns = ClusterDns::of(server, job, pods);
+        // Every pod runs (and is ready: no readiness probes) until it ends.
+        server.job_running(
+            job["metadata"]["namespace"].as_str().unwrap(),
+            job["metadata"]["name"].as_str().unwrap(),
+            pods,
+            pods,
+        );
         std::thread::scope(|s| {
             let runs: Vec<_> = (0..pods)
                 .map(|index| {

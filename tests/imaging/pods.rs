@@ -3,7 +3,10 @@
 //! (`POST /v1/predict`, and `/metrics` in `cairn serve`'s Prometheus text), creates its
 //! Pod object (labels from the pod template, phase `Running`) and tells the API server
 //! where the pod's port answers, for the pod proxy Cairn's gates read `/metrics`
-//! through. A gateway thread plays the Gateway API implementation (or kube-proxy): it
+//! through. A pod whose template has Cairn's `auth` container gets its auth proxy too
+//! (the library code `cairn auth-proxy` runs, reading the key from the endpoint's
+//! Secret as the mounted volume would): the pod's address is then the proxy's, and
+//! `/metrics` is read from the server's own port. A gateway thread plays the Gateway API implementation (or kube-proxy): it
 //! reads the live HTTPRoute's weights (or the endpoint Service's selector) and sends
 //! prediction requests to the pods accordingly, over real HTTP.
 
@@ -38,6 +41,19 @@ pub struct Pods {
     pods: Mutex<Vec<Pod>>,
     /// Pods started while this is set answer every prediction with a 500.
     pub broken: AtomicBool,
+    /// The Secret volumes the pods mounted (the key files of their auth proxies).
+    volumes: tempfile::TempDir,
+}
+
+/// An endpoint's key as a client gets it: `data.key` of its Secret `<endpoint>-key`.
+pub fn endpoint_key(server: &KubeServer, namespace: &str, endpoint: &str) -> Option<String> {
+    use base64::Engine as _;
+    let secret = server.object("v1", "Secret", Some(namespace), &format!("{endpoint}-key"))?;
+    let data = secret["data"]["key"].as_str()?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    Some(String::from_utf8(key).unwrap())
 }
 
 impl Pods {
@@ -50,6 +66,7 @@ impl Pods {
                 .unwrap(),
             pods: Mutex::new(Vec::new()),
             broken: AtomicBool::new(false),
+            volumes: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -80,7 +97,15 @@ impl Pods {
                 continue;
             }
             let broken = self.broken.load(Ordering::SeqCst);
-            let address = self.serve(broken);
+            let server_address = self.serve(broken);
+            // With an `auth` container the pod's `http` port is Cairn's auth proxy, in
+            // front of the server (the gates read the server's port directly).
+            let address = match auth_container(template) {
+                Some(auth) => {
+                    self.auth_proxy(server, ns, &pod_name, template, auth, port, &server_address)
+                }
+                None => server_address.clone(),
+            };
             server.create(
                 json!({
                     "apiVersion": "v1", "kind": "Pod",
@@ -96,7 +121,7 @@ impl Pods {
                 &pod_name,
                 json!({"phase": "Running", "podIP": "10.0.0.1"}),
             );
-            server.pod_address(ns, &pod_name, port, &address);
+            server.pod_address(ns, &pod_name, port, &server_address);
             self.pods.lock().unwrap().push(Pod {
                 namespace: ns.to_string(),
                 name: pod_name,
@@ -104,6 +129,72 @@ impl Pods {
                 address,
             });
         }
+    }
+
+    /// Starts the pod's `cairn auth-proxy` as its container says (its `--upstream` must be
+    /// the server's port, its `--key-file` the mounted key Secret), with the library
+    /// code the binary runs, on this machine's loopback; returns its address.
+    #[allow(clippy::too_many_arguments)]
+    fn auth_proxy(
+        &self,
+        server: &KubeServer,
+        namespace: &str,
+        pod: &str,
+        template: &Value,
+        auth: &Value,
+        server_port: u16,
+        server_address: &str,
+    ) -> String {
+        use cairn::workload::auth_proxy::{AuthProxy, AuthProxyOptions};
+        let command: Vec<&str> = auth["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(&command[..2], ["cairn", "auth-proxy"], "{auth}");
+        let arg = |name: &str| {
+            let at = command
+                .iter()
+                .position(|a| *a == name)
+                .unwrap_or_else(|| panic!("{name} in {command:?}"));
+            command[at + 1].to_string()
+        };
+        assert_eq!(
+            arg("--upstream"),
+            format!("127.0.0.1:{server_port}"),
+            "the proxy passes requests to the server"
+        );
+        let key_file = arg("--key-file");
+        let mount = auth["volumeMounts"][0]["mountPath"].as_str().unwrap();
+        let volume = auth["volumeMounts"][0]["name"].as_str().unwrap();
+        assert_eq!(key_file, format!("{mount}/key"));
+        let secret = template["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap()["secret"]["secretName"]
+            .as_str()
+            .unwrap();
+        let endpoint = secret.strip_suffix("-key").unwrap();
+        // The kubelet mounts the Secret: without its key the container can't start.
+        let key = endpoint_key(server, namespace, endpoint)
+            .unwrap_or_else(|| panic!("pod {pod}: the Secret {namespace}/{secret} has no key"));
+        let file = self.volumes.path().join(format!("{namespace}-{pod}.key"));
+        std::fs::write(&file, key).unwrap();
+        let options = AuthProxyOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: server_address
+                .trim_start_matches("http://")
+                .parse()
+                .unwrap(),
+            key_file: file,
+        };
+        let proxy = self.runtime.block_on(AuthProxy::bind(&options)).unwrap();
+        let address = format!("http://{}", proxy.local_addr());
+        self.runtime.spawn(proxy.run(std::future::pending()));
+        address
     }
 
     /// Starts one pod's HTTP server; returns `http://127.0.0.1:PORT`.
@@ -160,6 +251,14 @@ impl Pods {
     }
 }
 
+/// The pod's `auth` container (`cairn auth-proxy`), when its endpoint authenticates.
+fn auth_container(template: &Value) -> Option<&Value> {
+    template["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "auth")
+}
+
 /// What the gateway saw: each distinct split it sent traffic by, in order, and the
 /// answers by status.
 #[derive(Default)]
@@ -185,7 +284,11 @@ pub fn gateway(
         .build()
         .into();
     let mut sent: u64 = 0;
+    let mut key = None;
     while !stop.load(Ordering::SeqCst) {
+        if key.is_none() {
+            key = endpoint_key(server, namespace, endpoint);
+        }
         // Backend → (weight, pods), from the live objects.
         let objects = server.objects();
         let find = |kind: &str, name: &str| {
@@ -268,8 +371,12 @@ pub fn gateway(
                 continue;
             }
             let address = &addresses[(sent as usize / 100) % addresses.len()];
-            let status = agent
-                .post(&format!("{address}/v1/predict"))
+            // A client of an endpoint that authenticates sends its key.
+            let mut request = agent.post(&format!("{address}/v1/predict"));
+            if let Some(key) = &key {
+                request = request.header("Authorization", &format!("Bearer {key}"));
+            }
+            let status = request
                 .send("{\"instances\": [[0.1]]}")
                 .map(|r| r.status().as_u16())
                 .unwrap_or(599);

@@ -84,6 +84,8 @@ async fn objects_go_to_their_contexts_cluster() {
             "LimitRange imaging-serve/cairn-imaging",
             "Namespace -/imaging-serve",
             "ResourceQuota imaging-serve/cairn-imaging-radiology-onprem",
+            // The triage endpoint's key (`auth = "token"`).
+            "Secret imaging-serve/triage-key",
             "Service imaging-serve/triage",
             "Service imaging-serve/triage-blue-9f3c2a1b7d4e",
             "ServiceAccount imaging-serve/cairn-imaging",

@@ -45,6 +45,8 @@ compute = "compute.edge-gw"
 [endpoint.api.deployments.blue]
 model = "model.classifier@1a2b3c4d5e6f"
 replicas = 2
+cpu = "500m"
+memory = "1Gi"
 
 [endpoint.api.deployments.green]
 model = "model.classifier"
@@ -117,6 +119,9 @@ fn deployments_weights_and_mirror() {
     assert_eq!(
         listed,
         [
+            // Both endpoints authenticate (`auth` is `key` by default): their keys.
+            "edge-cluster Secret vision-serve/api-key",
+            "- Secret vision/batch-key",
             "edge-cluster Deployment vision-serve/api-blue-1a2b3c4d5e6f",
             "edge-cluster Deployment vision-serve/api-green-77aa88bb99cc-28289b",
             "- Deployment vision/batch-main-77aa88bb99cc",
@@ -169,9 +174,17 @@ fn deployments_weights_and_mirror() {
             "77aa88bb99cc"
         ])
     );
+    // No `cpu`/`memory` of its own: 80 % of the instance type's 2 CPUs and 4Gi, which
+    // a node of that type can still allocate.
     assert_eq!(
         server["resources"],
-        json!({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}})
+        json!({"requests": {"cpu": "1600m", "memory": "3276Mi"}, "limits": {"memory": "3276Mi"}})
+    );
+    // Its own, as written.
+    let blue = find(&objects, "Deployment", "api-blue-1a2b3c4d5e6f");
+    assert_eq!(
+        blue.value["spec"]["template"]["spec"]["containers"][0]["resources"],
+        json!({"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}})
     );
     let fetch = &batch.value["spec"]["template"]["spec"]["initContainers"][0];
     assert_eq!(

@@ -27,11 +27,15 @@ struct Serving {
 
 impl Serving {
     fn spawn(model: &Path, extra: &[&str]) -> Serving {
+        let mut args = vec!["serve", "--model", model.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Serving::spawn_cairn(&args)
+    }
+
+    /// Any `cairn` command that reports `listening on http://ADDR` (`auth-proxy`).
+    fn spawn_cairn(args: &[&str]) -> Serving {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("serve")
-            .arg("--model")
-            .arg(model)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -268,4 +272,68 @@ fn a_corrupt_model_exits_1() {
         stderr.contains("is not a valid safetensors file"),
         "{stderr}"
     );
+}
+
+/// `cairn auth-proxy` in front of `cairn serve`, as an authenticated endpoint's pod runs
+/// them on Kubernetes: 401 without the key or with another, the server's answer with
+/// it; `/healthz` open for probes; a missing key file is a clear error.
+#[test]
+fn the_auth_proxy_lets_only_requests_with_the_key_through() {
+    let trained = trained();
+    let server = Serving::spawn(&trained.dir, &["--listen", "127.0.0.1:0"]);
+    let upstream = server.addr();
+    wait_ready(upstream);
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("key");
+    // As the mounted Secret gives it, with a trailing newline.
+    std::fs::write(&key_file, "8c1f0e4b9a7d2c6e5f3a1b0d9e8c7f6a\n").unwrap();
+    let proxy = Serving::spawn_cairn(&[
+        "auth-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    let addr = proxy.addr();
+    let agent = agent();
+    assert_eq!(crate::get(&agent, addr, "/healthz").status, 200);
+
+    let (json_rows, maps) = rows(5, 7);
+    let body = json!({"rows": json_rows}).to_string();
+    let post = |key: Option<&str>| {
+        let mut request = agent
+            .post(format!("http://{addr}/v1/predict"))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request.send(&body).unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    };
+    let (status, text) = post(None);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("requires a key"), "{text}");
+    assert_eq!(post(Some("8c1f0e4b9a7d2c6e5f3a1b0d9e8c7f6b")).0, 401);
+    let (status, text) = post(Some("8c1f0e4b9a7d2c6e5f3a1b0d9e8c7f6a"));
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_scores(&trained.model, &answer["scores"], &maps);
+
+    // No key file: exit 1, naming it.
+    let mut missing = Serving::spawn_cairn(&[
+        "auth-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+        "--key-file",
+        tmp.path().join("absent").to_str().unwrap(),
+    ]);
+    let (code, stderr) = missing.wait();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot read the key file"), "{stderr}");
+    assert!(stderr.contains("absent"), "{stderr}");
 }

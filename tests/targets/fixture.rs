@@ -77,6 +77,14 @@ pub trait TargetFixture: Sized {
     /// Makes the next model version one that starts but fails every request, and
     /// declares it (the next plan trains and rolls it out).
     fn break_next_version(&self);
+
+    /// The endpoint's key, read where this target tells its users to read it; `None`
+    /// when there is none.
+    fn endpoint_key(&self) -> Option<String>;
+
+    /// One prediction through the endpoint's front door (the router, a pod's `http`
+    /// port), with `Authorization: Bearer <key>` when given; the answer's status.
+    fn predict_status(&self, key: Option<&str>) -> u16;
 }
 
 /// How the requests sent during an apply were answered.
@@ -261,6 +269,18 @@ impl Repo {
                 self.target.port
             ),
         );
+    }
+
+    /// Sets the endpoint's `auth` (`none` as [`Repo::set_endpoint`] writes it).
+    pub fn set_endpoint_auth(&self, auth: &str) {
+        let path = self.root.join(WS).join("serve.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("auth = \"none\""), "{text}");
+        std::fs::write(
+            &path,
+            text.replace("auth = \"none\"", &format!("auth = \"{auth}\"")),
+        )
+        .unwrap();
     }
 
     /// Adds a data row: a new dataset version, so the job runs again and the model gets

@@ -132,7 +132,7 @@ impl TargetFixture for KubeFixture {
     }
 
     fn failed_job_reason(&self) -> &'static str {
-        "failed: BackoffLimitExceeded"
+        "failed: PodFailurePolicy: Container train for pod"
     }
 
     fn timed_out_reason(&self) -> &'static str {
@@ -269,5 +269,32 @@ impl TargetFixture for KubeFixture {
             .broken
             .store(true, Ordering::SeqCst);
         self.repo.retrain();
+    }
+
+    /// `data.key` of the Secret `<endpoint>-key`, as `kubectl get secret` gives it.
+    fn endpoint_key(&self) -> Option<String> {
+        crate::pods::endpoint_key(&self.server, NAMESPACE, ENDPOINT)
+    }
+
+    /// To a pod of the endpoint, at its `http` port (where its Service sends traffic).
+    fn predict_status(&self, key: Option<&str>) -> u16 {
+        let pods = self.kubelet.node().pods.all();
+        let pod = pods
+            .iter()
+            .find(|p| p.namespace == NAMESPACE && p.name.starts_with(&format!("{ENDPOINT}-")))
+            .unwrap_or_else(|| panic!("no pod of the endpoint{}", self.context()));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut request = agent.post(&format!("{}/v1/predict", pod.address));
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        request
+            .send(crate::fixture::ROWS)
+            .map(|r| r.status().as_u16())
+            .unwrap_or(599)
     }
 }

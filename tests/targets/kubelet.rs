@@ -5,10 +5,13 @@
 //!   container, then the main container, each as a real process with its command and
 //!   environment (`/cairn/...` paths mapped to a folder per pod). Cairn's own steps
 //!   (`cairn fetch`, `cairn upload`) run the real binary against the S3 store; the
-//!   job's own step runs its command as written. A failed pod is run again up to the
-//!   Job's `backoffLimit`, then the Job is marked failed (`BackoffLimitExceeded`); a Job
-//!   active longer than its `activeDeadlineSeconds` has its pod killed and is marked
-//!   failed (`DeadlineExceeded`), as the job controller does.
+//!   job's own step runs its command as written. A step whose exit code matches a
+//!   `FailJob` rule of the Job's `podFailurePolicy` fails the Job (`PodFailurePolicy`);
+//!   any other failed pod is run again up to the Job's `backoffLimit`, then the Job is
+//!   marked failed (`BackoffLimitExceeded`); a Job active longer than its
+//!   `activeDeadlineSeconds` (read again while the pod runs: apply sets it) has its pod
+//!   killed and is marked failed (`DeadlineExceeded`), as the job controller does. A
+//!   suspended Job waits until it is resumed.
 //! - A Deployment's new generation is marked available, and its serving pods are
 //!   started ([`crate::pods::Pods`]: small HTTP servers answering predictions and
 //!   `/metrics`, reachable through the API server's pod proxy).
@@ -46,8 +49,43 @@ pub struct Node {
 /// How one run of a Job's pod ended.
 enum PodEnd {
     Succeeded,
-    Failed,
+    /// A step (container) exited non-zero.
+    Failed {
+        step: String,
+        code: i32,
+    },
     DeadlineExceeded,
+}
+
+/// The index of the Job's `podFailurePolicy` rule that fails the whole Job for this
+/// container's exit code (`FailJob` with `onExitCodes`), as the job controller matches
+/// them: in order, the first rule that matches decides.
+fn fail_job_rule(job: &Value, container: &str, code: i32) -> Option<usize> {
+    let rules = job["spec"]["podFailurePolicy"]["rules"].as_array()?;
+    for (index, rule) in rules.iter().enumerate() {
+        let Some(on) = rule.get("onExitCodes") else {
+            continue;
+        };
+        if on["containerName"].as_str().is_some_and(|c| c != container) {
+            continue;
+        }
+        let values: Vec<i64> = on["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_i64)
+            .collect();
+        let listed = values.contains(&i64::from(code));
+        let matched = match on["operator"].as_str() {
+            Some("In") => listed,
+            Some("NotIn") => !listed,
+            _ => false,
+        };
+        if matched {
+            return (rule["action"] == "FailJob").then_some(index);
+        }
+    }
+    None
 }
 
 impl Kubelet {
@@ -105,8 +143,10 @@ impl Node {
                 let name = object["metadata"]["name"].as_str().unwrap_or("");
                 let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_string();
                 match kind {
+                    // A suspended Job waits for its queue (Kueue) to resume it.
                     "Job"
                         if object["status"].get("conditions").is_none()
+                            && object["spec"]["suspend"] != true
                             && started_jobs.insert(uid) =>
                     {
                         self.run_job(ns, name, &object);
@@ -127,22 +167,36 @@ impl Node {
     }
 
     /// Runs a Job's pod until it succeeds, runs out of retries or of its deadline, and
-    /// records how the Job ended.
+    /// records how the Job ended. The deadline is read again as the pod runs (apply
+    /// sets it once every pod runs) and counts from the Job's start.
     fn run_job(&self, ns: &str, name: &str, job: &Value) {
         let backoff_limit = job["spec"]["backoffLimit"].as_u64().unwrap_or(6);
-        let deadline = job["spec"]["activeDeadlineSeconds"]
-            .as_u64()
-            .map(|s| Instant::now() + Duration::from_secs(s));
+        let started = Instant::now();
+        let deadline = || {
+            self.server
+                .object("batch/v1", "Job", Some(ns), name)
+                .and_then(|j| j["spec"]["activeDeadlineSeconds"].as_u64())
+                .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        };
         let pod = &job["spec"]["template"]["spec"];
         for attempt in 0..=backoff_limit {
             let root = self.work.join(ns).join(format!("{name}-{attempt}"));
-            match self.run_pod(&root, pod, deadline) {
+            self.server.job_running(ns, name, 1, 1);
+            match self.run_pod(&root, pod, &deadline) {
                 PodEnd::Succeeded => {
                     self.note(format!("Job {ns}/{name}: succeeded"));
                     self.server.job_succeeded(ns, name);
                     return;
                 }
-                PodEnd::Failed => self.note(format!("Job {ns}/{name}: pod {attempt} failed")),
+                PodEnd::Failed { step, code } => {
+                    self.note(format!("Job {ns}/{name}: pod {attempt} failed"));
+                    if let Some(rule) = fail_job_rule(job, &step, code) {
+                        let pod_name = format!("{name}-{attempt}");
+                        self.server
+                            .job_failed_by_policy(ns, name, &pod_name, &step, code, rule);
+                        return;
+                    }
+                }
                 PodEnd::DeadlineExceeded => {
                     self.note(format!("Job {ns}/{name}: deadline exceeded"));
                     self.deadline_exceeded(ns, name);
@@ -180,7 +234,7 @@ impl Node {
 
     /// Runs one pod's steps in order, in a fresh folder standing for its `/cairn`
     /// volume.
-    fn run_pod(&self, root: &Path, pod: &Value, deadline: Option<Instant>) -> PodEnd {
+    fn run_pod(&self, root: &Path, pod: &Value, past_deadline: &dyn Fn() -> bool) -> PodEnd {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root).unwrap();
         let steps = pod["initContainers"]
@@ -217,7 +271,10 @@ impl Node {
                 self.note(format!(
                     "{step}: no command (the image's entrypoint can't run here)"
                 ));
-                return PodEnd::Failed;
+                return PodEnd::Failed {
+                    step: step.to_string(),
+                    code: 1,
+                };
             };
             let program = if program == "cairn" {
                 env!("CARGO_BIN_EXE_cairn")
@@ -237,11 +294,13 @@ impl Node {
             use std::os::unix::process::CommandExt as _;
             cmd.process_group(0);
             let mut child = cmd.spawn().unwrap();
+            let mut polls = 0u32;
             let status = loop {
                 if let Some(status) = child.try_wait().unwrap() {
                     break status;
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                polls += 1;
+                if polls % 5 == 0 && past_deadline() {
                     crate::support::kill_group(child.id());
                     let _ = child.wait();
                     return PodEnd::DeadlineExceeded;
@@ -258,7 +317,10 @@ impl Node {
                 output("err")
             ));
             if !status.success() {
-                return PodEnd::Failed;
+                return PodEnd::Failed {
+                    step: step.to_string(),
+                    code: status.code().unwrap_or(137),
+                };
             }
         }
         PodEnd::Succeeded

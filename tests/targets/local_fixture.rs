@@ -45,6 +45,20 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// POSTs [`ROWS`] to the endpoint with a bearer key; returns the status.
+fn predict_with(agent: &ureq::Agent, addr: SocketAddr, key: Option<&str>) -> u16 {
+    let mut request = agent
+        .post(format!("http://{addr}/v1/predict"))
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("Authorization", &format!("Bearer {key}"));
+    }
+    request
+        .send(ROWS)
+        .map(|r| r.status().as_u16())
+        .unwrap_or(599)
+}
+
 /// POSTs [`ROWS`] to the endpoint; returns the status and the body.
 fn predict(agent: &ureq::Agent, addr: SocketAddr) -> Result<(u16, Value), String> {
     let mut response = agent
@@ -177,5 +191,24 @@ impl TargetFixture for LocalFixture {
         model.save(&dir).unwrap();
         self.repo
             .set_job(&Job::script(format!("cp -r {}/. \"$2\"", dir.display())));
+    }
+
+    /// The key file apply wrote (mode 0600) under `.cairn/serving/keys/`.
+    fn endpoint_key(&self) -> Option<String> {
+        let dir = self.repo.root().join(".cairn/serving/keys");
+        let mut keys = std::fs::read_dir(dir).ok()?.filter_map(Result::ok);
+        let file = keys.next()?;
+        assert!(keys.next().is_none(), "one endpoint, one key");
+        Some(
+            std::fs::read_to_string(file.path())
+                .ok()?
+                .trim()
+                .to_string(),
+        )
+    }
+
+    /// Through the router.
+    fn predict_status(&self, key: Option<&str>) -> u16 {
+        predict_with(&agent(), self.addr(), key)
     }
 }

@@ -9,8 +9,8 @@
 //!   requests; the folder store.
 //! - `kubernetes`: the strict in-memory API server (`tests/support/kube_server/`), a
 //!   kubelet played by the test (`kubelet.rs`: it runs Jobs' pods step by step with the
-//!   real binary for Cairn's steps and the job's own command, honouring `backoffLimit`
-//!   and `activeDeadlineSeconds`, and starts serving pods), and a real S3 store
+//!   real binary for Cairn's steps and the job's own command, honouring `backoffLimit`,
+//!   `podFailurePolicy` and `activeDeadlineSeconds`, and starts serving pods), and a real S3 store
 //!   (`s3s-fs`).
 //!
 //! Adding a target is one line, e.g. `target_suite!(nomad, NomadFixture);`, once its
@@ -47,6 +47,7 @@ macro_rules! target_suite {
                 a_failed_job_skips_its_dependents,
                 a_timed_out_job_skips_its_dependents,
                 a_failed_attempt_is_retried,
+                an_endpoint_with_a_key_refuses_requests_without_it,
                 an_endpoint_is_created,
                 a_rollout_is_promoted,
                 a_rollout_is_rolled_back_on_a_failed_gate,

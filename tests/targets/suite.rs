@@ -171,6 +171,37 @@ pub fn a_failed_attempt_is_retried<F: TargetFixture>() {
     assert_eq!(repo.model_version(), run_id);
 }
 
+/// 3b. An endpoint with `auth = "key"` answers 401 without its key, or with another,
+///     and serves with it; a second apply keeps the key; no output shows it.
+pub fn an_endpoint_with_a_key_refuses_requests_without_it<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.set_endpoint_auth("key");
+    let apply = repo.apply();
+    apply.ok();
+    let key = world
+        .endpoint_key()
+        .expect("the target gives the endpoint's key");
+    assert!(
+        key.len() >= 32,
+        "a long random key: {} characters",
+        key.len()
+    );
+    assert!(!apply.both().contains(&key), "the key is in the output");
+    assert_eq!(world.predict_status(None), 401);
+    assert_eq!(world.predict_status(Some("not-the-key")), 401);
+    assert_eq!(world.predict_status(Some(&key)), 200);
+    let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
+    plan.code(0);
+    assert!(!plan.both().contains(&key));
+    repo.apply().ok();
+    assert_eq!(
+        world.endpoint_key().as_deref(),
+        Some(key.as_str()),
+        "the key is kept"
+    );
+}
+
 /// 4. An endpoint is created and serves the trained version.
 pub fn an_endpoint_is_created<F: TargetFixture>() {
     let world = F::start(true);

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// How long a job's instances may take to all be running once admitted, when its
+/// `schedule_timeout` says nothing.
+pub const DEFAULT_SCHEDULE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What every target reads from a job's planned value (the plan's `after`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedJob {
@@ -18,7 +22,10 @@ pub struct PlannedJob {
     /// Output name → `model.<name>@<run id>`.
     pub outputs: BTreeMap<String, String>,
     pub retries: u32,
+    /// Each attempt's running time.
     pub timeout: Option<Duration>,
+    /// How long all instances may take to be running once admitted.
+    pub schedule_timeout: Option<Duration>,
 }
 
 impl PlannedJob {
@@ -33,13 +40,18 @@ impl PlannedJob {
             inputs: map("inputs")?,
             outputs: map("outputs")?,
             retries: after.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
-            timeout: after
-                .get("timeout")
-                .and_then(Value::as_str)
-                .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
-                .map(|d| d.as_std()),
+            timeout: duration_field(after, "timeout"),
+            schedule_timeout: duration_field(after, "schedule_timeout"),
         })
     }
+}
+
+fn duration_field(after: &Value, field: &str) -> Option<Duration> {
+    after
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<crate::manifest::Duration>().ok())
+        .map(|d| d.as_std())
 }
 
 /// A string field of a planned value.

@@ -19,6 +19,7 @@
 //! without any command changing.
 
 mod apply;
+mod auth_proxy;
 mod aws;
 mod context;
 mod destroy;
@@ -119,6 +120,10 @@ enum Command {
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
+    /// The key check in front of an endpoint's server in a Kubernetes pod: answers 401
+    /// without `Authorization: Bearer <key>`, passes the rest on (what a pod of an
+    /// endpoint with `auth = "key"` or `"token"` runs beside its server).
+    AuthProxy(auth_proxy::Args),
     /// Download a dataset or model version from a workspace store into a folder, each
     /// file checked against its SHA-256 (what a Kubernetes training pod runs first).
     Fetch(transfer::FetchArgs),
@@ -397,6 +402,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),
         Command::Serve(args) => serve::run(args, output),
+        Command::AuthProxy(args) => auth_proxy::run(args, output),
         Command::Fetch(args) => transfer::fetch(args, output),
         Command::Upload(args) => transfer::upload(args, output),
         #[cfg(target_os = "linux")]

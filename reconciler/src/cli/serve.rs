@@ -54,7 +54,7 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
     let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         // Handlers first, so that a signal arriving during start-up is not fatal.
-        let shutdown = shutdown_signal()?;
+        let shutdown = shutdown_signal("cairn serve")?;
         let dir = options.model_dir.clone();
         let name = options.name.clone();
         let server = model_server::bind(options).await.map_err(error)?;
@@ -102,9 +102,12 @@ fn error(error: model_server::Error) -> CommandError {
     CommandError::from_error(kind, &error).hint_opt(hint.map(String::from))
 }
 
-/// Returns a future that completes on SIGTERM or SIGINT, after saying so on stderr.
+/// Returns a future that completes on SIGTERM or SIGINT, after `program` says so on
+/// stderr.
 #[cfg(unix)]
-fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, CommandError> {
+pub(super) fn shutdown_signal(
+    program: &'static str,
+) -> Result<impl Future<Output = ()> + Send + 'static, CommandError> {
     use tokio::signal::unix::{signal, SignalKind};
     let handler = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| CommandError::internal(format!("cannot handle {name}: {e}")))
@@ -116,17 +119,19 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Comman
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
-        eprintln!("cairn serve: {name}: finishing requests in flight, then exiting");
+        eprintln!("{program}: {name}: finishing requests in flight, then exiting");
     })
 }
 
 /// Returns a future that completes on Ctrl-C, after saying so on stderr.
 #[cfg(not(unix))]
-fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, CommandError> {
+pub(super) fn shutdown_signal(
+    program: &'static str,
+) -> Result<impl Future<Output = ()> + Send + 'static, CommandError> {
     Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-        eprintln!("cairn serve: Ctrl-C: finishing requests in flight, then exiting");
+        eprintln!("{program}: Ctrl-C: finishing requests in flight, then exiting");
     })
 }

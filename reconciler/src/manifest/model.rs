@@ -236,10 +236,28 @@ pub struct JobSpec {
     /// (keys like `*_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*` are without being listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<SpannedStr>,
+    /// Each attempt's running time (time spent queued or being scheduled not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Spanned<Duration>>,
+    /// How many times a failed attempt runs again (every instance together).
     #[serde(default)]
     pub retries: u32,
+    /// CPU each instance requests (Kubernetes); a share of the instance type's when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory each instance requests and is limited to (Kubernetes); a share of the
+    /// instance type's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// A Kueue `LocalQueue` (Kubernetes): the run's Job is created suspended and Kueue
+    /// admits all its pods at once, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<SpannedStr>,
+    /// How long, once admitted, all instances may take to be running before the attempt
+    /// fails with the cluster's reasons (Kubernetes; 10 minutes when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_timeout: Option<Spanned<Duration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -353,6 +371,12 @@ pub struct DeploymentSpec {
     /// Serving image (Kubernetes); Cairn's reference server when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<SpannedStr>,
+    /// CPU each replica requests (Kubernetes); see [`JobSpec::cpu`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory each replica requests and is limited to (Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// `env` keys whose values are secrets (see [`JobSpec::sensitive`]).

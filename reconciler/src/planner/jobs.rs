@@ -95,6 +95,24 @@ impl Planner<'_> {
             "inputs": inputs,
             "outputs": outputs,
         });
+        // Set only when declared, so plans of jobs that don't use them are unchanged.
+        let mut after = after;
+        let optional = [
+            ("queue", spec.queue.as_ref().map(|q| q.get_ref().clone())),
+            (
+                "schedule_timeout",
+                spec.schedule_timeout
+                    .as_ref()
+                    .map(|t| t.get_ref().to_string()),
+            ),
+            ("cpu", spec.cpu.as_ref().map(ToString::to_string)),
+            ("memory", spec.memory.as_ref().map(ToString::to_string)),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                after[key] = Value::String(value);
+            }
+        }
 
         let old_run = before
             .as_ref()

@@ -1,5 +1,7 @@
 //! The reference workloads: the trainer `cairn train` runs, and the model server `cairn
-//! serve` runs ([`model_server`], which has its own module doc and error type).
+//! serve` runs ([`model_server`], which has its own module doc and error type), and the
+//! front door `cairn auth-proxy` puts before a server that authenticates nothing
+//! ([`auth_proxy`], with [`bearer`]'s key check).
 //!
 //! Training is one straight line, one file per stage:
 //!
@@ -29,6 +31,8 @@
 //! column with a single non-numeric or empty cell is skipped as a feature, not imputed.
 
 pub mod allreduce;
+pub mod auth_proxy;
+pub mod bearer;
 mod data;
 mod model;
 pub mod model_server;

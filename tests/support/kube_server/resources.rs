@@ -129,6 +129,7 @@ pub fn builtin_resources() -> Vec<ResourceType> {
         R::new("", "v1", "Node", "nodes", false),
         R::new("", "v1", "ConfigMap", "configmaps", true).without_status(),
         R::new("", "v1", "Secret", "secrets", true).without_status(),
+        R::new("", "v1", "Event", "events", true).without_status(),
         R::new("apps", "v1", "Deployment", "deployments", true),
         R::new("batch", "v1", "Job", "jobs", true)
             .names(Label)

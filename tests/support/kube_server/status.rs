@@ -91,6 +91,60 @@ impl KubeServer {
         )
     }
 
+    /// Marks a Job's pods started as the job controller does: `startTime` (kept from an
+    /// earlier call), `active` pods and how many of them are `ready`.
+    pub fn job_running(&self, namespace: &str, name: &str, active: u64, ready: u64) -> Value {
+        let job = self
+            .object("batch/v1", "Job", Some(namespace), name)
+            .unwrap_or_else(|| panic!("no job {namespace}/{name}"));
+        let start = job["status"]["startTime"]
+            .as_str()
+            .map_or_else(now, str::to_string);
+        self.set_status(
+            "batch/v1",
+            "Job",
+            Some(namespace),
+            name,
+            json!({
+                "startTime": start, "active": active, "ready": ready, "terminating": 0,
+                "uncountedTerminatedPods": {},
+            }),
+        )
+    }
+
+    /// Marks a Job failed by its `podFailurePolicy` (a `FailJob` rule matched a
+    /// container's exit code), as the job controller does.
+    pub fn job_failed_by_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+        container: &str,
+        exit_code: i32,
+        rule: usize,
+    ) -> Value {
+        let now = now();
+        let message = format!(
+            "Container {container} for pod {namespace}/{pod} failed with exit code {exit_code} matching FailJob rule at index {rule}"
+        );
+        self.set_status(
+            "batch/v1",
+            "Job",
+            Some(namespace),
+            name,
+            json!({
+                "startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+                "uncountedTerminatedPods": {},
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
+                     "message": message, "lastProbeTime": now, "lastTransitionTime": now},
+                    {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                     "message": message, "lastProbeTime": now, "lastTransitionTime": now},
+                ],
+            }),
+        )
+    }
+
     /// Marks a Deployment rolled out and available at its generation, every replica
     /// (`spec.replicas`, 1 when unset) ready, as the deployment controller does.
     pub fn deployment_available(&self, namespace: &str, name: &str) -> Value {

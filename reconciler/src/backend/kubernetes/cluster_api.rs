@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::cluster::{ApplyOptions, Clusters, LiveObject};
+use super::cluster::{ApplyOptions, Clusters, JobWait, LiveObject};
 use super::{ClusterError, KubeObject, ObjectKey, LABEL_MANAGED_BY, LABEL_WORKSPACE};
 
 /// Applies and watches Kubernetes objects.
@@ -39,12 +39,15 @@ pub trait ClusterApi: Send + Sync {
     async fn wait_job(
         &self,
         key: &ObjectKey,
-        timeout: Duration,
+        wait: &JobWait,
         on_log: &mut (dyn for<'l> FnMut(&'l str) + Send),
     ) -> Result<(), ClusterError>;
 
     /// Waits until a Deployment is available (all replicas ready and up to date).
     async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), ClusterError>;
+
+    /// Puts a random key into a Secret's `data.key` when it has none; whether it did.
+    async fn fill_key(&self, secret: &ObjectKey) -> Result<bool, ClusterError>;
 
     /// Reads one object as it is live; `None` when it does not exist.
     async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError>;
@@ -109,14 +112,18 @@ impl ClusterApi for Clusters {
     async fn wait_job(
         &self,
         key: &ObjectKey,
-        timeout: Duration,
+        wait: &JobWait,
         on_log: &mut (dyn for<'l> FnMut(&'l str) + Send),
     ) -> Result<(), ClusterError> {
-        Clusters::wait_job(self, key, timeout, on_log).await
+        Clusters::wait_job(self, key, wait, on_log).await
     }
 
     async fn wait_available(&self, key: &ObjectKey, timeout: Duration) -> Result<(), ClusterError> {
         Clusters::wait_available(self, key, timeout).await
+    }
+
+    async fn fill_key(&self, secret: &ObjectKey) -> Result<bool, ClusterError> {
+        Clusters::fill_key(self, secret).await
     }
 
     async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError> {

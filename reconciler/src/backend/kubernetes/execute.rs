@@ -6,12 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::cluster::JobWait;
 use super::compute::KubeCompute;
+use super::objects::ANNOTATION_GENERATED_KEY;
 use super::plan::ObjectChangeExt as _;
 use super::rollout::{failed, kube_route};
-use super::{ClusterApi, KubeObject, ObjectKey};
+use super::{ClusterApi, ClusterError, KubeObject, ObjectKey};
 use crate::address::Kind;
-use crate::backend::job::PlannedJob;
+use crate::backend::job::{PlannedJob, DEFAULT_SCHEDULE_TIMEOUT};
 use crate::backend::store::{now_rfc3339, RunRecord, RunStatus};
 use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure};
 use crate::diagnostics::error_chain;
@@ -21,8 +23,18 @@ use crate::plan::{plural, Action, ObjectChange, ResourceChange};
 const DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a run's Job may take when its job declares no timeout.
 const JOB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Added to a declared timeout for scheduling and image pulls.
+/// Added to a declared timeout and the scheduling wait, for image pulls.
 const JOB_START_SLACK: Duration = Duration::from_secs(600);
+
+/// Whether apply generates this Secret's key (the shipped `secret.yaml.j2` marks it).
+fn generates_key(object: &ObjectChange) -> bool {
+    object
+        .object
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/annotations"))
+        .and_then(|a| a.get(ANNOTATION_GENERATED_KEY))
+        .is_some()
+}
 
 impl KubeCompute {
     /// A change on Kubernetes: its objects applied in order (a Job's run waited for,
@@ -62,6 +74,33 @@ impl KubeCompute {
                     .await
                     .map_err(ChangeError::Failed)?;
                 rest.clear();
+            }
+            // An endpoint's key is in place before its pods mount it.
+            let (secrets, others): (Vec<&ObjectChange>, Vec<&ObjectChange>) =
+                rest.into_iter().partition(|o| o.kind == "Secret");
+            rest = others;
+            if !secrets.is_empty() {
+                applied += self
+                    .apply_batch(cx, change, kube, &secrets)
+                    .await
+                    .map_err(ChangeError::Failed)?;
+                for secret in secrets.iter().filter(|o| generates_key(o)) {
+                    let created = kube
+                        .fill_key(&secret.key())
+                        .await
+                        .map_err(|e| ChangeError::Failed(failed(&secret.describe(), e)))?;
+                    if created {
+                        cx.events.note(
+                            &change.address,
+                            &format!(
+                                "generated the endpoint's key in {} (read it with `kubectl get secret {} -n {} -o jsonpath='{{.data.key}}' | base64 -d`)",
+                                secret.describe(),
+                                secret.name,
+                                secret.namespace.as_deref().unwrap_or("default"),
+                            ),
+                        );
+                    }
+                }
             }
             applied += self
                 .apply_batch(cx, change, kube, &workloads)
@@ -215,8 +254,18 @@ impl KubeCompute {
             outputs,
             retries,
             timeout,
+            schedule_timeout,
         } = PlannedJob::parse(after)?;
-        let timeout = timeout.map_or(JOB_TIMEOUT, |t| t + JOB_START_SLACK);
+        let schedule_timeout = schedule_timeout.unwrap_or(DEFAULT_SCHEDULE_TIMEOUT);
+        // The cluster bounds each attempt (its deadline, the scheduling wait); apply's
+        // own bound is for a cluster that does neither. Time queued counts here only.
+        let wait = JobWait {
+            timeout: timeout
+                .map_or(JOB_TIMEOUT, |t| t + schedule_timeout + JOB_START_SLACK)
+                .max(JOB_TIMEOUT),
+            schedule_timeout,
+            run_timeout: timeout,
+        };
         cx.events.note(
             &change.address,
             &format!("waiting for {} (run {run_id})", job.describe()),
@@ -226,7 +275,33 @@ impl KubeCompute {
         let address = change.address.clone();
         let events = cx.events;
         let mut on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
-        let waited = kube.wait_job(&job.key(), timeout, &mut on_log).await;
+        // One Job per attempt: a failed one is replaced by a new one, every instance
+        // together, up to `retries` times.
+        let mut attempts = 1;
+        let waited = loop {
+            let waited = kube.wait_job(&job.key(), &wait, &mut on_log).await;
+            match waited {
+                Err(e @ (ClusterError::JobFailed { .. } | ClusterError::NotScheduled { .. }))
+                    if attempts <= retries =>
+                {
+                    cx.events.note(
+                        &change.address,
+                        &format!(
+                            "attempt {attempts} of {} failed ({e}); running it again",
+                            retries + 1
+                        ),
+                    );
+                    let object = job
+                        .desired()
+                        .ok_or("the plan has no object for this job's Job")?;
+                    kube.apply(&[object], false, &BTreeSet::from([job.key()]))
+                        .await
+                        .map_err(|e| failed("starting the job again", e))?;
+                    attempts += 1;
+                }
+                other => break other,
+            }
+        };
         let mut error = waited.err().map(|e| error_chain(&e));
         let mut produced = BTreeMap::new();
         let mut metrics = None;
@@ -264,7 +339,7 @@ impl KubeCompute {
             } else {
                 RunStatus::Failed
             },
-            attempts: retries + 1,
+            attempts,
             started_at,
             finished_at: now_rfc3339(),
             duration_ms: t.elapsed().as_millis() as u64,

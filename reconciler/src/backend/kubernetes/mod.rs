@@ -65,6 +65,7 @@
 pub mod cluster;
 mod cluster_api;
 pub mod compute;
+mod containers;
 pub mod diff;
 mod execute;
 mod gpu_fit;

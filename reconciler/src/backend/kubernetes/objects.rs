@@ -7,16 +7,18 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
+use super::containers::{auth_proxy_port, env_list, instance_vars, job_env, resources};
 use super::templates::Owned;
 use super::{
     Error, KubeObject, ObjectKey, Renderer, Result, VersionLookup, LABEL_MANAGED_BY,
     LABEL_WORKSPACE,
 };
 use crate::address::{Address, Kind, Reference};
-use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT, RANK_VARIABLES};
+use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT};
+use crate::backend::job::DEFAULT_SCHEDULE_TIMEOUT;
 use crate::desired::{DesiredState, Resource};
 use crate::manifest::{
-    ComputeSpec, EndpointSpec, InstanceType, JobSpec, Spec, Target, WorkspaceSpec,
+    Auth, ComputeSpec, EndpointSpec, InstanceType, JobSpec, Spec, Target, WorkspaceSpec,
 };
 
 /// The port an endpoint serves on when it names none.
@@ -461,6 +463,10 @@ impl<'a> Walk<'a> {
         let mut labels = self.labels(name, "training");
         labels.insert(LABEL_JOB.into(), name.clone());
         labels.insert(LABEL_RUN.into(), run_id.clone());
+        if let Some(queue) = &spec.queue {
+            // Kueue's queue for a batch Job: it admits the suspended Job whole.
+            labels.insert("kueue.x-k8s.io/queue-name".into(), queue.get_ref().clone());
+        }
         let pod_labels: BTreeMap<&str, &str> = BTreeMap::from([
             (LABEL_NAME, name.as_str()),
             (LABEL_COMPONENT, "training"),
@@ -483,9 +489,15 @@ impl<'a> Walk<'a> {
                 "gpus": spec.gpus(),
                 "instances": spec.instances(),
                 "master_port": group.master_port,
-                "timeout_seconds": spec.timeout.as_ref().map(|t| t.get_ref().as_std().as_secs()),
+                // The Job's first deadline bounds an attempt even if no apply watches it:
+                // its scheduling time plus its timeout. Apply sets the real one once
+                // every pod runs (only running time counts).
+                "timeout_seconds": spec.timeout.as_ref().map(|t| {
+                    (t.get_ref().as_std() + schedule_timeout(spec)).as_secs()
+                }),
+                "queue": spec.queue.as_ref().map(|q| q.get_ref()),
                 "retries": spec.retries,
-                "resources": resources(instance.map(|(_, it)| it), spec.gpus()),
+                "resources": resources(instance.map(|(_, it)| it), spec.cpu.as_ref(), spec.memory.as_ref(), spec.gpus()),
                 "description": spec.description,
             },
             "inputs": inputs,
@@ -521,13 +533,37 @@ impl<'a> Walk<'a> {
             compute,
             &namespace,
         );
+        // Every pod checks the key itself (`cairn auth-proxy`), whatever serves behind it
+        // and whatever gateway is in front.
+        let authenticated = spec.auth != Auth::None;
+        let key_secret = format!("{endpoint_name}-key");
         let endpoint_vars = json!({
             "name": endpoint_name,
             "address": address.to_string(),
             "port": port,
             "auth": spec.auth,
+            "auth_port": authenticated.then(|| auth_proxy_port(port)),
+            "key_secret": authenticated.then_some(&key_secret),
             "description": spec.description,
         });
+        if authenticated {
+            let mut labels = self.labels(endpoint_name, "serving");
+            labels.insert(LABEL_ENDPOINT.into(), endpoint_name.into());
+            let vars = json!({
+                "name": key_secret,
+                "namespace": namespace,
+                "compute": compute_vars,
+                "endpoint": endpoint_vars,
+            });
+            self.emit(
+                "secret.yaml.j2",
+                address,
+                ctx,
+                labels,
+                BTreeMap::from([(ANNOTATION_GENERATED_KEY.to_string(), "key".to_string())]),
+                vars,
+            )?;
+        }
 
         // Deployment name → (object name, pod selector).
         let mut backends: BTreeMap<String, (String, BTreeMap<String, String>)> = BTreeMap::new();
@@ -586,7 +622,7 @@ impl<'a> Walk<'a> {
                     "image": deployment.image.as_ref().map_or(self.renderer.cairn_image.as_str(), |i| i.get_ref().as_str()),
                     "reference_server": deployment.image.is_none(),
                     "env": env_list(env),
-                    "resources": resources(instance.map(|(_, it)| it), deployment.gpus()),
+                    "resources": resources(instance.map(|(_, it)| it), deployment.cpu.as_ref(), deployment.memory.as_ref(), deployment.gpus()),
                     "weight": spec.weight_of(deployment_name),
                 },
                 "model": {
@@ -801,78 +837,15 @@ fn compute_vars(name: &str, address: &Address, compute: &ComputeSpec, namespace:
     })
 }
 
-fn instance_vars(name: &str, it: &InstanceType) -> Value {
-    json!({
-        "name": name,
-        "cpu": it.cpu.as_ref().map(|q| q.as_str()),
-        "memory": it.memory.as_ref().map(|q| q.as_str()),
-        "gpus": it.gpus,
-        "gpu_type": it.gpu_type,
-        "node_selector": it.node_selector,
-        "tolerations": it.tolerations,
-    })
-}
+/// On a Secret Cairn renders without data: the data key apply fills with a random
+/// key once (`cluster/keys.rs`).
+pub const ANNOTATION_GENERATED_KEY: &str = "cairn.dev/generated-key";
 
-/// Container resources: cpu and memory requested as the instance type offers, memory
-/// limited to the same (a container past it is killed rather than the node), no cpu
-/// limit (throttling slows training without protecting anyone), and GPUs requested and
-/// limited alike, as Kubernetes requires for extended resources.
-fn resources(instance: Option<&InstanceType>, gpus: u32) -> Value {
-    let mut requests = Map::new();
-    let mut limits = Map::new();
-    if let Some(it) = instance {
-        if let Some(cpu) = &it.cpu {
-            requests.insert("cpu".into(), cpu.as_str().into());
-        }
-        if let Some(memory) = &it.memory {
-            requests.insert("memory".into(), memory.as_str().into());
-            limits.insert("memory".into(), memory.as_str().into());
-        }
-    }
-    if gpus > 0 {
-        requests.insert("nvidia.com/gpu".into(), gpus.to_string().into());
-        limits.insert("nvidia.com/gpu".into(), gpus.to_string().into());
-    }
-    let mut out = Map::new();
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    Value::Object(out)
-}
-
-/// A job container's `env`: the job's variables and Cairn's, then the
-/// distributed-training contract ([`Distribution`]); each instance's rank comes from
-/// its completion index (the annotation every Indexed Job pod carries; 0 otherwise).
-fn job_env(mut env: BTreeMap<&str, String>, group: &Distribution) -> Value {
-    for (name, value) in group.shared_env() {
-        env.insert(name, value);
-    }
-    let mut list: Vec<Value> = env
-        .into_iter()
-        .map(|(name, value)| json!({ "name": name, "value": value }))
-        .collect();
-    for name in RANK_VARIABLES {
-        list.push(if group.instances > 1 {
-            json!({"name": name, "valueFrom": {"fieldRef": {
-                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-            }}})
-        } else {
-            json!({"name": name, "value": "0"})
-        });
-    }
-    Value::Array(list)
-}
-
-/// `[{name, value}]`, sorted by name, as a container's `env` wants it.
-fn env_list<K: AsRef<str>>(env: BTreeMap<K, String>) -> Value {
-    Value::Array(
-        env.into_iter()
-            .map(|(name, value)| json!({ "name": name.as_ref(), "value": value }))
-            .collect(),
-    )
+/// How long a job's instances may take to all be running once admitted.
+fn schedule_timeout(spec: &JobSpec) -> std::time::Duration {
+    spec.schedule_timeout
+        .as_ref()
+        .map_or(DEFAULT_SCHEDULE_TIMEOUT, |t| t.get_ref().as_std())
 }
 
 /// A revision as it can appear in object names and label values: lowercase letters,

@@ -26,7 +26,7 @@ pub const DEFAULT_CAIRN_IMAGE: &str =
 pub const OVERRIDE_DIR: &str = "templates/kubernetes";
 
 /// The shipped templates, in the apply order of the objects they produce.
-pub const TEMPLATES: [(&str, &str); 8] = [
+pub const TEMPLATES: [(&str, &str); 9] = [
     (
         "namespace.yaml.j2",
         include_str!("../../../../templates/kubernetes/namespace.yaml.j2"),
@@ -42,6 +42,10 @@ pub const TEMPLATES: [(&str, &str); 8] = [
     (
         "serviceaccount.yaml.j2",
         include_str!("../../../../templates/kubernetes/serviceaccount.yaml.j2"),
+    ),
+    (
+        "secret.yaml.j2",
+        include_str!("../../../../templates/kubernetes/secret.yaml.j2"),
     ),
     (
         "job.yaml.j2",
@@ -63,11 +67,12 @@ pub const TEMPLATES: [(&str, &str); 8] = [
 
 /// The kinds the shipped templates produce, in apply order (the same order as
 /// [`TEMPLATES`]). Other kinds an override adds are applied with their template's.
-const KIND_ORDER: [&str; 8] = [
+const KIND_ORDER: [&str; 9] = [
     "Namespace",
     "ResourceQuota",
     "LimitRange",
     "ServiceAccount",
+    "Secret",
     "Job",
     "Deployment",
     "Service",

@@ -48,6 +48,8 @@ impl LocalCompute {
             outputs,
             retries,
             timeout,
+            // Local processes start at once: nothing to schedule.
+            schedule_timeout: _,
         } = PlannedJob::parse(after).map_err(ChangeError::Plan)?;
         let work = self.work_dir.join("runs").join(&job).join(&run_id);
         // A job an earlier, killed apply left running in this folder is stopped, not

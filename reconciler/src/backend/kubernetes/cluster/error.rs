@@ -113,6 +113,16 @@ pub enum Error {
         reason: String,
         message: String,
     },
+    #[error("{job}: only {running} of its {wanted} pods ran {} after it was admitted, so Cairn stopped it (the running ones would hold their GPUs waiting for the rest){}", humantime::format_duration(*.waited), reasons_list(.reasons))]
+    NotScheduled {
+        job: Box<ObjectKey>,
+        /// How long the pods had to start once the Job was admitted.
+        waited: Duration,
+        running: i64,
+        wanted: i64,
+        /// What the cluster says: pods' scheduling conditions, warning events.
+        reasons: Vec<String>,
+    },
     #[error("{object} is not progressing: {reason}: {message} ({state})")]
     NotProgressing {
         object: Box<ObjectKey>,
@@ -133,6 +143,16 @@ pub enum Error {
     },
     #[error("{object} disappeared while Cairn waited for it")]
     Gone { object: Box<ObjectKey> },
+}
+
+fn reasons_list(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "; the cluster gave no reason (no pod conditions or warning events Cairn may read)"
+            .to_string()
+    } else {
+        let lines: String = reasons.iter().map(|r| format!("\n  - {r}")).collect();
+        format!("; the cluster says:{lines}")
+    }
 }
 
 fn conflict_message(fields: &[String], managers: &[String]) -> String {
@@ -189,6 +209,9 @@ impl Error {
             Error::KindNotServed { .. } => "install the CRD that serves it, or remove the template override that renders it".into(),
             Error::InvalidObject { .. } => "check the template override that renders it".into(),
             Error::JobFailed { .. } => "read the job's logs: `kubectl logs job/<name>`".into(),
+            Error::NotScheduled { .. } => {
+                "the pods must all run at once: free or add nodes (GPUs, quota), use a `queue` (Kueue admits all pods or none), or raise the job's `schedule_timeout`".into()
+            }
             Error::NotProgressing { .. } | Error::Timeout { .. } => {
                 "look at the pods' events: `kubectl describe pods -l <selector>`".into()
             }

@@ -45,7 +45,7 @@
 //! # Files
 //! `connect.rs` (settings and clients), `discovery.rs` (kinds served), `observe.rs`
 //! (listing and reading), `apply.rs`, `prune.rs`, `wait.rs` (Jobs and Deployments),
-//! `logs.rs` (a Job's pod logs), `scrape.rs` (the pod proxy), `capacity.rs` (GPUs) and
+//! `keys.rs` (endpoint keys), `logs.rs` (a Job's pod logs), `scheduling.rs` (why its pods are not running), `scrape.rs` (the pod proxy), `capacity.rs` (GPUs) and
 //! `error.rs`.
 
 mod apply;
@@ -53,9 +53,11 @@ mod capacity;
 mod connect;
 mod discovery;
 mod error;
+mod keys;
 mod logs;
 mod observe;
 mod prune;
+mod scheduling;
 mod scrape;
 mod wait;
 
@@ -76,14 +78,16 @@ pub use apply::{Applied, ApplyOptions, Outcome};
 pub use capacity::Capacity;
 pub use connect::KubeconfigSources;
 pub use error::{Error, Result};
+pub use wait::JobWait;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of
 /// other kinds are applied after Services and before HTTPRoutes.
-pub const SHIPPED_KINDS: [(&str, &str); 8] = [
+pub const SHIPPED_KINDS: [(&str, &str); 9] = [
     ("v1", "Namespace"),
     ("v1", "ResourceQuota"),
     ("v1", "LimitRange"),
     ("v1", "ServiceAccount"),
+    ("v1", "Secret"),
     ("batch/v1", "Job"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -98,10 +102,12 @@ const ATTEMPTS: usize = 3;
 
 /// The apply wave of a kind: the shipped kinds in order, other kinds after Services.
 pub fn wave(kind: &str) -> usize {
+    // The route comes last: other kinds go in its place, the route after them.
+    let route = SHIPPED_KINDS.len() - 1;
     match SHIPPED_KINDS.iter().position(|(_, k)| *k == kind) {
-        Some(i) if i < 7 => i,
-        Some(_) => 8,
-        None => 7,
+        Some(i) if i < route => i,
+        Some(_) => route + 1,
+        None => route,
     }
 }
 
@@ -247,6 +253,7 @@ mod tests {
             "ResourceQuota",
             "LimitRange",
             "ServiceAccount",
+            "Secret",
             "Job",
             "Deployment",
             "Service",
@@ -256,6 +263,6 @@ mod tests {
         .iter()
         .map(|k| wave(k))
         .collect();
-        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

@@ -50,6 +50,7 @@ macro_rules! target_suite {
                 an_endpoint_with_a_key_refuses_requests_without_it,
                 an_endpoint_is_created,
                 a_rollout_is_promoted,
+                a_rollout_without_traffic_is_halted,
                 a_rollout_is_rolled_back_on_a_failed_gate,
                 a_removed_endpoint_is_pruned,
                 nothing_changes_after_an_apply,

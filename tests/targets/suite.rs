@@ -258,6 +258,33 @@ pub fn a_rollout_is_promoted<F: TargetFixture>() {
     world.assert_serving(&v2);
 }
 
+/// 5b. A rollout whose step sees no traffic (no client sends any) is halted, saying so,
+///     and the endpoint keeps its old version: gates fail closed.
+pub fn a_rollout_without_traffic_is_halted<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.apply().ok();
+    let v1 = repo.model_version();
+
+    repo.retrain();
+    let apply = repo.apply();
+    apply.code(1);
+    let endpoint = repo.last_outcome(ENDPOINT);
+    assert_eq!(endpoint["status"], "failed", "{endpoint}");
+    let message = endpoint["message"].as_str().unwrap_or("");
+    assert!(message.contains("no traffic to judge"), "{message}");
+    assert_eq!(
+        walked(&endpoint).iter().rev().take(2).collect::<Vec<_>>(),
+        ["rolled back", "failed 50"],
+        "{endpoint}"
+    );
+    assert_eq!(
+        repo.state()[ENDPOINT]["value"]["deployments"]["blue"]["version"],
+        v1.as_str()
+    );
+    world.assert_serving(&v1);
+}
+
 /// 6. A new version that fails its requests is rolled back: traffic stays on the old
 ///    one, the change fails saying why, and the rollout is still to do.
 pub fn a_rollout_is_rolled_back_on_a_failed_gate<F: TargetFixture>() {

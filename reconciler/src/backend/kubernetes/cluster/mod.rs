@@ -36,8 +36,9 @@
 //!   a platform team made, one another workspace made) is left alone and reported as
 //!   [`Outcome::Foreign`]; Cairn applies the objects inside it but never the Namespace
 //!   itself. Any other kind in that state is an error.
-//! - Pruning a Namespace Cairn created deletes everything in it, as `kubectl delete
-//!   namespace` would.
+//! - A Namespace Cairn created is pruned only when it holds nothing but Cairn's objects
+//!   for the workspace (deleting it deletes everything in it); otherwise it is kept and
+//!   [`Pruned::kept`] says why.
 //! - Log lines of a Job's pods are fetched by polling `pods/log` with timestamps (so a
 //!   line is never repeated); a server or RBAC role without `pods/log` gives no lines,
 //!   not an error.
@@ -73,9 +74,10 @@ use connect::{show_paths, Cluster, Source};
 use discovery::KindCache;
 
 pub use apply::{Applied, ApplyOptions, Outcome};
-pub use capacity::Capacity;
+pub use capacity::{Capacity, NodeGpus, AUTOSCALED_NODE_LABEL};
 pub use connect::KubeconfigSources;
 pub use error::{Error, Result};
+pub use prune::Pruned;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of
 /// other kinds are applied after Services and before HTTPRoutes.

@@ -5,9 +5,15 @@
 use cairn::apply::Status;
 use serde_json::Value;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::backend::kubernetes::Clusters;
+use serde_json::json;
+
 use crate::kube_server::{role_from_yaml, KubeServer};
 use crate::repo_root;
-use crate::world::{outcomes, plan_error, World, TEAM_NS};
+use crate::world::{folder_store, outcomes, plan_error, plan_with, World, TEAM_NS};
 
 fn shipped(file: &str) -> Value {
     let path = repo_root().join("templates/rbac").join(file);
@@ -191,4 +197,125 @@ async fn refusals_read_as_the_real_servers() {
         }
     }
     insta::assert_snapshot!("refusals", messages.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plans_with_the_role_alone_in_each_namespace() {
+    // Both of the example's contexts reach one server; an administrator made the two
+    // namespaces and bound the shipped Role in each.
+    let server = KubeServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = server.kubeconfig("aks-gpu-westeurope");
+    let second = server
+        .kubeconfig("onprem-radiology")
+        .replace("current-context: \"onprem-radiology\"\n", "");
+    let (clusters_a, users_a, contexts_a) = sections(&config);
+    let (clusters_b, users_b, contexts_b) = sections(&second);
+    let merged = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n{clusters_a}{clusters_b}users:\n{users_a}{users_b}contexts:\n{contexts_a}{contexts_b}current-context: \"aks-gpu-westeurope\"\n"
+    );
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, merged).unwrap();
+    for namespace in ["imaging-train", "imaging-serve"] {
+        server.create(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            "kubectl-create",
+        );
+        server.bind_role(namespace, &shipped("role.yaml"));
+    }
+    let clusters = Arc::new(
+        Clusters::from_kubeconfig_path(&kubeconfig).with_poll_interval(Duration::from_millis(20)),
+    );
+    let store = folder_store(&dir.path().join("store"));
+    let plan = plan_with(&repo_root().join("manifests"), "imaging", &store, &clusters)
+        .await
+        .unwrap_or_else(|e| panic!("{}", plan_error(&e)));
+    insta::assert_snapshot!("example_role_plan_notes", plan.notes.join("\n"));
+    let objects: Vec<String> = plan
+        .changes()
+        .flat_map(|c| c.objects.iter().map(|o| format!("{} {}", o.kind, o.name)))
+        .collect();
+    assert!(
+        objects.iter().any(|o| o.starts_with("Job train-pneumonia")),
+        "{objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|o| o.starts_with("Namespace")),
+        "{objects:?}"
+    );
+    assert_eq!(
+        refused(&server),
+        ["GET /api/v1/namespaces", "GET /api/v1/nodes"]
+    );
+}
+
+/// The `clusters:`, `users:` and `contexts:` entries of a one-context kubeconfig.
+fn sections(kubeconfig: &str) -> (String, String, String) {
+    let mut out = [String::new(), String::new(), String::new()];
+    let mut current = None;
+    for line in kubeconfig.lines() {
+        match line {
+            "clusters:" => current = Some(0),
+            "users:" => current = Some(1),
+            "contexts:" => current = Some(2),
+            l if !l.starts_with(' ') && !l.starts_with('-') => current = None,
+            l => {
+                if let Some(i) = current {
+                    out[i].push_str(l);
+                    out[i].push('\n');
+                }
+            }
+        }
+    }
+    let [a, b, c] = out;
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn an_apply_that_creates_needs_create_besides_patch() {
+    let (server, clusters) = crate::start();
+    crate::apply_ok(&clusters, &[crate::namespace(crate::WS, crate::NS)]).await;
+    let mut role = shipped("role.yaml");
+    for rule in role["rules"].as_array_mut().unwrap() {
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "serviceaccounts")
+        {
+            rule["verbs"] = json!(["get", "list", "patch", "delete"]);
+        }
+    }
+    server.bind_role(crate::NS, &role);
+    let account = crate::service_account(crate::WS);
+    let applied = clusters
+        .apply(std::slice::from_ref(&account), &Default::default())
+        .await
+        .unwrap();
+    let error = applied[0]
+        .error()
+        .expect("creating needs `create`")
+        .to_string();
+    assert!(
+        error.contains("cannot create resource \"serviceaccounts\" in API group \"\" in the namespace \"fraud-ml\""),
+        "{error}"
+    );
+    // Made by someone who may (with another spec hash): then `patch` is all an apply
+    // that changes it needs.
+    let mut older = account.value.clone();
+    older["metadata"]["annotations"]["cairn.dev/spec-hash"] = json!("h0");
+    server.create(older, "admin");
+    let force = cairn::backend::kubernetes::ApplyOptions {
+        force: true,
+        ..Default::default()
+    };
+    let applied = clusters.apply(&[account], &force).await.unwrap();
+    assert!(
+        matches!(
+            applied[0].outcome,
+            cairn::backend::kubernetes::Outcome::Updated
+        ),
+        "{:?}",
+        applied[0].outcome
+    );
 }

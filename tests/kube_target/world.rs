@@ -10,7 +10,7 @@
 //! (two GPUs, pool `t4`), is where the endpoint's revisions fit.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,34 +190,7 @@ impl World {
 
     /// Observes the cluster and plans, as `cairn plan` does.
     pub async fn plan(&self) -> Result<Plan, cairn::planner::Error> {
-        let snapshot = load_folder(&self.root).expect("the fixture's manifests");
-        let desired = match cairn::desired::resolve(&snapshot) {
-            Ok(resolved) => resolved.state,
-            Err(diagnostics) => panic!("the fixture is invalid: {diagnostics:?}"),
-        };
-        let targets = self.targets();
-        targets
-            .observe(&desired, &[TEAM.to_string()])
-            .await
-            .map_err(|e| panic!("observing failed: {e}"))
-            .unwrap();
-        let stores = BTreeMap::from([(TEAM.to_string(), self.store.clone())]);
-        let cache = HashCache::in_memory();
-        Planner {
-            snapshot: &snapshot,
-            desired: &desired,
-            stores: &stores,
-            cache: &cache,
-            events: &Silent,
-            source: PlanSource {
-                root: self.root.display().to_string(),
-                rev: None,
-            },
-            targets: &targets,
-            destroy: false,
-        }
-        .plan()
-        .await
+        plan_with(&self.root, TEAM, &self.store, &self.clusters).await
     }
 
     /// Plans, then applies that plan under the workspace's lock, as `cairn apply
@@ -264,6 +237,47 @@ impl Drop for World {
             let _ = kubelet.join();
         }
     }
+}
+
+/// Observes the clusters for `workspace` of the manifests at `root` and plans it with
+/// `store` as its store, as `cairn plan -w <workspace>` does.
+pub async fn plan_with(
+    root: &Path,
+    workspace: &str,
+    store: &Store,
+    clusters: &Arc<Clusters>,
+) -> Result<Plan, cairn::planner::Error> {
+    let snapshot = load_folder(root).expect("the manifests");
+    let desired = match cairn::desired::resolve(&snapshot) {
+        Ok(resolved) => resolved.state,
+        Err(diagnostics) => panic!("the manifests are invalid: {diagnostics:?}"),
+    };
+    let targets = Targets::new().with(Box::new(KubeCompute::new(Some(clusters.clone()))));
+    if let Err(e) = targets.observe(&desired, &[workspace.to_string()]).await {
+        panic!("observing failed: {e}");
+    }
+    let stores = BTreeMap::from([(workspace.to_string(), store.clone())]);
+    let cache = HashCache::in_memory();
+    Planner {
+        snapshot: &snapshot,
+        desired: &desired,
+        stores: &stores,
+        cache: &cache,
+        events: &Silent,
+        source: PlanSource {
+            root: root.display().to_string(),
+            rev: None,
+        },
+        targets: &targets,
+        destroy: false,
+    }
+    .plan()
+    .await
+}
+
+/// A folder store in `dir`.
+pub fn folder_store(dir: &Path) -> Store {
+    Store::open(&format!("file://{}", dir.display()), dir).expect("a folder store")
 }
 
 /// A blocked plan's diagnostics, or the error.

@@ -119,7 +119,8 @@
 //! `writes.rs`, `apply.rs` (server-side apply and managed fields), `delete.rs`,
 //! `workloads.rs` and `pod_spec.rs` (per-kind defaults and validation), `meta.rs`
 //! (names, labels, annotations), `selectors.rs`, `pods.rs` (logs and proxy),
-//! `status.rs` (the status controls) and `controls.rs` (the other test controls).
+//! `status.rs` (the status controls), `controls.rs` (the other test controls) and
+//! `rbac.rs` (RBAC mode).
 //!
 //! Include with `#[path = "../support/kube_server/mod.rs"] mod kube_server;`.
 

@@ -363,7 +363,7 @@ fn check_nodes(
                 String::new()
             };
             format!(
-                "the nodes with GPUs{selector}{} have {} (GPUs not requested by their pods){too_big}",
+                "the nodes with GPUs{selector}{} have {} (allocatable less what their pods request){too_big}",
                 in_context(context),
                 each.join(", ")
             )
@@ -378,7 +378,7 @@ fn check_nodes(
             diagnostics.push(Diagnostic::warning(
                 "gpu-capacity",
                 format!(
-                    "{}: {pods} and {fits} now: {nodes_now}; the pool can grow ({why}), so {} may wait for the autoscaler",
+                    "{}: {pods}, and {fits} now: {nodes_now}; the pool can grow ({why}), so {} may wait for the autoscaler",
                     need.resource.address.local(),
                     if need.pods == 1 { "it" } else { "they" }
                 ),

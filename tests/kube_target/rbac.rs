@@ -87,6 +87,38 @@ async fn the_shipped_role_plans_and_applies_in_its_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_role_rolls_out_through_the_pod_proxy() {
+    let world = World::new();
+    world.admin_made_namespace();
+    world.server.bind_role(TEAM_NS, &shipped("role.yaml"));
+    world.serve_metrics();
+    let (_, report) = world.apply().await;
+    assert!(report.success(), "{}", outcomes(&report));
+
+    world.write("model/weights.bin", Some("version 2\n"));
+    let (plan, report) = world.apply().await;
+    assert!(plan.changes().any(|c| c.rollout.is_some()));
+    assert!(report.success(), "{}", outcomes(&report));
+    let endpoint = report
+        .outcomes
+        .iter()
+        .find(|o| o.address == "team/endpoint.api")
+        .expect("the endpoint's outcome");
+    let message = endpoint.message.as_deref().unwrap_or("");
+    assert!(message.starts_with("promoted"), "{message}");
+    // The gates read the pods through the proxy; nothing else was refused.
+    assert!(world
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with(":8080/proxy/metrics") && r.status == 200));
+    assert_eq!(
+        refused(&world.server),
+        ["GET /api/v1/namespaces", "GET /api/v1/nodes"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_cairn_may_not_read_is_used_as_it_is() {
     let world = World::new();
     world.admin_made_namespace();

@@ -10,9 +10,11 @@
 //! (two GPUs, pool `t4`), is where the endpoint's revisions fit.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn::apply::{Applier, ApplyOptions, ApplyReport};
@@ -57,6 +59,8 @@ pub struct World {
     clusters: Arc<Clusters>,
     stop: Arc<AtomicBool>,
     kubelet: Option<std::thread::JoinHandle<()>>,
+    /// Where the pods the kubelet starts answer their metrics, once set.
+    metrics: Arc<Mutex<Option<String>>>,
 }
 
 impl World {
@@ -110,9 +114,10 @@ impl World {
                 .with_poll_interval(Duration::from_millis(20)),
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Mutex::new(None));
         let kubelet = {
-            let (server, stop) = (server.clone(), stop.clone());
-            std::thread::spawn(move || kubelet(&server, &stop))
+            let (server, stop, metrics) = (server.clone(), stop.clone(), metrics.clone());
+            std::thread::spawn(move || kubelet(&server, &stop, &metrics))
         };
         let world = World {
             server,
@@ -122,6 +127,7 @@ impl World {
             clusters,
             stop,
             kubelet: Some(kubelet),
+            metrics,
         };
         // The serving pool: the endpoint's revisions (one GPU each) fit here.
         world.node("t4-0", "t4", 2, &[]);
@@ -143,6 +149,13 @@ impl World {
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM_NS}}),
             "kubectl-create",
         );
+    }
+
+    /// From now on the pods the kubelet starts answer `/metrics` through the pod proxy
+    /// as `cairn serve` would under steady traffic: every read counts 100 more
+    /// successful requests.
+    pub fn serve_metrics(&self) {
+        *self.metrics.lock().unwrap() = Some(metrics_server());
     }
 
     /// A node of `pool` with `gpus` allocatable GPUs and these extra labels.
@@ -308,9 +321,34 @@ pub fn outcomes(report: &ApplyReport) -> String {
         .collect()
 }
 
+/// Answers every request with `cairn serve`'s request counter, 100 higher each time.
+fn metrics_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut requests = 0u64;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 8192];
+            let _ = stream.read(&mut head);
+            requests += 100;
+            let body = format!(
+                "# TYPE cairn_requests_total counter\ncairn_requests_total{{code=\"200\"}} {requests}\n"
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
 /// Plays the nodes until stopped: a new Deployment generation becomes available, with
-/// one Running pod per replica carrying its template's labels.
-fn kubelet(server: &KubeServer, stop: &AtomicBool) {
+/// one Running pod per replica carrying its template's labels (answering metrics at
+/// `metrics`, when set).
+fn kubelet(server: &KubeServer, stop: &AtomicBool, metrics: &Mutex<Option<String>>) {
     while !stop.load(Ordering::SeqCst) {
         for object in server.objects() {
             if object["kind"] != "Deployment"
@@ -338,6 +376,9 @@ fn kubelet(server: &KubeServer, stop: &AtomicBool) {
                     "kubelet",
                 );
                 server.set_status("v1", "Pod", Some(ns), &pod, json!({"phase": "Running"}));
+                if let Some(address) = metrics.lock().unwrap().as_deref() {
+                    server.pod_address(ns, &pod, 8080, address);
+                }
             }
             server.deployment_available(ns, name);
         }

@@ -206,7 +206,7 @@ const RBAC_TEMPLATES: &str = "templates/rbac/ (`role.yaml` for one namespace, `c
 /// What RBAC refused, read off the API server's message (`... cannot get resource
 /// "pods/proxy" in API group "" in the namespace "ns"`): the verb, the resource, its
 /// API group and the namespace (`None` at the cluster scope).
-pub(crate) fn forbidden_permission(
+fn forbidden_permission(
     message: &str,
 ) -> Option<(String, String, String, Option<String>)> {
     let rest = &message[message.find(" cannot ")? + " cannot ".len()..];
@@ -256,5 +256,40 @@ fn forbidden_hint(message: &str) -> String {
         None => format!(
             "the kubeconfig's user lacks permission: check its RBAC roles with `kubectl auth can-i`; {RBAC_TEMPLATES}"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_permission_and_where_the_roles_are() {
+        let message = "pods \"web-0:8080\" is forbidden: User \"ci\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"team\"";
+        assert_eq!(
+            forbidden_permission(message),
+            Some((
+                "get".into(),
+                "pods/proxy".into(),
+                String::new(),
+                Some("team".into())
+            ))
+        );
+        let hint = forbidden_hint(message);
+        assert!(
+            hint.contains("`kubectl auth can-i get pods --subresource=proxy -n team`"),
+            "{hint}"
+        );
+        assert!(hint.contains("templates/rbac/"), "{hint}");
+        let cluster = "namespaces is forbidden: User \"ci\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope";
+        assert_eq!(
+            forbidden_permission(cluster),
+            Some(("list".into(), "namespaces".into(), String::new(), None))
+        );
+        let grouped = "deployments.apps \"x\" is forbidden: User \"ci\" cannot patch resource \"deployments\" in API group \"apps\" in the namespace \"t\"";
+        assert!(forbidden_hint(grouped).contains("can-i patch deployments.apps -n t"));
+        // A webhook's own wording: the general hint.
+        assert_eq!(forbidden_permission("denied by policy"), None);
+        assert!(forbidden_hint("denied by policy").contains("templates/rbac/"));
     }
 }

@@ -213,7 +213,7 @@ pub fn check(
                     "GPU capacity of the cluster{} is unknown: Cairn may not list nodes, so the plan checks the GPUs asked for ({}) against the namespace's quota only",
                     in_context(context.as_deref()),
                     asks.iter()
-                        .map(|n| format!("{} {}", n.resource.address.local(), gpus_of(n.gpus())))
+                        .map(|n| format!("{} {}", n.resource.address, gpus_of(n.gpus())))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -379,7 +379,7 @@ fn check_nodes(
                 "gpu-capacity",
                 format!(
                     "{}: {pods}, and {fits} now: {nodes_now}; the pool can grow ({why}), so {} may wait for the autoscaler",
-                    need.resource.address.local(),
+                    need.resource.address,
                     if need.pods == 1 { "it" } else { "they" }
                 ),
             ));

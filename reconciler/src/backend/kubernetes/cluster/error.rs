@@ -206,9 +206,7 @@ const RBAC_TEMPLATES: &str = "templates/rbac/ (`role.yaml` for one namespace, `c
 /// What RBAC refused, read off the API server's message (`... cannot get resource
 /// "pods/proxy" in API group "" in the namespace "ns"`): the verb, the resource, its
 /// API group and the namespace (`None` at the cluster scope).
-fn forbidden_permission(
-    message: &str,
-) -> Option<(String, String, String, Option<String>)> {
+fn forbidden_permission(message: &str) -> Option<(String, String, String, Option<String>)> {
     let rest = &message[message.find(" cannot ")? + " cannot ".len()..];
     let (verb, rest) = rest.split_once(" resource \"")?;
     let (resource, rest) = rest.split_once("\" in API group \"")?;

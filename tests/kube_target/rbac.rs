@@ -351,3 +351,29 @@ async fn an_apply_that_creates_needs_create_besides_patch() {
         applied[0].outcome
     );
 }
+
+#[tokio::test]
+async fn a_namespace_cairn_made_is_read_by_name_when_namespaces_cannot_be_listed() {
+    let (server, clusters) = crate::start();
+    crate::apply_ok(&clusters, &[crate::namespace(crate::WS, crate::NS)]).await;
+    server.bind_role(crate::NS, &shipped("role.yaml"));
+    let live = clusters
+        .observe(crate::WS, &[crate::scope()])
+        .await
+        .expect("observing with the Role alone");
+    assert_eq!(crate::names(&live), ["Namespace/fraud-ml"]);
+    assert_eq!(
+        refused(&server),
+        ["GET /api/v1/namespaces"],
+        "listed, refused, then read by name"
+    );
+    // Without `get` on it either, it is left out rather than an error.
+    let (server, clusters) = crate::start();
+    crate::apply_ok(&clusters, &[crate::namespace(crate::WS, crate::NS)]).await;
+    server.bind_role(crate::NS, &role_without("namespaces"));
+    let live = clusters
+        .observe(crate::WS, &[crate::scope()])
+        .await
+        .unwrap();
+    assert_eq!(crate::names(&live), Vec::<String>::new());
+}

@@ -88,8 +88,10 @@ impl World {
         // The GPU pool: two nodes with four GPUs each.
         for i in 0..2 {
             let node = format!("a100-{i}");
+            // Labelled as the example's `a100` instance type selects.
             train.create(
-                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
+                json!({"apiVersion": "v1", "kind": "Node",
+                       "metadata": {"name": node, "labels": {"agentpool": "a100"}}}),
                 "kubelet",
             );
             train.set_status(
@@ -102,7 +104,8 @@ impl World {
         }
         // The on-premises cluster: one node with two T4s (a rollout runs two revisions).
         serve.create(
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "t4-0"}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "t4-0",
+                   "labels": {"node.kubernetes.io/instance-type": "g4dn.2xlarge"}}}),
             "kubelet",
         );
         serve.set_status(

@@ -7,10 +7,17 @@
 //!   replacing a Job whose immutable field changed, objects Cairn does not own.
 //! - `observe`: what is found by labels, drift after a hand edit, defaulted fields,
 //!   missing namespaces, kinds the server does not serve.
-//! - `prune`: only this workspace's labelled objects go, in reverse order.
+//! - `prune`: only this workspace's labelled objects go, in reverse order; a Namespace
+//!   holding anything Cairn doesn't own is kept, and the apply says why.
 //! - `wait`: Jobs that succeed or fail (with their logs), Deployments that become
 //!   available or time out.
-//! - `capacity`: GPU quota and node allocatable, and nodes a role can't read.
+//! - `capacity`: GPU quota, each node's free GPUs (allocatable less what its pods
+//!   request), nodes and pods a role can't read; and in plans: a pod fits one node,
+//!   GPUs in use are subtracted, a pool that can grow may wait for the autoscaler.
+//! - `rbac`: the shipped Role and ClusterRole (`templates/rbac/`) bound in the server's
+//!   RBAC mode: plan and apply with the Role alone, a missing `pods/proxy` named by
+//!   the rollout's gate, cluster-scope operation with the ClusterRole.
+//! - `world`: `cairn plan` and `cairn apply` through the library on a small workspace.
 //! - `contexts`: two clusters in one kubeconfig, unknown contexts, unreachable servers.
 
 #[path = "../support/kube_server/mod.rs"]
@@ -21,7 +28,9 @@ mod capacity;
 mod contexts;
 mod observe;
 mod prune;
+mod rbac;
 mod wait;
+mod world;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -86,6 +86,11 @@ pub struct ComputeSpec {
     /// Kubernetes: the machine shapes jobs and deployments can ask for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub instance_types: SpannedMap<InstanceType>,
+    /// Kubernetes: the node pool grows when pods are pending (a cluster autoscaler or
+    /// Karpenter), so GPUs its nodes don't have now are not refused at plan time: the
+    /// pods may wait for the autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Spanned<bool>>,
     /// GPU quota: the most GPUs this compute may use at once. `0` means no GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gpus: Option<Spanned<u32>>,
@@ -104,6 +109,11 @@ pub struct ComputeSpec {
 }
 
 impl ComputeSpec {
+    /// Whether its node pool can grow (`autoscale = true`).
+    pub fn autoscale(&self) -> bool {
+        self.autoscale.as_ref().is_some_and(|a| *a.get_ref())
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles
             .as_ref()

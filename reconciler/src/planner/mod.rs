@@ -21,7 +21,7 @@ use crate::backend::store::{self, Store};
 use crate::backend::target::{kind_name, PlanScope, Targets};
 use crate::content::HashCache;
 use crate::desired::{DesiredState, Resource};
-use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::diagnostics::{Diagnostic, Diagnostics, Location, Severity};
 use crate::events::Events;
 use crate::manifest::{Snapshot, Spec};
 use crate::plan::{
@@ -273,6 +273,20 @@ impl Planner<'_> {
         diagnostics.sort();
         if diagnostics.has_errors() {
             return Err(Error::Blocked(diagnostics));
+        }
+        // What a target could not check (capacity it may not read) is said, not refused.
+        let mut notes = notes;
+        for warning in diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+        {
+            let note = match &warning.help {
+                Some(help) => format!("{} ({help})", warning.message),
+                None => warning.message.clone(),
+            };
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
         }
         let mut plan = Plan {
             format_version: "1".to_string(),

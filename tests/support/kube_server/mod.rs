@@ -62,6 +62,9 @@
 //!   matching request, to test how a client handles objects changing under it.
 //! - [`KubeServer::forbid`]: every request on a resource is a 403 `Forbidden`, as RBAC
 //!   would answer a role without it.
+//! - [`KubeServer::bind_role`], [`KubeServer::bind_cluster_role`]: RBAC mode
+//!   (`rbac.rs`): only what the bound Role or ClusterRole allows is served, the rest is
+//!   the real server's 403.
 //! - [`KubeServer::max_in_flight`]: the most requests the server was handling at once.
 //! - [`KubeServer::pod_address`]: where a pod's port answers, for the pod proxy
 //!   (`pods/<pod>:<port>/proxy/<path>`, GET only), as its IP would.
@@ -91,7 +94,7 @@
 //!   their contents) unless finalizers hold it; foreground and background propagation both
 //!   delete dependents at once; `gracePeriodSeconds` is ignored.
 //! - No JSON patch (`application/json-patch+json`: 415), no `/scale`, `/exec` or other
-//!   subresources besides `status`, pods' `log` and pods' `proxy` (GET), no tables, protobuf, RBAC, admission, or old `/watch/` paths.
+//!   subresources besides `status`, pods' `log` and pods' `proxy` (GET), no tables, protobuf, admission, aggregated RBAC roles, or old `/watch/` paths.
 //! - A list is always the latest state: `resourceVersionMatch=Exact` on an older version
 //!   is a 410, and `continue` tokens page through the current objects, not a snapshot.
 //!
@@ -116,7 +119,8 @@
 //! `writes.rs`, `apply.rs` (server-side apply and managed fields), `delete.rs`,
 //! `workloads.rs` and `pod_spec.rs` (per-kind defaults and validation), `meta.rs`
 //! (names, labels, annotations), `selectors.rs`, `pods.rs` (logs and proxy),
-//! `status.rs` (the status controls) and `controls.rs` (the other test controls).
+//! `status.rs` (the status controls), `controls.rs` (the other test controls) and
+//! `rbac.rs` (RBAC mode).
 //!
 //! Include with `#[path = "../support/kube_server/mod.rs"] mod kube_server;`.
 
@@ -131,6 +135,7 @@ mod meta;
 mod path;
 mod pod_spec;
 mod pods;
+mod rbac;
 mod reads;
 mod resources;
 mod routing;
@@ -160,6 +165,7 @@ pub use self::{
     controls::{RecordedRequest, Verb},
     meta::{is_dns_label, is_dns_subdomain, is_label_value, qualified_name_error},
     pod_spec::parse_quantity,
+    rbac::{role_from_yaml, rules_of, Rule, USER},
     resources::{builtin_resources, NameRule, ResourceType},
     selectors::{FieldSelector, LabelSelector},
 };
@@ -211,6 +217,7 @@ impl KubeServer {
                 forbidden: BTreeSet::new(),
                 pod_logs: BTreeMap::new(),
                 pod_addresses: BTreeMap::new(),
+                rbac: Vec::new(),
             }),
             changed,
             token: format!("cairn-test-{}", uuid::Uuid::new_v4().simple()),

@@ -57,6 +57,13 @@ async fn serve_counted(shared: &Arc<Shared>, request: axum::extract::Request) ->
         status: 0,
     };
     run_interleave(shared, parts.method.as_str(), parts.uri.path());
+    if let Some((denied, verb)) = super::rbac::authorize(shared, &parts) {
+        record.verb = verb;
+        let response = denied.into_response();
+        record.status = response.status().as_u16();
+        shared.lock().requests.push(record);
+        return response;
+    }
     if let Some(response) = pod_proxy(shared, &parts, &mut record).await {
         record.status = response.status().as_u16();
         shared.lock().requests.push(record);

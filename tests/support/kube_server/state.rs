@@ -57,6 +57,8 @@ pub(super) struct State {
         BTreeMap<(String, String, String), Vec<(k8s_openapi::jiff::Timestamp, String)>>,
     /// (namespace, pod, port) → the `http://host:port` the pod proxy forwards to.
     pub(super) pod_addresses: BTreeMap<(String, String, u16), String>,
+    /// The roles bound to the user; RBAC is on when there is one (`rbac.rs`).
+    pub(super) rbac: Vec<super::rbac::Binding>,
 }
 
 /// Where an object lives: its kind (an index into the table), namespace (`""` for

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::cluster::{ApplyOptions, Clusters, JobWait, LiveObject};
+use super::cluster::{ApplyOptions, Clusters, JobWait, LiveObject, Pruned};
 use super::{ClusterError, KubeObject, ObjectKey, LABEL_MANAGED_BY, LABEL_WORKSPACE};
 
 /// Applies and watches Kubernetes objects.
@@ -27,12 +27,13 @@ pub trait ClusterApi: Send + Sync {
     ) -> Result<(), ClusterError>;
 
     /// Deletes these objects of `workspace` (`(key, apiVersion)`), each only if it
-    /// still carries Cairn's labels for that workspace when read again.
+    /// still carries Cairn's labels for that workspace when read again, and a Namespace
+    /// only if it holds nothing else: returns what was deleted and what was kept, why.
     async fn delete(
         &self,
         workspace: &str,
         objects: &[(ObjectKey, String)],
-    ) -> Result<(), ClusterError>;
+    ) -> Result<Pruned, ClusterError>;
 
     /// Waits for a Job to succeed; `on_log` gets its pods' new log lines. A failed Job
     /// or the timeout is an error saying why.
@@ -90,7 +91,7 @@ impl ClusterApi for Clusters {
         &self,
         workspace: &str,
         objects: &[(ObjectKey, String)],
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Pruned, ClusterError> {
         // `prune` reads each object again and checks its live labels before deleting:
         // these stand-ins only carry the key.
         let objects: Vec<LiveObject> = objects
@@ -105,8 +106,7 @@ impl ClusterApi for Clusters {
                 }}),
             })
             .collect();
-        self.prune(workspace, &objects).await?;
-        Ok(())
+        self.prune(workspace, &objects).await
     }
 
     async fn wait_job(

@@ -124,9 +124,24 @@ impl ComputeTarget for KubeCompute {
             live.objects
                 .extend(clusters.observe(workspace, &scopes).await.map_err(failed)?);
             for scope in scopes {
-                if is_foreign_namespace(&clusters, workspace, &scope).await {
-                    live.foreign_namespaces
-                        .insert((scope.context.clone(), scope.namespace.clone()));
+                match namespace_owner(&clusters, workspace, &scope).await {
+                    NamespaceOwner::Foreign => {
+                        live.foreign_namespaces
+                            .insert((scope.context.clone(), scope.namespace.clone()));
+                    }
+                    NamespaceOwner::Unreadable => {
+                        live.foreign_namespaces
+                            .insert((scope.context.clone(), scope.namespace.clone()));
+                        live.notes.push((
+                            workspace.clone(),
+                            format!(
+                                "namespace `{}`{}: Cairn may not read it, so it is used as it is (made by whoever administers the cluster), never created or deleted",
+                                scope.namespace,
+                                in_context(scope.context.as_deref())
+                            ),
+                        ));
+                    }
+                    NamespaceOwner::Workspace | NamespaceOwner::Absent => {}
                 }
                 let capacity = clusters
                     .capacity(scope.context.as_deref(), &scope.namespace)
@@ -215,10 +230,22 @@ impl ComputeTarget for KubeCompute {
     }
 }
 
-/// Whether the scope's namespace exists without this workspace's labels (apply uses such
-/// a namespace as it is). A failed read says no: the plan then shows it created, and
-/// apply finds it.
-async fn is_foreign_namespace(clusters: &Clusters, workspace: &str, scope: &Scope) -> bool {
+/// Who a scope's namespace belongs to, as far as Cairn can read it.
+enum NamespaceOwner {
+    /// It carries this workspace's labels: Cairn made it.
+    Workspace,
+    /// It exists without them (a platform team's, another workspace's): apply uses it
+    /// as it is.
+    Foreign,
+    /// Cairn may not read it (a namespaced role): it is taken to exist and used as it
+    /// is, since creating it would need cluster-wide rights the role doesn't give.
+    Unreadable,
+    /// It doesn't exist, or the read failed otherwise: the plan shows it created, and
+    /// apply finds out.
+    Absent,
+}
+
+async fn namespace_owner(clusters: &Clusters, workspace: &str, scope: &Scope) -> NamespaceOwner {
     let key = ObjectKey::new(
         scope.context.as_deref(),
         "v1",
@@ -235,11 +262,22 @@ async fn is_foreign_namespace(clusters: &Clusters, workspace: &str, scope: &Scop
     };
     match clusters.get(&key, "v1").await {
         Ok(Some(namespace)) => {
-            label(&namespace, LABEL_MANAGED_BY).as_deref() != Some("cairn")
-                || label(&namespace, LABEL_WORKSPACE).as_deref() != Some(workspace)
+            if label(&namespace, LABEL_MANAGED_BY).as_deref() == Some("cairn")
+                && label(&namespace, LABEL_WORKSPACE).as_deref() == Some(workspace)
+            {
+                NamespaceOwner::Workspace
+            } else {
+                NamespaceOwner::Foreign
+            }
         }
-        Ok(None) | Err(_) => false,
+        Err(super::ClusterError::Api { code: 403, .. }) => NamespaceOwner::Unreadable,
+        Ok(None) | Err(_) => NamespaceOwner::Absent,
     }
+}
+
+/// ` (context `x`)`, or nothing for the current context.
+pub(super) fn in_context(context: Option<&str>) -> String {
+    context.map_or_else(String::new, |c| format!(" (context `{c}`)"))
 }
 
 /// `[10, 50, 100]`.

@@ -49,6 +49,7 @@ impl KubeCompute {
     ) -> Result<Applied, Failure> {
         let mut applied = 0;
         let mut deleted = 0;
+        let mut kept: Vec<String> = Vec::new();
         let mut events = Vec::new();
         let mut summary = None;
         if !change.objects.is_empty() {
@@ -151,10 +152,16 @@ impl KubeCompute {
                     .iter()
                     .map(|o| (o.key(), o.api_version.clone()))
                     .collect();
-                kube.delete(&change.workspace, &objects)
+                let pruned = kube
+                    .delete(&change.workspace, &objects)
                     .await
                     .map_err(|e| ChangeError::Target(failed("deleting objects", e)))?;
-                deleted = objects.len();
+                deleted = pruned.deleted.len();
+                for (key, reason) in &pruned.kept {
+                    let line = format!("kept {key}: {reason}");
+                    cx.events.note(&change.address, &line);
+                    kept.push(line);
+                }
             }
         }
         let value = if change.action() == Action::Delete {
@@ -169,10 +176,14 @@ impl KubeCompute {
             // Two or more objects.
             (a, d) => Some(format!("applied {a} and deleted {d} Kubernetes objects")),
         };
-        let message = match (summary, objects) {
+        let mut message = match (summary, objects) {
             (Some(s), Some(o)) => Some(format!("{s}; {o}")),
             (s, o) => s.or(o),
         };
+        if !kept.is_empty() {
+            let kept = kept.join("; ");
+            message = Some(message.map_or(kept.clone(), |m| format!("{m}; {kept}")));
+        }
         Ok(Applied {
             value,
             message,

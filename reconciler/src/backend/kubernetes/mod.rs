@@ -86,8 +86,8 @@ use crate::address::Address;
 use crate::diagnostics::Location;
 
 pub use cluster::{
-    Applied, ApplyOptions, Capacity, Clusters, Error as ClusterError, KindRef, LiveObject, Outcome,
-    Scope,
+    Applied, ApplyOptions, Capacity, Clusters, Error as ClusterError, KindRef, LiveObject,
+    NodeGpus, Outcome, Scope,
 };
 pub use cluster_api::ClusterApi;
 pub use compute::{scopes, KubeCompute, TARGET};

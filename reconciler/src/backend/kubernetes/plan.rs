@@ -43,6 +43,8 @@ pub struct KubeLive {
     /// workspace's (a platform team's, another workspace's): apply uses them as they
     /// are, so they are neither planned for creation nor compared.
     pub foreign_namespaces: BTreeSet<(Option<String>, String)>,
+    /// What observing could not see (RBAC), per workspace: shown as the plan's notes.
+    pub notes: Vec<(String, String)>,
 }
 
 /// What the Kubernetes target reads off a planned object change.
@@ -309,6 +311,9 @@ pub fn plan_workspace(
             }
             None => changes.push(orphans(ws, &address, objects)),
         }
+    }
+    for (_, note) in live.notes.iter().filter(|(w, _)| w == ws) {
+        diagnostics.push(Diagnostic::warning("kubernetes-access", note.clone()));
     }
     super::gpu_fit::check(live, scope, changes, diagnostics);
 }

@@ -342,7 +342,7 @@ impl Traffic for KubeTraffic<'_> {
                 "/metrics",
             )
             .await
-            .map_err(|e| TrafficError::Unavailable(crate::diagnostics::error_chain(&e)))?;
+            .map_err(|e| TrafficError::Unavailable(explained(&e)))?;
         let mut total = Stats::default();
         for (pod, text) in &pods {
             let stats = parse_metrics(text).map_err(|e| {
@@ -367,6 +367,19 @@ impl Traffic for KubeTraffic<'_> {
         }
         *self.mirror.lock().expect("mirror lock") = mirror;
         Ok(())
+    }
+}
+
+/// An error as the report shows it; a permission RBAC refused comes with its hint (the
+/// verb and resource to grant, and where Cairn's roles are), since a gate that can't
+/// read the pods is a setup problem, not a bad revision.
+fn explained(e: &super::ClusterError) -> String {
+    let chain = crate::diagnostics::error_chain(e);
+    match (e, e.hint()) {
+        (super::ClusterError::Api { code: 403, .. }, Some(hint)) => {
+            format!("{chain}; hint: {hint}")
+        }
+        _ => chain,
     }
 }
 

@@ -14,10 +14,11 @@ use crate::manifest::{ComputeSpec, Role, Spec, Target};
 impl Ctx<'_> {
     pub(super) fn compute(&self, r: &Resource, spec: &ComputeSpec, out: &mut Out) {
         if *spec.target.get_ref() == Target::Local {
-            let kube_only: [(&str, Option<Range<usize>>); 4] = [
+            let kube_only: [(&str, Option<Range<usize>>); 5] = [
                 ("context", spec.context.as_ref().map(|s| s.span())),
                 ("namespace", spec.namespace.as_ref().map(|s| s.span())),
                 ("gateway", spec.gateway.as_ref().map(|s| s.span())),
+                ("autoscale", spec.autoscale.as_ref().map(|s| s.span())),
                 (
                     "instance_types",
                     spec.instance_types.keys().next().map(|k| k.span()),

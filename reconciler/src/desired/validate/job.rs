@@ -6,8 +6,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::{Ctx, Out, View};
-use crate::address::{Kind, Reference};
+use super::{invalid_name, Ctx, Out, View};
+use crate::address::{is_dns1123_label, Kind, Reference};
 use crate::desired::Resource;
 use crate::diagnostics::{did_you_mean, Diagnostic};
 use crate::manifest::{JobSpec, Role, Spec, Target};
@@ -43,6 +43,52 @@ impl Ctx<'_> {
                         .help("add `image = \"registry.example.com/team/trainer:1.0\"`"),
                 ),
                 _ => {}
+            }
+            if *compute.target.get_ref() == Target::Local {
+                let kube_only = [
+                    ("queue", spec.queue.as_ref().map(|q| q.span())),
+                    (
+                        "schedule_timeout",
+                        spec.schedule_timeout.as_ref().map(|t| t.span()),
+                    ),
+                ];
+                for (field, span) in kube_only {
+                    if let Some(span) = span {
+                        out.error(
+                            Diagnostic::error(
+                                "target-field",
+                                format!(
+                                    "`{field}` applies only to jobs on `target = \"kubernetes\"`"
+                                ),
+                            )
+                            .at(self.loc(&r.file, span))
+                            .help(format!(
+                                "remove `{field}`: the local target starts every instance at once"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(queue) = &spec.queue {
+            if !is_dns1123_label(queue.get_ref()) {
+                out.error(invalid_name(
+                    self.loc(&r.file, queue.span()),
+                    queue.get_ref(),
+                    "queue",
+                ));
+            }
+        }
+        if let Some(wait) = &spec.schedule_timeout {
+            if wait.get_ref().as_std().is_zero() {
+                out.error(
+                    Diagnostic::error(
+                        "invalid-value",
+                        "`schedule_timeout` must be longer than zero",
+                    )
+                    .at(self.loc(&r.file, wait.span()))
+                    .help("pods take seconds to minutes to be scheduled; the default is 10m"),
+                );
             }
         }
         if let Some(instances) = &spec.instances {

@@ -190,9 +190,9 @@ impl Error {
                 "check that the cluster is up and reachable from here (VPN, firewall, proxy)".into()
             }
             Error::Api { code: 401, .. } => "the cluster refused the credentials: log in again".into(),
-            Error::Api { code: 403, .. } => {
-                "the kubeconfig's user lacks permission: check its RBAC roles with `kubectl auth can-i`".into()
-            }
+            Error::Api {
+                code: 403, message, ..
+            } => forbidden_hint(message),
             Error::Api { code: 422, .. } => {
                 "the API server refused the object: check the template override that renders it".into()
             }
@@ -222,3 +222,95 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where Cairn's roles are, for hints.
+const RBAC_TEMPLATES: &str = "templates/rbac/ (`role.yaml` for one namespace, `clusterrole.yaml` for the whole cluster) lists what Cairn needs";
+
+/// What RBAC refused, read off the API server's message (`... cannot get resource
+/// "pods/proxy" in API group "" in the namespace "ns"`): the verb, the resource, its
+/// API group and the namespace (`None` at the cluster scope).
+fn forbidden_permission(message: &str) -> Option<(String, String, String, Option<String>)> {
+    let rest = &message[message.find(" cannot ")? + " cannot ".len()..];
+    let (verb, rest) = rest.split_once(" resource \"")?;
+    let (resource, rest) = rest.split_once("\" in API group \"")?;
+    let (group, rest) = rest.split_once('"')?;
+    let namespace = rest
+        .strip_prefix(" in the namespace \"")
+        .and_then(|r| r.split('"').next())
+        .map(str::to_string);
+    Some((
+        verb.to_string(),
+        resource.to_string(),
+        group.to_string(),
+        namespace,
+    ))
+}
+
+/// The hint for a 403: the permission missing, how to check it, and where Cairn's roles
+/// are.
+fn forbidden_hint(message: &str) -> String {
+    match forbidden_permission(message) {
+        Some((verb, resource, group, namespace)) => {
+            let in_group = if group.is_empty() {
+                String::new()
+            } else {
+                format!(" (API group `{group}`)")
+            };
+            let (place, flag) = match &namespace {
+                Some(ns) => (format!("in namespace `{ns}`"), format!(" -n {ns}")),
+                None => ("at the cluster scope".to_string(), String::new()),
+            };
+            // `kubectl auth can-i get pods/x` would ask about the pod named x.
+            let (plural, subresource) = match resource.split_once('/') {
+                Some((p, sub)) => (p, format!(" --subresource={sub}")),
+                None => (resource.as_str(), String::new()),
+            };
+            let qualified = if group.is_empty() {
+                plural.to_string()
+            } else {
+                format!("{plural}.{group}")
+            };
+            format!(
+                "the kubeconfig's user may not `{verb}` `{resource}`{in_group} {place}: grant it (check with `kubectl auth can-i {verb} {qualified}{subresource}{flag}`); {RBAC_TEMPLATES}"
+            )
+        }
+        None => format!(
+            "the kubeconfig's user lacks permission: check its RBAC roles with `kubectl auth can-i`; {RBAC_TEMPLATES}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_permission_and_where_the_roles_are() {
+        let message = "pods \"web-0:8080\" is forbidden: User \"ci\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"team\"";
+        assert_eq!(
+            forbidden_permission(message),
+            Some((
+                "get".into(),
+                "pods/proxy".into(),
+                String::new(),
+                Some("team".into())
+            ))
+        );
+        let hint = forbidden_hint(message);
+        assert!(
+            hint.contains("`kubectl auth can-i get pods --subresource=proxy -n team`"),
+            "{hint}"
+        );
+        assert!(hint.contains("templates/rbac/"), "{hint}");
+        let cluster = "namespaces is forbidden: User \"ci\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope";
+        assert_eq!(
+            forbidden_permission(cluster),
+            Some(("list".into(), "namespaces".into(), String::new(), None))
+        );
+        let grouped = "deployments.apps \"x\" is forbidden: User \"ci\" cannot patch resource \"deployments\" in API group \"apps\" in the namespace \"t\"";
+        assert!(forbidden_hint(grouped).contains("can-i patch deployments.apps -n t"));
+        // A webhook's own wording: the general hint.
+        assert_eq!(forbidden_permission("denied by policy"), None);
+        assert!(forbidden_hint("denied by policy").contains("templates/rbac/"));
+    }
+}

@@ -29,15 +29,20 @@
 //!    `resourceVersion` preconditions.
 //! 5. [`Clusters::wait_job`] and [`Clusters::wait_available`] poll (from 100 ms, backing
 //!    off to the poll interval) until a Job finishes or a Deployment is available;
-//!    [`Clusters::capacity`] reads GPU quota and node allocatable for plan-time checks.
+//!    [`Clusters::capacity`] reads GPU quota, and each node's GPUs less what its pods
+//!    request, for plan-time checks.
 //!
 //! # Caveats
 //! - A pre-existing Namespace without Cairn's labels for the workspace (`default`, one
 //!   a platform team made, one another workspace made) is left alone and reported as
 //!   [`Outcome::Foreign`]; Cairn applies the objects inside it but never the Namespace
 //!   itself. Any other kind in that state is an error.
-//! - Pruning a Namespace Cairn created deletes everything in it, as `kubectl delete
-//!   namespace` would.
+//! - A Namespace Cairn created is pruned only when it holds nothing but Cairn's objects
+//!   for the workspace (deleting it deletes everything in it); otherwise it is kept and
+//!   [`Pruned::kept`] says why.
+//! - A namespaced role can't list Namespaces (cluster-scoped): [`Clusters::observe`]
+//!   then reads the scopes' namespaces one by one; one it may not read either is left
+//!   out, and the Kubernetes target uses it as it is.
 //! - Log lines of a Job's pods are fetched by polling `pods/log` with timestamps (so a
 //!   line is never repeated); a server or RBAC role without `pods/log` gives no lines,
 //!   not an error.
@@ -75,9 +80,10 @@ use connect::{show_paths, Cluster, Source};
 use discovery::KindCache;
 
 pub use apply::{Applied, ApplyOptions, Outcome};
-pub use capacity::Capacity;
+pub use capacity::{Capacity, NodeGpus, AUTOSCALED_NODE_LABEL};
 pub use connect::KubeconfigSources;
 pub use error::{Error, Result};
+pub use prune::Pruned;
 pub use wait::JobWait;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::connect::Cluster;
 use super::discovery::{api_for, Resolved};
 use super::error::request_error;
-use super::{selector, wave, Clusters, KindRef, LiveObject, Result, Scope, SHIPPED_KINDS};
+use super::{selector, wave, Clusters, Error, KindRef, LiveObject, Result, Scope, SHIPPED_KINDS};
 use crate::backend::kubernetes::{KubeObject, ObjectKey};
 
 impl Clusters {
@@ -107,18 +107,30 @@ impl Clusters {
             }
         }
         let selector = selector(workspace);
+        let by_context = &by_context;
         let results: Vec<Result<Vec<LiveObject>>> = stream::iter(lists)
             .map(|(cluster, context, resolved, namespace)| {
                 let selector = selector.clone();
                 async move {
-                    list(
+                    let listed = list(
                         &cluster,
                         &context,
                         &resolved,
                         namespace.as_deref(),
                         &selector,
                     )
-                    .await
+                    .await;
+                    match listed {
+                        // A namespaced role can't list Namespaces (cluster-scoped), but
+                        // may read its own: read the scopes' one by one instead.
+                        Err(Error::Api { code: 403, .. })
+                            if namespace.is_none() && resolved.resource.kind == "Namespace" =>
+                        {
+                            let names = by_context.get(&context).cloned().unwrap_or_default();
+                            read_each(&cluster, &context, &resolved, &names, workspace).await
+                        }
+                        other => other,
+                    }
                 }
             })
             .buffer_unordered(self.concurrency)
@@ -196,31 +208,68 @@ async fn list(
             request_error(cluster, "list", what, e)
         })?;
         for item in page.items {
-            let name = item.metadata.name.clone().unwrap_or_default();
-            let item_namespace = item.metadata.namespace.clone();
-            let mut value = serde_json::to_value(&item).unwrap_or(Value::Null);
-            if let Some(map) = value.as_object_mut() {
-                map.insert(
-                    "apiVersion".into(),
-                    Value::String(resolved.resource.api_version.clone()),
-                );
-                map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
-            }
-            out.push(LiveObject {
-                key: ObjectKey {
-                    context: context.clone(),
-                    group: resolved.resource.group.clone(),
-                    kind: resolved.resource.kind.clone(),
-                    namespace: item_namespace,
-                    name,
-                },
-                api_version: resolved.resource.api_version.clone(),
-                value,
-            });
+            out.push(live_object(context, resolved, item));
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(out),
         }
+    }
+}
+
+/// Reads cluster-scoped objects one by one, by name, keeping those Cairn manages for
+/// `workspace`: what a role that may not list them can still see. One it may not read
+/// either, or that doesn't exist, is left out (the plan then uses it as it is).
+async fn read_each(
+    cluster: &Cluster,
+    context: &Option<String>,
+    resolved: &Resolved,
+    names: &BTreeSet<String>,
+    workspace: &str,
+) -> Result<Vec<LiveObject>> {
+    let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resolved.resource);
+    let mut out = Vec::new();
+    for name in names {
+        match api.get_opt(name).await {
+            Ok(Some(item)) => {
+                let object = live_object(context, resolved, item);
+                if object.is_managed_by(workspace) {
+                    out.push(object);
+                }
+            }
+            Ok(None) => {}
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
+            Err(e) => {
+                let what = format!("{} `{name}`", resolved.resource.kind);
+                return Err(request_error(cluster, "read", what, e));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A listed object as Cairn keeps it, with its `apiVersion` and `kind` (lists leave
+/// them out of items).
+fn live_object(context: &Option<String>, resolved: &Resolved, item: DynamicObject) -> LiveObject {
+    let name = item.metadata.name.clone().unwrap_or_default();
+    let item_namespace = item.metadata.namespace.clone();
+    let mut value = serde_json::to_value(&item).unwrap_or(Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(resolved.resource.api_version.clone()),
+        );
+        map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
+    }
+    LiveObject {
+        key: ObjectKey {
+            context: context.clone(),
+            group: resolved.resource.group.clone(),
+            kind: resolved.resource.kind.clone(),
+            namespace: item_namespace,
+            name,
+        },
+        api_version: resolved.resource.api_version.clone(),
+        value,
     }
 }

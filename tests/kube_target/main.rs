@@ -12,6 +12,8 @@
 //!   available or time out.
 //! - `capacity`: GPU quota and node allocatable, and nodes a role can't read.
 //! - `contexts`: two clusters in one kubeconfig, unknown contexts, unreachable servers.
+//! - `strict`: strict field validation: a typo in an overridden template fails the
+//!   apply naming the field, and nothing of the endpoint is written.
 
 #[path = "../support/kube_server/mod.rs"]
 mod kube_server;
@@ -21,6 +23,7 @@ mod capacity;
 mod contexts;
 mod observe;
 mod prune;
+mod strict;
 mod wait;
 
 use std::collections::BTreeMap;
@@ -236,7 +239,13 @@ pub fn repo_root() -> PathBuf {
 /// The objects rendered for `manifests/imaging` (two contexts: `aks-gpu-westeurope`
 /// for training, `onprem-radiology` for serving).
 pub fn imaging_objects() -> Vec<KubeObject> {
-    let snapshot = load_folder(&repo_root().join("manifests")).expect("the example manifests");
+    imaging_objects_from(&repo_root().join("manifests"))
+}
+
+/// The objects rendered for the `imaging` workspace of the manifests root `root`, with
+/// the template overrides it holds.
+pub fn imaging_objects_from(root: &Path) -> Vec<KubeObject> {
+    let snapshot = load_folder(root).expect("the example manifests");
     let desired = match cairn::desired::resolve(&snapshot) {
         Ok(resolved) => resolved.state,
         Err(diagnostics) => panic!("the manifests are invalid: {diagnostics:?}"),

@@ -134,6 +134,22 @@ async fn the_test_api_server_rejects_spec_replicass_with_422_under_strict_valida
             .unwrap(),
         before
     );
+    // Several, as structured-merge-diff lists them.
+    nested["spec"]["paused"] = json!(false);
+    nested["spec"]["pausd"] = json!(true);
+    let status = api_error(
+        deployments
+            .patch("web", &strict_apply(), &Patch::Apply(&nested))
+            .await,
+    );
+    assert!(
+        status.message.ends_with(
+            "Kind=Deployment): errors:\n  .spec.pausd: field not declared in schema\n  \
+             .spec.template.spec.containers[0].imagePullPolicyy: field not declared in schema"
+        ),
+        "{}",
+        status.message
+    );
 }
 
 /// Create, update and merge patch decode the body as `fieldValidation` says: `Strict`

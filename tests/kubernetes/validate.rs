@@ -14,11 +14,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use cairn::backend::kubernetes::KubeObject;
+use std::collections::BTreeMap;
+
+use cairn::backend::kubernetes::{KubeObject, Renderer};
 use cairn::manifest::load_folder;
+use cairn::{Address, Kind};
 use serde_json::{json, Value};
 
-use crate::{render, repo_root, serving};
+use crate::{desired, render, repo_root, serving, CAIRN_IMAGE, RUN_ID};
 
 /// The Kubernetes version the objects are validated for.
 const KUBERNETES: &str = "1.35.0";
@@ -161,6 +164,84 @@ fn the_serving_fixtures_objects_pass_the_official_schemas_strictly() {
     assert_eq!(
         route.value["spec"]["rules"][0]["filters"][0]["requestMirror"]["percent"],
         20
+    );
+}
+
+/// The Kubernetes workspace of the target contract suite (`tests/targets/`): a
+/// single-instance CPU job with a timeout on a compute without instance types, quota or
+/// gateway, and an endpoint served by Cairn's reference server behind the Service switch.
+const CONTRACT: &[(&str, &str)] = &[
+    (
+        "contract/workspace.toml",
+        "[workspace]\nenvironment = \"dev\"\nstore = \"s3://cairn-test/contract\"\n\
+         endpoint = \"http://127.0.0.1:9000\"\npath_style = true\nregion = \"us-east-1\"\n",
+    ),
+    (
+        "contract/compute.toml",
+        "[compute.here]\ntarget = \"kubernetes\"\nnamespace = \"contract\"\n",
+    ),
+    (
+        "contract/data.toml",
+        "[dataset.loans]\nsource = \"data/loans/\"\nformat = \"csv\"\n",
+    ),
+    (
+        "contract/data/loans/loans.csv",
+        "age,defaulted\n29,0\n51,1\n",
+    ),
+    (
+        "contract/train.toml",
+        "[job.train]\ncompute = \"compute.here\"\n\
+         image = \"registry.example.com/contract/trainer:1.0\"\n\
+         command = [\"sh\", \"-c\", \"train\", \"{{ inputs.loans }}\", \"{{ outputs.model }}\"]\n\
+         inputs = { loans = \"dataset.loans\" }\noutputs = { model = \"model.scorer\" }\n\
+         gpus = 0\nretries = 1\ntimeout = \"10m\"\n\n\
+         [model.scorer]\nfrom_job = \"job.train\"\nformat = \"safetensors\"\n",
+    ),
+    (
+        "contract/serve.toml",
+        "[endpoint.api]\ncompute = \"compute.here\"\nauth = \"none\"\nport = 8080\n\n\
+         [endpoint.api.deployments.blue]\nmodel = \"model.scorer\"\nreplicas = 1\n\n\
+         [endpoint.api.traffic]\nblue = 100\n",
+    ),
+];
+
+#[test]
+fn the_contract_suites_objects_pass_the_official_schemas_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in CONTRACT {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let snapshot = load_folder(dir.path()).unwrap();
+    let versions = BTreeMap::from([
+        (
+            Address::new("contract", Kind::Dataset, "loans"),
+            "5d41402abc4b".to_string(),
+        ),
+        (
+            Address::new("contract", Kind::Job, "train"),
+            RUN_ID.to_string(),
+        ),
+        (
+            Address::new("contract", Kind::Model, "scorer"),
+            RUN_ID.to_string(),
+        ),
+    ]);
+    let objects = Renderer::from_snapshot(&snapshot)
+        .unwrap()
+        .with_cairn_image(CAIRN_IMAGE)
+        .desired_objects(&desired(&snapshot), "contract", &versions)
+        .unwrap();
+    let job = objects.iter().find(|o| o.kind == "Job").expect("a Job");
+    assert!(
+        job.value["spec"].get("completionMode").is_none(),
+        "one instance"
+    );
+    assert_eq!(job.value["spec"]["activeDeadlineSeconds"], 600);
+    assert_eq!(
+        check("the contract suite's workspace", &objects),
+        (objects.len(), 0)
     );
 }
 

@@ -252,6 +252,11 @@ pub(super) fn check_apply(
         .iter()
         .map(|p| format!(".{}: field not declared in schema", field_path(p)))
         .collect();
+    // As structured-merge-diff lists several: `errors:` and one indented line each.
+    let errors = match fields.as_slice() {
+        [one] => one.clone(),
+        _ => format!("errors:\n  {}", fields.join("\n  ")),
+    };
     let object = match namespace {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
@@ -264,10 +269,7 @@ pub(super) fn check_apply(
     Err(ApiError::new(
         422,
         "Invalid",
-        format!(
-            "failed to create typed patch object ({object}; {gvk}): {}",
-            fields.join(", ")
-        ),
+        format!("failed to create typed patch object ({object}; {gvk}): {errors}"),
     )
     .details(details))
 }

@@ -367,10 +367,10 @@ fn unknown_fields(message: &str) -> Vec<String> {
     const UNKNOWN: &str = "unknown field \"";
     let mut fields = Vec::new();
     if let Some((_, errors)) = message.split_once("failed to create typed patch object") {
-        // After the object's name in parentheses: `.path: why` items, one per line or
-        // separated by commas.
+        // After the object's name in parentheses: one `.path: why`, or `errors:` and one
+        // per line (a path may hold commas: `.spec.ports[port=80,protocol="TCP"].x`).
         let errors = errors.split_once("): ").map_or(errors, |(_, e)| e);
-        for item in errors.split(['\n', ',']) {
+        for item in errors.lines() {
             if let Some(field) = item.trim().strip_suffix(NOT_DECLARED) {
                 fields.push(field.trim_start_matches('.').to_string());
             }
@@ -404,11 +404,14 @@ mod tests {
         );
         assert_eq!(
             unknown_fields(
-                "failed to create typed patch object (ns/r; gateway.networking.k8s.io/v1, Kind=HTTPRoute): \
-                 .spec.rules[0].filters[0].requestMirror.percent: field not declared in schema, \
-                 .spec.x: field not declared in schema"
+                "failed to create typed patch object (ns/r; gateway.networking.k8s.io/v1, Kind=HTTPRoute): errors:\n  \
+                 .spec.rules[0].filters[0].requestMirror.percent: field not declared in schema\n  \
+                 .spec.ports[port=80,protocol=\"TCP\"].x: field not declared in schema"
             ),
-            ["spec.rules[0].filters[0].requestMirror.percent", "spec.x"]
+            [
+                "spec.rules[0].filters[0].requestMirror.percent",
+                "spec.ports[port=80,protocol=\"TCP\"].x"
+            ]
         );
         // Create or update under fieldValidation=Strict (a 400).
         assert_eq!(

@@ -199,7 +199,6 @@ pub(super) fn remove(object: &mut Value, path: &[Step]) {
 
 /// Create, update and merge patch: unknown fields in `object` (the decoded body, or the
 /// patched object) refused, dropped with a warning, or dropped, as `validation` says.
-/// `verb` is the request's (`create`, `update`, `patch`).
 pub(super) fn decode(
     resource: &ResourceType,
     object: &mut Value,

@@ -8,6 +8,10 @@
 //! - `status`: the `status` subresource and the test controls that drive it.
 //! - `watch`: raw watches and kube-runtime's watcher.
 //! - `strict`: what the server refuses, as the real one would.
+//! - `schemas`: writes checked against the vendored Kubernetes v1.35 and Gateway API
+//!   v1.3.0 schemas (unknown fields per `fieldValidation`, violations naming the field)
+//!   and the rules beyond them (volume mounts, Service backends' ports, subdomains,
+//!   Indexed Jobs).
 //! - `controls`: kubeconfigs, request counts, seeding objects.
 
 #[path = "../support/kube_server/mod.rs"]
@@ -18,6 +22,7 @@ mod controls;
 mod discovery;
 mod kinds;
 mod objects;
+mod schemas;
 mod status;
 mod strict;
 mod watch;

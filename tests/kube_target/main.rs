@@ -19,6 +19,8 @@
 //!   the rollout's gate, cluster-scope operation with the ClusterRole.
 //! - `world`: `cairn plan` and `cairn apply` through the library on a small workspace.
 //! - `contexts`: two clusters in one kubeconfig, unknown contexts, unreachable servers.
+//! - `strict`: strict field validation: a typo in an overridden template fails the
+//!   apply naming the field, and nothing of the endpoint is written.
 
 #[path = "../support/kube_server/mod.rs"]
 mod kube_server;
@@ -29,6 +31,7 @@ mod contexts;
 mod observe;
 mod prune;
 mod rbac;
+mod strict;
 mod wait;
 mod world;
 
@@ -245,7 +248,13 @@ pub fn repo_root() -> PathBuf {
 /// The objects rendered for `manifests/imaging` (two contexts: `aks-gpu-westeurope`
 /// for training, `onprem-radiology` for serving).
 pub fn imaging_objects() -> Vec<KubeObject> {
-    let snapshot = load_folder(&repo_root().join("manifests")).expect("the example manifests");
+    imaging_objects_from(&repo_root().join("manifests"))
+}
+
+/// The objects rendered for the `imaging` workspace of the manifests root `root`, with
+/// the template overrides it holds.
+pub fn imaging_objects_from(root: &Path) -> Vec<KubeObject> {
+    let snapshot = load_folder(root).expect("the example manifests");
     let desired = match cairn::desired::resolve(&snapshot) {
         Ok(resolved) => resolved.state,
         Err(diagnostics) => panic!("the manifests are invalid: {diagnostics:?}"),

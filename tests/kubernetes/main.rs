@@ -7,6 +7,9 @@
 //!   template, in a folder and at a Git revision.
 //! - `serving`: endpoints with Cairn's reference server, weights, a mirror, and a
 //!   compute without a gateway; stores pods can't reach.
+//! - `validate`: every object rendered for the example and the fixtures passes
+//!   `kubernetes-validate --strict` for Kubernetes 1.35, and the HTTPRoutes the vendored
+//!   Gateway API v1.3.0 schema (`.ci/run` installs the tool; the tests fail without it).
 //! - `errors`: undefined variables, invalid YAML, objects Kubernetes would refuse and
 //!   the sandbox's refusal to read files, each a clear message (snapshots).
 //!
@@ -17,6 +20,7 @@ mod errors;
 mod example;
 mod overrides;
 mod serving;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::{desired, message, CAIRN_IMAGE};
 
-const WORKSPACE: &str = r#"
+pub(crate) const WORKSPACE: &str = r#"
 [workspace]
 store = "s3://vision-ml/models"
 endpoint = "http://minio.storage:9000"
@@ -68,7 +68,7 @@ model = "model.classifier"
 instance_type = "small"
 "#;
 
-fn root(workspace: &str) -> TempDir {
+pub(crate) fn root(workspace: &str) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("vision");
     fs::create_dir_all(ws.join("models/classifier")).unwrap();
@@ -79,7 +79,7 @@ fn root(workspace: &str) -> TempDir {
     dir
 }
 
-fn render(dir: &TempDir) -> Result<Vec<KubeObject>, cairn::backend::kubernetes::Error> {
+pub(crate) fn render(dir: &TempDir) -> Result<Vec<KubeObject>, cairn::backend::kubernetes::Error> {
     let snapshot = load_folder(dir.path()).unwrap();
     let versions = [(
         Address::new("vision", Kind::Model, "classifier"),

@@ -11,8 +11,8 @@ use super::error::{object_details, ApiError, ApiResult};
 use super::meta::validate_meta;
 use super::path::Target;
 use super::resources::ResourceType;
+use super::schema::{check_apply, prepare_checked};
 use super::state::{now, Key, Shared};
-use super::workloads::prepare;
 use super::writes::{check_name, check_type, keep_unwritable, Scope, Writer, SYSTEM_METADATA};
 
 impl Shared {
@@ -51,6 +51,7 @@ impl Shared {
             return Err(ApiError::bad_request("metadata.managedFields must be nil"));
         }
         let config = strip_nulls(&config);
+        check_apply(&resource, namespace.as_deref(), name, &config)?;
         let key = Key::new(*res, namespace.as_deref(), name);
         let exists = self.lock().objects.contains_key(&key);
         if !exists {
@@ -62,10 +63,7 @@ impl Shared {
                 *res,
                 namespace.as_deref(),
                 config.clone(),
-                &Writer {
-                    manager: writer.manager.clone(),
-                    dry_run: true,
-                },
+                &Writer::new(&writer.manager, true, writer.validation),
             )?;
             let fields = tracked_leaves(&config, &resource, Scope::Main);
             let entry = ManagedEntry {
@@ -151,10 +149,8 @@ impl Shared {
         merge_into(&mut new, &config);
         new = keep_unwritable(&resource, &old, new, scope);
         validate_meta(&resource, name, &new)?;
-        if scope == Scope::Main {
-            prepare(&resource, Some(&old), &mut new)
-                .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
-        }
+        prepare_checked(&resource, Some(&old), &mut new, scope)
+            .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
         // The applier's entry keeps its place (a reordering alone would be a write).
         match entries.iter_mut().find(|e| mine(e)) {
             Some(e) => e.fields = applied,

@@ -105,7 +105,7 @@ impl ApiError {
         let mut details = json!({
             "name": name, "kind": kind_name,
             "causes": causes.iter().map(|(f, m)| json!({
-                "reason": if m.starts_with("Required") { "FieldValueRequired" } else { "FieldValueInvalid" },
+                "reason": cause_reason(m),
                 "message": m, "field": f,
             })).collect::<Vec<_>>(),
         });
@@ -132,6 +132,22 @@ impl ApiError {
     pub(super) fn unsupported_media(message: impl Into<String>) -> ApiError {
         ApiError::new(415, "UnsupportedMediaType", message)
     }
+}
+
+/// The `StatusCause` reason the real server gives a field error, from its message.
+fn cause_reason(message: &str) -> &'static str {
+    [
+        ("Required value", "FieldValueRequired"),
+        ("Not found", "FieldValueNotFound"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, reason)| reason)
 }
 
 pub(super) fn object_details(res: &ResourceType, name: &str) -> Value {

@@ -82,10 +82,22 @@
 //! directive is refused (415), because merging lists by key is exactly what this server does
 //! not do; so is one on a custom resource, as the real server refuses it.
 //!
+//! - Schemas: every write of a kind Cairn renders (Namespace, ServiceAccount,
+//!   ResourceQuota, LimitRange, Secret, Service, Deployment, Job, and Gateway API's
+//!   HTTPRoute) is
+//!   checked against the official schemas vendored in `schemas/` (Kubernetes v1.35.0,
+//!   Gateway API v1.3.0 standard channel; `schemas/README.md`): unknown fields as
+//!   `fieldValidation` says (`schema.rs`: create, update and merge patch refuse them
+//!   under `Strict` with a 400, drop them with a `Warning` under `Warn`, the default;
+//!   server-side apply refuses them always, with a 422), any other violation a 422
+//!   naming each field; and the rules no schema states (`rules.rs`: a volume mount
+//!   naming no volume, a Service backend without a port, an invalid `subdomain`, an
+//!   Indexed Job without `completions`, ...).
+//!
 //! # What it deliberately does not do
-//! - No schemas: other kinds (custom resources included) are stored as sent; nothing
-//!   prunes unknown fields (`fieldValidation` is accepted and ignored); no associative
-//!   lists: every list is atomic for server-side apply and for patches (the real server
+//! - Kinds without a vendored schema (Pods, Nodes, ConfigMaps, custom
+//!   resources a test registers) are stored as sent, unknown fields included; no
+//!   associative lists: every list is atomic for server-side apply and for patches (the real server
 //!   merges, e.g., `containers` by `name`). Apply bodies must be JSON (YAML is refused).
 //!   No node ports or load balancers are allocated.
 //! - No controllers: nothing runs pods, jobs or deployments. Tests drive status with the
@@ -119,7 +131,8 @@
 //! `writes.rs`, `apply.rs` (server-side apply and managed fields), `delete.rs`,
 //! `workloads.rs` and `pod_spec.rs` (per-kind defaults and validation), `meta.rs`
 //! (names, labels, annotations), `selectors.rs`, `pods.rs` (logs and proxy),
-//! `status.rs` (the status controls), `controls.rs` (the other test controls) and
+//! `status.rs` (the status controls), `controls.rs` (the other test controls),
+//! `schema.rs` (the vendored schemas), `rules.rs` (validation rules beyond them) and
 //! `rbac.rs` (RBAC mode).
 //!
 //! Include with `#[path = "../support/kube_server/mod.rs"] mod kube_server;`.
@@ -139,6 +152,8 @@ mod rbac;
 mod reads;
 mod resources;
 mod routing;
+mod rules;
+mod schema;
 mod selectors;
 mod state;
 mod status;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::error::{ApiError, ApiResult};
+use super::schema::FieldValidation;
 use super::state::State;
 
 /// What a path names.
@@ -175,13 +176,9 @@ impl Query {
         }
     }
 
-    pub(super) fn field_validation(&self) -> ApiResult<()> {
-        match self.get("fieldValidation") {
-            None | Some("Ignore" | "Warn" | "Strict") => Ok(()),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation: Unsupported value: \"{other}\": supported values: \"Ignore\", \"Warn\", \"Strict\""
-            ))),
-        }
+    /// `fieldValidation`, `Warn` when absent as on the real server.
+    pub(super) fn field_validation(&self) -> ApiResult<FieldValidation> {
+        FieldValidation::parse(self.get("fieldValidation"))
     }
 }
 

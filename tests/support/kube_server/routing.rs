@@ -226,10 +226,11 @@ fn route(
                 prefix => prefix.to_string(),
             },
         };
-        Ok(Writer {
-            manager,
-            dry_run: query.dry_run()?,
-        })
+        Ok(Writer::new(
+            &manager,
+            query.dry_run()?,
+            query.field_validation()?,
+        ))
     };
     match (record.verb, &target) {
         (Verb::Discovery, Target::Discovery(d)) => {
@@ -283,15 +284,17 @@ fn route(
                 return Err(ApiError::method_not_allowed());
             }
             let object = parse_body(body)?;
-            let created = shared.create(*res, namespace.as_deref(), object, &writer(&query)?)?;
-            Ok(json_response(201, &created))
+            let writer = writer(&query)?;
+            let created = shared.create(*res, namespace.as_deref(), object, &writer)?;
+            Ok(with_warnings(json_response(201, &created), &writer))
         }
         (Verb::Update, Target::Object { .. }) => {
             query.only("update", WRITE_PARAMS)?;
             query.field_validation()?;
             let object = parse_body(body)?;
-            let updated = shared.replace(&target, object, &writer(&query)?)?;
-            Ok(json_response(200, &updated))
+            let writer = writer(&query)?;
+            let updated = shared.replace(&target, object, &writer)?;
+            Ok(with_warnings(json_response(200, &updated), &writer))
         }
         (Verb::Patch, Target::Object { .. }) => {
             query.only("patch", PATCH_PARAMS)?;
@@ -314,10 +317,7 @@ fn route(
                         ))
                     }
                 };
-                let writer = Writer {
-                    manager,
-                    dry_run: query.dry_run()?,
-                };
+                let writer = Writer::new(&manager, query.dry_run()?, query.field_validation()?);
                 let (object, created) = shared.apply(&target, patch, force, &writer)?;
                 return Ok(json_response(if created { 201 } else { 200 }, &object));
             }
@@ -369,7 +369,7 @@ fn route(
                 merge_patch(&mut new, &patch);
                 Ok(new)
             })?;
-            Ok(json_response(200, &updated))
+            Ok(with_warnings(json_response(200, &updated), &writer))
         }
         (
             Verb::Delete,
@@ -445,6 +445,18 @@ fn route(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// The write's warnings as `Warning: 299 - "<text>"` headers, as the real server sends
+/// them.
+fn with_warnings(mut response: Response, writer: &Writer) -> Response {
+    for warning in writer.warnings.take() {
+        let value = format!("299 - {}", Value::String(warning));
+        if let Ok(value) = value.parse() {
+            response.headers_mut().append("Warning", value);
+        }
+    }
+    response
 }
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {

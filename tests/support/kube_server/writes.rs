@@ -14,20 +14,31 @@ use super::error::{ApiError, ApiResult};
 use super::meta::validate_meta;
 use super::path::Target;
 use super::resources::ResourceType;
+use super::schema::{decode, prepare_checked, FieldValidation, Warnings};
 use super::state::{now, Key, Shared, State};
-use super::workloads::{prepare, set_default};
+use super::workloads::set_default;
 
-/// Who writes, and whether for real.
+/// Who writes, whether for real, what it asks of unknown fields, and the warnings its
+/// request collects.
 pub(super) struct Writer {
     pub(super) manager: String,
     pub(super) dry_run: bool,
+    pub(super) validation: FieldValidation,
+    pub(super) warnings: Warnings,
 }
 
 impl Writer {
+    /// The test controls' writer: strict, so that a test's own objects are valid too.
     pub(super) fn test(manager: &str) -> Writer {
+        Writer::new(manager, false, FieldValidation::Strict)
+    }
+
+    pub(super) fn new(manager: &str, dry_run: bool, validation: FieldValidation) -> Writer {
         Writer {
             manager: manager.to_string(),
-            dry_run: false,
+            dry_run,
+            validation,
+            warnings: Warnings::default(),
         }
     }
 }
@@ -67,6 +78,7 @@ impl Shared {
         let mut state = self.lock();
         let resource = state.resources[res].clone();
         check_type(&resource, &object)?;
+        decode(&resource, &mut object, writer.validation, &writer.warnings)?;
         let meta = object["metadata"].clone();
         let object_meta = meta.clone();
         if !meta.is_object() && !meta.is_null() {
@@ -160,7 +172,7 @@ impl Shared {
             object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             object["status"] = json!({"phase": "Active"});
         }
-        prepare(&resource, None, &mut object)
+        prepare_checked(&resource, None, &mut object, Scope::Main)
             .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), &name, &causes))?;
         if resource.group.is_empty() && resource.kind == "Service" {
             allocate_cluster_ip(&mut state, &mut object);
@@ -256,6 +268,7 @@ impl Shared {
         }
         check_type(&resource, &new)?;
         check_name(name, namespace.as_deref(), &new)?;
+        decode(&resource, &mut new, writer.validation, &writer.warnings)?;
         if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
             if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() {
                 return Err(ApiError::stale(&resource, name));
@@ -272,10 +285,8 @@ impl Shared {
                 }
             }
         }
-        if scope == Scope::Main {
-            prepare(&resource, Some(&old), &mut new)
-                .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
-        }
+        prepare_checked(&resource, Some(&old), &mut new, scope)
+            .map_err(|causes| ApiError::invalid(&resource.qualified_kind(), name, &causes))?;
         // The writer owns every field it changed; nobody else does any more.
         let mut entries = read_managed(&old);
         let changed: BTreeSet<FieldPath> = tracked_leaves(&new, &resource, scope)

@@ -177,7 +177,12 @@ impl Clusters {
             .await?;
         let api = api_for(cluster, &resolved, object.namespace.as_deref(), &key)?;
         let workspace = label(&object.value, LABEL_WORKSPACE).unwrap_or_default();
-        let mut params = PatchParams::apply(FIELD_MANAGER);
+        // Strict: a field the cluster's schema does not declare (a typo in an overridden
+        // template, a field newer than the cluster) fails the apply, naming the field,
+        // instead of being dropped. (A real server refuses unknown fields in an apply
+        // whatever this says; Strict also refuses duplicate fields, and says what Cairn
+        // means to every server and proxy in between.)
+        let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
         if options.force {
             params = params.force();
         }
@@ -316,9 +321,16 @@ fn is_field_conflict(status: &kube::core::Status) -> bool {
 }
 
 /// The error of an apply: a field-manager conflict gets its own, with the fields and
-/// the managers that own them.
+/// the managers that own them; so do fields the cluster's schema does not declare.
 fn apply_error(cluster: &Cluster, key: &ObjectKey, error: kube::Error) -> Error {
     if let kube::Error::Api(status) = &error {
+        let fields = unknown_fields(&status.message);
+        if !fields.is_empty() {
+            return Error::UnknownField {
+                object: Box::new(key.clone()),
+                fields,
+            };
+        }
         if status.code == 409 && is_field_conflict(status) {
             let causes = status
                 .details
@@ -342,4 +354,80 @@ fn apply_error(cluster: &Cluster, key: &ObjectKey, error: kube::Error) -> Error 
         }
     }
     request_error(cluster, "apply", key.to_string(), error)
+}
+
+/// The fields an API server's message says its schema does not declare, by its code
+/// whatever it is: a real server answers an apply with unknown fields with a 500
+/// (`failed to create typed patch object (<ns>/<name>; apps/v1, Kind=Deployment):
+/// .spec.replicass: field not declared in schema`; kubernetes/kubernetes#139253), and a
+/// create or update under strict field validation with a 400 (`strict decoding error:
+/// unknown field "spec.replicass"`).
+fn unknown_fields(message: &str) -> Vec<String> {
+    const NOT_DECLARED: &str = ": field not declared in schema";
+    const UNKNOWN: &str = "unknown field \"";
+    let mut fields = Vec::new();
+    if let Some((_, errors)) = message.split_once("failed to create typed patch object") {
+        // After the object's name in parentheses: one `.path: why`, or `errors:` and one
+        // per line (a path may hold commas: `.spec.ports[port=80,protocol="TCP"].x`).
+        let errors = errors.split_once("): ").map_or(errors, |(_, e)| e);
+        for item in errors.lines() {
+            if let Some(field) = item.trim().strip_suffix(NOT_DECLARED) {
+                fields.push(field.trim_start_matches('.').to_string());
+            }
+        }
+    }
+    if message.contains("strict decoding error") {
+        let mut rest = message;
+        while let Some(start) = rest.find(UNKNOWN) {
+            rest = &rest[start + UNKNOWN.len()..];
+            let Some(end) = rest.find('"') else { break };
+            fields.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unknown_fields;
+
+    #[test]
+    fn unknown_fields_are_read_from_what_real_servers_answer() {
+        // kube-apiserver 1.35, server-side apply (a 500 with no reason).
+        assert_eq!(
+            unknown_fields(
+                "failed to create typed patch object (imaging-serve/triage-blue; apps/v1, Kind=Deployment): \
+                 .spec.replicass: field not declared in schema"
+            ),
+            ["spec.replicass"]
+        );
+        assert_eq!(
+            unknown_fields(
+                "failed to create typed patch object (ns/r; gateway.networking.k8s.io/v1, Kind=HTTPRoute): errors:\n  \
+                 .spec.rules[0].filters[0].requestMirror.percent: field not declared in schema\n  \
+                 .spec.ports[port=80,protocol=\"TCP\"].x: field not declared in schema"
+            ),
+            [
+                "spec.rules[0].filters[0].requestMirror.percent",
+                "spec.ports[port=80,protocol=\"TCP\"].x"
+            ]
+        );
+        // Create or update under fieldValidation=Strict (a 400).
+        assert_eq!(
+            unknown_fields(
+                "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: \
+                 unknown field \"spec.replicass\", unknown field \"spec.template.spec.containers[0].imag\""
+            ),
+            ["spec.replicass", "spec.template.spec.containers[0].imag"]
+        );
+        // Other refusals name no unknown field.
+        assert!(unknown_fields(
+            "Deployment.apps \"web\" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+        )
+        .is_empty());
+        assert!(
+            unknown_fields("an unknown field \"x\" in a message about something else").is_empty()
+        );
+    }
 }

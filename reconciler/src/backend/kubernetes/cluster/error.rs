@@ -89,6 +89,12 @@ pub enum Error {
         /// The field managers that own them.
         managers: Vec<String>,
     },
+    #[error("{object}: the cluster does not know the field{} {}", if .fields.len() == 1 { "" } else { "s" }, quoted(.fields))]
+    UnknownField {
+        object: Box<ObjectKey>,
+        /// The fields, as the server names them (`spec.replicass`).
+        fields: Vec<String>,
+    },
     #[error("{object} exists and is not managed by Cairn for workspace `{workspace}`{}", .owner.as_ref().map(|o| format!(" (it belongs to workspace `{o}`)")).unwrap_or_default())]
     NotManaged {
         object: Box<ObjectKey>,
@@ -155,6 +161,27 @@ fn reasons_list(reasons: &[String]) -> String {
     }
 }
 
+fn quoted(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `kubectl explain` of the object holding a field: `deployment.spec` for
+/// `spec.replicass`, `httproute.spec.rules.filters.requestMirror` for
+/// `spec.rules[0].filters[0].requestMirror.percent`.
+fn explain(kind: &str, field: &str) -> String {
+    let mut path: Vec<String> = field
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part).to_string())
+        .collect();
+    path.pop();
+    path.insert(0, kind.to_lowercase());
+    path.join(".")
+}
+
 fn conflict_message(fields: &[String], managers: &[String]) -> String {
     let owners = managers
         .iter()
@@ -200,6 +227,12 @@ impl Error {
             Error::Conflict { .. } => {
                 "someone else (kubectl edit, an autoscaler, another tool) changed these fields; rerun with `--force-conflicts` to take them back, or remove them from the manifests to leave them to the other manager".into()
             }
+            Error::UnknownField { object, fields } => format!(
+                "a typo in an overridden template? Or a field newer than the cluster's version of {kind}: \
+                 see what it declares with `kubectl explain {}`",
+                explain(&object.kind, fields.first().map_or("", String::as_str)),
+                kind = object.kind,
+            ),
             Error::NotManaged { .. } => {
                 "Cairn never takes over objects it did not create: delete or rename the object, or give the resource another name".into()
             }

@@ -46,7 +46,8 @@ impl Clusters {
             let params = PatchParams {
                 field_manager: Some(KEY_MANAGER.into()),
                 ..Default::default()
-            };
+            }
+            .validation_strict();
             match api
                 .patch(&secret.name, &params, &Patch::Merge(&patch))
                 .await

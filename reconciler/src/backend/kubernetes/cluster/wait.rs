@@ -321,7 +321,8 @@ async fn set_deadline(
     let params = kube::api::PatchParams {
         field_manager: Some(DEADLINE_MANAGER.into()),
         ..Default::default()
-    };
+    }
+    .validation_strict();
     api.patch(&key.name, &params, &kube::api::Patch::Merge(&patch))
         .await
         .map_err(|e| request_error(cluster, "set the deadline of", key.to_string(), e))?;

@@ -754,3 +754,77 @@ fn an_endpoint_revision_needing_more_gpus_than_the_quota_is_refused_at_plan_time
     }
     assert_eq!(world.serve.writes(), 0, "planning wrote nothing");
 }
+
+/// The example as a namespace-scoped user runs it: an administrator made the two
+/// namespaces and bound the shipped Role (`templates/rbac/role.yaml`) in each, and
+/// nothing else. Plan and apply succeed (the 2-instance job trains, the endpoint
+/// serves behind its key), and the only requests refused are the cluster-scope reads
+/// Cairn does without (namespace and node lists, pods of every namespace).
+#[test]
+fn the_imaging_example_plans_and_applies_with_only_the_shipped_role() {
+    let world = World::new();
+    let role = kube_server::role_from_yaml(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/rbac/role.yaml"),
+        )
+        .unwrap(),
+    );
+    for (server, namespace) in [
+        (&world.train, "imaging-train"),
+        (&world.serve, "imaging-serve"),
+    ] {
+        server.create(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            "kubectl-admin",
+        );
+        server.bind_role(namespace, &role);
+    }
+    with_kubelet(&world, |kubelet| {
+        let plan = world.cairn(&["plan", "-w", "imaging"]);
+        plan.ok();
+        assert!(
+            !plan.stdout.contains("+ Namespace"),
+            "the administrator's namespaces are used as they are\n{}",
+            plan.both()
+        );
+        assert!(
+            plan.stdout.contains("+ Job imaging-train/train-pneumonia-"),
+            "{}",
+            plan.both()
+        );
+
+        let apply = world.cairn(&["apply", "-w", "imaging", "--auto-approve"]);
+        assert_eq!(
+            apply.code,
+            0,
+            "{}\n--- kubelet:\n{}",
+            apply.both(),
+            kubelet_log(kubelet)
+        );
+        assert_eq!(objects_of(&world.train, "Job").len(), 1);
+        assert_eq!(objects_of(&world.serve, "Deployment").len(), 1);
+        assert!(
+            pods::endpoint_key(&world.serve, "imaging-serve", "triage").is_some(),
+            "the endpoint's key was made"
+        );
+        for server in [&world.train, &world.serve] {
+            let refused = server.forbidden_requests();
+            assert!(
+                refused.iter().any(|r| r.starts_with("GET /api/v1/nodes")),
+                "RBAC is on: the node list is refused ({refused:?})"
+            );
+            for refused in refused {
+                let path = refused.split('?').next().unwrap_or(&refused);
+                assert!(
+                    matches!(
+                        path,
+                        "GET /api/v1/namespaces" | "GET /api/v1/nodes" | "GET /api/v1/pods"
+                    ),
+                    "refused: {refused}"
+                );
+            }
+        }
+        let again = world.cairn(&["plan", "-w", "imaging", "--detailed-exitcode"]);
+        assert_eq!(again.code, 0, "nothing left to do\n{}", again.both());
+    });
+}

@@ -197,10 +197,8 @@ pub async fn apply(
             Ok(_) => {
                 summary = format!("promoted: {}", describe_serving(after));
             }
+            // The reason is in the failed step's event and in the error: not noted again.
             Err(e @ (Error::RolledBack { .. } | Error::NotReady { .. })) => {
-                if let Error::RolledBack { reason, .. } = &e {
-                    note(&format!("rolled back: {reason}"));
-                }
                 // The new revisions are at 0 %: take them out and stop them.
                 restore(
                     serving,

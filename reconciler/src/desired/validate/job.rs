@@ -44,6 +44,28 @@ impl Ctx<'_> {
                 ),
                 _ => {}
             }
+            // An Indexed Job's pods are named `<job>-<run id>-<index>`, and that name is
+            // their hostname: a DNS label, at most 63 characters.
+            let longest = r.address.name.len() + 1 + crate::content::VERSION_LEN + 1 + 3;
+            if *compute.target.get_ref() == Target::Kubernetes
+                && spec.instances() > 1
+                && longest > 63
+            {
+                out.error(
+                    Diagnostic::error(
+                        "invalid-name",
+                        format!(
+                            "the job name `{}` is too long for a multi-instance job on Kubernetes: its pods' hostnames (`<job>-<run id>-<index>`) would have {longest} characters, over the 63 a DNS label allows",
+                            r.address.name
+                        ),
+                    )
+                    .at(self.loc(&r.file, r.name_span.clone()))
+                    .help(format!(
+                        "shorten it to at most {} characters",
+                        r.address.name.len() - (longest - 63)
+                    )),
+                );
+            }
             if *compute.target.get_ref() == Target::Local {
                 let kube_only = [
                     ("queue", spec.queue.as_ref().map(|q| q.span())),

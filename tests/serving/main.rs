@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::free_port;
 use support::{copy_dir, wait_until, wait_with_deadline, Run};
 
 const WS: &str = "credit-risk";
@@ -40,14 +41,6 @@ impl Drop for Repo {
         // Stops the routers and replicas this test started.
         let _ = self.cairn(&["supervise", "--stop", "--state", &self.serving_dir()]);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Repo {

@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A loopback port nothing listens on now (the OS's pick; free until someone binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The workspace every fixture declares.
 pub const WORKSPACE: &str = "risk";
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fixture::{Job, Repo, Requests, TargetFixture, TargetManifests, ROWS};
+use crate::support::free_port;
 use crate::support::Run;
 
 pub struct LocalFixture {
@@ -27,14 +28,6 @@ impl Drop for LocalFixture {
             &serving.display().to_string(),
         ]);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn agent() -> ureq::Agent {

@@ -5,8 +5,8 @@
 //! where the pod's port answers, for the pod proxy Cairn's gates read `/metrics`
 //! through. A pod whose template has Cairn's `auth` container gets its auth proxy too
 //! (the library code `cairn auth-proxy` runs, reading the key from the endpoint's
-//! Secret as the mounted volume would): the pod's address is then the proxy's, and
-//! `/metrics` is read from the server's own port. A gateway thread plays the Gateway API implementation (or kube-proxy): it
+//! Secret as the mounted volume would): the pod's address is then the proxy's, and the
+//! pod proxy reaches `/metrics` through it too. A gateway thread plays the Gateway API implementation (or kube-proxy): it
 //! reads the live HTTPRoute's weights (or the endpoint Service's selector) and sends
 //! prediction requests to the pods accordingly, over real HTTP.
 
@@ -122,6 +122,11 @@ impl Pods {
                 json!({"phase": "Running", "podIP": "10.0.0.1"}),
             );
             server.pod_address(ns, &pod_name, port, &server_address);
+            // The gates read `/metrics` through the auth proxy's port when there is one.
+            if let Some(auth) = auth_container(template) {
+                let proxy_port = auth["ports"][0]["containerPort"].as_u64().unwrap() as u16;
+                server.pod_address(ns, &pod_name, proxy_port, &address);
+            }
             self.pods.lock().unwrap().push(Pod {
                 namespace: ns.to_string(),
                 name: pod_name,

@@ -83,6 +83,8 @@ async fn objects_go_to_their_contexts_cluster() {
             "HTTPRoute imaging-serve/triage",
             "LimitRange imaging-serve/cairn-imaging",
             "Namespace -/imaging-serve",
+            // Traffic to the triage pods on their auth proxy's port only.
+            "NetworkPolicy imaging-serve/triage",
             "ResourceQuota imaging-serve/cairn-imaging-radiology-onprem",
             // The triage endpoint's key (`auth = "token"`).
             "Secret imaging-serve/triage-key",
@@ -246,6 +248,8 @@ async fn each_context_is_connected_once() {
                 !l.contains('?') && (l.starts_with("GET /api/v1 ") || l.starts_with("GET /apis/"))
             })
             .count();
-        assert_eq!(discovery, 4, "{:#?}", server.request_log());
+        // core, apps, batch, gateway.networking.k8s.io and networking.k8s.io (the
+        // NetworkPolicy of an authenticated endpoint).
+        assert_eq!(discovery, 5, "{:#?}", server.request_log());
     }
 }

@@ -96,6 +96,7 @@ async fn a_typo_in_an_overridden_template_fails_the_apply_naming_the_field() {
             "LimitRange/cairn-imaging created",
             "ServiceAccount/cairn-imaging created",
             "Secret/triage-key created",
+            "NetworkPolicy/triage created",
             &format!("Deployment/triage-blue-9f3c2a1b7d4e failed: {error}"),
             "Service/triage-blue-9f3c2a1b7d4e skipped: Deployment `triage-blue-9f3c2a1b7d4e` in \
              namespace `imaging-serve` (context `onprem-radiology`) failed to apply",
@@ -114,7 +115,13 @@ async fn a_typo_in_an_overridden_template_fails_the_apply_naming_the_field() {
     kinds.sort();
     assert_eq!(
         kinds,
-        ["LimitRange", "ResourceQuota", "Secret", "ServiceAccount"]
+        [
+            "LimitRange",
+            "NetworkPolicy",
+            "ResourceQuota",
+            "Secret",
+            "ServiceAccount"
+        ]
     );
 
     // Every write asked for strict validation; the Deployment's one apply was refused
@@ -140,5 +147,5 @@ async fn a_typo_in_an_overridden_template_fails_the_apply_naming_the_field() {
             422
         )]
     );
-    assert_eq!(server.count(Verb::Patch), 6);
+    assert_eq!(server.count(Verb::Patch), 7);
 }

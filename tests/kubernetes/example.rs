@@ -41,6 +41,7 @@ fn objects_come_in_apply_order_with_their_contexts() {
             "aks-gpu-westeurope ServiceAccount imaging-train cairn-imaging",
             "onprem-radiology ServiceAccount imaging-serve cairn-imaging",
             "onprem-radiology Secret imaging-serve triage-key",
+            "onprem-radiology NetworkPolicy imaging-serve triage",
             "aks-gpu-westeurope Job imaging-train train-pneumonia-9f3c2a1b7d4e",
             "onprem-radiology Deployment imaging-serve triage-blue-9f3c2a1b7d4e",
             "aks-gpu-westeurope Service imaging-train train-pneumonia-9f3c2a1b7d4e",
@@ -119,8 +120,8 @@ fn the_spec_hash_changes_with_the_object_but_not_with_the_revision() {
     let changed: Vec<usize> = (0..one.len()).filter(|&i| one[i] != three[i]).collect();
     // The Job and its headless Service, the Deployment, its Service and the route name
     // the new run or version.
-    // The endpoint's key Secret names no version.
-    assert_eq!(changed, [9, 10, 11, 12, 14], "hashes: {one:?} → {three:?}");
+    // The endpoint's key Secret and NetworkPolicy name no version.
+    assert_eq!(changed, [10, 11, 12, 13, 15], "hashes: {one:?} → {three:?}");
 }
 
 #[test]

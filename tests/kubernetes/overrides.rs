@@ -84,7 +84,7 @@ fn an_override_replaces_the_shipped_template() {
             .iter()
             .filter(|(_, s)| **s == TemplateSource::Shipped)
             .count(),
-        8
+        9
     );
 
     let objects = render(&snapshot).unwrap();
@@ -106,7 +106,7 @@ fn an_override_replaces_the_shipped_template() {
     // Services, before the route.
     let kinds: Vec<&str> = objects.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(
-        &kinds[10..],
+        &kinds[11..],
         [
             "Deployment",
             "Service", // the Job's headless Service

@@ -122,6 +122,8 @@ fn deployments_weights_and_mirror() {
             // Both endpoints authenticate (`auth` is `key` by default): their keys.
             "edge-cluster Secret vision-serve/api-key",
             "- Secret vision/batch-key",
+            "edge-cluster NetworkPolicy vision-serve/api",
+            "- NetworkPolicy vision/batch",
             "edge-cluster Deployment vision-serve/api-blue-1a2b3c4d5e6f",
             "edge-cluster Deployment vision-serve/api-green-77aa88bb99cc-28289b",
             "- Deployment vision/batch-main-77aa88bb99cc",

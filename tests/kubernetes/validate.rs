@@ -144,13 +144,14 @@ fn the_example_objects_pass_the_official_schemas_strictly() {
             "Job",
             "LimitRange",
             "Namespace",
+            "NetworkPolicy",
             "ResourceQuota",
             "Secret",
             "Service",
             "ServiceAccount"
         ]
     );
-    assert_eq!(check("manifests/imaging", &objects), (14, 1));
+    assert_eq!(check("manifests/imaging", &objects), (15, 1));
 }
 
 #[test]

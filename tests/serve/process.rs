@@ -299,6 +299,14 @@ fn the_auth_proxy_lets_only_requests_with_the_key_through() {
     let addr = proxy.addr();
     let agent = agent();
     assert_eq!(crate::get(&agent, addr, "/healthz").status, 200);
+    // The gates' scrape: open, and the server's own exposition.
+    let metrics = crate::get(&agent, addr, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("cairn_requests_total"),
+        "{}",
+        metrics.body
+    );
 
     let (json_rows, maps) = rows(5, 7);
     let body = json!({"rows": json_rows}).to_string();

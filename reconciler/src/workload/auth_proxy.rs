@@ -3,8 +3,8 @@
 //! pod, answers 401 to a request without `Authorization: Bearer <key>` (checked against
 //! the key file's SHA-256, in constant time, [`super::bearer`]), and passes the others
 //! on to the server, the `Authorization` header removed so the key never reaches the
-//! server or its logs. `GET /healthz` is answered by the server without a key, as
-//! probes need.
+//! server or its logs. `GET /healthz` and `GET /metrics` are passed on without a key,
+//! as probes and the rollout gates need (request counts and latencies, no payloads).
 //!
 //! It holds the key's digest only; the key file is read once at start.
 
@@ -122,7 +122,9 @@ impl AuthProxy {
 }
 
 async fn forward(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
-    let open = request.method() == axum::http::Method::GET && request.uri().path() == "/healthz";
+    // Probes and the rollout gates' scrape read these without a key.
+    let open = request.method() == axum::http::Method::GET
+        && matches!(request.uri().path(), "/healthz" | "/metrics");
     if !open {
         if let Err(message) = authorize(request.headers(), &shared.digest) {
             return unauthorized(message);

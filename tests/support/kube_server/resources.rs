@@ -130,6 +130,14 @@ pub fn builtin_resources() -> Vec<ResourceType> {
         R::new("", "v1", "ConfigMap", "configmaps", true).without_status(),
         R::new("", "v1", "Secret", "secrets", true).without_status(),
         R::new("", "v1", "Event", "events", true).without_status(),
+        R::new(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+        )
+        .without_status(),
         R::new("apps", "v1", "Deployment", "deployments", true),
         R::new("batch", "v1", "Job", "jobs", true)
             .names(Label)

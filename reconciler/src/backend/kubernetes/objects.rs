@@ -559,8 +559,27 @@ impl<'a> Walk<'a> {
                 "secret.yaml.j2",
                 address,
                 ctx,
-                labels,
+                labels.clone(),
                 BTreeMap::from([(ANNOTATION_GENERATED_KEY.to_string(), "key".to_string())]),
+                vars,
+            )?;
+            let vars = json!({
+                "name": endpoint_name,
+                "namespace": namespace,
+                "compute": compute_vars,
+                "endpoint": endpoint_vars,
+                // Every pod of the endpoint, each revision's.
+                "selector": {
+                    LABEL_WORKSPACE: self.workspace,
+                    LABEL_ENDPOINT: endpoint_name,
+                },
+            });
+            self.emit(
+                "networkpolicy.yaml.j2",
+                address,
+                ctx,
+                labels,
+                BTreeMap::new(),
                 vars,
             )?;
         }

@@ -185,10 +185,21 @@ pub(super) async fn kube_route(
         .as_ref()
         .and_then(|v| v["port"].as_u64())
         .map_or(crate::backend::kubernetes::DEFAULT_PORT, |p| p as u16);
+    let authenticated = change
+        .after
+        .as_ref()
+        .and_then(|v| v["auth"].as_str())
+        .is_some_and(|a| a != "none");
+    let metrics_port = if authenticated {
+        super::containers::auth_proxy_port(port)
+    } else {
+        port
+    };
     let mut route = KubeRoute {
         object,
         backends,
         port,
+        metrics_port,
     };
     if route.weighted() {
         // Backends the route names now or will name whose Services this change leaves

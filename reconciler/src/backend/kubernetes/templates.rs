@@ -26,7 +26,7 @@ pub const DEFAULT_CAIRN_IMAGE: &str =
 pub const OVERRIDE_DIR: &str = "templates/kubernetes";
 
 /// The shipped templates, in the apply order of the objects they produce.
-pub const TEMPLATES: [(&str, &str); 9] = [
+pub const TEMPLATES: [(&str, &str); 10] = [
     (
         "namespace.yaml.j2",
         include_str!("../../../../templates/kubernetes/namespace.yaml.j2"),
@@ -48,6 +48,10 @@ pub const TEMPLATES: [(&str, &str); 9] = [
         include_str!("../../../../templates/kubernetes/secret.yaml.j2"),
     ),
     (
+        "networkpolicy.yaml.j2",
+        include_str!("../../../../templates/kubernetes/networkpolicy.yaml.j2"),
+    ),
+    (
         "job.yaml.j2",
         include_str!("../../../../templates/kubernetes/job.yaml.j2"),
     ),
@@ -67,12 +71,13 @@ pub const TEMPLATES: [(&str, &str); 9] = [
 
 /// The kinds the shipped templates produce, in apply order (the same order as
 /// [`TEMPLATES`]). Other kinds an override adds are applied with their template's.
-const KIND_ORDER: [&str; 9] = [
+const KIND_ORDER: [&str; 10] = [
     "Namespace",
     "ResourceQuota",
     "LimitRange",
     "ServiceAccount",
     "Secret",
+    "NetworkPolicy",
     "Job",
     "Deployment",
     "Service",

@@ -43,8 +43,11 @@ pub struct KubeRoute {
     pub object: KubeObject,
     /// Service name → backend.
     pub backends: BTreeMap<String, ServiceBackend>,
-    /// The pods' HTTP port.
+    /// The port the endpoint's Services and route send traffic to.
     pub port: u16,
+    /// The pods' port the gates read `/metrics` from: the server's, or with `auth` the
+    /// pod's `cairn auth-proxy` (the only port its NetworkPolicy admits).
+    pub metrics_port: u16,
 }
 
 impl KubeRoute {
@@ -338,7 +341,7 @@ impl Traffic for KubeTraffic<'_> {
                 self.route.object.context.as_deref(),
                 self.route.namespace(),
                 &selector.join(","),
-                self.route.port,
+                self.route.metrics_port,
                 "/metrics",
             )
             .await

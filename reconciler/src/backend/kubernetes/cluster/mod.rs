@@ -88,12 +88,13 @@ pub use wait::JobWait;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of
 /// other kinds are applied after Services and before HTTPRoutes.
-pub const SHIPPED_KINDS: [(&str, &str); 9] = [
+pub const SHIPPED_KINDS: [(&str, &str); 10] = [
     ("v1", "Namespace"),
     ("v1", "ResourceQuota"),
     ("v1", "LimitRange"),
     ("v1", "ServiceAccount"),
     ("v1", "Secret"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("batch/v1", "Job"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -260,6 +261,7 @@ mod tests {
             "LimitRange",
             "ServiceAccount",
             "Secret",
+            "NetworkPolicy",
             "Job",
             "Deployment",
             "Service",
@@ -269,6 +271,6 @@ mod tests {
         .iter()
         .map(|k| wave(k))
         .collect();
-        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     }
 }

@@ -360,6 +360,13 @@ pub fn a_removed_endpoint_is_pruned<F: TargetFixture>() {
 pub fn nothing_changes_after_an_apply<F: TargetFixture>() {
     let world = F::start(true);
     let repo = world.repo();
+    // With a timeout: whatever the target did with it while the job ran (Kubernetes
+    // sets the Job's deadline once its pods run) is no drift.
+    // The job runs long enough for apply to see it running.
+    repo.set_job(&Job {
+        timeout: Some("10m".into()),
+        ..Job::script(format!("sleep 2\n{TRAIN}"))
+    });
     repo.apply().ok();
     let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
     plan.code(0);

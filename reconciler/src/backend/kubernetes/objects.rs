@@ -546,9 +546,14 @@ impl<'a> Walk<'a> {
             "key_secret": authenticated.then_some(&key_secret),
             "description": spec.description,
         });
+        // The endpoint's own objects (not a revision's), and every pod of the endpoint.
+        let mut endpoint_labels = self.labels(endpoint_name, "serving");
+        endpoint_labels.insert(LABEL_ENDPOINT.into(), endpoint_name.into());
+        let every_pod = BTreeMap::from([
+            (LABEL_WORKSPACE.to_string(), self.workspace.to_string()),
+            (LABEL_ENDPOINT.to_string(), endpoint_name.to_string()),
+        ]);
         if authenticated {
-            let mut labels = self.labels(endpoint_name, "serving");
-            labels.insert(LABEL_ENDPOINT.into(), endpoint_name.into());
             let vars = json!({
                 "name": key_secret,
                 "namespace": namespace,
@@ -559,7 +564,7 @@ impl<'a> Walk<'a> {
                 "secret.yaml.j2",
                 address,
                 ctx,
-                labels.clone(),
+                endpoint_labels.clone(),
                 BTreeMap::from([(ANNOTATION_GENERATED_KEY.to_string(), "key".to_string())]),
                 vars,
             )?;
@@ -568,17 +573,13 @@ impl<'a> Walk<'a> {
                 "namespace": namespace,
                 "compute": compute_vars,
                 "endpoint": endpoint_vars,
-                // Every pod of the endpoint, each revision's.
-                "selector": {
-                    LABEL_WORKSPACE: self.workspace,
-                    LABEL_ENDPOINT: endpoint_name,
-                },
+                "selector": every_pod,
             });
             self.emit(
                 "networkpolicy.yaml.j2",
                 address,
                 ctx,
-                labels,
+                endpoint_labels.clone(),
                 BTreeMap::new(),
                 vars,
             )?;
@@ -700,13 +701,9 @@ impl<'a> Walk<'a> {
             .and_then(|(name, _)| backends.get(name));
         let selector: BTreeMap<String, String> = match serving {
             Some((_, selector)) if compute.gateway.is_none() => selector.clone(),
-            _ => BTreeMap::from([
-                (LABEL_WORKSPACE.to_string(), self.workspace.to_string()),
-                (LABEL_ENDPOINT.to_string(), endpoint_name.to_string()),
-            ]),
+            _ => every_pod,
         };
-        let mut labels = self.labels(endpoint_name, "serving");
-        labels.insert(LABEL_ENDPOINT.into(), endpoint_name.into());
+        let labels = endpoint_labels;
         let vars = json!({
             "name": endpoint_name,
             "namespace": namespace,

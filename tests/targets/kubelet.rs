@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::kube_server::KubeServer;
 use crate::pods::Pods;
@@ -209,26 +209,12 @@ impl Node {
 
     /// Marks a Job failed as the job controller does past `activeDeadlineSeconds`.
     fn deadline_exceeded(&self, ns: &str, name: &str) {
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
-        let condition = |kind: &str| {
-            json!({
-                "type": kind, "status": "True", "reason": "DeadlineExceeded",
-                "message": "Job was active longer than specified deadline",
-                "lastProbeTime": now, "lastTransitionTime": now,
-            })
-        };
-        self.server.set_status(
-            "batch/v1",
-            "Job",
-            Some(ns),
+        self.server.job_failed_with(
+            ns,
             name,
-            json!({
-                "startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
-                "uncountedTerminatedPods": {},
-                "conditions": [condition("FailureTarget"), condition("Failed")],
-            }),
+            1,
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
         );
     }
 

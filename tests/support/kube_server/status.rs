@@ -65,12 +65,35 @@ impl KubeServer {
 
     /// Marks a Job failed as the job controller does when its pods run out of retries.
     pub fn job_failed(&self, namespace: &str, name: &str) -> Value {
-        let now = now();
         let failed = self
             .object("batch/v1", "Job", Some(namespace), name)
             .and_then(|j| j["spec"]["backoffLimit"].as_u64())
             .unwrap_or(6)
             + 1;
+        self.job_failed_with(
+            namespace,
+            name,
+            failed,
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        )
+    }
+
+    /// A failed Job's status: `failed` pods, and its `FailureTarget` and `Failed`
+    /// conditions with `reason` and `message`.
+    pub fn job_failed_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        failed: u64,
+        reason: &str,
+        message: &str,
+    ) -> Value {
+        let now = now();
+        let condition = |kind: &str| {
+            json!({"type": kind, "status": "True", "reason": reason, "message": message,
+                   "lastProbeTime": now, "lastTransitionTime": now})
+        };
         self.set_status(
             "batch/v1",
             "Job",
@@ -79,14 +102,7 @@ impl KubeServer {
             json!({
                 "startTime": now, "failed": failed, "active": 0, "ready": 0, "terminating": 0,
                 "uncountedTerminatedPods": {},
-                "conditions": [
-                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
-                     "message": "Job has reached the specified backoff limit",
-                     "lastProbeTime": now, "lastTransitionTime": now},
-                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                     "message": "Job has reached the specified backoff limit",
-                     "lastProbeTime": now, "lastTransitionTime": now},
-                ],
+                "conditions": [condition("FailureTarget"), condition("Failed")],
             }),
         )
     }
@@ -123,26 +139,10 @@ impl KubeServer {
         exit_code: i32,
         rule: usize,
     ) -> Value {
-        let now = now();
         let message = format!(
             "Container {container} for pod {namespace}/{pod} failed with exit code {exit_code} matching FailJob rule at index {rule}"
         );
-        self.set_status(
-            "batch/v1",
-            "Job",
-            Some(namespace),
-            name,
-            json!({
-                "startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
-                "uncountedTerminatedPods": {},
-                "conditions": [
-                    {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
-                     "message": message, "lastProbeTime": now, "lastTransitionTime": now},
-                    {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                     "message": message, "lastProbeTime": now, "lastTransitionTime": now},
-                ],
-            }),
-        )
+        self.job_failed_with(namespace, name, 1, "PodFailurePolicy", &message)
     }
 
     /// Marks a Deployment rolled out and available at its generation, every replica

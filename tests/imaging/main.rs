@@ -262,12 +262,13 @@ impl<'a> Kubelet<'a> {
             1
         };
         let dns = ClusterDns::of(server, job, pods);
-        // Every pod runs (and is ready: no readiness probes) until it ends.
+        // Every pod is active; none is ready while its init containers (the train step)
+        // run.
         server.job_running(
             job["metadata"]["namespace"].as_str().unwrap(),
             job["metadata"]["name"].as_str().unwrap(),
             pods,
-            pods,
+            0,
         );
         std::thread::scope(|s| {
             let runs: Vec<_> = (0..pods)

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::kube_server::KubeServer;
 use crate::pods::Pods;
@@ -179,10 +179,42 @@ impl Node {
                 .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
         };
         let pod = &job["spec"]["template"]["spec"];
+        let init_count = pod["initContainers"].as_array().map_or(0, Vec::len);
         for attempt in 0..=backoff_limit {
             let root = self.work.join(ns).join(format!("{name}-{attempt}"));
-            self.server.job_running(ns, name, 1, 1);
-            match self.run_pod(&root, pod, &deadline) {
+            // The pod, as the job controller creates it (owned by the Job, so a Job
+            // deleted in the foreground takes it along) and the kubelet reports it: an
+            // init container running leaves it Pending and not ready; the main
+            // container running makes it ready.
+            let pod_name = format!("{name}-{attempt}");
+            self.server.create(
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {
+                        "name": pod_name, "namespace": ns,
+                        "labels": {"batch.kubernetes.io/job-name": name, "job-name": name},
+                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                            "uid": job["metadata"]["uid"], "controller": true,
+                            "blockOwnerDeletion": true}],
+                    },
+                    "spec": pod.clone(),
+                }),
+                "kube-controller-manager",
+            );
+            self.server.job_running(ns, name, 1, 0);
+            let on_step = |index: usize, step: &str| {
+                let state = json!([{"name": step, "image": "", "imageID": "", "ready": index >= init_count,
+                    "restartCount": 0, "state": {"running": {}}}]);
+                let status = if index < init_count {
+                    json!({"phase": "Pending", "initContainerStatuses": state})
+                } else {
+                    self.server.job_running(ns, name, 1, 1);
+                    json!({"phase": "Running", "containerStatuses": state})
+                };
+                self.server
+                    .set_status("v1", "Pod", Some(ns), &pod_name, status);
+            };
+            match self.run_pod(&root, pod, &deadline, &on_step) {
                 PodEnd::Succeeded => {
                     self.note(format!("Job {ns}/{name}: succeeded"));
                     self.server.job_succeeded(ns, name);
@@ -220,7 +252,13 @@ impl Node {
 
     /// Runs one pod's steps in order, in a fresh folder standing for its `/cairn`
     /// volume.
-    fn run_pod(&self, root: &Path, pod: &Value, past_deadline: &dyn Fn() -> bool) -> PodEnd {
+    fn run_pod(
+        &self,
+        root: &Path,
+        pod: &Value,
+        past_deadline: &dyn Fn() -> bool,
+        on_step: &dyn Fn(usize, &str),
+    ) -> PodEnd {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root).unwrap();
         let steps = pod["initContainers"]
@@ -228,8 +266,9 @@ impl Node {
             .into_iter()
             .flatten()
             .chain(pod["containers"].as_array().into_iter().flatten());
-        for container in steps {
+        for (index, container) in steps.enumerate() {
             let step = container["name"].as_str().unwrap_or("?");
+            on_step(index, step);
             let env: Vec<(String, String)> = container["env"]
                 .as_array()
                 .into_iter()

@@ -57,6 +57,10 @@ pub struct AuthProxyOptions {
     pub key_file: PathBuf,
 }
 
+/// How much of a refused request's body is read before the 401; past it the
+/// connection is closed.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 struct Shared {
     digest: [u8; 32],
     upstream: Authority,
@@ -127,6 +131,9 @@ async fn forward(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         && matches!(request.uri().path(), "/healthz" | "/metrics");
     if !open {
         if let Err(message) = authorize(request.headers(), &shared.digest) {
+            // Read what the client is still sending (up to a bound) before answering,
+            // so it gets the 401 rather than a connection reset mid-upload.
+            let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
             return unauthorized(message);
         }
     }

@@ -1,4 +1,4 @@
-//! Why a Job's pods are not running yet: each pod's `PodScheduled` condition when it is
+//! Whether a Job's pods have started, and why they are not running yet: each pod's `PodScheduled` condition when it is
 //! false (`Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.`) and
 //! the warning events of the Job and its pods (`FailedCreate: pods "…" is forbidden:
 //! exceeded quota …`, pod security admission), newest last, each said once.
@@ -8,6 +8,39 @@ use kube::api::{Api, ListParams};
 
 use super::connect::Cluster;
 use crate::backend::kubernetes::ObjectKey;
+
+/// How many of the Job's pods have started a container (an init container counts: a
+/// run's `train` step is one, and the pod is neither Running nor Ready while it runs);
+/// `None` when its pods can't be listed.
+pub(super) async fn started_pods(cluster: &Cluster, job: &ObjectKey) -> Option<i64> {
+    let namespace = job.namespace.as_ref()?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let selector = format!("batch.kubernetes.io/job-name={}", job.name);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    let started = list
+        .items
+        .iter()
+        .filter(|pod| {
+            let Some(status) = &pod.status else {
+                return false;
+            };
+            status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .chain(status.container_statuses.iter().flatten())
+                .any(|c| {
+                    c.state
+                        .as_ref()
+                        .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                })
+        })
+        .count();
+    Some(i64::try_from(started).unwrap_or(i64::MAX))
+}
 
 /// How many reasons an error lists at most.
 const MAX_REASONS: usize = 5;

@@ -23,9 +23,10 @@ pub struct JobWait {
     /// cluster gives (the pods' scheduling conditions, the warning events): a gang
     /// that cannot start whole holds no GPUs for hours.
     pub schedule_timeout: Duration,
-    /// The job's own `timeout`, counted from when every pod runs: at that moment the
-    /// Job's `activeDeadlineSeconds` is set to the time it has been active plus this,
-    /// so time spent Pending never counts.
+    /// The job's own `timeout`, counted from when every pod has started a container
+    /// (read from the pods: the train step is an init container, so a training pod is
+    /// neither Running nor Ready): at that moment the Job's `activeDeadlineSeconds` is
+    /// set to the time it has been active plus this, so time spent Pending never counts.
     pub run_timeout: Option<Duration>,
 }
 
@@ -104,7 +105,13 @@ impl Clusters {
             } else {
                 let since = *admitted.get_or_insert_with(Instant::now);
                 let wanted = pods_wanted(&job);
-                let running = counter(&job, "ready") + counter(&job, "succeeded");
+                // Ready pods have started; so have pods still in their init containers
+                // (the train step), which only the pods themselves tell.
+                let ready = counter(&job, "ready") + counter(&job, "succeeded");
+                let running = super::scheduling::started_pods(&cluster, key)
+                    .await
+                    .unwrap_or(0)
+                    .max(ready);
                 if running >= wanted {
                     if let (Some(run), false) = (wait.run_timeout, deadline_set) {
                         let active = active_for(&job).unwrap_or_else(|| since.elapsed());

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use super::bearer::{authorize, key_digest, unauthorized};
+use super::bearer::{authorize, key_digest, refuse};
 
 /// Errors from starting the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,6 @@ pub struct AuthProxyOptions {
     /// A file holding the key (a mounted Secret); surrounding whitespace is ignored.
     pub key_file: PathBuf,
 }
-
-/// How much of a refused request's body is read before the 401; past it the
-/// connection is closed.
-const DRAIN_LIMIT: usize = 1 << 20;
 
 struct Shared {
     digest: [u8; 32],
@@ -131,10 +127,7 @@ async fn forward(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         && matches!(request.uri().path(), "/healthz" | "/metrics");
     if !open {
         if let Err(message) = authorize(request.headers(), &shared.digest) {
-            // Read what the client is still sending (up to a bound) before answering,
-            // so it gets the 401 rather than a connection reset mid-upload.
-            let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
-            return unauthorized(message);
+            return refuse(request.into_body(), message).await;
         }
     }
     request.headers_mut().remove(header::AUTHORIZATION);

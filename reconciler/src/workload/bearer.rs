@@ -39,6 +39,18 @@ pub fn authorize(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), &'stati
     }
 }
 
+/// How much of a refused request's body is read before the 401; past it the
+/// connection is closed.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// The 401 for a request without the key, once what the client is still sending has
+/// been read (up to a bound), so that it gets the answer rather than a connection reset
+/// mid-upload.
+pub async fn refuse(body: axum::body::Body, message: &str) -> Response {
+    let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+    unauthorized(message)
+}
+
 /// A 401 answer asking for a bearer key.
 pub fn unauthorized(message: &str) -> Response {
     (

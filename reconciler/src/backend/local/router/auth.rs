@@ -4,7 +4,7 @@
 
 use super::{Error, Result};
 
-pub(super) use crate::workload::bearer::{authorize, unauthorized};
+pub(super) use crate::workload::bearer::{authorize, refuse};
 
 /// The 32 bytes of a SHA-256 digest written as 64 hex digits.
 pub(super) fn parse_digest(digest: &str) -> Result<[u8; 32]> {

@@ -15,7 +15,7 @@ use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
-use super::auth::{authorize, unauthorized};
+use super::auth::{authorize, refuse};
 use super::list;
 use super::table::{Deployment, Table};
 use super::upstream::{Outgoing, Shared};
@@ -70,7 +70,7 @@ pub(super) async fn proxy(
 
     if let Some(expected) = &table.key_sha256 {
         if let Err(message) = authorize(&parts.headers, expected) {
-            return unauthorized(message);
+            return refuse(body, message).await;
         }
         // The key is the router's; the replicas never see it (nor log it).
         parts.headers.remove(header::AUTHORIZATION);

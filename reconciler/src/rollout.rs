@@ -494,7 +494,9 @@ async fn watch_step(
                 let names: Vec<&str> = gaining.iter().map(|d| d.as_str()).collect();
                 return Ok(Err(format!(
                     "no traffic to judge: {} reached {} during the step, and the gates need {}; \
-                     send requests during the rollout, and check that the route was accepted",
+                     send requests during the rollout (or, for a quiet endpoint, lower the \
+                     rollout's `min_requests` or hold steps longer), and check that the route \
+                     was accepted",
                     match requests {
                         1 => "1 request".to_string(),
                         n => format!("{n} requests"),
@@ -798,8 +800,9 @@ mod tests {
                 assert_eq!(
                     reason,
                     "no traffic to judge: 0 requests reached green during the step, and the \
-                     gates need 20; send requests during the rollout, and check that the \
-                     route was accepted"
+                     gates need 20; send requests during the rollout (or, for a quiet \
+                     endpoint, lower the rollout's `min_requests` or hold steps longer), and \
+                     check that the route was accepted"
                 );
             }
             other => panic!("expected a halt, got {other:?}"),

@@ -28,6 +28,8 @@ pub const MAX_RETRIES: u32 = 100;
 pub const MIN_STEP_WAIT: Duration = Duration::from_secs(5);
 /// The largest `max_p99_ms` (10 minutes): a gate above it can't fail.
 pub const MAX_P99_MS: u64 = 600_000;
+/// The largest `min_requests`: a step must be able to reach it.
+pub const MAX_MIN_REQUESTS: u64 = 1_000_000;
 
 /// Where a resource is written: its file, that file's text, and its key path.
 pub(super) struct Place<'a> {
@@ -174,6 +176,19 @@ fn rollout(place: &Place<'_>, spec: &RolloutSpec, span: Range<usize>, out: &mut 
                     "hold each step at least `{}s`, e.g. `step_wait = \"30s\"`; to switch at once without gates, write `steps = [100]` and `step_wait = \"0s\"`",
                     MIN_STEP_WAIT.as_secs()
                 )),
+            );
+        }
+    }
+    if let Some(min) = &spec.min_requests {
+        let v = *min.get_ref();
+        if v > MAX_MIN_REQUESTS {
+            out.push(
+                Diagnostic::error(
+                    "over-limit",
+                    format!("min_requests = {v} is over the limit of {MAX_MIN_REQUESTS}"),
+                )
+                .at(place.loc(min.span()))
+                .help("the requests a gated step must see before it is judged, e.g. `min_requests = 20`"),
             );
         }
     }

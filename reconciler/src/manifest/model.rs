@@ -419,6 +419,10 @@ pub struct RolloutSpec {
     /// Largest tolerated p99 latency in milliseconds during a step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ms: Option<Spanned<u64>>,
+    /// Requests the new version must answer during a gated step before the gates judge
+    /// it (fewer fails the step: no traffic is no evidence); 20 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<Spanned<u64>>,
     #[serde(default = "yes")]
     pub auto_rollback: bool,
     /// Percent of requests copied to the new version for one `step_wait` before any

@@ -64,6 +64,10 @@ pub struct RolloutValue {
     pub max_error_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ms: Option<u64>,
+    /// Requests a gated step must see before it is judged; the engine's default when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
     pub auto_rollback: bool,
     /// Percent of requests mirrored to the new revision before traffic moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +83,7 @@ impl RolloutValue {
             step_wait: "0s".into(),
             max_error_rate: None,
             max_p99_ms: None,
+            min_requests: None,
             auto_rollback: true,
             mirror: None,
             scale_down_delay: humantime::format_duration(DEFAULT_SCALE_DOWN_DELAY).to_string(),
@@ -95,6 +100,7 @@ impl RolloutValue {
 
     /// The engine's policy.
     pub fn policy(&self) -> RolloutPolicy {
+        let defaults = RolloutPolicy::default();
         RolloutPolicy {
             steps: self.steps.clone(),
             step_wait: self.step_wait(),
@@ -102,7 +108,8 @@ impl RolloutValue {
             max_p99_ms: self.max_p99_ms,
             auto_rollback: self.auto_rollback,
             mirror: self.mirror,
-            ..RolloutPolicy::default()
+            min_requests: self.min_requests.unwrap_or(defaults.min_requests),
+            ..defaults
         }
     }
 
@@ -124,6 +131,12 @@ impl RolloutValue {
         }
         if let Some(p99) = self.max_p99_ms {
             gates.push(format!("p99 ≤ {p99} ms"));
+        }
+        if let (Some(n), false) = (self.min_requests, gates.is_empty()) {
+            gates.push(format!(
+                "judged on at least {n} request{}",
+                if n == 1 { "" } else { "s" }
+            ));
         }
         if gates.is_empty() {
             text.push_str("; no gates");
@@ -173,5 +186,36 @@ pub fn revision(version: &str, env: &BTreeMap<String, String>) -> String {
             "{version}-{}",
             &crate::content::short_hash(text.as_bytes())[..6]
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_requests_reaches_the_engine_and_the_plan() {
+        let gated = RolloutValue {
+            steps: vec![10, 100],
+            step_wait: "30s".into(),
+            max_error_rate: Some(0.01),
+            min_requests: Some(5),
+            ..RolloutValue::immediate()
+        };
+        assert_eq!(gated.policy().min_requests, 5);
+        assert!(
+            gated.describe().contains("judged on at least 5 requests"),
+            "{}",
+            gated.describe()
+        );
+        let default = RolloutValue {
+            min_requests: None,
+            ..gated
+        };
+        assert_eq!(
+            default.policy().min_requests,
+            RolloutPolicy::default().min_requests
+        );
+        assert!(!default.describe().contains("judged on"));
     }
 }

@@ -102,6 +102,7 @@ impl Planner<'_> {
                         .map_or_else(|| "30s".to_string(), |d| d.to_string()),
                     max_error_rate: r.max_error_rate.as_ref().map(|v| *v.get_ref()),
                     max_p99_ms: r.max_p99_ms.as_ref().map(|v| *v.get_ref()),
+                    min_requests: r.min_requests.as_ref().map(|v| *v.get_ref()),
                     auto_rollback: r.auto_rollback,
                     mirror: r.mirror.as_ref().map(|m| *m.get_ref()),
                     scale_down_delay: r.scale_down_delay.as_ref().map_or_else(

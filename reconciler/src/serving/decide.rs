@@ -441,6 +441,7 @@ mod tests {
                 step_wait: "10s".into(),
                 max_error_rate: Some(0.01),
                 max_p99_ms: Some(250),
+                min_requests: None,
                 auto_rollback: true,
                 mirror: None,
                 scale_down_delay: "5m".into(),

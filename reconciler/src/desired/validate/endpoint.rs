@@ -325,6 +325,15 @@ impl Ctx<'_> {
                 );
             }
         }
+        if let Some(min) = &spec.min_requests {
+            if *min.get_ref() == 0 {
+                out.error(
+                    Diagnostic::error("invalid-value", "min_requests must be at least 1")
+                        .at(self.loc(&r.file, min.span()))
+                        .help("a gate judged on no requests passes any version; for a quiet endpoint, lower it (e.g. `min_requests = 5`) or hold steps longer"),
+                );
+            }
+        }
         if let Some(p99) = &spec.max_p99_ms {
             if *p99.get_ref() == 0 {
                 out.error(

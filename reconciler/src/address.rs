@@ -199,6 +199,12 @@ pub fn is_dns1123_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
+/// Returns whether `name` is a DNS-1123 subdomain: at most 253 characters of
+/// dot-separated DNS-1123 labels (a StorageClass's name, for one).
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns1123_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,8 +38,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "../support/pod_volumes.rs"]
+mod pod_volumes;
 mod pods;
 mod rollout;
+
+use pod_volumes::Mounts;
 
 use kube_server::KubeServer;
 use s3_server::{aws_credentials, S3Server, BUCKET, SECRET_KEY};
@@ -245,16 +249,20 @@ impl<'a> Kubelet<'a> {
         }
     }
 
-    /// Runs a Job's pods together, one per completion index as an Indexed Job's are
-    /// (one pod otherwise). Returns whether every pod succeeded.
-    fn run_pod(&self, context: &str, job: &Value) -> bool {
-        let server = self
-            .world
+    /// The API server of the cluster named `context`.
+    fn server(&self, context: &str) -> &'a KubeServer {
+        self.world
             .servers()
             .into_iter()
             .find(|(c, _)| *c == context)
             .map(|(_, s)| s)
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs a Job's pods together, one per completion index as an Indexed Job's are
+    /// (one pod otherwise). Returns whether every pod succeeded.
+    fn run_pod(&self, context: &str, job: &Value) -> bool {
+        let server = self.server(context);
         let indexed = job["spec"]["completionMode"] == "Indexed";
         let pods = if indexed {
             job["spec"]["completions"].as_u64().unwrap_or(1)
@@ -295,6 +303,7 @@ impl<'a> Kubelet<'a> {
         dns: &ClusterDns,
     ) -> bool {
         let name = job["metadata"]["name"].as_str().unwrap();
+        let server = self.server(context);
         let pod = &job["spec"]["template"]["spec"];
         let pod_name = match index {
             Some(i) => format!("{name}-{i}"),
@@ -308,6 +317,7 @@ impl<'a> Kubelet<'a> {
             .chain(pod["containers"].as_array().into_iter().flatten());
         for container in steps {
             let step = container["name"].as_str().unwrap_or("?");
+            let ns = job["metadata"]["namespace"].as_str().unwrap();
             let mut env: Vec<(String, String)> = container["env"]
                 .as_array()
                 .into_iter()
@@ -323,18 +333,30 @@ impl<'a> Kubelet<'a> {
                         }
                         (from, _) => panic!("{pod_name}/{step}: cannot resolve {from}"),
                     };
-                    (e["name"].as_str().unwrap().to_string(), dns.resolve(&local(&root, &value)))
+                    (e["name"].as_str().unwrap().to_string(), dns.resolve(&value))
                 })
                 .collect();
             if let Some(i) = index {
                 // The Job controller sets it in every container of an Indexed Job's pod.
                 env.push(("JOB_COMPLETION_INDEX".into(), i.to_string()));
             }
+            let claims = self.work.join(context).join("claims");
+            let mounts = match Mounts::of(server, ns, pod, container, &root, &claims, &env) {
+                Ok(mounts) => mounts,
+                Err(e) => {
+                    self.note(format!("{context}: {pod_name}/{step}: {e}"));
+                    return false;
+                }
+            };
+            let env: Vec<(String, String)> = env
+                .into_iter()
+                .map(|(k, v)| (k, mounts.local(&v)))
+                .collect();
             let command: Vec<String> = container["command"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|a| local(&root, a.as_str().unwrap()))
+                .map(|a| mounts.local(a.as_str().unwrap()))
                 .collect();
             let Some(program) = command.first() else {
                 self.note(format!("{context}: {pod_name}/{step}: no command"));
@@ -480,15 +502,6 @@ fn patch_as(server: &KubeServer, path: &str, patch: Value, manager: &str) {
     assert_eq!(response.status(), 200, "patch {path}");
 }
 
-/// A pod path (`/cairn/...`) on this machine.
-fn local(root: &Path, text: &str) -> String {
-    match text.strip_prefix("/cairn") {
-        Some(rest) => format!("{}{rest}", root.display()),
-        // `model.x@v=/cairn/outputs/model`
-        None => text.replace("=/cairn/", &format!("={}/", root.display())),
-    }
-}
-
 /// Runs `body` while a kubelet plays the nodes.
 fn with_kubelet<T>(world: &World, body: impl FnOnce(&Kubelet) -> T) -> T {
     /// Stops the kubelet however the body ends (a failed assertion included), so the
@@ -556,8 +569,30 @@ fn the_imaging_example_plans_applies_and_converges_on_two_clusters() {
         );
 
         // Training ran on the GPU pool's cluster, serving on the on-premises one.
-        let jobs = objects_of(&world.train, "Job");
-        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        // The run's training Job, then the Job that uploaded its outputs from the run's
+        // volume once the training pods had ended (their GPUs free); the volume is gone.
+        let mut jobs = objects_of(&world.train, "Job");
+        jobs.sort_by_key(|j| j["metadata"]["name"].as_str().unwrap().len());
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+        let upload_name = jobs[1]["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            upload_name,
+            format!("{}-upload", jobs[0]["metadata"]["name"].as_str().unwrap())
+        );
+        let train_pod = &jobs[0]["spec"]["template"]["spec"];
+        assert_eq!(train_pod["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(train_pod["containers"][0]["name"], "train");
+        let upload_pod = &jobs[1]["spec"]["template"]["spec"];
+        assert_eq!(upload_pod["containers"][0]["name"], "upload");
+        assert!(upload_pod["containers"][0]["resources"]["limits"]
+            .get("nvidia.com/gpu")
+            .is_none());
+        // Each instance writes under its rank; instance 0's are the ones uploaded.
+        assert_eq!(
+            upload_pod["containers"][0]["volumeMounts"][0]["subPath"], "0",
+            "{upload_pod}"
+        );
+        assert!(objects_of(&world.train, "PersistentVolumeClaim").is_empty());
         assert!(objects_of(&world.serve, "Job").is_empty());
         let deployments = objects_of(&world.serve, "Deployment");
         assert_eq!(deployments.len(), 1);
@@ -802,7 +837,8 @@ fn the_imaging_example_plans_and_applies_with_only_the_shipped_role() {
             apply.both(),
             kubelet_log(kubelet)
         );
-        assert_eq!(objects_of(&world.train, "Job").len(), 1);
+        // The run's training Job and its upload Job.
+        assert_eq!(objects_of(&world.train, "Job").len(), 2);
         assert_eq!(objects_of(&world.serve, "Deployment").len(), 1);
         assert!(
             pods::endpoint_key(&world.serve, "imaging-serve", "triage").is_some(),

@@ -67,8 +67,10 @@ async fn objects_go_to_their_contexts_cluster() {
         on_train,
         [
             "Job imaging-train/train-pneumonia-9f3c2a1b7d4e",
+            "Job imaging-train/train-pneumonia-9f3c2a1b7d4e-upload",
             "LimitRange imaging-train/cairn-imaging",
             "Namespace -/imaging-train",
+            "PersistentVolumeClaim imaging-train/train-pneumonia-9f3c2a1b7d4e-outputs",
             "ResourceQuota imaging-train/cairn-imaging-gpu-pool",
             "Service imaging-train/train-pneumonia-9f3c2a1b7d4e",
             "ServiceAccount imaging-train/cairn-imaging",

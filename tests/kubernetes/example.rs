@@ -42,7 +42,9 @@ fn objects_come_in_apply_order_with_their_contexts() {
             "onprem-radiology ServiceAccount imaging-serve cairn-imaging",
             "onprem-radiology Secret imaging-serve triage-key",
             "onprem-radiology NetworkPolicy imaging-serve triage",
+            "aks-gpu-westeurope PersistentVolumeClaim imaging-train train-pneumonia-9f3c2a1b7d4e-outputs",
             "aks-gpu-westeurope Job imaging-train train-pneumonia-9f3c2a1b7d4e",
+            "aks-gpu-westeurope Job imaging-train train-pneumonia-9f3c2a1b7d4e-upload",
             "onprem-radiology Deployment imaging-serve triage-blue-9f3c2a1b7d4e",
             "aks-gpu-westeurope Service imaging-train train-pneumonia-9f3c2a1b7d4e",
             "onprem-radiology Service imaging-serve triage-blue-9f3c2a1b7d4e",
@@ -118,10 +120,14 @@ fn the_spec_hash_changes_with_the_object_but_not_with_the_revision() {
     }
     let three = hashes(Renderer::shipped(), retrained);
     let changed: Vec<usize> = (0..one.len()).filter(|&i| one[i] != three[i]).collect();
-    // The Job and its headless Service, the Deployment, its Service and the route name
-    // the new run or version.
+    // The run's outputs volume, its Jobs (training, upload) and headless Service, the
+    // Deployment, its Service and the route name the new run or version.
     // The endpoint's key Secret and NetworkPolicy name no version.
-    assert_eq!(changed, [10, 11, 12, 13, 15], "hashes: {one:?} → {three:?}");
+    assert_eq!(
+        changed,
+        [10, 11, 12, 13, 14, 15, 17],
+        "hashes: {one:?} → {three:?}"
+    );
 }
 
 #[test]

@@ -105,8 +105,9 @@ fn an_override_replaces_the_shipped_template() {
     // Objects an override adds still carry what Cairn finds them by, and come with the
     // Services, before the route.
     let kinds: Vec<&str> = objects.iter().map(|o| o.kind.as_str()).collect();
+    let deployments = kinds.iter().position(|k| *k == "Deployment").unwrap();
     assert_eq!(
-        &kinds[11..],
+        &kinds[deployments..],
         [
             "Deployment",
             "Service", // the Job's headless Service

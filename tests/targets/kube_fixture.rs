@@ -38,7 +38,8 @@ pub struct KubeFixture {
 }
 
 impl KubeFixture {
-    fn objects_of(&self, kind: &str) -> Vec<Value> {
+    /// Cairn's and others' objects of `kind` in the compute's namespace.
+    pub(crate) fn objects_of(&self, kind: &str) -> Vec<Value> {
         self.server
             .objects()
             .into_iter()
@@ -76,6 +77,16 @@ impl KubeFixture {
             meta["name"].as_str().unwrap().to_string(),
             meta["resourceVersion"].as_str().unwrap().to_string(),
         ));
+    }
+
+    /// The cluster's API server.
+    pub(crate) fn server(&self) -> &KubeServer {
+        &self.server
+    }
+
+    /// What the kubelet did, in order.
+    pub(crate) fn kubelet_log(&self) -> Vec<String> {
+        self.kubelet.lines()
     }
 
     fn context(&self) -> String {

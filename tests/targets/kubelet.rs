@@ -3,7 +3,7 @@
 //!
 //! - A new Job's pod runs here, step by step as the cluster would run it: each init
 //!   container, then the main container, each as a real process with its command and
-//!   environment (`/cairn/...` paths mapped to a folder per pod). Cairn's own steps
+//!   environment (paths in its volumes mapped to folders here: [`Mounts`]). Cairn's own steps
 //!   (`cairn fetch`, `cairn upload`) run the real binary against the S3 store; the
 //!   job's own step runs its command as written. A step whose exit code matches a
 //!   `FailJob` rule of the Job's `podFailurePolicy` fails the Job (`PodFailurePolicy`);
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::kube_server::KubeServer;
+use crate::pod_volumes::Mounts;
 use crate::pods::Pods;
 use crate::s3_server::{aws_credentials, SECRET_KEY};
 
@@ -114,6 +115,11 @@ impl Kubelet {
         &self.node
     }
 
+    /// What it did, one entry per event.
+    pub fn lines(&self) -> Vec<String> {
+        self.node.log.lock().unwrap().clone()
+    }
+
     /// What it did, for failure messages.
     pub fn log(&self) -> String {
         self.node.log.lock().unwrap().join("\n")
@@ -180,6 +186,7 @@ impl Node {
         };
         let pod = &job["spec"]["template"]["spec"];
         let init_count = pod["initContainers"].as_array().map_or(0, Vec::len);
+        self.note(format!("Job {ns}/{name}: started"));
         for attempt in 0..=backoff_limit {
             let root = self.work.join(ns).join(format!("{name}-{attempt}"));
             // The pod, as the job controller creates it (owned by the Job, so a Job
@@ -214,7 +221,7 @@ impl Node {
                 self.server
                     .set_status("v1", "Pod", Some(ns), &pod_name, status);
             };
-            match self.run_pod(&root, pod, &deadline, &on_step) {
+            match self.run_pod(ns, &root, pod, &deadline, &on_step) {
                 PodEnd::Succeeded => {
                     self.note(format!("Job {ns}/{name}: succeeded"));
                     self.server.job_succeeded(ns, name);
@@ -250,10 +257,11 @@ impl Node {
         );
     }
 
-    /// Runs one pod's steps in order, in a fresh folder standing for its `/cairn`
-    /// volume.
+    /// Runs one pod's steps in order, in a fresh folder holding its `emptyDir` volumes
+    /// (its claims' folders outlive it: [`Mounts`]).
     fn run_pod(
         &self,
+        ns: &str,
         root: &Path,
         pod: &Value,
         past_deadline: &dyn Fn() -> bool,
@@ -276,9 +284,24 @@ impl Node {
                 .map(|e| {
                     (
                         e["name"].as_str().unwrap().to_string(),
-                        local(root, e["value"].as_str().unwrap_or("")),
+                        e["value"].as_str().unwrap_or("").to_string(),
                     )
                 })
+                .collect();
+            let claims = self.work.join("claims");
+            let mounts = match Mounts::of(&self.server, ns, pod, container, root, &claims, &env) {
+                Ok(mounts) => mounts,
+                Err(e) => {
+                    self.note(format!("{step}: {e}"));
+                    return PodEnd::Failed {
+                        step: step.to_string(),
+                        code: 1,
+                    };
+                }
+            };
+            let env: Vec<(String, String)> = env
+                .into_iter()
+                .map(|(k, v)| (k, mounts.local(&v)))
                 .collect();
             // The job writes its outputs into folders of the pod's volume.
             for (key, dir) in &env {
@@ -290,7 +313,7 @@ impl Node {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|a| local(root, a.as_str().unwrap()))
+                .map(|a| mounts.local(a.as_str().unwrap()))
                 .collect();
             let Some(program) = command.first() else {
                 self.note(format!(
@@ -349,14 +372,5 @@ impl Node {
             }
         }
         PodEnd::Succeeded
-    }
-}
-
-/// A pod path (`/cairn/...`) on this machine.
-fn local(root: &Path, text: &str) -> String {
-    match text.strip_prefix("/cairn") {
-        Some(rest) => format!("{}{rest}", root.display()),
-        // `model.x@v=/cairn/outputs/model`
-        None => text.replace("=/cairn/", &format!("={}/", root.display())),
     }
 }

@@ -31,8 +31,12 @@ mod kube_server;
 #[allow(dead_code)]
 mod pods;
 
+#[path = "../support/pod_volumes.rs"]
+mod pod_volumes;
+
 mod fixture;
 mod kube_fixture;
+mod kube_runs;
 mod kubelet;
 mod local_fixture;
 mod suite;

@@ -124,13 +124,6 @@ pub fn fetch(args: FetchArgs, _output: Output) -> Result<Outcome, CommandError> 
 }
 
 pub fn upload(args: UploadArgs, _output: Output) -> Result<Outcome, CommandError> {
-    // With several instances (an Indexed Job), the first pod uploads for all of them.
-    if let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") {
-        if index.trim() != "0" {
-            eprintln!("completion index {index}: the pod with index 0 uploads the outputs");
-            return Ok(Outcome::Success);
-        }
-    }
     let mut outputs = Vec::new();
     for text in &args.outputs {
         let hint = "outputs look like `model.<name>@<version>=<folder>`";

@@ -91,6 +91,11 @@ pub struct ComputeSpec {
     /// pods may wait for the autoscaler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Spanned<bool>>,
+    /// Kubernetes: the StorageClass of the volumes runs write their outputs to before
+    /// they are uploaded; the cluster's default when absent. A job with several
+    /// instances needs one that allows `ReadWriteMany`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<SpannedStr>,
     /// GPU quota: the most GPUs this compute may use at once. `0` means no GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gpus: Option<Spanned<u32>>,
@@ -268,6 +273,11 @@ pub struct JobSpec {
     /// fails with the cluster's reasons (Kubernetes; 10 minutes when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_timeout: Option<Spanned<Duration>>,
+    /// The size of the volume a run writes its outputs to, which outlives the training
+    /// pods so that their GPUs are free while the outputs upload (Kubernetes; 10Gi when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_size: Option<Spanned<Quantity>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }

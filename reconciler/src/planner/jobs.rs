@@ -107,6 +107,10 @@ impl Planner<'_> {
             ),
             ("cpu", spec.cpu.as_ref().map(ToString::to_string)),
             ("memory", spec.memory.as_ref().map(ToString::to_string)),
+            (
+                "outputs_size",
+                spec.outputs_size.as_ref().map(|q| q.get_ref().to_string()),
+            ),
         ];
         for (key, value) in optional {
             if let Some(value) = value {

@@ -131,6 +131,14 @@ pub fn builtin_resources() -> Vec<ResourceType> {
         R::new("", "v1", "Secret", "secrets", true).without_status(),
         R::new("", "v1", "Event", "events", true).without_status(),
         R::new(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+        )
+        .returns_deleted(),
+        R::new(
             "networking.k8s.io",
             "v1",
             "NetworkPolicy",

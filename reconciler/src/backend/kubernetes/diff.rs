@@ -140,6 +140,14 @@ pub fn is_immutable(kind: &str, path: &str) -> bool {
             "spec.completionMode",
         ],
         "Deployment" => &["spec.selector"],
+        // Only a bound claim's requested size may change (grow).
+        "PersistentVolumeClaim" => &[
+            "spec.accessModes",
+            "spec.storageClassName",
+            "spec.volumeMode",
+            "spec.selector",
+            "spec.dataSource",
+        ],
         "Service" => &["spec.clusterIP"],
         _ => &[],
     };

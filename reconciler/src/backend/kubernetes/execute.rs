@@ -6,9 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::cluster::JobWait;
 use super::compute::KubeCompute;
-use super::objects::ANNOTATION_GENERATED_KEY;
+use super::objects::{ANNOTATION_GENERATED_KEY, COMPONENT_UPLOAD, LABEL_COMPONENT};
+use super::outputs_volume::UPLOAD_TIMEOUT;
 use super::plan::ObjectChangeExt as _;
 use super::rollout::{failed, kube_route};
 use super::{ClusterApi, ClusterError, KubeObject, ObjectKey};
@@ -34,6 +37,19 @@ fn generates_key(object: &ObjectChange) -> bool {
         .and_then(|o| o.pointer("/metadata/annotations"))
         .and_then(|a| a.get(ANNOTATION_GENERATED_KEY))
         .is_some()
+}
+
+/// Whether this is the Job that uploads a run's outputs (its pods are the `upload`
+/// component).
+fn is_upload_job(object: &ObjectChange) -> bool {
+    object.kind == "Job"
+        && object
+            .object
+            .as_ref()
+            .and_then(|o| o.pointer("/spec/template/metadata/labels"))
+            .and_then(|l| l.get(LABEL_COMPONENT))
+            .and_then(Value::as_str)
+            == Some(COMPONENT_UPLOAD)
 }
 
 impl KubeCompute {
@@ -63,12 +79,15 @@ impl KubeCompute {
                 .objects
                 .iter()
                 .partition(|o| o.action == Action::Delete);
-            // Deployments first, then what routes traffic to them once they are ready.
+            // Deployments first, then what routes traffic to them once they are ready. A
+            // run's upload Job is applied by the wait for its training Job, once that
+            // has succeeded.
             let (workloads, mut rest): (Vec<&ObjectChange>, Vec<&ObjectChange>) = upserts
                 .into_iter()
+                .filter(|o| !is_upload_job(o))
                 .partition(|o| matches!(o.kind.as_str(), "Deployment" | "Job"));
-            // A run's headless Service is how its pods find each other: it exists
-            // before the Job's pods start.
+            // A run's headless Service is how its pods find each other, and its
+            // outputs volume where they write: both exist before the Job's pods start.
             if change.kind == Kind::Job {
                 applied += self
                     .apply_batch(cx, change, kube, &rest)
@@ -314,6 +333,33 @@ impl KubeCompute {
             }
         };
         let mut error = waited.err().map(|e| error_chain(&e));
+        // The training pods have ended (their GPUs are free): the outputs they left on
+        // the run's volume are uploaded by a pod of their own, then the volume goes.
+        let upload = change.objects.iter().find(|o| is_upload_job(o));
+        if let (None, Some(upload)) = (&error, upload) {
+            error = self
+                .upload(cx, change, kube, upload, &mut on_log)
+                .await
+                .err();
+        }
+        let claims: Vec<(ObjectKey, String)> = change
+            .objects
+            .iter()
+            .filter(|o| o.kind == "PersistentVolumeClaim" && o.action != Action::Delete)
+            .map(|o| (o.key(), o.api_version.clone()))
+            .collect();
+        if !claims.is_empty() {
+            // Kept when the delete fails: the next plan prunes it.
+            if let Err(e) = kube.delete(&change.workspace, &claims).await {
+                cx.events.note(
+                    &change.address,
+                    &format!(
+                        "the run's outputs volume was not deleted ({}); the next apply prunes it",
+                        error_chain(&e)
+                    ),
+                );
+            }
+        }
         let mut produced = BTreeMap::new();
         let mut metrics = None;
         if error.is_none() {
@@ -330,8 +376,8 @@ impl KubeCompute {
                     }
                     Ok(None) => {
                         error = Some(format!(
-                            "{} succeeded but model.{model}@{run_id} is not in the store: the pod's `cairn upload` did not store it",
-                            job.describe()
+                            "{} succeeded but model.{model}@{run_id} is not in the store: `cairn upload` did not store it",
+                            upload.unwrap_or(job).describe()
                         ));
                         break;
                     }
@@ -367,5 +413,33 @@ impl KubeCompute {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// Starts the Job that uploads a run's outputs from its volume, and waits for it.
+    async fn upload(
+        &self,
+        cx: &ApplyContext<'_>,
+        change: &ResourceChange,
+        kube: &dyn ClusterApi,
+        upload: &ObjectChange,
+        on_log: &mut (dyn for<'l> FnMut(&'l str) + Send),
+    ) -> Result<(), String> {
+        let object = upload
+            .desired()
+            .ok_or("the plan has no object for this run's upload Job")?;
+        cx.events.note(
+            &change.address,
+            &format!("uploading the outputs: {}", upload.describe()),
+        );
+        kube.apply(&[object], false, &BTreeSet::new())
+            .await
+            .map_err(|e| failed(&upload.describe(), e))?;
+        kube.wait_job(
+            &upload.key(),
+            &JobWait::at_most(UPLOAD_TIMEOUT + JOB_START_SLACK),
+            on_log,
+        )
+        .await
+        .map_err(|e| failed(&upload.describe(), e))
     }
 }

@@ -18,7 +18,7 @@
 //! | `resourcequota.yaml.j2` | ResourceQuota (`requests.nvidia.com/gpu`) | compute with `max_gpus` |
 //! | `limitrange.yaml.j2` | LimitRange | namespace |
 //! | `serviceaccount.yaml.j2` | ServiceAccount `cairn-<workspace>` | namespace |
-//! | `job.yaml.j2` | Job `<job>-<run id>` | job (its current run) |
+//! | `job.yaml.j2` | Job `<job>-<run id>`; with outputs, PersistentVolumeClaim `<job>-<run id>-outputs` and Job `<job>-<run id>-upload`; with several instances, headless Service `<job>-<run id>` | job (its current run) |
 //! | `deployment.yaml.j2` | Deployment `<endpoint>-<deployment>-<revision>` | endpoint deployment |
 //! | `service.yaml.j2` | Service | endpoint deployment, plus the endpoint's own |
 //! | `httproute.yaml.j2` | Gateway API HTTPRoute `<endpoint>` | endpoint on a compute with a `gateway` |
@@ -70,6 +70,7 @@ pub mod diff;
 mod execute;
 mod gpu_fit;
 mod objects;
+pub mod outputs_volume;
 pub mod plan;
 mod rendered;
 mod rollout;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 
 use super::containers::{auth_proxy_port, env_list, instance_vars, job_env, resources};
+use super::outputs_volume;
 use super::templates::Owned;
 use super::{
     Error, KubeObject, ObjectKey, Renderer, Result, VersionLookup, LABEL_MANAGED_BY,
@@ -29,7 +30,9 @@ const WORK_DIR: &str = "/cairn";
 const MODEL_DIR: &str = "/cairn/model";
 
 const LABEL_NAME: &str = "app.kubernetes.io/name";
-const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub(super) const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// The component of the pod that uploads a run's outputs.
+pub const COMPONENT_UPLOAD: &str = "upload";
 const LABEL_JOB: &str = "cairn.dev/job";
 const LABEL_RUN: &str = "cairn.dev/run";
 pub const LABEL_ENDPOINT: &str = "cairn.dev/endpoint";
@@ -474,6 +477,12 @@ impl<'a> Walk<'a> {
             (LABEL_JOB, name.as_str()),
             (LABEL_RUN, run_id.as_str()),
         ]);
+        // The upload's pod is not one of the group's (the headless Service selects
+        // those).
+        let mut upload_pod_labels = pod_labels.clone();
+        upload_pod_labels.insert(LABEL_COMPONENT, COMPONENT_UPLOAD);
+        let (outputs_volume, upload) =
+            outputs_volume::vars(&object_name, spec, compute, upload_pod_labels);
         let vars = json!({
             "name": object_name,
             "namespace": namespace,
@@ -497,6 +506,8 @@ impl<'a> Walk<'a> {
                 }),
                 "queue": spec.queue.as_ref().map(|q| q.get_ref()),
                 "retries": spec.retries,
+                "outputs_volume": outputs_volume,
+                "upload": upload,
                 "resources": resources(instance.map(|(_, it)| it), spec.cpu.as_ref(), spec.memory.as_ref(), spec.gpus()),
                 "description": spec.description,
             },

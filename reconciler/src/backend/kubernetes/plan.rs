@@ -13,10 +13,13 @@
 //! - A live object carrying Cairn's labels for the workspace that nothing desires any
 //!   more is deleted (pruned). Objects without the labels are never seen, so never
 //!   touched; a namespace that exists without them is used as it is (not created).
-//! - A training Job is desired only while its run is planned: a finished run's Job is
-//!   neither recreated nor compared, and Jobs of other runs are pruned. A planned run's
-//!   Job that is already live and unchanged (an apply that died while waiting) is listed
-//!   as a no-op, so the next apply waits for it instead of starting another.
+//! - A run's Jobs (training, upload) are desired only while the run is planned: a
+//!   finished run's Jobs are neither recreated nor compared, and Jobs of other runs are
+//!   pruned. A planned run's Job that is already live and unchanged (an apply that died
+//!   while waiting) is listed as a no-op, so the next apply waits for it instead of
+//!   starting another. A run's outputs volume (PersistentVolumeClaim) is the same while
+//!   the run is planned; apply deletes it after the upload, and one a finished run left
+//!   behind (an apply that died) is pruned.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,13 +81,21 @@ impl ObjectChangeExt for ObjectChange {
     }
 }
 
+/// Whether an object belongs to one run of a job: its Jobs and its outputs volume.
+fn is_run_object(object: &KubeObject) -> bool {
+    matches!(
+        (object.kind.as_str(), object.api_version.as_str()),
+        ("Job", "batch/v1") | ("PersistentVolumeClaim", "v1")
+    )
+}
+
 /// Pairs `desired` with `live` and returns the changes by owning resource address.
-/// `current_jobs` holds the Jobs (by key) whose runs are planned: other desired Jobs are
-/// left alone.
+/// `current_runs` holds the run objects (by key: Jobs, outputs volumes) whose runs are
+/// planned: other desired Jobs are left alone, other outputs volumes pruned.
 pub fn compare(
     desired: &[KubeObject],
     live: &[LiveObject],
-    current_jobs: &BTreeSet<ObjectKey>,
+    current_runs: &BTreeSet<ObjectKey>,
 ) -> BTreeMap<String, Vec<ObjectChange>> {
     let live_by_key: BTreeMap<ObjectKey, &LiveObject> =
         live.iter().map(|l| (l.key.clone(), l)).collect();
@@ -92,10 +103,13 @@ pub fn compare(
     let mut out: BTreeMap<String, Vec<ObjectChange>> = BTreeMap::new();
     for object in desired {
         let key = object.key();
-        let is_job = object.kind == "Job" && key.group == "batch";
-        if is_job && !current_jobs.contains(&key) {
-            // A finished run's Job: neither recreated nor compared, but kept.
-            wanted.insert(key);
+        let is_run = is_run_object(object);
+        if is_run && !current_runs.contains(&key) {
+            // A finished run's Job: neither recreated nor compared, but kept. Its
+            // outputs volume has been uploaded from: not wanted.
+            if object.kind == "Job" {
+                wanted.insert(key);
+            }
             continue;
         }
         wanted.insert(key.clone());
@@ -123,8 +137,9 @@ pub fn compare(
                         d.changes,
                         Vec::new(),
                     ))
-                } else if is_job {
-                    // Its run is planned: the apply waits for this Job.
+                } else if is_run {
+                    // Its run is planned: the apply waits for this Job (writes to this
+                    // volume).
                     Some(ObjectChange::new(
                         Action::NoOp,
                         object,
@@ -274,9 +289,9 @@ pub fn plan_workspace(
             }
         }
     };
-    let current_jobs = desired
+    let current_runs = desired
         .iter()
-        .filter(|o| o.kind == "Job")
+        .filter(|o| is_run_object(o))
         .filter(|o| {
             address_of(&o.value)
                 .and_then(|a| Address::parse(&a))
@@ -290,7 +305,7 @@ pub fn plan_workspace(
         .filter(|o| o.is_managed_by(ws))
         .cloned()
         .collect();
-    for (address, mut objects) in compare(&desired, &live_objects, &current_jobs) {
+    for (address, mut objects) in compare(&desired, &live_objects, &current_runs) {
         if scope.destroy {
             // A destroy leaves the namespaces in place, as Argo CD does with those it
             // creates: deleting one deletes whatever others keep in it (hand-made

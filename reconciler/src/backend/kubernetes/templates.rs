@@ -69,15 +69,17 @@ pub const TEMPLATES: [(&str, &str); 10] = [
     ),
 ];
 
-/// The kinds the shipped templates produce, in apply order (the same order as
-/// [`TEMPLATES`]). Other kinds an override adds are applied with their template's.
-const KIND_ORDER: [&str; 10] = [
+/// The kinds the shipped templates produce, in apply order (the order of [`TEMPLATES`],
+/// each named after its kind, with the kinds a template renders besides its own).
+/// Other kinds an override adds are applied with their template's.
+const KIND_ORDER: [&str; 11] = [
     "Namespace",
     "ResourceQuota",
     "LimitRange",
     "ServiceAccount",
     "Secret",
     "NetworkPolicy",
+    "PersistentVolumeClaim",
     "Job",
     "Deployment",
     "Service",
@@ -274,10 +276,13 @@ impl Renderer {
         owned: &Owned,
     ) -> Result<Vec<(usize, KubeObject)>> {
         let template = self.template(name);
-        let rank = TEMPLATES
+        // Each shipped template is named after the kind it renders (`httproute.yaml.j2`):
+        // other kinds an override adds are applied with that kind.
+        let stem = name.trim_end_matches(".yaml.j2");
+        let rank = KIND_ORDER
             .iter()
-            .position(|(n, _)| *n == name)
-            .expect("a shipped name");
+            .position(|k| k.eq_ignore_ascii_case(stem))
+            .expect("a shipped template named after its kind");
         let compiled = self
             .env
             .get_template(name)

@@ -14,11 +14,15 @@ use crate::manifest::{ComputeSpec, Role, Spec, Target};
 impl Ctx<'_> {
     pub(super) fn compute(&self, r: &Resource, spec: &ComputeSpec, out: &mut Out) {
         if *spec.target.get_ref() == Target::Local {
-            let kube_only: [(&str, Option<Range<usize>>); 5] = [
+            let kube_only: [(&str, Option<Range<usize>>); 6] = [
                 ("context", spec.context.as_ref().map(|s| s.span())),
                 ("namespace", spec.namespace.as_ref().map(|s| s.span())),
                 ("gateway", spec.gateway.as_ref().map(|s| s.span())),
                 ("autoscale", spec.autoscale.as_ref().map(|s| s.span())),
+                (
+                    "storage_class",
+                    spec.storage_class.as_ref().map(|s| s.span()),
+                ),
                 (
                     "instance_types",
                     spec.instance_types.keys().next().map(|k| k.span()),
@@ -45,6 +49,15 @@ impl Ctx<'_> {
                     self.loc(&r.file, ns.span()),
                     ns.get_ref(),
                     "namespace",
+                ));
+            }
+        }
+        if let Some(class) = &spec.storage_class {
+            if !crate::address::is_dns1123_subdomain(class.get_ref()) {
+                out.error(invalid_name(
+                    self.loc(&r.file, class.span()),
+                    class.get_ref(),
+                    "storage class",
                 ));
             }
         }

@@ -44,37 +44,57 @@ impl Ctx<'_> {
                 ),
                 _ => {}
             }
-            // An Indexed Job's pods are named `<job>-<run id>-<index>`, and that name is
-            // their hostname: a DNS label, at most 63 characters.
-            let longest = r.address.name.len() + 1 + crate::content::VERSION_LEN + 1 + 3;
-            if *compute.target.get_ref() == Target::Kubernetes
-                && spec.instances() > 1
-                && longest > 63
-            {
-                out.error(
-                    Diagnostic::error(
-                        "invalid-name",
-                        format!(
-                            "the job name `{}` is too long for a multi-instance job on Kubernetes: its pods' hostnames (`<job>-<run id>-<index>`) would have {longest} characters, over the 63 a DNS label allows",
-                            r.address.name
-                        ),
-                    )
-                    .at(self.loc(&r.file, r.name_span.clone()))
-                    .help(format!(
-                        "shorten it to at most {} characters",
-                        r.address.name.len() - (longest - 63)
-                    )),
-                );
+            // The longest name a run's objects get: an Indexed Job's pods are named
+            // `<job>-<run id>-<index>` (their hostname, a DNS label); the Job that uploads
+            // a run's outputs `<job>-<run id>-upload` (a Job's name goes into a label
+            // value): at most 63 characters either way.
+            let suffix = if spec.instances() > 1 {
+                Some(("<index>", 3))
+            } else if !spec.outputs.is_empty() {
+                Some(("upload", "upload".len()))
+            } else {
+                None
+            };
+            if let Some((what, len)) = suffix {
+                let longest = r.address.name.len() + 1 + crate::content::VERSION_LEN + 1 + len;
+                if *compute.target.get_ref() == Target::Kubernetes && longest > 63 {
+                    let objects = if spec.instances() > 1 {
+                        "its pods' hostnames"
+                    } else {
+                        "the Job that uploads its outputs"
+                    };
+                    out.error(
+                        Diagnostic::error(
+                            "invalid-name",
+                            format!(
+                                "the job name `{}` is too long for Kubernetes: {objects} (`<job>-<run id>-{what}`) would have {longest} characters, over the 63 a DNS label allows",
+                                r.address.name
+                            ),
+                        )
+                        .at(self.loc(&r.file, r.name_span.clone()))
+                        .help(format!(
+                            "shorten it to at most {} characters",
+                            r.address.name.len() - (longest - 63)
+                        )),
+                    );
+                }
             }
             if *compute.target.get_ref() == Target::Local {
+                const AT_ONCE: &str = "the local target starts every instance at once";
                 let kube_only = [
-                    ("queue", spec.queue.as_ref().map(|q| q.span())),
+                    ("queue", spec.queue.as_ref().map(|q| q.span()), AT_ONCE),
                     (
                         "schedule_timeout",
                         spec.schedule_timeout.as_ref().map(|t| t.span()),
+                        AT_ONCE,
+                    ),
+                    (
+                        "outputs_size",
+                        spec.outputs_size.as_ref().map(|t| t.span()),
+                        "the local target keeps a run's outputs in its run folder",
                     ),
                 ];
-                for (field, span) in kube_only {
+                for (field, span, why) in kube_only {
                     if let Some(span) = span {
                         out.error(
                             Diagnostic::error(
@@ -84,9 +104,7 @@ impl Ctx<'_> {
                                 ),
                             )
                             .at(self.loc(&r.file, span))
-                            .help(format!(
-                                "remove `{field}`: the local target starts every instance at once"
-                            )),
+                            .help(format!("remove `{field}`: {why}")),
                         );
                     }
                 }

@@ -40,6 +40,7 @@ KINDS = [
     ("", "v1", "LimitRange"),
     ("", "v1", "Secret"),
     ("", "v1", "Service"),
+    ("", "v1", "PersistentVolumeClaim"),
     ("networking.k8s.io", "v1", "NetworkPolicy"),
     ("apps", "v1", "Deployment"),
     ("batch", "v1", "Job"),

@@ -88,13 +88,14 @@ pub use wait::JobWait;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of
 /// other kinds are applied after Services and before HTTPRoutes.
-pub const SHIPPED_KINDS: [(&str, &str); 10] = [
+pub const SHIPPED_KINDS: [(&str, &str); 11] = [
     ("v1", "Namespace"),
     ("v1", "ResourceQuota"),
     ("v1", "LimitRange"),
     ("v1", "ServiceAccount"),
     ("v1", "Secret"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "PersistentVolumeClaim"),
     ("batch/v1", "Job"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -262,6 +263,7 @@ mod tests {
             "ServiceAccount",
             "Secret",
             "NetworkPolicy",
+            "PersistentVolumeClaim",
             "Job",
             "Deployment",
             "Service",
@@ -271,6 +273,6 @@ mod tests {
         .iter()
         .map(|k| wave(k))
         .collect();
-        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     }
 }

@@ -9,8 +9,8 @@ use kube::api::{Api, ListParams};
 use super::connect::Cluster;
 use crate::backend::kubernetes::ObjectKey;
 
-/// How many of the Job's pods have started a container (an init container counts: a
-/// run's `train` step is one, and the pod is neither Running nor Ready while it runs);
+/// How many of the Job's pods have started a container (an init container counts: an
+/// input's download is one, and the pod is neither Running nor Ready while it runs);
 /// `None` when its pods can't be listed.
 pub(super) async fn started_pods(cluster: &Cluster, job: &ObjectKey) -> Option<i64> {
     let namespace = job.namespace.as_ref()?;

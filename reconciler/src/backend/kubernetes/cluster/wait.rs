@@ -24,8 +24,8 @@ pub struct JobWait {
     /// that cannot start whole holds no GPUs for hours.
     pub schedule_timeout: Duration,
     /// The job's own `timeout`, counted from when every pod has started a container
-    /// (read from the pods: the train step is an init container, so a training pod is
-    /// neither Running nor Ready): at that moment the Job's `activeDeadlineSeconds` is
+    /// (read from the pods' container states: an input's download runs first, as an
+    /// init container, and a pod need not be Ready to train): at that moment the Job's `activeDeadlineSeconds` is
     /// set to the time it has been active plus this, so time spent Pending never counts.
     pub run_timeout: Option<Duration>,
 }
@@ -106,7 +106,7 @@ impl Clusters {
                 let since = *admitted.get_or_insert_with(Instant::now);
                 let wanted = pods_wanted(&job);
                 // Ready pods have started; so have pods still in their init containers
-                // (the train step), which only the pods themselves tell.
+                // (the inputs' downloads) or not ready, which only the pods tell.
                 let ready = counter(&job, "ready") + counter(&job, "succeeded");
                 let running = super::scheduling::started_pods(&cluster, key)
                     .await

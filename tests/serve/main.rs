@@ -5,6 +5,8 @@
 //!   model loads, a model that fails to load, graceful shutdown.
 //! - `process`: the real `cairn serve` binary: serving, SIGTERM with requests in flight,
 //!   a port in use, a missing or corrupt model.
+//! - `oip`: the Open Inference Protocol, spoken to by a client nobody here wrote
+//!   (`tritonclient[http]`), ONNX outputs checked against `onnxruntime`.
 //! - `exposition`: a small checker of the Prometheus text format, used on `/metrics`.
 //!
 //! Every test trains its own small model with the library (`cairn::workload::train`) on a
@@ -12,6 +14,7 @@
 
 mod exposition;
 mod library;
+mod oip;
 mod process;
 
 use std::collections::BTreeMap;

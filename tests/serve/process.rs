@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// A running `cairn serve`, with its stderr collected line by line.
-struct Serving {
+pub(crate) struct Serving {
     child: Child,
     stderr: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
@@ -26,7 +26,7 @@ struct Serving {
 }
 
 impl Serving {
-    fn spawn(model: &Path, extra: &[&str]) -> Serving {
+    pub(crate) fn spawn(model: &Path, extra: &[&str]) -> Serving {
         let mut args = vec!["serve", "--model", model.to_str().unwrap()];
         args.extend_from_slice(extra);
         Serving::spawn_cairn(&args)
@@ -63,7 +63,7 @@ impl Serving {
 
     /// The address from the `listening on http://ADDR` line (waits up to 10 s).
     #[track_caller]
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -80,7 +80,7 @@ impl Serving {
         }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 

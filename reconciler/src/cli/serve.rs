@@ -1,6 +1,7 @@
-//! `cairn serve`: the reference model server. Loads `model.safetensors` from a folder and
-//! answers `POST /v1/predict`, `GET /healthz` and `GET /metrics` until SIGTERM or Ctrl-C,
-//! then finishes the requests in flight and exits 0.
+//! `cairn serve`: the model server. Loads `model.safetensors` (Cairn's reference model)
+//! or `model.onnx` from a folder and answers the Open Inference Protocol (`/v2/...`),
+//! `POST /v1/predict` (the reference model), `GET /healthz` and `GET /metrics` until
+//! SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
 //!
 //! Progress goes to stderr, one line per step: the bound address (useful with port 0),
 //! readiness, shutdown. A port in use or a model that cannot be loaded exits 1.
@@ -15,7 +16,8 @@ use super::{CommandError, ErrorKind, Outcome, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model folder (holding `model.safetensors`), e.g. a model version from the store.
+    /// The model folder, e.g. a model version from the store: holding `model.safetensors`
+    /// (Cairn's reference model) or `model.onnx` (any ONNX model).
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
 
@@ -40,6 +42,11 @@ pub struct Args {
     /// The most rows accepted in one prediction request.
     #[arg(long, value_name = "N", default_value_t = model_server::DEFAULT_MAX_ROWS)]
     max_rows: usize,
+
+    /// The model's name in the Open Inference Protocol's routes
+    /// (`/v2/models/NAME/infer`). Default: the deployment's `--name`.
+    #[arg(long, value_name = "NAME")]
+    model_name: Option<String>,
 }
 
 pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
@@ -50,6 +57,7 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
         version: args.model_version,
         max_body_bytes: args.max_body_bytes,
         max_rows: args.max_rows,
+        model_name: args.model_name,
     };
     let runtime = super::runtime()?;
     let result = runtime.block_on(async {
@@ -68,7 +76,7 @@ pub fn run(args: Args, _output: Output) -> Result<Outcome, CommandError> {
             if let Ok(status) = status.wait_for(|s| *s != Status::Loading).await {
                 if let Status::Ready { version, features } = &*status {
                     eprintln!(
-                        "cairn serve: ready: model version {version}, features {}",
+                        "cairn serve: ready: model version {version}, inputs {}",
                         features.join(", ")
                     );
                 }
@@ -91,7 +99,7 @@ fn error(error: model_server::Error) -> CommandError {
             Some("another process listens there; choose another port with `--listen`")
         }
         model_server::Error::Load { .. } => {
-            Some("the folder must hold a `model.safetensors` written by `cairn train`")
+            Some("the folder must hold a `model.safetensors` written by `cairn train`, or a `model.onnx`")
         }
         _ => None,
     };

@@ -36,6 +36,9 @@ pub mod bearer;
 mod data;
 mod model;
 pub mod model_server;
+pub mod oip;
+pub mod onnx;
+pub mod served;
 mod train;
 
 use std::path::PathBuf;
@@ -170,6 +173,8 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Onnx(onnx::Error),
     #[error("cannot read the model `{}`", path.display())]
     ReadModel {
         path: PathBuf,

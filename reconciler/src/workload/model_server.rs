@@ -60,6 +60,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::model::{self, Model, MODEL_FILE};
+use super::onnx::{OnnxModel, ONNX_FILE};
+use super::served::{self, Served};
+
+mod inference;
 use crate::diagnostics::error_chain;
 
 /// The response header that names the deployment, on every response.
@@ -134,6 +138,10 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Prediction requests with more rows are answered 413.
     pub max_rows: usize,
+    /// The model's name in the Open Inference Protocol's routes
+    /// (`/v2/models/{name}/infer`); [`ServeOptions::name`] when absent. Name it after the
+    /// model, not the deployment, so that clients keep their URL across a rollout.
+    pub model_name: Option<String>,
 }
 
 impl ServeOptions {
@@ -146,7 +154,13 @@ impl ServeOptions {
             version: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_rows: DEFAULT_MAX_ROWS,
+            model_name: None,
         }
+    }
+
+    /// The model's name in the inference protocol's routes.
+    pub fn model_name(&self) -> &str {
+        self.model_name.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -158,7 +172,8 @@ pub enum Status {
     /// The model is loaded and predictions are answered.
     Ready {
         version: String,
-        /// The model's feature names, in tensor order.
+        /// What the model reads: the reference model's feature names in tensor order,
+        /// an ONNX model's input names.
         features: Vec<String>,
     },
     /// The model could not be loaded; the server is shutting down.
@@ -300,7 +315,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct Loaded {
-    model: Model,
+    served: Served,
     version: String,
 }
 
@@ -324,7 +339,7 @@ async fn load_into(shared: Arc<Shared>) {
         Ok(loaded) => {
             let status = Status::Ready {
                 version: loaded.version.clone(),
-                features: loaded.model.features.clone(),
+                features: loaded.served.input_names(),
             };
             // `run` spawns one loader, so the cell is empty.
             let _ = shared.loaded.set(loaded);
@@ -341,27 +356,54 @@ async fn load_into(shared: Arc<Shared>) {
     }
 }
 
+/// Loads the model a folder holds: `model.safetensors` (the reference model) or
+/// `model.onnx`.
 fn load(dir: &Path, version: Option<String>) -> super::Result<Loaded> {
-    let path = dir.join(MODEL_FILE);
+    let file = served::model_file(dir).unwrap_or(MODEL_FILE);
+    let path = dir.join(file);
     let bytes = std::fs::read(&path).map_err(|source| super::Error::ReadModel {
         path: path.clone(),
         source,
     })?;
-    let model = Model::from_safetensors(&bytes, &path)?;
+    let served = if file == ONNX_FILE {
+        Served::Onnx(OnnxModel::load(&path).map_err(super::Error::Onnx)?)
+    } else {
+        Served::Reference(Model::from_safetensors(&bytes, &path)?)
+    };
     let version = version
         .or_else(|| version_from_dir(dir))
         .unwrap_or_else(|| crate::content::short_hash(&bytes));
-    Ok(Loaded { model, version })
+    Ok(Loaded { served, version })
 }
 
 fn router(shared: Arc<Shared>) -> Router {
     let predict_route = post(predict)
         .layer(DefaultBodyLimit::max(shared.options.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(shared.clone(), track));
+    let infer_route = || {
+        post(inference::infer)
+            .layer(DefaultBodyLimit::max(shared.options.max_body_bytes))
+            .route_layer(middleware::from_fn_with_state(shared.clone(), track))
+    };
     Router::new()
         .route("/v1/predict", predict_route)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v2", get(inference::server_metadata))
+        .route("/v2/health/live", get(inference::live))
+        .route("/v2/health/ready", get(inference::ready))
+        .route("/v2/models/{name}", get(inference::model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(inference::model_metadata_at),
+        )
+        .route("/v2/models/{name}/ready", get(inference::model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(inference::model_ready_at),
+        )
+        .route("/v2/models/{name}/infer", infer_route())
+        .route("/v2/models/{name}/versions/{version}/infer", infer_route())
         .fallback(not_found)
         .layer(middleware::map_response_with_state(
             shared.clone(),
@@ -410,7 +452,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn not_found(method: Method, uri: Uri) -> Response {
     let message = format!(
-        "no route for {method} {}; the routes are POST /v1/predict, GET /healthz, GET /metrics",
+        "no route for {method} {}; the routes are POST /v1/predict, GET /healthz, GET /metrics, and the Open Inference Protocol's under /v2 (POST /v2/models/{{name}}/infer)",
         uri.path()
     );
     RequestError::new(StatusCode::NOT_FOUND, message).into_response()
@@ -449,7 +491,15 @@ async fn predict(
             return RequestError::new(rejection.status(), message).into_response();
         }
     };
-    match score(&loaded.model, &body, shared.options.max_rows) {
+    let Served::Reference(model) = &loaded.served else {
+        let message = format!(
+            "this server serves a {} model, which /v1/predict does not speak; use the Open Inference Protocol: POST /v2/models/{}/infer",
+            loaded.served.platform(),
+            shared.options.model_name()
+        );
+        return RequestError::new(StatusCode::NOT_FOUND, message).into_response();
+    };
+    match score(model, &body, shared.options.max_rows) {
         Ok(scores) => Json(Prediction {
             scores,
             model: &shared.options.name,

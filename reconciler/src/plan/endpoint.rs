@@ -46,6 +46,22 @@ pub struct DeploymentValue {
     pub replicas: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The deployment's own serving process, placeholders unexpanded; Cairn's reference
+    /// server when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The readiness path, when declared (`/healthz` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+impl DeploymentValue {
+    /// The readiness path its replicas answer.
+    pub fn health(&self) -> &str {
+        self.health
+            .as_deref()
+            .unwrap_or(crate::manifest::DEFAULT_HEALTH_PATH)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +203,32 @@ pub fn revision(version: &str, env: &BTreeMap<String, String>) -> String {
             &crate::content::short_hash(text.as_bytes())[..6]
         )
     }
+}
+
+/// The revision of a declared deployment: [`revision`] when it runs Cairn's reference
+/// server with the default probes, otherwise the version plus a hash of its environment,
+/// `command`, `health` and `health_port` together, so that changing any of them starts a
+/// new revision beside the running one (and rolls out) instead of changing it in place.
+pub fn deployment_revision(version: &str, spec: &crate::manifest::DeploymentSpec) -> String {
+    let process = (
+        spec.command(),
+        spec.health.as_ref().map(|h| h.get_ref().as_str()),
+        spec.health_port.as_ref().map(|p| *p.get_ref()),
+    );
+    if process == (None, None, None) {
+        return revision(version, &spec.env);
+    }
+    let text = serde_json::to_string(&serde_json::json!({
+        "env": spec.env,
+        "command": process.0,
+        "health": process.1,
+        "health_port": process.2,
+    }))
+    .unwrap_or_default();
+    format!(
+        "{version}-{}",
+        &crate::content::short_hash(text.as_bytes())[..6]
+    )
 }
 
 #[cfg(test)]

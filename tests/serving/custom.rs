@@ -192,6 +192,7 @@ fn an_endpoint_serving_its_own_process_is_created_restarted_and_rolled_out() {
         report.requests,
         &report.failures[..report.failures.len().min(5)]
     );
+    assert!(report.requests > 100, "{report:?}");
     assert!(report.versions.contains(&v1) && report.versions.contains(&v2));
     assert_eq!(report.versions.last(), Some(&v2));
     let deployments = repo.deployments();

@@ -236,6 +236,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_deployments_own_process_is_part_of_its_revision() {
+        let spec = |extra: &str| -> crate::manifest::DeploymentSpec {
+            toml::from_str(&format!(
+                "model = \"model.m\"\nenv = {{ A = \"1\" }}\n{extra}"
+            ))
+            .unwrap()
+        };
+        // Without a process of its own: the revision it always had.
+        let plain = spec("");
+        assert_eq!(
+            deployment_revision("v1", &plain),
+            revision("v1", &plain.env)
+        );
+        let command = spec("command = [\"serve\", \"{{ port }}\"]");
+        let other = spec("command = [\"serve\", \"--port\", \"{{ port }}\"]");
+        let health = spec("command = [\"serve\", \"{{ port }}\"]\nhealth = \"/ready\"");
+        let port = spec("health_port = 8081");
+        let revisions: std::collections::BTreeSet<String> =
+            [&plain, &command, &other, &health, &port]
+                .iter()
+                .map(|d| deployment_revision("v1", d))
+                .collect();
+        assert_eq!(revisions.len(), 5, "{revisions:?}");
+        assert!(revisions.iter().all(|r| r.starts_with("v1")));
+        // Stable for the same declaration.
+        assert_eq!(
+            deployment_revision("v1", &command),
+            deployment_revision("v1", &spec("command = [\"serve\", \"{{ port }}\"]"))
+        );
+    }
+
+    #[test]
     fn min_requests_reaches_the_engine_and_the_plan() {
         let gated = RolloutValue {
             steps: vec![10, 100],

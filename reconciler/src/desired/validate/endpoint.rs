@@ -126,9 +126,10 @@ impl Ctx<'_> {
                 );
             }
             let mut port = false;
-            for arg in command.get_ref() {
+            for (i, arg) in command.get_ref().iter().enumerate() {
                 for name in placeholder_names(arg.get_ref()) {
-                    if name == "port" {
+                    // In an argument: the program's name is not where a port is passed.
+                    if name == "port" && i > 0 {
                         port = true;
                     }
                     if SERVER_PLACEHOLDERS.contains(&name.as_str()) {

@@ -116,14 +116,22 @@ fn an_endpoint_serving_its_own_process_is_created_restarted_and_rolled_out() {
     let repo = Repo::echo(
         "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nmax_p99_ms = 500\n",
     );
-    let plan = repo.cairn(&["plan", "."]);
+    // Planned to a file and applied from it: the secret is hidden in the saved plan and
+    // read back from the manifests, and the revision (which hashes the command) agrees.
+    let plan = repo.cairn(&["plan", ".", "-o", "plan.json"]);
     plan.ok();
     assert!(
         plan.stdout.contains("+ credit-risk/endpoint.risk-api"),
         "{}",
         plan.both()
     );
-    let first = repo.apply();
+    let saved = std::fs::read_to_string(repo.root.join("plan.json")).unwrap();
+    assert!(!saved.contains(SECRET), "the saved plan holds the secret");
+    assert!(
+        saved.contains("echo_server.py"),
+        "the saved plan shows the command"
+    );
+    let first = repo.cairn(&["apply", "plan.json", "--auto-approve"]);
     first.ok();
     let v1 = repo.model_version();
     let r1 = repo.revision();

@@ -105,6 +105,47 @@ impl Ctx<'_> {
         }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);
+            if compute.is_some_and(|c| *c.target.get_ref() == Target::Kubernetes) {
+                self.gates_of_own_servers(r, spec, rollout.get_ref(), out);
+            }
+        }
+    }
+
+    /// On Kubernetes the gates read each pod's `/metrics` as `cairn serve` writes them
+    /// (the local router measures any server itself): a gated rollout of a deployment
+    /// running a server of its own works only if that server writes them too.
+    fn gates_of_own_servers(
+        &self,
+        r: &Resource,
+        spec: &EndpointSpec,
+        rollout: &crate::manifest::RolloutSpec,
+        out: &mut Out,
+    ) {
+        if rollout.max_error_rate.is_none() && rollout.max_p99_ms.is_none() {
+            return;
+        }
+        for (name, deployment) in &spec.deployments {
+            let Some(command) = &deployment.get_ref().command else {
+                continue;
+            };
+            if command
+                .get_ref()
+                .first()
+                .is_some_and(|p| p.get_ref() == "cairn")
+            {
+                continue;
+            }
+            out.error(
+                Diagnostic::warning(
+                    "gate-metrics",
+                    format!(
+                        "deployment `{}` runs its own server, and on Kubernetes the rollout gates read each pod's `/metrics` as `cairn serve` writes them",
+                        name.get_ref()
+                    ),
+                )
+                .at(self.loc(&r.file, command.span()))
+                .help("expose `cairn_requests_total` (with a `code` label) and the `cairn_request_duration_seconds` histogram on `/metrics` at the serving port, or roll out without `max_error_rate` and `max_p99_ms` (the new revision then takes traffic once its probes pass)"),
+            );
         }
     }
 

@@ -260,6 +260,7 @@ fn routes(blue: SocketAddr, green_port: u16) -> Routes {
         weights: weights(100, 0),
         mirror: None,
         key_sha256: None,
+        health: BTreeMap::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Endpoints beyond the example: Cairn's reference server, several deployments with
 //! their weights, a mirror, a revision that carries an environment, a compute without a
-//! gateway, and stores pods can't reach.
+//! gateway, stores pods can't reach, and deployments serving their own process
+//! (`command`, `health`, `health_port`).
 
 use std::fs;
 
@@ -68,14 +69,48 @@ model = "model.classifier"
 instance_type = "small"
 "#;
 
+/// Endpoints serving their own process: an image of the team's with a `command`, a
+/// health path on a port of its own, behind the auth proxy; and a `command` in Cairn's
+/// image, without auth, probed on the serving port.
+pub(crate) const OWN_SERVER: &str = r#"
+[model.classifier]
+source = "models/classifier/"
+format = "safetensors"
+
+[endpoint.own]
+compute = "compute.edge"
+port = 9000
+
+[endpoint.own.deployments.main]
+model = "model.classifier"
+image = "registry.example.com/vision/server:2.1"
+command = ["python", "-m", "server", "--weights", "{{ model }}/model.safetensors", "--port", "{{port}}"]
+health = "/v2/health/ready"
+health_port = 8002
+
+[endpoint.open]
+compute = "compute.edge"
+auth = "none"
+port = 9100
+
+[endpoint.open.deployments.main]
+model = "model.classifier"
+command = ["cairn", "serve", "--model", "{{ model }}", "--listen", "0.0.0.0:{{ port }}"]
+health = "/healthz"
+"#;
+
 pub(crate) fn root(workspace: &str) -> TempDir {
+    root_serving(workspace, SERVE)
+}
+
+pub(crate) fn root_serving(workspace: &str, serve: &str) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("vision");
     fs::create_dir_all(ws.join("models/classifier")).unwrap();
     fs::write(ws.join("models/classifier/model.safetensors"), "weights").unwrap();
     fs::write(ws.join("workspace.toml"), workspace).unwrap();
     fs::write(ws.join("compute.toml"), COMPUTE).unwrap();
-    fs::write(ws.join("serve.toml"), SERVE).unwrap();
+    fs::write(ws.join("serve.toml"), serve).unwrap();
     dir
 }
 
@@ -90,6 +125,16 @@ pub(crate) fn render(dir: &TempDir) -> Result<Vec<KubeObject>, cairn::backend::k
     Renderer::from_snapshot(&snapshot)?
         .with_cairn_image(CAIRN_IMAGE)
         .desired_objects(&desired(&snapshot), "vision", &versions)
+}
+
+/// The one object of `kind` whose name starts with `prefix`.
+fn find_prefixed<'a>(objects: &'a [KubeObject], kind: &str, prefix: &str) -> &'a KubeObject {
+    let found: Vec<&KubeObject> = objects
+        .iter()
+        .filter(|o| o.kind == kind && o.name.starts_with(prefix))
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {prefix}*: {found:?}");
+    found[0]
 }
 
 fn find<'a>(objects: &'a [KubeObject], kind: &str, name: &str) -> &'a KubeObject {
@@ -215,4 +260,77 @@ fn a_local_folder_store_is_refused() {
     let dir = root("[workspace]\nstore = \"file://.cairn/store\"\n");
     let error = render(&dir).unwrap_err();
     insta::assert_snapshot!("file_store", message(&error));
+}
+
+#[test]
+fn a_deployments_own_command_and_probes_are_rendered() {
+    let objects = render(&root_serving(WORKSPACE, OWN_SERVER)).unwrap();
+
+    // Behind the auth proxy: the team's image runs its command with the pod's model
+    // folder and the endpoint's port; the probes read its own path on its own port.
+    let own = find_prefixed(&objects, "Deployment", "own-main-77aa88bb99cc-");
+    let pod = &own.value["spec"]["template"]["spec"];
+    let server = &pod["containers"][0];
+    assert_eq!(server["image"], "registry.example.com/vision/server:2.1");
+    assert_eq!(
+        server["command"],
+        json!([
+            "python",
+            "-m",
+            "server",
+            "--weights",
+            "/cairn/model/model.safetensors",
+            "--port",
+            "9000"
+        ])
+    );
+    assert_eq!(
+        server["ports"],
+        json!([{"name": "server", "containerPort": 9000, "protocol": "TCP"}])
+    );
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(
+            server[probe]["httpGet"],
+            json!({"path": "/v2/health/ready", "port": 8002}),
+            "{probe}"
+        );
+    }
+    // The proxy in front is unchanged: it forwards to the server's port and answers
+    // its own readiness.
+    let auth = &pod["containers"][1];
+    assert_eq!(auth["name"], "auth");
+    assert_eq!(
+        auth["readinessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "http"})
+    );
+    assert!(
+        auth["command"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("127.0.0.1:9000")),
+        "{}",
+        auth["command"]
+    );
+
+    // Without auth or an image: the command runs in Cairn's image, probed on `http`.
+    let open = find_prefixed(&objects, "Deployment", "open-main-77aa88bb99cc-");
+    let server = &open.value["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(server["image"], CAIRN_IMAGE);
+    assert_eq!(
+        server["command"],
+        json!([
+            "cairn",
+            "serve",
+            "--model",
+            "/cairn/model",
+            "--listen",
+            "0.0.0.0:9100"
+        ])
+    );
+    assert_eq!(
+        server["readinessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "http"})
+    );
+    // A declared process is part of the revision: its objects get a name of their own.
+    assert_ne!(open.name, "open-main-77aa88bb99cc");
 }

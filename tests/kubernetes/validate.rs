@@ -170,6 +170,21 @@ fn the_serving_fixtures_objects_pass_the_official_schemas_strictly() {
     );
 }
 
+#[test]
+fn a_deployments_own_command_and_probes_pass_the_official_schemas_strictly() {
+    let objects = serving::render(&serving::root_serving(
+        serving::WORKSPACE,
+        serving::OWN_SERVER,
+    ))
+    .unwrap();
+    let (builtin, _) = check("endpoints with their own serving process", &objects);
+    assert!(
+        objects.iter().filter(|o| o.kind == "Deployment").count() == 2,
+        "{objects:?}"
+    );
+    assert!(builtin > 4, "{builtin}");
+}
+
 /// The Kubernetes workspace of the target contract suite (`tests/targets/`): a
 /// single-instance CPU job with a timeout on a compute without instance types, quota or
 /// gateway, and an endpoint served by Cairn's reference server behind the Service switch.

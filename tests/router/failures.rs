@@ -91,6 +91,26 @@ fn ready_means_every_replica_answers_its_probe() {
 }
 
 #[test]
+fn ready_probes_each_deployments_own_health_path() {
+    let mut rig = Rig::new(&[("blue", 1)]);
+    let server = rig.backends["blue"][0].addr;
+    let mut routes = rig.routes(&[("blue", 100)]);
+    // The same server behind three names: the model server answers `/healthz` and
+    // `/metrics` with 200, and `/ready` with 404.
+    routes.deployments.insert("metrics".into(), vec![server]);
+    routes.deployments.insert("missing".into(), vec![server]);
+    routes.health.insert("metrics".into(), "/metrics".into());
+    routes.health.insert("missing".into(), "/ready".into());
+    assert_eq!(routes.health_path("blue"), "/healthz");
+    rig.start_router(routes);
+    let handle = rig.handle().clone();
+    let ready = |name: &str| rig.runtime.block_on(Traffic::ready(&handle, name));
+    assert_eq!(ready("blue"), Ok(true));
+    assert_eq!(ready("metrics"), Ok(true));
+    assert_eq!(ready("missing"), Ok(false));
+}
+
+#[test]
 fn a_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
@@ -103,6 +123,7 @@ fn a_port_in_use_is_a_clear_error() {
         weights: weights_of(&[("blue", 100)]),
         mirror: None,
         key_sha256: None,
+        health: Default::default(),
     };
     let error = runtime
         .block_on(router::bind(RouterOptions::new(addr, routes.clone())))

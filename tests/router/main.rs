@@ -133,6 +133,7 @@ impl Rig {
             weights: weights_of(weights),
             mirror: None,
             key_sha256: None,
+            health: BTreeMap::new(),
         }
     }
 

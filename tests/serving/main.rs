@@ -9,12 +9,15 @@
 //! - faults: a model that can't load, a port in use, a supervisor killed with SIGKILL;
 //! - unfinished rollouts (the supervisor or the apply killed mid-steps, the apply killed
 //!   before its promotion): planned and walked again from where traffic is, under the gates;
-//! - retrains in a row whose scheduled retirements come due during later rollouts.
+//! - retrains in a row whose scheduled retirements come due during later rollouts;
+//! - `custom`: the same flows with a deployment serving its own process (`command`).
 //!
 //! Every test stops its supervisor (and so every process it started) when it ends.
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod custom;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

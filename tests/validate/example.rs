@@ -129,6 +129,52 @@ fn warnings_alone_do_not_fail_validation() {
 }
 
 #[test]
+fn a_gated_rollout_of_an_own_server_on_kubernetes_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("root/imaging");
+    fs::create_dir_all(&ws).unwrap();
+    fs::write(
+        ws.join("workspace.toml"),
+        "[workspace]\nenvironment = \"dev\"\n",
+    )
+    .unwrap();
+    let serve = |gates: &str| {
+        format!(
+            "[compute.pool]\ntarget = \"kubernetes\"\nroles = [\"serve\"]\n\n\
+             [model.classifier]\nsource = \"s3://vision-ml/models/classifier/\"\nformat = \"onnx\"\n\n\
+             [endpoint.api]\ncompute = \"compute.pool\"\n\n\
+             [endpoint.api.deployments.blue]\nmodel = \"model.classifier\"\n\
+             image = \"registry.example.com/vision/server:2.1\"\n\
+             command = [\"tritonserver\", \"--model-repository\", \"{{{{ model }}}}\", \"--http-port\", \"{{{{ port }}}}\"]\n\
+             health = \"/v2/health/ready\"\n\n\
+             [endpoint.api.rollout]\nsteps = [50, 100]\n{gates}"
+        )
+    };
+    let codes = |gates: &str| {
+        fs::write(ws.join("serve.toml"), serve(gates)).unwrap();
+        let run = Run::of(cairn(tmp.path()).args(["validate", "root", "--format", "json"]));
+        run.expect_exit(0, "warnings only");
+        let report = run.json("root");
+        diagnostics(&report)
+            .iter()
+            .map(|d| {
+                (
+                    d["severity"].clone(),
+                    d["code"].clone(),
+                    d["location"]["line"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes("max_error_rate = 0.01\n"),
+        [(json!("warning"), json!("gate-metrics"), json!(15))]
+    );
+    // Without gates the probes are all a rollout needs.
+    assert_eq!(codes(""), []);
+}
+
+#[test]
 fn a_missing_root_is_an_error_with_a_hint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = Run::of(cairn(tmp.path()).args(["validate", "no-such-folder", "--color", "never"]));

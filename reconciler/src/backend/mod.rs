@@ -6,13 +6,15 @@
 //! - [`store`]: datasets, models, runs, state, lock and journal, over any object store.
 //! - [`local`]: the `local` compute target: this machine's GPUs and processes.
 //! - [`kubernetes`]: the `kubernetes` compute target's objects, rendered from templates.
-//! - [`job`], [`distribution`], [`rollout_log`]: what both targets share: a planned
-//!   job's value, the distributed-training contract, a rollout's record.
+//! - [`job`], [`distribution`], [`rollout_log`], [`server_command`]: what both targets
+//!   share: a planned job's value, the distributed-training contract, a rollout's
+//!   record, a deployment's own serving command.
 
 pub mod distribution;
 pub mod job;
 pub mod kubernetes;
 pub mod local;
 pub mod rollout_log;
+pub mod server_command;
 pub mod store;
 pub mod target;

@@ -90,19 +90,7 @@ pub(super) fn job(place: &Place<'_>, spec: &JobSpec) -> Vec<Diagnostic> {
         );
     }
     if let Some(command) = &spec.command {
-        for arg in command.get_ref() {
-            if arg.get_ref().contains('\0') {
-                out.push(
-                    Diagnostic::error(
-                        "nul-byte",
-                        "a command argument holds a NUL byte (`\\u0000`)",
-                    )
-                    .at(place.loc(arg.span()))
-                    .label("no program can receive this argument")
-                    .help("remove the `\\u0000` from the argument"),
-                );
-            }
-        }
+        command_nul(place, command.get_ref(), &mut out);
     }
     env(place, &spec.env, &["env"], &mut out);
     out
@@ -142,6 +130,9 @@ pub(super) fn endpoint(place: &Place<'_>, spec: &EndpointSpec) -> Vec<Diagnostic
                 );
             }
         }
+        if let Some(command) = &d.command {
+            command_nul(place, command.get_ref(), &mut out);
+        }
         env(
             place,
             &d.env,
@@ -153,6 +144,23 @@ pub(super) fn endpoint(place: &Place<'_>, spec: &EndpointSpec) -> Vec<Diagnostic
         self::rollout(place, rollout.get_ref(), rollout.span(), &mut out);
     }
     out
+}
+
+/// A command argument with a NUL byte can't reach a program.
+fn command_nul(place: &Place<'_>, command: &[toml::Spanned<String>], out: &mut Vec<Diagnostic>) {
+    for arg in command {
+        if arg.get_ref().contains('\0') {
+            out.push(
+                Diagnostic::error(
+                    "nul-byte",
+                    "a command argument holds a NUL byte (`\\u0000`)",
+                )
+                .at(place.loc(arg.span()))
+                .label("no program can receive this argument")
+                .help("remove the `\\u0000` from the argument"),
+            );
+        }
+    }
 }
 
 fn rollout(place: &Place<'_>, spec: &RolloutSpec, span: Range<usize>, out: &mut Vec<Diagnostic>) {

@@ -402,7 +402,26 @@ pub struct DeploymentSpec {
     /// `env` keys whose values are secrets (see [`JobSpec::sensitive`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<SpannedStr>,
+    /// A serving process to run instead of Cairn's reference server: program and
+    /// arguments, where `{{ model }}` expands to the model version's folder (on this
+    /// machine, or in the pod) and `{{ port }}` to the port it must listen on
+    /// ([`SERVER_PLACEHOLDERS`]). On Kubernetes, the serving container's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Spanned<Vec<SpannedStr>>>,
+    /// The readiness path, answered with 200 once a replica can serve; `/healthz` when
+    /// absent ([`DEFAULT_HEALTH_PATH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SpannedStr>,
+    /// The port the probes read `health` on, when not the serving port (Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<Spanned<u16>>,
 }
+
+/// The placeholders a deployment's `command` may hold, as `{{ <name> }}`.
+pub const SERVER_PLACEHOLDERS: [&str; 2] = ["model", "port"];
+
+/// The readiness path of a deployment that declares no `health`.
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 
 impl DeploymentSpec {
     pub fn replicas(&self) -> u32 {
@@ -411,6 +430,20 @@ impl DeploymentSpec {
 
     pub fn gpus(&self) -> u32 {
         self.gpus.as_ref().map_or(0, |g| *g.get_ref())
+    }
+
+    /// The declared `command`, as plain strings.
+    pub fn command(&self) -> Option<Vec<String>> {
+        self.command
+            .as_ref()
+            .map(|c| c.get_ref().iter().map(|a| a.get_ref().clone()).collect())
+    }
+
+    /// The readiness path: `health`, or [`DEFAULT_HEALTH_PATH`].
+    pub fn health(&self) -> &str {
+        self.health
+            .as_ref()
+            .map_or(DEFAULT_HEALTH_PATH, |h| h.get_ref().as_str())
     }
 }
 

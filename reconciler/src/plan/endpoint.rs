@@ -46,6 +46,22 @@ pub struct DeploymentValue {
     pub replicas: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The deployment's own serving process, placeholders unexpanded; Cairn's reference
+    /// server when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The readiness path, when declared (`/healthz` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+impl DeploymentValue {
+    /// The readiness path its replicas answer.
+    pub fn health(&self) -> &str {
+        self.health
+            .as_deref()
+            .unwrap_or(crate::manifest::DEFAULT_HEALTH_PATH)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,9 +205,67 @@ pub fn revision(version: &str, env: &BTreeMap<String, String>) -> String {
     }
 }
 
+/// The revision of a declared deployment: [`revision`] when it runs Cairn's reference
+/// server with the default probes, otherwise the version plus a hash of its environment,
+/// `command`, `health` and `health_port` together, so that changing any of them starts a
+/// new revision beside the running one (and rolls out) instead of changing it in place.
+pub fn deployment_revision(version: &str, spec: &crate::manifest::DeploymentSpec) -> String {
+    let process = (
+        spec.command(),
+        spec.health.as_ref().map(|h| h.get_ref().as_str()),
+        spec.health_port.as_ref().map(|p| *p.get_ref()),
+    );
+    if process == (None, None, None) {
+        return revision(version, &spec.env);
+    }
+    let text = serde_json::to_string(&serde_json::json!({
+        "env": spec.env,
+        "command": process.0,
+        "health": process.1,
+        "health_port": process.2,
+    }))
+    .unwrap_or_default();
+    format!(
+        "{version}-{}",
+        &crate::content::short_hash(text.as_bytes())[..6]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deployments_own_process_is_part_of_its_revision() {
+        let spec = |extra: &str| -> crate::manifest::DeploymentSpec {
+            toml::from_str(&format!(
+                "model = \"model.m\"\nenv = {{ A = \"1\" }}\n{extra}"
+            ))
+            .unwrap()
+        };
+        // Without a process of its own: the revision it always had.
+        let plain = spec("");
+        assert_eq!(
+            deployment_revision("v1", &plain),
+            revision("v1", &plain.env)
+        );
+        let command = spec("command = [\"serve\", \"{{ port }}\"]");
+        let other = spec("command = [\"serve\", \"--port\", \"{{ port }}\"]");
+        let health = spec("command = [\"serve\", \"{{ port }}\"]\nhealth = \"/ready\"");
+        let port = spec("health_port = 8081");
+        let revisions: std::collections::BTreeSet<String> =
+            [&plain, &command, &other, &health, &port]
+                .iter()
+                .map(|d| deployment_revision("v1", d))
+                .collect();
+        assert_eq!(revisions.len(), 5, "{revisions:?}");
+        assert!(revisions.iter().all(|r| r.starts_with("v1")));
+        // Stable for the same declaration.
+        assert_eq!(
+            deployment_revision("v1", &command),
+            deployment_revision("v1", &spec("command = [\"serve\", \"{{ port }}\"]"))
+        );
+    }
 
     #[test]
     fn min_requests_reaches_the_engine_and_the_plan() {

@@ -293,10 +293,10 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                 }
             }
             (Spec::Endpoint(spec), Kind::Endpoint) => {
-                let envs: BTreeMap<String, &BTreeMap<String, String>> = spec
+                let specs: BTreeMap<String, &crate::manifest::DeploymentSpec> = spec
                     .deployments
                     .iter()
-                    .map(|(name, d)| (name.get_ref().clone(), &d.get_ref().env))
+                    .map(|(name, d)| (name.get_ref().clone(), d.get_ref()))
                     .collect();
                 if let Some(deployments) = change
                     .after
@@ -306,17 +306,16 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                 {
                     for (name, d) in deployments.iter_mut() {
                         let what = format!("deployment `{name}`");
-                        let env = envs.get(name).ok_or_else(|| Error::MissingKey {
+                        let declared = specs.get(name).ok_or_else(|| Error::MissingKey {
                             address: address.clone(),
                             what: "the endpoint".into(),
                             key: name.clone(),
                         })?;
-                        restore_env(d.get_mut("env"), env, &address, &what)?;
+                        restore_env(d.get_mut("env"), &declared.env, &address, &what)?;
                         let version = d.get("version").and_then(Value::as_str).unwrap_or("");
                         let planned = d.get("revision").and_then(Value::as_str);
-                        if planned.is_some()
-                            && planned != Some(super::endpoint::revision(version, env).as_str())
-                        {
+                        let revision = super::endpoint::deployment_revision(version, declared);
+                        if planned.is_some() && planned != Some(revision.as_str()) {
                             return Err(Error::Changed { address, what });
                         }
                     }
@@ -330,7 +329,7 @@ pub fn restore(plan: &mut Plan, desired: &DesiredState) -> Result<(), Error> {
                         .and_then(|l| l.get(super::objects::DEPLOYMENT_LABEL))
                         .and_then(Value::as_str)
                         .map(str::to_string);
-                    match deployment.and_then(|d| envs.get(&d).copied()) {
+                    match deployment.and_then(|d| specs.get(&d).map(|s| &s.env)) {
                         Some(env) => restore_lists(o, env, &address)?,
                         None => restore_lists(o, &BTreeMap::new(), &address)?,
                     }

@@ -83,11 +83,13 @@ impl Planner<'_> {
                 name.get_ref().clone(),
                 DeploymentValue {
                     model: r.name.clone(),
-                    revision: serving::revision(&version, &d.env),
+                    revision: serving::deployment_revision(&version, d),
                     version,
                     pinned,
                     replicas: d.replicas(),
                     env: d.env.clone(),
+                    command: d.command(),
+                    health: d.health.as_ref().map(|h| h.get_ref().clone()),
                 },
             );
         }

@@ -425,6 +425,8 @@ mod tests {
                     revision: version.into(),
                     replicas: 1,
                     env: BTreeMap::new(),
+                    command: None,
+                    health: None,
                 },
             );
         }

@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::rollout::{self, Traffic, Weights};
 
 pub use crate::plan::endpoint::{
-    revision, DeploymentValue, EndpointValue, MirrorValue, RolloutPlan, RolloutValue,
-    DEFAULT_SCALE_DOWN_DELAY,
+    deployment_revision, revision, DeploymentValue, EndpointValue, MirrorValue, RolloutPlan,
+    RolloutValue, DEFAULT_SCALE_DOWN_DELAY,
 };
 
 /// One router backend as observed.
@@ -113,6 +113,11 @@ pub struct RevisionSpec {
     pub version: String,
     pub replicas: u32,
     pub env: BTreeMap<String, String>,
+    /// The serving process, placeholders unexpanded; Cairn's reference server when
+    /// absent.
+    pub command: Option<Vec<String>>,
+    /// The readiness path its replicas answer.
+    pub health: String,
 }
 
 /// The router's table for an endpoint.

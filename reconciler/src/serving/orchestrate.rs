@@ -61,6 +61,8 @@ pub async fn apply(
             version: d.version.clone(),
             replicas: d.replicas,
             env: d.env.clone(),
+            command: d.command.clone(),
+            health: d.health().to_string(),
         })
         .collect();
     if !revisions.is_empty() {

@@ -3,7 +3,7 @@
 //! is given. Rendering and checking are in `render.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
@@ -17,6 +17,7 @@ use super::{
 use crate::address::{Address, Kind, Reference};
 use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT};
 use crate::backend::job::DEFAULT_SCHEDULE_TIMEOUT;
+use crate::backend::server_command;
 use crate::desired::{DesiredState, Resource};
 use crate::manifest::{
     Auth, ComputeSpec, EndpointSpec, InstanceType, JobSpec, Spec, Target, WorkspaceSpec,
@@ -605,7 +606,7 @@ impl<'a> Walk<'a> {
                 continue;
             };
             let version = self.version(address, &reference)?;
-            let revision = crate::plan::endpoint::revision(&version, &deployment.env);
+            let revision = crate::plan::endpoint::deployment_revision(&version, deployment);
             let revision_label = dns_safe(&revision);
             let object_name = revision_object_name(endpoint_name, deployment_name, &revision);
             let instance = self.instance_type(
@@ -651,7 +652,15 @@ impl<'a> Walk<'a> {
                     "replicas": deployment.replicas(),
                     "gpus": deployment.gpus(),
                     "image": deployment.image.as_ref().map_or(self.renderer.cairn_image.as_str(), |i| i.get_ref().as_str()),
-                    "reference_server": deployment.image.is_none(),
+                    "reference_server": deployment.image.is_none() && deployment.command.is_none(),
+                    // Its own serving process, with the pod's model folder and the
+                    // endpoint's port (the auth proxy, when there is one, listens on
+                    // another and forwards to this one).
+                    "command": deployment.command().map(|c| {
+                        server_command::expand_all(&c, Path::new(MODEL_DIR), &port.to_string())
+                    }),
+                    "health": deployment.health(),
+                    "health_port": deployment.health_port.as_ref().map(|p| *p.get_ref()),
                     "env": env_list(env),
                     "resources": resources(instance.map(|(_, it)| it), deployment.cpu.as_ref(), deployment.memory.as_ref(), deployment.gpus()),
                     "weight": spec.weight_of(deployment_name),

@@ -1,8 +1,9 @@
 //! Endpoints on this machine: the [`Serving`] target over the supervisor daemon.
 //!
-//! Each endpoint deployment revision runs as `cairn serve` replicas under the supervisor
-//! (`<root>/.cairn/serving`), and the daemon hosts the endpoint's router on
-//! `127.0.0.1:<port>`. Model versions are copied out of the workspace's store into
+//! Each endpoint deployment revision runs as `cairn serve` replicas (or as its own
+//! `command`, placeholders expanded) under the supervisor (`<root>/.cairn/serving`),
+//! and the daemon hosts the endpoint's router on `127.0.0.1:<port>`, which probes each
+//! revision's health path and counts its answers whatever serves. Model versions are copied out of the workspace's store into
 //! `<serving>/models/<workspace>/<model>/<version>` before their replicas start (any store
 //! works, not only folders), and an endpoint with `auth = "key"` (or `"token"`) gets a
 //! random key in `<serving>/keys/<workspace>.<endpoint>.key` (mode 0600): the router
@@ -24,8 +25,9 @@ use super::child_env::ChildEnv;
 use super::router::Mirror;
 use super::supervisor::{
     DeploymentSpec, ReplicaState, ReplicaStatus, RouteBackend, RouteSpec, RouteStatus,
-    RouteTraffic, SupervisorClient,
+    RouteTraffic, SupervisorClient, PORT_PLACEHOLDER,
 };
+use crate::backend::server_command;
 use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
 use crate::rollout::{Traffic, TrafficError};
@@ -36,7 +38,7 @@ use crate::serving::{
 /// The folder of serving state under a manifests root's `.cairn`.
 pub const SERVING_DIR: &str = "serving";
 
-/// How long a replica may take to load its model and answer `/healthz`.
+/// How long a replica may take to load its model and answer its health path.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serving on this machine.
@@ -360,16 +362,26 @@ impl Serving for LocalEndpoints {
             let dir = self
                 .materialize(&endpoint.workspace, &r.model, &r.version)
                 .await?;
-            let mut spec = DeploymentSpec::cairn_serve(
-                &self.program,
-                &dir,
-                name.clone(),
-                r.deployment.clone(),
-                r.revision.clone(),
-            )
-            .map_err(target)?;
+            let mut spec = match &r.command {
+                Some(command) => DeploymentSpec::new(
+                    name.clone(),
+                    r.deployment.clone(),
+                    r.revision.clone(),
+                    // The supervisor fills its own port placeholder in per replica.
+                    server_command::expand_all(command, &dir, PORT_PLACEHOLDER),
+                ),
+                None => DeploymentSpec::cairn_serve(
+                    &self.program,
+                    &dir,
+                    name.clone(),
+                    r.deployment.clone(),
+                    r.revision.clone(),
+                )
+                .map_err(target)?,
+            };
             spec.replicas = r.replicas;
             spec.env = r.env.clone();
+            spec.health_path = r.health.clone();
             spec.ready_timeout = READY_TIMEOUT;
             specs.push(spec);
         }

@@ -1,4 +1,5 @@
 //! Endpoint rules: its compute and port, deployment names, models, GPUs and replicas,
+//! a deployment's own serving process (`command` placeholders, `health`, `health_port`),
 //! the traffic and mirror maps, what needs a gateway, rollout steps and gates, and
 //! local endpoints' ports.
 
@@ -10,7 +11,7 @@ use super::{invalid_name, Ctx, Out, View};
 use crate::address::{is_dns1123_label, Address, Kind, Reference};
 use crate::desired::Resource;
 use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics};
-use crate::manifest::{EndpointSpec, Role, Spec, Target};
+use crate::manifest::{DeploymentSpec, EndpointSpec, Role, Spec, Target, SERVER_PLACEHOLDERS};
 
 impl Ctx<'_> {
     pub(super) fn endpoint<'v>(
@@ -80,6 +81,7 @@ impl Ctx<'_> {
                     out,
                 );
             }
+            self.server_process(r, compute.map(|c| *c.target.get_ref()), d, out);
             if d.replicas() == 0 && spec.weight_of(name.get_ref()) > 0 {
                 out.error(
                     Diagnostic::error(
@@ -103,6 +105,143 @@ impl Ctx<'_> {
         }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);
+            if compute.is_some_and(|c| *c.target.get_ref() == Target::Kubernetes) {
+                self.gates_of_own_servers(r, spec, rollout.get_ref(), out);
+            }
+        }
+    }
+
+    /// On Kubernetes the gates read each pod's `/metrics` as `cairn serve` writes them
+    /// (the local router measures any server itself): a gated rollout of a deployment
+    /// running a server of its own works only if that server writes them too.
+    fn gates_of_own_servers(
+        &self,
+        r: &Resource,
+        spec: &EndpointSpec,
+        rollout: &crate::manifest::RolloutSpec,
+        out: &mut Out,
+    ) {
+        if rollout.max_error_rate.is_none() && rollout.max_p99_ms.is_none() {
+            return;
+        }
+        for (name, deployment) in &spec.deployments {
+            let Some(command) = &deployment.get_ref().command else {
+                continue;
+            };
+            if command
+                .get_ref()
+                .first()
+                .is_some_and(|p| p.get_ref() == "cairn")
+            {
+                continue;
+            }
+            out.error(
+                Diagnostic::warning(
+                    "gate-metrics",
+                    format!(
+                        "deployment `{}` runs its own server, and on Kubernetes the rollout gates read each pod's `/metrics` as `cairn serve` writes them",
+                        name.get_ref()
+                    ),
+                )
+                .at(self.loc(&r.file, command.span()))
+                .help("expose `cairn_requests_total` (with a `code` label) and the `cairn_request_duration_seconds` histogram on `/metrics` at the serving port, or roll out without `max_error_rate` and `max_p99_ms` (the new revision then takes traffic once its probes pass)"),
+            );
+        }
+    }
+
+    /// A deployment's own serving process: its `command`'s placeholders, its `health`
+    /// path and `health_port`. `target` is the compute's, when it resolved.
+    fn server_process(
+        &self,
+        r: &Resource,
+        target: Option<Target>,
+        d: &DeploymentSpec,
+        out: &mut Out,
+    ) {
+        if let Some(command) = &d.command {
+            if command.get_ref().is_empty() {
+                out.error(
+                    Diagnostic::error("missing-command", "`command` is empty")
+                        .at(self.loc(&r.file, command.span()))
+                        .help("give the program and its arguments, e.g. `[\"python\", \"server.py\", \"--model\", \"{{ model }}\", \"--port\", \"{{ port }}\"]`, or remove `command` to run Cairn's reference server"),
+                );
+            }
+            let mut port = false;
+            for (i, arg) in command.get_ref().iter().enumerate() {
+                for name in placeholder_names(arg.get_ref()) {
+                    // In an argument: the program's name is not where a port is passed.
+                    if name == "port" && i > 0 {
+                        port = true;
+                    }
+                    if SERVER_PLACEHOLDERS.contains(&name.as_str()) {
+                        continue;
+                    }
+                    out.error(
+                        Diagnostic::error(
+                            "unknown-placeholder",
+                            format!("`{{{{ {name} }}}}` is not a placeholder of a deployment's command"),
+                        )
+                        .at(self.loc(&r.file, arg.span()))
+                        .help(match did_you_mean(&name, SERVER_PLACEHOLDERS.iter().copied()) {
+                            Some(best) => format!("did you mean `{{{{ {best} }}}}`?"),
+                            None => "a deployment's command knows `{{ model }}` (the model version's folder) and `{{ port }}` (the port to listen on); pass anything else through `env`".to_string(),
+                        }),
+                    );
+                }
+            }
+            if target == Some(Target::Local) && !port && !command.get_ref().is_empty() {
+                out.error(
+                    Diagnostic::error(
+                        "missing-placeholder",
+                        "no argument of `command` holds `{{ port }}`, so the replicas can't be told where to listen",
+                    )
+                    .at(self.loc(&r.file, command.span()))
+                    .help("the local target gives every replica its own port: pass it, e.g. `\"--port\", \"{{ port }}\"`"),
+                );
+            }
+        }
+        if let Some(health) = &d.health {
+            let path = health.get_ref();
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                out.error(
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!("the health path {path:?} must start with `/` and hold no spaces or control characters"),
+                    )
+                    .at(self.loc(&r.file, health.span()))
+                    .help("a path the server answers `GET` with 200 once it can serve, e.g. `health = \"/ready\"`"),
+                );
+            } else if d.command.is_none()
+                && d.image.is_none()
+                && path != crate::manifest::DEFAULT_HEALTH_PATH
+            {
+                out.error(
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!("Cairn's reference server answers `/healthz`, not `{path}`"),
+                    )
+                    .at(self.loc(&r.file, health.span()))
+                    .help("`health` is for a deployment's own server: declare its `command` (or `image`), or remove `health`"),
+                );
+            }
+        }
+        if let Some(port) = &d.health_port {
+            if target == Some(Target::Local) {
+                out.error(
+                    Diagnostic::error(
+                        "target-field",
+                        "`health_port` applies only to endpoints on `target = \"kubernetes\"`",
+                    )
+                    .at(self.loc(&r.file, port.span()))
+                    .help("remove `health_port`: on the local target the supervisor and the router read `health` on the port each replica serves on"),
+                );
+            } else if *port.get_ref() == 0 {
+                out.error(
+                    Diagnostic::error("invalid-port", "`health_port` 0 is not a port a probe can read")
+                        .at(self.loc(&r.file, port.span()))
+                        .help("the container port the server answers `health` on, e.g. `health_port = 8081`; remove it to probe the serving port"),
+                );
+            }
         }
     }
 
@@ -391,4 +530,17 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// The names inside `{{ … }}` in one argument, trimmed.
+fn placeholder_names(arg: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        names.push(after[..end].trim().to_string());
+        rest = &after[end + 2..];
+    }
+    names
 }

@@ -55,10 +55,12 @@ impl Handle {
         })
     }
 
-    /// Returns whether every replica of the deployment answers `GET /healthz` with 200
-    /// within [`RouterOptions::probe_timeout`]. A deployment without replicas is not ready.
+    /// Returns whether every replica of the deployment answers `GET` of its health path
+    /// ([`Routes::health`], `/healthz` by default) with 200 within
+    /// [`RouterOptions::probe_timeout`]. A deployment without replicas is not ready.
     pub async fn ready(&self, deployment: &str) -> Result<bool> {
         let table = self.shared.table();
+        let path = table.routes.health_path(deployment);
         let deployment = table.deployment(deployment)?;
         if deployment.replicas.is_empty() {
             return Ok(false);
@@ -66,7 +68,7 @@ impl Handle {
         let probes = deployment
             .replicas
             .iter()
-            .map(|replica| self.shared.probe(replica.addr));
+            .map(|replica| self.shared.probe(replica.addr, path));
         Ok(join_all(probes).await.into_iter().all(|ok| ok))
     }
 

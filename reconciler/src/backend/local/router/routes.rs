@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::parse_digest;
 use super::{Error, Result};
+use crate::manifest::DEFAULT_HEALTH_PATH;
 use crate::rollout::Weights;
 use crate::workload::model_server;
 
@@ -26,6 +27,18 @@ pub struct Routes {
     /// of KEY, in hex, is this; others are answered 401. Only the digest is held, so the
     /// key itself is never stored or logged.
     pub key_sha256: Option<String>,
+    /// Deployment name → the path its replicas answer 200 on once ready, for those not
+    /// on [`DEFAULT_HEALTH_PATH`] (a deployment's own serving process may use another).
+    pub health: BTreeMap<String, String>,
+}
+
+impl Routes {
+    /// The readiness path of a deployment's replicas.
+    pub fn health_path(&self, deployment: &str) -> &str {
+        self.health
+            .get(deployment)
+            .map_or(DEFAULT_HEALTH_PATH, String::as_str)
+    }
 }
 
 impl Routes {
@@ -86,7 +99,7 @@ pub struct RouterOptions {
     /// How long a replica may take to answer (to the response headers) before the request
     /// is answered 504. `None`: no limit.
     pub request_timeout: Option<Duration>,
-    /// How long a replica may take to answer `GET /healthz` in [`Handle::ready`].
+    /// How long a replica may take to answer its health path in [`Handle::ready`].
     pub probe_timeout: Duration,
     /// How long a replica that refused a connection is skipped (it is still tried when
     /// every replica of its deployment is skipped).
@@ -131,6 +144,7 @@ pub(super) mod tests {
             weights: weights(&[("blue", 100)]),
             mirror: None,
             key_sha256: None,
+            health: BTreeMap::new(),
         }
     }
 

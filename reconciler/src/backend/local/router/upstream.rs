@@ -129,9 +129,9 @@ impl Shared {
         })
     }
 
-    /// Whether `GET /healthz` on `addr` answers 200 in time.
-    pub(super) async fn probe(&self, addr: SocketAddr) -> bool {
-        let Ok(uri) = Uri::try_from(format!("http://{addr}/healthz")) else {
+    /// Whether `GET <path>` on `addr` answers 200 in time.
+    pub(super) async fn probe(&self, addr: SocketAddr, path: &str) -> bool {
+        let Ok(uri) = Uri::try_from(format!("http://{addr}{path}")) else {
             return false;
         };
         let mut request = axum::http::Request::new(Full::new(Bytes::new()));

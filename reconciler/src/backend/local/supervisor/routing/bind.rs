@@ -135,10 +135,7 @@ pub(super) async fn rebind_pending(shared: &Arc<Shared>) {
         routes
             .values_mut()
             .filter(|h| h.serving.is_none())
-            .map(|h| {
-                let addrs = h.addresses(deployments);
-                (h.spec.clone(), h.spec.routes(&addrs))
-            })
+            .map(|h| (h.spec.clone(), h.routes(deployments)))
             .collect()
     };
     for (spec, routes) in pending {

@@ -53,7 +53,7 @@ pub(crate) async fn route(shared: &Arc<Shared>, spec: RouteSpec) -> Result<Route
     let _routing = shared.routing.lock().await;
     shared.refuse_if_closing()?;
     let endpoint = spec.endpoint.clone();
-    let (rebind, addrs) = {
+    let (rebind, routes) = {
         let registry = shared.registry();
         check_backends(&registry, &spec)?;
         if let Some(other) = registry
@@ -73,11 +73,11 @@ pub(crate) async fn route(shared: &Arc<Shared>, spec: RouteSpec) -> Result<Route
         if let Some(current) = current {
             scratch.last = current.last.clone();
         }
-        (rebind, scratch.addresses(&registry.deployments))
+        (rebind, scratch.routes(&registry.deployments))
     };
     // Bound before anything changes, so a port in use leaves all as it was.
     let fresh = if rebind {
-        Some(bind(shared, &spec, spec.routes(&addrs)).await?)
+        Some(bind(shared, &spec, routes).await?)
     } else {
         None
     };

@@ -15,6 +15,7 @@ use super::super::{loopback, DeploymentKey, Error, Event, ReplicaState};
 use super::{BackendStatus, RouteSpec, RouteStatus};
 use crate::backend::local::router;
 use crate::diagnostics::error_chain;
+use crate::manifest::DEFAULT_HEALTH_PATH;
 use crate::rollout::describe_weights;
 
 /// How far back [`BackendStatus::requests_per_s`] looks.
@@ -88,14 +89,39 @@ impl Hosted {
         addrs
     }
 
+    /// Backend → the health path its revision's replicas answer, for those not on the
+    /// default (the router probes it for the rollout's readiness).
+    pub(super) fn health_paths(
+        &self,
+        deployments: &BTreeMap<DeploymentKey, Deployment>,
+    ) -> BTreeMap<String, String> {
+        self.spec
+            .backends
+            .iter()
+            .filter_map(|(name, backend)| {
+                let spec = &deployments.get(&backend.key(&self.spec.endpoint))?.spec;
+                (spec.health_path != DEFAULT_HEALTH_PATH)
+                    .then(|| (name.clone(), spec.health_path.clone()))
+            })
+            .collect()
+    }
+
+    /// The router's routes for the registry's ready replicas.
+    pub(super) fn routes(
+        &mut self,
+        deployments: &BTreeMap<DeploymentKey, Deployment>,
+    ) -> router::Routes {
+        let addrs = self.addresses(deployments);
+        self.spec.routes(&addrs, self.health_paths(deployments))
+    }
+
     /// Puts the spec and the registry's ready replicas in force, when they differ from
     /// the routes in force; returns what changed.
     pub(super) fn push(
         &mut self,
         deployments: &BTreeMap<DeploymentKey, Deployment>,
     ) -> std::result::Result<Option<String>, router::Error> {
-        let addrs = self.addresses(deployments);
-        let routes = self.spec.routes(&addrs);
+        let routes = self.routes(deployments);
         let Some(serving) = &self.serving else {
             return Ok(None);
         };
@@ -352,12 +378,14 @@ mod tests {
             weights: [("blue".to_string(), 100)].into(),
             mirror: None,
             key_sha256: None,
+            health: BTreeMap::new(),
         };
         let after = router::Routes {
             deployments: [("blue".to_string(), vec![a, b])].into(),
             weights: [("blue".to_string(), 100)].into(),
             mirror: None,
             key_sha256: Some("ab".repeat(32)),
+            health: BTreeMap::new(),
         };
         let text = describe_change(&before, &after);
         assert_eq!(

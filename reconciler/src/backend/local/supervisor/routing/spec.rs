@@ -81,7 +81,7 @@ impl RouteSpec {
             check_name("deployment", &backend.deployment)?;
             check_name("revision", &backend.revision)?;
         }
-        self.routes(&BTreeMap::new())
+        self.routes(&BTreeMap::new(), BTreeMap::new())
             .validate()
             .map_err(|error| match error {
                 router::Error::UnknownDeployment { name, known } => format!(
@@ -92,8 +92,13 @@ impl RouteSpec {
             })
     }
 
-    /// The router's routes, with these addresses for the backends (none for the others).
-    pub(super) fn routes(&self, addrs: &BTreeMap<String, Vec<SocketAddr>>) -> router::Routes {
+    /// The router's routes, with these addresses for the backends (none for the others)
+    /// and these health paths (backend → path, for those not on `/healthz`).
+    pub(super) fn routes(
+        &self,
+        addrs: &BTreeMap<String, Vec<SocketAddr>>,
+        health: BTreeMap<String, String>,
+    ) -> router::Routes {
         router::Routes {
             deployments: self
                 .backends
@@ -103,6 +108,7 @@ impl RouteSpec {
             weights: self.weights.clone(),
             mirror: self.mirror.clone(),
             key_sha256: self.key_sha256.clone(),
+            health,
         }
     }
 

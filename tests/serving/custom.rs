@@ -114,7 +114,9 @@ impl Repo {
 #[test]
 fn an_endpoint_serving_its_own_process_is_created_restarted_and_rolled_out() {
     let repo = Repo::echo(
-        "steps = [10, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nmax_p99_ms = 500\n",
+        // 25 % of a request loop through a Python server on a loaded machine: enough
+        // requests per step for the gates.
+        "steps = [25, 50, 100]\nstep_wait = \"5s\"\nmax_error_rate = 0.01\nmax_p99_ms = 500\nmin_requests = 10\n",
     );
     // Planned to a file and applied from it: the secret is hidden in the saved plan and
     // read back from the manifests, and the revision (which hashes the command) agrees.
@@ -179,7 +181,7 @@ fn an_endpoint_serving_its_own_process_is_created_restarted_and_rolled_out() {
     plan.ok();
     for expected in [
         "» credit-risk/endpoint.risk-api",
-        "rollout: 10% → 50% → 100%, each held 5s; gates: error rate ≤ 1%, p99 ≤ 500 ms; automatic rollback",
+        "rollout: 25% → 50% → 100%, each held 5s; gates: error rate ≤ 1%, p99 ≤ 500 ms, judged on at least 10 requests; automatic rollback",
         "1 to roll out.",
     ] {
         assert!(plan.stdout.contains(expected), "{expected:?} in\n{}", plan.both());

@@ -18,6 +18,7 @@
 mod support;
 
 mod custom;
+mod onnx;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

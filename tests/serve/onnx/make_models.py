@@ -13,6 +13,7 @@ each model has a dynamic batch dimension `N`. Regenerate (from the repository ro
 - `cnn/`: a small CNN, `image` FP32 [N, 1, 16, 16] → Conv(4, 3×3, pad 1) → Relu →
   MaxPool(2×2) → Flatten → Gemm(3) → Softmax → `probabilities` FP32 [N, 3], and
   ArgMax → `label` INT64 [N].
+- `mlp-retrained/`: the same MLP with other weights (a second version to roll out to).
 - `mixed/`: FP64 and INT64 in and out, `x` FP64 [N, 2] and `counts` INT64 [N, 2] →
   `y` = x × 2.5 + counts (FP64 [N, 2]) and `total` = ReduceSum(counts, axis 1) (INT64 [N, 1]).
 """
@@ -40,7 +41,7 @@ def weights(rng, name, *shape):
     return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, name)
 
 
-def mlp(rng):
+def mlp(rng, name="mlp"):
     graph = helper.make_graph(
         [
             helper.make_node("Gemm", ["features", "w1", "b1"], ["h1"]),
@@ -58,7 +59,7 @@ def mlp(rng):
             weights(rng, "b2", 1),
         ],
     )
-    save("mlp", graph)
+    save(name, graph)
 
 
 def cnn(rng):
@@ -118,6 +119,8 @@ def main():
     mlp(rng)
     cnn(rng)
     mixed()
+    # The same MLP "retrained": other weights (tests/serving rolls from one to the other).
+    mlp(np.random.default_rng(20261203), "mlp-retrained")
 
 
 if __name__ == "__main__":

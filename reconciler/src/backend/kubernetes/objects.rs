@@ -2,26 +2,23 @@
 //! computes, jobs and endpoints become, their names and labels, and what each template
 //! is given. Rendering and checking are in `render.rs`.
 
+mod job;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::containers::{auth_proxy_port, env_list, instance_vars, job_env, resources};
-use super::outputs_volume;
+use super::containers::{auth_proxy_port, env_list, instance_vars, resources};
 use super::templates::Owned;
 use super::{
     Error, KubeObject, ObjectKey, Renderer, Result, VersionLookup, LABEL_MANAGED_BY,
     LABEL_WORKSPACE,
 };
 use crate::address::{Address, Kind, Reference};
-use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT};
-use crate::backend::job::DEFAULT_SCHEDULE_TIMEOUT;
 use crate::backend::server_command;
 use crate::desired::{DesiredState, Resource};
-use crate::manifest::{
-    Auth, ComputeSpec, EndpointSpec, InstanceType, JobSpec, Spec, Target, WorkspaceSpec,
-};
+use crate::manifest::{Auth, ComputeSpec, EndpointSpec, InstanceType, Spec, Target, WorkspaceSpec};
 
 /// The port an endpoint serves on when it names none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -345,187 +342,6 @@ impl<'a> Walk<'a> {
                 hint: "declare it under `[compute.<name>.instance_types.<type>]`, or run `cairn validate`",
             }),
         }
-    }
-
-    fn job(&mut self, resource: &Resource, spec: &JobSpec) -> Result<()> {
-        let Some((compute_name, compute)) = self.compute_of(spec.compute.get_ref()) else {
-            return Ok(());
-        };
-        let address = &resource.address;
-        self.reachable_store(address)?;
-        let run_id = self
-            .versions
-            .version_of(address)
-            .map(str::to_string)
-            .ok_or_else(|| Error::MissingVersion {
-                what: address.to_string(),
-                needed: format!("the run id of {}", address.local()),
-            })?;
-        let Some(image) = &spec.image else {
-            return Err(Error::Unsupported {
-                what: address.to_string(),
-                problem: "a job on Kubernetes needs an `image`".into(),
-                hint: "add `image = \"registry.example.com/team/trainer:1.0\"` to the job",
-            });
-        };
-        let namespace = self.namespace_of(compute);
-        let kube_context = compute.context.as_ref().map(|c| c.get_ref().clone());
-
-        let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut env: BTreeMap<&str, String> = BTreeMap::new();
-        let mut cairn_env: BTreeMap<String, String> = BTreeMap::new();
-        let mut inputs = Vec::new();
-        for (name, value) in &spec.inputs {
-            let Ok(reference) = Reference::parse(value.get_ref()) else {
-                continue;
-            };
-            let version = self.version(address, &reference)?;
-            let name = name.get_ref();
-            let path = format!("{WORK_DIR}/inputs/{name}");
-            paths.insert(format!("inputs.{name}"), PathBuf::from(&path));
-            cairn_env.insert(
-                format!("CAIRN_INPUT_{}", crate::backend::job::env_name(name)),
-                path.clone(),
-            );
-            inputs.push(json!({
-                "name": name,
-                "kind": reference.kind,
-                "resource": reference.name,
-                "version": version,
-                "reference": format!("{}.{}@{version}", reference.kind, reference.name),
-                "path": path,
-            }));
-        }
-        let mut outputs = Vec::new();
-        for (name, value) in &spec.outputs {
-            let Ok(reference) = Reference::parse(value.get_ref()) else {
-                continue;
-            };
-            let name = name.get_ref();
-            let path = format!("{WORK_DIR}/outputs/{name}");
-            paths.insert(format!("outputs.{name}"), PathBuf::from(&path));
-            cairn_env.insert(
-                format!("CAIRN_OUTPUT_{}", crate::backend::job::env_name(name)),
-                path.clone(),
-            );
-            let format = match self
-                .desired
-                .get(&Address::new(self.workspace, Kind::Model, &reference.name))
-                .map(|r| &r.spec)
-            {
-                Some(Spec::Model(model)) => {
-                    serde_json::to_value(model.format.get_ref()).unwrap_or(Value::Null)
-                }
-                _ => Value::Null,
-            };
-            outputs.push(json!({
-                "name": name,
-                "model": reference.name,
-                "format": format,
-                "version": run_id,
-                "reference": format!("model.{}@{run_id}", reference.name),
-                "path": path,
-            }));
-        }
-        cairn_env.insert("CAIRN_RUN_ID".into(), run_id.clone());
-        cairn_env.insert("CAIRN_JOB".into(), address.to_string());
-        for (k, v) in &spec.env {
-            env.insert(k, v.clone());
-        }
-        // As on the local target, Cairn's variables win over the job's.
-        for (k, v) in &cairn_env {
-            env.insert(k, v.clone());
-        }
-        let command = spec.command.as_ref().map(|c| {
-            c.get_ref()
-                .iter()
-                .map(|arg| crate::backend::job::expand(arg.get_ref(), &paths, &run_id))
-                .collect::<Vec<_>>()
-        });
-        let instance = self.instance_type(
-            address,
-            compute_name,
-            compute,
-            spec.instance_type.as_ref().map(|s| s.get_ref().as_str()),
-        )?;
-
-        let name = &address.name;
-        let object_name = format!("{name}-{run_id}");
-        let distributed = spec.instances() > 1;
-        // Several instances find instance 0 through the run's headless Service: an
-        // Indexed Job's pod is `<job>-<index>`, its DNS name `<pod>.<service>`.
-        let group = Distribution::new(
-            spec.instances(),
-            spec.gpus(),
-            if distributed {
-                format!("{object_name}-0.{object_name}")
-            } else {
-                "127.0.0.1".to_string()
-            },
-            DEFAULT_MASTER_PORT,
-        );
-        let mut labels = self.labels(name, "training");
-        labels.insert(LABEL_JOB.into(), name.clone());
-        labels.insert(LABEL_RUN.into(), run_id.clone());
-        if let Some(queue) = &spec.queue {
-            // Kueue's queue for a batch Job: it admits the suspended Job whole.
-            labels.insert("kueue.x-k8s.io/queue-name".into(), queue.get_ref().clone());
-        }
-        let pod_labels: BTreeMap<&str, &str> = BTreeMap::from([
-            (LABEL_NAME, name.as_str()),
-            (LABEL_COMPONENT, "training"),
-            (LABEL_WORKSPACE, self.workspace),
-            (LABEL_JOB, name.as_str()),
-            (LABEL_RUN, run_id.as_str()),
-        ]);
-        // The upload's pod is not one of the group's (the headless Service selects
-        // those).
-        let mut upload_pod_labels = pod_labels.clone();
-        upload_pod_labels.insert(LABEL_COMPONENT, COMPONENT_UPLOAD);
-        let (outputs_volume, upload) =
-            outputs_volume::vars(&object_name, spec, compute, upload_pod_labels);
-        let vars = json!({
-            "name": object_name,
-            "namespace": namespace,
-            "service_account": service_account(self.workspace),
-            "compute": compute_vars(compute_name, &Address::new(self.workspace, Kind::Compute, compute_name), compute, &namespace),
-            "job": {
-                "name": name,
-                "address": address.to_string(),
-                "run_id": run_id,
-                "image": image.get_ref(),
-                "command": command,
-                "env": job_env(env, &group),
-                "gpus": spec.gpus(),
-                "instances": spec.instances(),
-                "master_port": group.master_port,
-                // The Job's first deadline bounds an attempt even if no apply watches it:
-                // its scheduling time plus its timeout. Apply sets the real one once
-                // every pod runs (only running time counts).
-                "timeout_seconds": spec.timeout.as_ref().map(|t| {
-                    (t.get_ref().as_std() + schedule_timeout(spec)).as_secs()
-                }),
-                "queue": spec.queue.as_ref().map(|q| q.get_ref()),
-                "retries": spec.retries,
-                "outputs_volume": outputs_volume,
-                "upload": upload,
-                "resources": resources(instance.map(|(_, it)| it), spec.cpu.as_ref(), spec.memory.as_ref(), spec.gpus()),
-                "description": spec.description,
-            },
-            "inputs": inputs,
-            "outputs": outputs,
-            "instance_type": instance.map(|(n, it)| instance_vars(n, it)),
-            "store_env": self.store_env(),
-            "pod_labels": pod_labels,
-        });
-        self.emit(
-            "job.yaml.j2",
-            address,
-            kube_context.as_deref(),
-            labels,
-            BTreeMap::new(),
-            vars,
-        )
     }
 
     fn endpoint(&mut self, resource: &Resource, spec: &EndpointSpec) -> Result<()> {
@@ -876,13 +692,6 @@ fn compute_vars(name: &str, address: &Address, compute: &ComputeSpec, namespace:
 /// On a Secret Cairn renders without data: the data key apply fills with a random
 /// key once (`cluster/keys.rs`).
 pub const ANNOTATION_GENERATED_KEY: &str = "cairn.dev/generated-key";
-
-/// How long a job's instances may take to all be running once admitted.
-fn schedule_timeout(spec: &JobSpec) -> std::time::Duration {
-    spec.schedule_timeout
-        .as_ref()
-        .map_or(DEFAULT_SCHEDULE_TIMEOUT, |t| t.get_ref().as_std())
-}
 
 /// A revision as it can appear in object names and label values: lowercase letters,
 /// digits and `-`.

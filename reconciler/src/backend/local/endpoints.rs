@@ -370,14 +370,21 @@ impl Serving for LocalEndpoints {
                     // The supervisor fills its own port placeholder in per replica.
                     server_command::expand_all(command, &dir, PORT_PLACEHOLDER),
                 ),
-                None => DeploymentSpec::cairn_serve(
-                    &self.program,
-                    &dir,
-                    name.clone(),
-                    r.deployment.clone(),
-                    r.revision.clone(),
-                )
-                .map_err(target)?,
+                None => {
+                    let mut spec = DeploymentSpec::cairn_serve(
+                        &self.program,
+                        &dir,
+                        name.clone(),
+                        r.deployment.clone(),
+                        r.revision.clone(),
+                    )
+                    .map_err(target)?;
+                    // The Open Inference Protocol's model name: the endpoint's, the same
+                    // for every revision, so that clients keep their URL across a rollout.
+                    spec.command
+                        .extend(["--model-name".to_string(), endpoint.name.clone()]);
+                    spec
+                }
             };
             spec.replicas = r.replicas;
             spec.env = r.env.clone();

@@ -218,7 +218,10 @@ fn deployments_weights_and_mirror() {
             "--name",
             "main",
             "--model-version",
-            "77aa88bb99cc"
+            "77aa88bb99cc",
+            // The protocol's model name: the endpoint's, whichever revision answers.
+            "--model-name",
+            "batch"
         ])
     );
     // No `cpu`/`memory` of its own: 80 % of the instance type's 2 CPUs and 4Gi, which

@@ -39,7 +39,9 @@ fn generate(root: &Path, n: usize) {
     .unwrap();
     std::fs::write(
         ws.join("compute.toml"),
-        "[compute.here]\ntarget = \"local\"\nmax_gpus = 0\n",
+        // The shipped `cairn.compute` policy denies a training compute without
+        // `idle_shutdown`: without it the first apply fails and nothing is measured.
+        "[compute.here]\ntarget = \"local\"\nmax_gpus = 0\nidle_shutdown = \"30m\"\n",
     )
     .unwrap();
     // 2 resources are the workspace and the compute; the rest in triples.

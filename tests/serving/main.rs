@@ -803,7 +803,8 @@ fn a_rollout_cut_short_by_a_killed_apply_is_resumed_where_it_stopped() {
             plan.both()
         );
     }
-    let again = repo.apply();
+    // Waits for the lease to run out rather than racing it on a loaded machine.
+    let again = repo.cairn(&["apply", ".", "--auto-approve", "--lock-timeout", "30s"]);
     let report = load.finish();
     again.ok();
     let v2 = repo.model_version();

@@ -283,6 +283,11 @@ impl Repo {
 
     /// Makes the job "train" by copying a prepared model folder.
     fn train_by_copying(&self, model_dir: &Path) {
+        self.train_by_copying_as(model_dir, "safetensors");
+    }
+
+    /// Makes the job "train" by copying a prepared model folder of `format`.
+    fn train_by_copying_as(&self, model_dir: &Path, format: &str) {
         self.write(
             "train.toml",
             &format!(
@@ -295,7 +300,7 @@ impl Repo {
                  \n\
                  [model.risk-scorer]\n\
                  from_job = \"job.train-risk\"\n\
-                 format = \"safetensors\"\n",
+                 format = \"{format}\"\n",
                 model_dir.display()
             ),
         );

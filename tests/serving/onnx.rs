@@ -40,29 +40,6 @@ fn infer(agent: &ureq::Agent, addr: SocketAddr, key: &str) -> Result<(u16, Value
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-impl Repo {
-    /// The job "trains" by copying the ONNX model in `source` (a folder the test swaps
-    /// between versions) into its output.
-    fn train_onnx_by_copying(&self, source: &Path) {
-        self.write(
-            "train.toml",
-            &format!(
-                "[job.train-risk]\n\
-                 compute = \"compute.branch-dc\"\n\
-                 command = [\"cp\", \"-r\", \"{}/.\", \"{{{{ outputs.model }}}}\"]\n\
-                 inputs = {{ loans = \"dataset.loans\" }}\n\
-                 outputs = {{ model = \"model.risk-scorer\" }}\n\
-                 gpus = 0\n\
-                 \n\
-                 [model.risk-scorer]\n\
-                 from_job = \"job.train-risk\"\n\
-                 format = \"onnx\"\n",
-                source.display()
-            ),
-        );
-    }
-}
-
 /// Replaces the folder's model with `model`'s.
 fn put_model(folder: &Path, model: &str) {
     std::fs::create_dir_all(folder).unwrap();
@@ -80,7 +57,9 @@ fn an_onnx_model_rolls_out_under_load_without_a_failed_request() {
     );
     let source = repo.root.join("..").join("onnx-model");
     put_model(&source, "mlp");
-    repo.train_onnx_by_copying(&source);
+    // The job "trains" by copying the ONNX model in `source` (a folder the test swaps
+    // between versions) into its output.
+    repo.train_by_copying_as(&source, "onnx");
     let first = repo.apply();
     first.ok();
     let v1 = repo.model_version();

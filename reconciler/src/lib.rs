@@ -43,6 +43,7 @@ pub mod plan;
 pub mod planner;
 pub mod policy;
 pub mod rollout;
+pub mod rollout_metrics;
 pub mod serving;
 pub mod sparse;
 pub mod view;

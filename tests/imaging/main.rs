@@ -41,6 +41,9 @@ use serde_json::{json, Value};
 #[path = "../support/pod_volumes.rs"]
 mod pod_volumes;
 mod pods;
+#[path = "../support/prometheus.rs"]
+mod prometheus;
+mod prometheus_gates;
 mod rollout;
 
 use pod_volumes::Mounts;

@@ -1,6 +1,8 @@
 //! Serving pods and a gateway, for rollouts: nothing in the test API server runs
 //! containers, so the kubelet starts one small HTTP server per pod of a Deployment
-//! (`POST /v1/predict`, and `/metrics` in `cairn serve`'s Prometheus text), creates its
+//! (`POST /v1/predict`, and `/metrics` in `cairn serve`'s Prometheus text and the
+//! example's `onnx-server`'s, `onnx_server_requests_total{status}` and
+//! `onnx_server_request_duration_seconds`), named as a ReplicaSet names pods, creates its
 //! Pod object (labels from the pod template, phase `Running`) and tells the API server
 //! where the pod's port answers, for the pod proxy Cairn's gates read `/metrics`
 //! through. A pod whose template has Cairn's `auth` container gets its auth proxy too
@@ -86,7 +88,8 @@ impl Pods {
             .as_u64()
             .expect("the serving container declares its port") as u16;
         for i in 0..replicas {
-            let pod_name = format!("{name}-{i}");
+            // As a ReplicaSet names them: `<deployment>-<pod-template-hash>-<5 chars>`.
+            let pod_name = format!("{name}-7c9d5f8b4-p{i:04}");
             if self
                 .pods
                 .lock()
@@ -242,7 +245,17 @@ impl Pods {
                  cairn_request_duration_seconds_bucket{{le=\"0.05\"}} {all}\n\
                  cairn_request_duration_seconds_bucket{{le=\"+Inf\"}} {all}\n\
                  cairn_request_duration_seconds_sum {}\n\
-                 cairn_request_duration_seconds_count {all}\n",
+                 cairn_request_duration_seconds_count {all}\n\
+                 # TYPE onnx_server_requests_total counter\n\
+                 onnx_server_requests_total{{status=\"200\"}} {ok}\n\
+                 onnx_server_requests_total{{status=\"500\"}} {failed}\n\
+                 # TYPE onnx_server_request_duration_seconds histogram\n\
+                 onnx_server_request_duration_seconds_bucket{{le=\"0.005\"}} {all}\n\
+                 onnx_server_request_duration_seconds_bucket{{le=\"0.05\"}} {all}\n\
+                 onnx_server_request_duration_seconds_bucket{{le=\"+Inf\"}} {all}\n\
+                 onnx_server_request_duration_seconds_sum {}\n\
+                 onnx_server_request_duration_seconds_count {all}\n",
+                all as f64 * 0.001,
                 all as f64 * 0.001
             )
         };

@@ -15,18 +15,38 @@ use serde_json::Value;
 use super::pods::{gateway, Seen};
 use super::{kubelet_log, objects_of, with_kubelet, Kubelet, World};
 
+/// Where the gates read in a test.
+pub(super) enum Gates<'a> {
+    /// Each pod's `/metrics` through the API server's pod proxy: the example's
+    /// `rollout.metrics` table is removed.
+    PodProxy,
+    /// The example's own queries, on the Prometheus at this URL.
+    Prometheus(&'a str),
+}
+
 /// Short steps so the test takes seconds: the gates still need 20 requests in a step to
 /// judge it.
-fn quick_rollout(world: &World, gateway: bool) {
+pub(super) fn quick_rollout(world: &World, gateway: bool, gates: Gates<'_>) {
     let serve = world.root.join("imaging/serve.toml");
     let text = std::fs::read_to_string(&serve).unwrap();
-    let text = text
+    let mut text = text
         .replace("steps = [5, 25, 50, 100]", "steps = [20, 50, 100]")
         .replace("step_wait = \"5m\"", "step_wait = \"5s\"");
     assert!(
         text.contains("step_wait = \"5s\""),
         "the example's rollout moved"
     );
+    let table = text
+        .find("\n# The onnx-server image writes its own metrics")
+        .expect("the example's rollout.metrics table moved");
+    match gates {
+        Gates::PodProxy => text.truncate(table + 1),
+        Gates::Prometheus(url) => {
+            let declared = "prometheus = \"http://prometheus.monitoring:9090\"";
+            assert!(text.contains(declared), "the example's Prometheus moved");
+            text = text.replace(declared, &format!("prometheus = \"{url}\""));
+        }
+    }
     std::fs::write(&serve, text).unwrap();
     if !gateway {
         let compute = world.root.join("imaging/compute.toml");
@@ -39,14 +59,14 @@ fn quick_rollout(world: &World, gateway: bool) {
 
 /// A new chest X-ray: a new dataset version, so the training job runs again and the
 /// model gets a new version.
-fn retrain(world: &World, n: usize) {
+pub(super) fn retrain(world: &World, n: usize) {
     let path = world
         .root
         .join(format!("imaging/data/chest-xrays/cxr-new-{n}.pgm"));
     std::fs::write(path, format!("P2\n1 1\n255\n{n}\n")).unwrap();
 }
 
-fn deployments(world: &World) -> Vec<String> {
+pub(super) fn deployments(world: &World) -> Vec<String> {
     let mut names: Vec<String> = objects_of(&world.serve, "Deployment")
         .iter()
         .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
@@ -57,7 +77,7 @@ fn deployments(world: &World) -> Vec<String> {
 
 /// Applies with a gateway thread sending traffic meanwhile; returns the run and what
 /// the gateway saw during it.
-fn apply_under_traffic(world: &World, kubelet: &Kubelet) -> (support::Run, Seen) {
+pub(super) fn apply_under_traffic(world: &World, kubelet: &Kubelet) -> (support::Run, Seen) {
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(Seen::default());
     let run = std::thread::scope(|s| {
@@ -80,7 +100,7 @@ fn apply_under_traffic(world: &World, kubelet: &Kubelet) -> (support::Run, Seen)
 
 use super::support;
 
-fn weights_of_route(world: &World) -> Vec<(String, u64)> {
+pub(super) fn weights_of_route(world: &World) -> Vec<(String, u64)> {
     let route = &objects_of(&world.serve, "HTTPRoute")[0];
     route["spec"]["rules"][0]["backendRefs"]
         .as_array()
@@ -106,7 +126,7 @@ fn service_selector(world: &World) -> Value {
 #[test]
 fn a_new_model_version_rolls_out_by_httproute_weights_and_a_failing_one_rolls_back() {
     let world = World::new();
-    quick_rollout(&world, true);
+    quick_rollout(&world, true, Gates::PodProxy);
     with_kubelet(&world, |kubelet| {
         let first = world.cairn(&["apply", "-w", "imaging", "--auto-approve"]);
         assert_eq!(first.code, 0, "{}\n{}", first.both(), kubelet_log(kubelet));
@@ -210,7 +230,7 @@ fn a_new_model_version_rolls_out_by_httproute_weights_and_a_failing_one_rolls_ba
 #[test]
 fn without_a_gateway_the_service_selector_switches_and_switches_back() {
     let world = World::new();
-    quick_rollout(&world, false);
+    quick_rollout(&world, false, Gates::PodProxy);
     with_kubelet(&world, |kubelet| {
         let first = world.cairn(&["apply", "-w", "imaging", "--auto-approve"]);
         assert_eq!(first.code, 0, "{}\n{}", first.both(), kubelet_log(kubelet));
@@ -276,7 +296,7 @@ fn without_a_gateway_the_service_selector_switches_and_switches_back() {
 #[test]
 fn without_a_gateway_a_split_or_a_mirrored_rollout_is_refused() {
     let world = World::new();
-    quick_rollout(&world, false);
+    quick_rollout(&world, false, Gates::PodProxy);
     let serve = world.root.join("imaging/serve.toml");
     let text = std::fs::read_to_string(&serve).unwrap();
     let text = text.replace(

@@ -7,6 +7,8 @@
 //!   a port in use, a missing or corrupt model.
 //! - `oip`: the Open Inference Protocol, spoken to by a client nobody here wrote
 //!   (`tritonclient[http]`), ONNX outputs checked against `onnxruntime`.
+//! - `prometheus_gates`: the Kubernetes rollout gates' Prometheus reading against a real
+//!   Prometheus scraping real `cairn serve` processes.
 //! - `exposition`: a small checker of the Prometheus text format, used on `/metrics`.
 //!
 //! Every test trains its own small model with the library (`cairn::workload::train`) on a
@@ -16,6 +18,9 @@ mod exposition;
 mod library;
 mod oip;
 mod process;
+#[path = "../support/prometheus.rs"]
+mod prometheus;
+mod prometheus_gates;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -475,6 +475,35 @@ pub struct RolloutSpec {
     /// How long the old version keeps its replicas after promotion; 5m when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<Duration>,
+    /// Where the gates read each revision's requests, errors and latency on
+    /// Kubernetes; each pod's `/metrics` (as `cairn serve` writes them) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Spanned<MetricsSpec>>,
+}
+
+/// `[endpoint.<name>.rollout.metrics]`: the gates read from Prometheus, by a preset's
+/// queries or the manifest's own ([`crate::rollout_metrics`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// The Prometheus server's base URL, e.g. `http://prometheus.monitoring:9090`.
+    pub prometheus: SpannedStr,
+    /// Whose metric names the queries read: `cairn` (the default), `istio` or
+    /// `linkerd` ([`crate::rollout_metrics::Preset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<SpannedStr>,
+    /// PromQL templates replacing the preset's: a revision's cumulative requests, its
+    /// failed requests, and its latency histogram's buckets summed by `le`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<SpannedStr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<SpannedStr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<SpannedStr>,
+    /// The unit of the `le` bounds `latency` returns: `s` or `ms`; the preset's when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_unit: Option<SpannedStr>,
 }
 
 fn yes() -> bool {

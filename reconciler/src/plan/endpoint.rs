@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::rollout::{RolloutPolicy, Weights};
+use crate::rollout_metrics::MetricsValue;
 
 /// How long an old revision keeps its replicas after a promotion, unless declared.
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
@@ -89,6 +90,9 @@ pub struct RolloutValue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<u32>,
     pub scale_down_delay: String,
+    /// Where the gates read on Kubernetes, when not each pod's `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsValue>,
 }
 
 impl RolloutValue {
@@ -103,6 +107,7 @@ impl RolloutValue {
             auto_rollback: true,
             mirror: None,
             scale_down_delay: humantime::format_duration(DEFAULT_SCALE_DOWN_DELAY).to_string(),
+            metrics: None,
         }
     }
 
@@ -158,6 +163,9 @@ impl RolloutValue {
             text.push_str("; no gates");
         } else {
             text.push_str(&format!("; gates: {}", gates.join(", ")));
+            if let Some(metrics) = &self.metrics {
+                text.push_str(&format!(", {}", metrics.describe()));
+            }
         }
         text.push_str(if self.auto_rollback {
             "; automatic rollback"

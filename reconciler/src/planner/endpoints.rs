@@ -14,6 +14,7 @@ use crate::desired::Resource;
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::manifest::Spec;
 use crate::plan::{Action, ResourceChange};
+use crate::rollout_metrics::MetricsValue;
 use crate::serving::{self, Decision, DeploymentValue, EndpointValue, RolloutValue};
 
 impl Planner<'_> {
@@ -114,6 +115,10 @@ impl Planner<'_> {
                         },
                         |d| d.to_string(),
                     ),
+                    metrics: r
+                        .metrics
+                        .as_ref()
+                        .and_then(|m| MetricsValue::of(m.get_ref())),
                 }
             }
             None => RolloutValue::immediate(),

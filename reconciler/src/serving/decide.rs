@@ -447,6 +447,7 @@ mod tests {
                 auto_rollback: true,
                 mirror: None,
                 scale_down_delay: "5m".into(),
+                metrics: None,
             },
         }
     }

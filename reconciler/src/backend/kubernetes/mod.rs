@@ -72,6 +72,7 @@ mod gpu_fit;
 mod objects;
 pub mod outputs_volume;
 pub mod plan;
+pub mod prometheus;
 mod rendered;
 mod rollout;
 mod templates;

@@ -16,6 +16,7 @@ use crate::backend::target::ApplyContext;
 use crate::diagnostics::error_chain;
 use crate::plan::{plural, Action, ObjectChange, ResourceChange};
 use crate::rollout::{RolloutEvent, Traffic as _, Weights};
+use crate::rollout_metrics::MetricsValue;
 use crate::serving::{self, EndpointValue};
 
 impl KubeCompute {
@@ -195,11 +196,20 @@ pub(super) async fn kube_route(
     } else {
         port
     };
+    let metrics = change
+        .after
+        .as_ref()
+        .and_then(|v| v.pointer("/rollout/metrics").cloned())
+        .map(serde_json::from_value::<MetricsValue>)
+        .transpose()
+        .map_err(|e| format!("the plan's rollout metrics are malformed: {e}"))?;
     let mut route = KubeRoute {
         object,
         backends,
         port,
         metrics_port,
+        endpoint: change.name.clone(),
+        metrics,
     };
     if route.weighted() {
         // Backends the route names now or will name whose Services this change leaves

@@ -8,11 +8,14 @@
 //!   0/100 only). Either is server-side applied with force (field manager `cairn`).
 //! - **Readiness** is the revision's Deployment status (observed generation, available
 //!   replicas).
-//! - **Stats** are the revision's pods' `/metrics` (the Prometheus text `cairn serve`
-//!   writes), read through the API server's proxy and added up over the pods. Each pod
-//!   is read on its own (`pods/<pod>:<port>/proxy/metrics`) rather than through the
-//!   Service proxy, which answers from one pod picked at random: cumulative counters
-//!   read that way would jump between pods.
+//! - **Stats** come from Prometheus when the rollout names one
+//!   (`[endpoint.<name>.rollout.metrics]`, [`super::prometheus`]), for any serving
+//!   image. Otherwise (the zero-configuration default) they are the revision's pods'
+//!   `/metrics` (the Prometheus text `cairn serve` writes), read through the API
+//!   server's proxy and added up over the pods. Each pod is read on its own
+//!   (`pods/<pod>:<port>/proxy/metrics`) rather than through the Service proxy, which
+//!   answers from one pod picked at random: cumulative counters read that way would
+//!   jump between pods.
 //!
 //! Backends are named by their revision's Service (= Deployment) name,
 //! `<endpoint>-<deployment>-<revision>`.
@@ -24,8 +27,10 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::objects::{LABEL_DEPLOYMENT, LABEL_DEPLOYMENT_REVISION};
+use super::prometheus::Prometheus;
 use super::{ClusterApi, KubeObject, ObjectKey};
 use crate::rollout::{Stats, Traffic, TrafficError, Weights};
+use crate::rollout_metrics::{MetricsValue, Revision};
 
 /// One revision the route can send traffic to.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +53,10 @@ pub struct KubeRoute {
     /// The pods' port the gates read `/metrics` from: the server's, or with `auth` the
     /// pod's `cairn auth-proxy` (the only port its NetworkPolicy admits).
     pub metrics_port: u16,
+    /// The endpoint's name (what gate queries know as `endpoint`).
+    pub endpoint: String,
+    /// Where the gates read instead of the pods' `/metrics`.
+    pub metrics: Option<MetricsValue>,
 }
 
 impl KubeRoute {
@@ -127,16 +136,23 @@ pub struct KubeTraffic<'a> {
     mirror: Mutex<Option<(String, u32)>>,
     /// The weights in force, so a mirror change keeps them.
     weights: Mutex<Weights>,
+    /// The gates' Prometheus, when the rollout names one (or why it can't be used).
+    prometheus: Option<Result<Prometheus, String>>,
 }
 
 impl<'a> KubeTraffic<'a> {
     /// `weights` are the ones in force now.
     pub fn new(target: &'a dyn ClusterApi, route: KubeRoute, weights: Weights) -> Self {
+        let prometheus = route
+            .metrics
+            .clone()
+            .map(|m| Prometheus::new(m).map_err(|e| e.to_string()));
         KubeTraffic {
             target,
             route,
             mirror: Mutex::new(None),
             weights: Mutex::new(weights),
+            prometheus,
         }
     }
 
@@ -330,6 +346,20 @@ impl Traffic for KubeTraffic<'_> {
 
     async fn stats(&self, deployment: &str) -> Result<Stats, TrafficError> {
         let backend = self.backend(deployment).map_err(TrafficError::Refused)?;
+        if let Some(prometheus) = &self.prometheus {
+            let prometheus = prometheus
+                .as_ref()
+                .map_err(|e| TrafficError::Unavailable(e.clone()))?;
+            let revision = Revision {
+                namespace: self.route.namespace(),
+                endpoint: &self.route.endpoint,
+                service: deployment,
+            };
+            return prometheus
+                .stats(&revision)
+                .await
+                .map_err(|e| TrafficError::Unavailable(e.to_string()));
+        }
         let selector: Vec<String> = backend
             .selector
             .iter()

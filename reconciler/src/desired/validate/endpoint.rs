@@ -105,15 +105,19 @@ impl Ctx<'_> {
         }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);
-            if compute.is_some_and(|c| *c.target.get_ref() == Target::Kubernetes) {
+            let target = compute.map(|c| *c.target.get_ref());
+            if let Some(metrics) = &rollout.get_ref().metrics {
+                self.rollout_metrics(r, metrics, target, out);
+            } else if target == Some(Target::Kubernetes) {
                 self.gates_of_own_servers(r, spec, rollout.get_ref(), out);
             }
         }
     }
 
-    /// On Kubernetes the gates read each pod's `/metrics` as `cairn serve` writes them
-    /// (the local router measures any server itself): a gated rollout of a deployment
-    /// running a server of its own works only if that server writes them too.
+    /// On Kubernetes, without `rollout.metrics`, the gates read each pod's `/metrics` as
+    /// `cairn serve` writes them (the local router measures any server itself): a gated
+    /// rollout of a deployment running a server of its own works only if that server
+    /// writes them too.
     fn gates_of_own_servers(
         &self,
         r: &Resource,
@@ -144,7 +148,7 @@ impl Ctx<'_> {
                     ),
                 )
                 .at(self.loc(&r.file, command.span()))
-                .help("expose `cairn_requests_total` (with a `code` label) and the `cairn_request_duration_seconds` histogram on `/metrics` at the serving port, or roll out without `max_error_rate` and `max_p99_ms` (the new revision then takes traffic once its probes pass)"),
+                .help("read the gates from Prometheus (`[endpoint.<name>.rollout.metrics] prometheus = \"http://…\"`, with a preset such as `istio` or your own queries), expose `cairn_requests_total` (with a `code` label) and the `cairn_request_duration_seconds` histogram on `/metrics` at the serving port, or roll out without `max_error_rate` and `max_p99_ms`"),
             );
         }
     }

@@ -10,8 +10,8 @@
 //! This file is the driver ([`check`]) and what the rules share: the resources read so
 //! far ([`View`]), locations ([`Ctx`]) and each resource's findings ([`Out`]). The rules
 //! are grouped by what they check: `workspace.rs`, `refs.rs` (references), `compute.rs`,
-//! `capacity.rs` (GPUs), `sources.rs` (data paths), `job.rs`, `model.rs` and
-//! `endpoint.rs`.
+//! `capacity.rs` (GPUs), `sources.rs` (data paths), `job.rs`, `model.rs`,
+//! `endpoint.rs` and `rollout_metrics.rs` (where Kubernetes gates read).
 
 mod capacity;
 mod compute;
@@ -19,6 +19,7 @@ mod endpoint;
 mod job;
 mod model;
 mod refs;
+mod rollout_metrics;
 mod sources;
 mod workspace;
 

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use super::pods::{gateway, Seen};
-use super::{kubelet_log, objects_of, with_kubelet, Kubelet, World};
+use super::{kubelet_log, objects_of, patch_as, with_kubelet, Kubelet, World};
 
 /// Where the gates read in a test.
 pub(super) enum Gates<'a> {
@@ -345,4 +345,84 @@ fn without_a_gateway_a_split_or_a_mirrored_rollout_is_refused() {
         plan.both()
     );
     assert!(!plan.stderr.contains("can't be split"), "{}", plan.both());
+}
+
+#[test]
+fn an_autoscaled_revision_rolls_out_as_scaled_as_the_one_it_replaces() {
+    let world = World::new();
+    quick_rollout(&world, true, Gates::PodProxy);
+    let serve = world.root.join("imaging/serve.toml");
+    let text = std::fs::read_to_string(&serve).unwrap();
+    let autoscaled = text.replace(
+        "replicas = 1\n",
+        "replicas = { min = 1, max = 2, target_cpu = 70 }\n",
+    );
+    assert_ne!(autoscaled, text, "the example's replicas moved");
+    std::fs::write(&serve, autoscaled).unwrap();
+    with_kubelet(&world, |kubelet| {
+        let first = world.cairn(&["apply", "-w", "imaging", "--auto-approve"]);
+        assert_eq!(first.code, 0, "{}\n{}", first.both(), kubelet_log(kubelet));
+        let v1 = deployments(&world);
+        let hpa = world
+            .serve
+            .object(
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                Some("imaging-serve"),
+                &v1[0],
+            )
+            .expect("the revision's autoscaler");
+        assert_eq!(
+            (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+            (&serde_json::json!(1), &serde_json::json!(2))
+        );
+
+        // The autoscaler scales the serving revision to 2, as an HPA does.
+        patch_as(
+            &world.serve,
+            &format!(
+                "/apis/apps/v1/namespaces/imaging-serve/deployments/{}",
+                v1[0]
+            ),
+            serde_json::json!({"spec": {"replicas": 2}}),
+            "horizontal-pod-autoscaler",
+        );
+        support::wait_until("the second pod", std::time::Duration::from_secs(10), || {
+            kubelet
+                .pods
+                .all()
+                .iter()
+                .filter(|p| p.name.starts_with(&v1[0]))
+                .count()
+                == 2
+        });
+        // Its count is the autoscaler's: no drift, and no apply takes it back.
+        let plan = world.cairn(&["plan", "-w", "imaging", "--detailed-exitcode"]);
+        assert_eq!(plan.code, 0, "{}", plan.both());
+
+        retrain(&world, 1);
+        let (apply, _) = apply_under_traffic(&world, kubelet);
+        assert_eq!(apply.code, 0, "{}\n{}", apply.both(), kubelet_log(kubelet));
+        assert!(
+            apply
+                .stderr
+                .contains("with 2 replicas, as many as the revision it replaces runs"),
+            "{}",
+            apply.both()
+        );
+        let v2 = deployments(&world);
+        assert_eq!(v2.len(), 1, "{v2:?}");
+        assert_ne!(v2, v1);
+        let live = world
+            .serve
+            .object("apps/v1", "Deployment", Some("imaging-serve"), &v2[0])
+            .unwrap();
+        assert_eq!(live["spec"]["replicas"], 2, "{live}");
+        // The old revision's autoscaler went with it; the new one has its own.
+        let autoscalers: Vec<String> = objects_of(&world.serve, "HorizontalPodAutoscaler")
+            .iter()
+            .map(|h| h["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(autoscalers, v2);
+    });
 }

@@ -250,8 +250,9 @@ async fn each_context_is_connected_once() {
                 !l.contains('?') && (l.starts_with("GET /api/v1 ") || l.starts_with("GET /apis/"))
             })
             .count();
-        // core, apps, batch, gateway.networking.k8s.io and networking.k8s.io (the
-        // NetworkPolicy of an authenticated endpoint).
-        assert_eq!(discovery, 5, "{:#?}", server.request_log());
+        // core, apps, autoscaling (an autoscaled revision's HorizontalPodAutoscaler),
+        // batch, gateway.networking.k8s.io and networking.k8s.io (the NetworkPolicy of
+        // an authenticated endpoint).
+        assert_eq!(discovery, 6, "{:#?}", server.request_log());
     }
 }

@@ -59,7 +59,7 @@ async fn finds_this_workspaces_objects_by_label_in_wave_order() {
         .collect();
     assert_eq!(
         lists.len(),
-        11,
+        12,
         "one list per kind: {:#?}",
         server.request_log()
     );

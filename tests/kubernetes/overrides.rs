@@ -84,7 +84,7 @@ fn an_override_replaces_the_shipped_template() {
             .iter()
             .filter(|(_, s)| **s == TemplateSource::Shipped)
             .count(),
-        9
+        10
     );
 
     let objects = render(&snapshot).unwrap();

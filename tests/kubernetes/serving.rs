@@ -99,6 +99,32 @@ command = ["cairn", "serve", "--model", "{{ model }}", "--listen", "0.0.0.0:{{ p
 health = "/healthz"
 "#;
 
+/// Autoscaled deployments: by request rate (a custom per-pod metric) with a scale-down
+/// window, and by CPU.
+pub(crate) const AUTOSCALED: &str = r#"
+[model.classifier]
+source = "models/classifier/"
+format = "safetensors"
+
+[endpoint.api]
+compute = "compute.edge-gw"
+
+[endpoint.api.deployments.blue]
+model = "model.classifier"
+replicas = { min = 2, max = 8, target_rps = 12.5, scale_down_window = "2m" }
+
+[endpoint.api.traffic]
+blue = 100
+
+[endpoint.batch]
+compute = "compute.edge"
+port = 9000
+
+[endpoint.batch.deployments.main]
+model = "model.classifier"
+replicas = { min = 1, max = 3, target_cpu = 70 }
+"#;
+
 pub(crate) fn root(workspace: &str) -> TempDir {
     root_serving(workspace, SERVE)
 }
@@ -336,4 +362,55 @@ fn a_deployments_own_command_and_probes_are_rendered() {
     );
     // A declared process is part of the revision: its objects get a name of their own.
     assert_ne!(open.name, "open-main-77aa88bb99cc");
+}
+
+#[test]
+fn an_autoscaled_deployment_gets_a_horizontal_pod_autoscaler_and_no_replica_count() {
+    let objects = render(&root_serving(WORKSPACE, AUTOSCALED)).unwrap();
+    let blue = find_prefixed(&objects, "Deployment", "api-blue-");
+    assert_eq!(blue.value["spec"].get("replicas"), None, "{}", blue.value);
+    let hpa = find(&objects, "HorizontalPodAutoscaler", &blue.name);
+    assert_eq!(hpa.api_version, "autoscaling/v2");
+    assert_eq!(hpa.namespace.as_deref(), Some("vision-serve"));
+    assert_eq!(
+        hpa.value["spec"],
+        json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": blue.name},
+            "minReplicas": 2,
+            "maxReplicas": 8,
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "cairn_requests_per_second"},
+                    "target": {"type": "AverageValue", "averageValue": "12500m"},
+                },
+            }],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 120}},
+        })
+    );
+    // It carries the revision's labels, so plans and prunes find it with the revision.
+    assert_eq!(
+        hpa.value["metadata"]["labels"]["cairn.dev/deployment-revision"],
+        blue.value["metadata"]["labels"]["cairn.dev/deployment-revision"]
+    );
+    let main = find_prefixed(&objects, "Deployment", "batch-main-");
+    let hpa = find(&objects, "HorizontalPodAutoscaler", &main.name);
+    assert_eq!(
+        hpa.value["spec"]["metrics"],
+        json!([{
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+        }])
+    );
+    assert_eq!(
+        hpa.value["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        300
+    );
+    // A fixed count keeps its Deployment's replicas and gets no autoscaler.
+    let fixed = render(&root(WORKSPACE)).unwrap();
+    assert!(fixed.iter().all(|o| o.kind != "HorizontalPodAutoscaler"));
+    assert_eq!(
+        find_prefixed(&fixed, "Deployment", "api-blue-").value["spec"]["replicas"],
+        2
+    );
 }

@@ -185,6 +185,23 @@ fn a_deployments_own_command_and_probes_pass_the_official_schemas_strictly() {
     assert!(builtin > 4, "{builtin}");
 }
 
+#[test]
+fn autoscalers_pass_the_official_schemas_strictly() {
+    let objects = serving::render(&serving::root_serving(
+        serving::WORKSPACE,
+        serving::AUTOSCALED,
+    ))
+    .unwrap();
+    check("autoscaled deployments", &objects);
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|o| o.kind == "HorizontalPodAutoscaler")
+            .count(),
+        2
+    );
+}
+
 /// The Kubernetes workspace of the target contract suite (`tests/targets/`): a
 /// single-instance CPU job with a timeout on a compute without instance types, quota or
 /// gateway, and an endpoint served by Cairn's reference server behind the Service switch.

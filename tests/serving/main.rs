@@ -17,6 +17,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod autoscale;
 mod custom;
 mod onnx;
 

@@ -193,6 +193,18 @@ fn endpoints_of(ws: &str, routes: &[RouteStatus], serving: &LocalEndpoints) -> V
                         "requests": b.requests,
                         "errors": b.errors,
                         "requests_per_s": b.requests_per_s,
+                        "autoscale": b.autoscale.as_ref().map(|a| json!({
+                            "min": a.min,
+                            "max": a.max,
+                            "target_rps": a.target_rps,
+                            "scale_down_window": humantime::format_duration(a.scale_down_window).to_string(),
+                        })),
+                        "scaled": b.scaled.iter().map(|r| json!({
+                            "at": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at)).to_string(),
+                            "from": r.from,
+                            "to": r.to,
+                            "requests_per_s": r.requests_per_s,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -249,6 +261,27 @@ fn print_endpoint(e: &Value) {
             d["requests"].as_u64().unwrap_or(0),
             d["errors"].as_u64().unwrap_or(0),
         );
+        if let Value::Object(a) = &d["autoscale"] {
+            let last = d["scaled"].as_array().and_then(|s| s.last()).map_or_else(
+                || "; not scaled yet".to_string(),
+                |r| {
+                    format!(
+                        "; last scaled {} → {} at {} ({:.1} req/s)",
+                        r["from"].as_u64().unwrap_or(0),
+                        r["to"].as_u64().unwrap_or(0),
+                        r["at"].as_str().unwrap_or("?"),
+                        r["requests_per_s"].as_f64().unwrap_or(0.0)
+                    )
+                },
+            );
+            println!(
+                "    {:width$}  autoscaled {}–{} replicas at {} req/s each{last}",
+                "",
+                a["min"].as_u64().unwrap_or(0),
+                a["max"].as_u64().unwrap_or(0),
+                a["target_rps"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     if let Value::Object(m) = &e["mirror"] {
         println!(

@@ -117,7 +117,7 @@ pub(super) fn endpoint(place: &Place<'_>, spec: &EndpointSpec) -> Vec<Diagnostic
     for (name, deployment) in &spec.deployments {
         let d = deployment.get_ref();
         if let Some(replicas) = &d.replicas {
-            let n = *replicas.get_ref();
+            let n = replicas.get_ref().most();
             if n > MAX_REPLICAS {
                 out.push(
                     too_many(

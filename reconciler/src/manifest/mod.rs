@@ -7,6 +7,7 @@
 pub mod locate;
 pub mod model;
 pub mod parse;
+pub mod replicas;
 pub mod source;
 pub mod units;
 

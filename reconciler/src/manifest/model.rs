@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use super::replicas::{Autoscale, Replicas};
 use super::units::{Duration, Quantity};
 
 /// A string with the place it was written.
@@ -381,8 +382,9 @@ pub enum Auth {
 pub struct DeploymentSpec {
     /// `model.<name>` (follows the newest version) or `model.<name>@<version>` (pinned).
     pub model: SpannedStr,
+    /// A count (1 when absent), or autoscaling bounds and a target ([`Replicas`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<Spanned<u32>>,
+    pub replicas: Option<Spanned<Replicas>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<SpannedStr>,
     /// GPUs per replica.
@@ -424,8 +426,19 @@ pub const SERVER_PLACEHOLDERS: [&str; 2] = ["model", "port"];
 pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 
 impl DeploymentSpec {
+    /// The replicas a revision starts with: the count, or the autoscaling `min`.
     pub fn replicas(&self) -> u32 {
-        self.replicas.as_ref().map_or(1, |r| *r.get_ref())
+        self.replicas.as_ref().map_or(1, |r| r.get_ref().initial())
+    }
+
+    /// The most replicas it may run: the count, or the autoscaling `max`.
+    pub fn most_replicas(&self) -> u32 {
+        self.replicas.as_ref().map_or(1, |r| r.get_ref().most())
+    }
+
+    /// Its autoscaling, when `replicas` is a table.
+    pub fn autoscale(&self) -> Option<&Autoscale> {
+        self.replicas.as_ref().and_then(|r| r.get_ref().autoscale())
     }
 
     pub fn gpus(&self) -> u32 {

@@ -316,6 +316,13 @@ fn type_hint(message: &str) -> Option<(String, String)> {
     } else {
         return None;
     };
+    if expected == super::replicas::EXPECTING {
+        let found = found.replace('`', "");
+        return Some((
+            format!("expected a number of replicas or an autoscaling table, found {found}"),
+            "write a count from 0 to 4294967295 (`replicas = 2`), or bounds and a target (`replicas = { min = 1, max = 8, target_rps = 50 }`)".to_string(),
+        ));
+    }
     let wanted = match expected {
         "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number",
         "i8" | "i16" | "i32" | "i64" => "a whole number",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::Autoscale;
 use crate::rollout::{RolloutPolicy, Weights};
 use crate::rollout_metrics::MetricsValue;
 
@@ -35,7 +36,7 @@ pub struct EndpointValue {
 }
 
 /// One deployment of an endpoint, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentValue {
     /// The model's name.
     pub model: String,
@@ -44,7 +45,12 @@ pub struct DeploymentValue {
     pub pinned: bool,
     /// What runs: the version, plus a hash of `env` when there is one.
     pub revision: String,
+    /// The replicas it runs, or with autoscaling those a new revision starts with (`min`).
     pub replicas: u32,
+    /// Autoscaling bounds and target, when declared: the replicas then move between
+    /// `min` and `max` with the load, and plans don't count that as drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The deployment's own serving process, placeholders unexpanded; Cairn's reference

@@ -88,6 +88,7 @@ impl Planner<'_> {
                     version,
                     pinned,
                     replicas: d.replicas(),
+                    autoscale: d.autoscale().cloned(),
                     env: d.env.clone(),
                     command: d.command(),
                     health: d.health.as_ref().map(|h| h.get_ref().clone()),

@@ -133,12 +133,16 @@ pub fn decide(
                 "{name}: model.{} → {} (no traffic, replaced in place)",
                 d.model, d.version
             )),
-            Some(b) if b.ready_replicas != d.replicas || b.replicas != d.replicas => {
-                changes.push(format!(
+            Some(b) if !replicas_as_declared(d, b) => match &d.autoscale {
+                None => changes.push(format!(
                     "{name}: {} → {} replicas ready",
                     b.ready_replicas, d.replicas
-                ))
-            }
+                )),
+                Some(a) => changes.push(format!(
+                    "{name}: {} of {} replicas ready, autoscaled {}–{}",
+                    b.ready_replicas, b.replicas, a.min, a.max
+                )),
+            },
             _ => {}
         }
     }
@@ -370,17 +374,33 @@ pub(super) fn describe_serving(after: &EndpointValue) -> String {
     }
 }
 
+/// Whether a live revision runs the replicas its deployment declares: the count, all
+/// ready; autoscaled, any count within the bounds, all ready (the autoscaler owns it, so
+/// its changes are not drift).
+fn replicas_as_declared(d: &super::DeploymentValue, live: &super::LiveBackend) -> bool {
+    match &d.autoscale {
+        None => live.ready_replicas == d.replicas && live.replicas == d.replicas,
+        Some(a) => live.ready_replicas == live.replicas && (a.min..=a.max).contains(&live.replicas),
+    }
+}
+
 fn describe_deployments(after: &EndpointValue) -> String {
     after
         .deployments
         .iter()
         .map(|(name, d)| {
+            let replicas = match &d.autoscale {
+                Some(a) => format!("{}–{} replicas, autoscaled", a.min, a.max),
+                None => format!(
+                    "{} replica{}",
+                    d.replicas,
+                    if d.replicas == 1 { "" } else { "s" }
+                ),
+            };
             format!(
-                "{name} (model.{}@{}, {} replica{}, {}%)",
+                "{name} (model.{}@{}, {replicas}, {}%)",
                 d.model,
                 d.version,
-                d.replicas,
-                if d.replicas == 1 { "" } else { "s" },
                 after.traffic.get(name).copied().unwrap_or(0)
             )
         })
@@ -424,6 +444,7 @@ mod tests {
                     pinned: false,
                     revision: version.into(),
                     replicas: 1,
+                    autoscale: None,
                     env: BTreeMap::new(),
                     command: None,
                     health: None,

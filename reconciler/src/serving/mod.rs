@@ -105,13 +105,18 @@ impl std::fmt::Display for EndpointId {
 }
 
 /// One revision of a deployment to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RevisionSpec {
     pub deployment: String,
     pub revision: String,
     pub model: String,
     pub version: String,
+    /// How many replicas it starts with: the declared count, or for an autoscaled
+    /// deployment as many as its serving revision runs now (within the bounds), so that
+    /// a rollout's new revision can take its share of the load.
     pub replicas: u32,
+    /// The bounds and target it scales by, when autoscaled.
+    pub autoscale: Option<crate::manifest::Autoscale>,
     pub env: BTreeMap<String, String>,
     /// The serving process, placeholders unexpanded; Cairn's reference server when
     /// absent.

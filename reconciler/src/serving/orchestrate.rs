@@ -59,7 +59,8 @@ pub async fn apply(
             revision: d.revision.clone(),
             model: d.model.clone(),
             version: d.version.clone(),
-            replicas: d.replicas,
+            replicas: starting_replicas(name, d, live.as_ref()),
+            autoscale: d.autoscale.clone(),
             env: d.env.clone(),
             command: d.command.clone(),
             health: d.health().to_string(),
@@ -343,4 +344,26 @@ async fn restore(
         }
     }
     Ok(())
+}
+
+/// The replicas a revision starts with: its declared count; autoscaled, the most any
+/// live revision of the same deployment runs now, within the bounds (a rollout's new
+/// revision starts as scaled as the one it replaces; a revision already running keeps
+/// its own count, which the target's autoscaler owns).
+fn starting_replicas(
+    deployment: &str,
+    value: &super::DeploymentValue,
+    live: Option<&super::LiveEndpoint>,
+) -> u32 {
+    let Some(bounds) = &value.autoscale else {
+        return value.replicas;
+    };
+    let running = live
+        .into_iter()
+        .flat_map(|l| l.backends.values())
+        .filter(|b| b.deployment == deployment)
+        .map(|b| b.replicas)
+        .max()
+        .unwrap_or(value.replicas);
+    running.clamp(bounds.min, bounds.max.max(bounds.min))
 }

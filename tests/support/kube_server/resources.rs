@@ -147,6 +147,13 @@ pub fn builtin_resources() -> Vec<ResourceType> {
         )
         .without_status(),
         R::new("apps", "v1", "Deployment", "deployments", true),
+        R::new(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+        ),
         R::new("batch", "v1", "Job", "jobs", true)
             .names(Label)
             .orphans(),

@@ -53,6 +53,11 @@ pub trait ClusterApi: Send + Sync {
     /// Reads one object as it is live; `None` when it does not exist.
     async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError>;
 
+    /// Sets a Deployment's `spec.replicas` under Cairn's scaling field manager (which
+    /// its autoscaler later takes the field over from).
+    async fn set_replicas(&self, deployment: &ObjectKey, replicas: u32)
+        -> Result<(), ClusterError>;
+
     /// GETs `path` from every running pod matching the label `selector` in `namespace`
     /// of `context`, through the API server's pod proxy: `(pod, body)` per pod.
     async fn scrape(
@@ -128,6 +133,14 @@ impl ClusterApi for Clusters {
 
     async fn get(&self, key: &ObjectKey, api_version: &str) -> Result<Option<Value>, ClusterError> {
         Clusters::get(self, key, api_version).await
+    }
+
+    async fn set_replicas(
+        &self,
+        deployment: &ObjectKey,
+        replicas: u32,
+    ) -> Result<(), ClusterError> {
+        Clusters::set_replicas(self, deployment, replicas).await
     }
 
     async fn scrape(

@@ -126,6 +126,22 @@ impl KubeCompute {
                 .apply_batch(cx, change, kube, &workloads)
                 .await
                 .map_err(ChangeError::Failed)?;
+            // A new autoscaled revision starts as scaled as the one it replaces.
+            for scale in super::scale::initial_scales(change, kube).await {
+                cx.events.note(
+                    &change.address,
+                    &format!(
+                        "starting {} with {} replicas, as many as the revision it replaces runs",
+                        scale.describe, scale.replicas
+                    ),
+                );
+                kube.set_replicas(&scale.deployment, scale.replicas)
+                    .await
+                    .map_err(|e| ChangeError::Failed(failed(&scale.describe, e)))?;
+                kube.wait_available(&scale.deployment, DEPLOYMENT_TIMEOUT)
+                    .await
+                    .map_err(|e| ChangeError::Failed(failed(&scale.describe, e)))?;
+            }
             let moving = match change.rollout {
                 Some(_) if change.kind == Kind::Endpoint => {
                     kube_route(change, kube, &rest, &deletes)

@@ -75,6 +75,7 @@ pub mod plan;
 pub mod prometheus;
 mod rendered;
 mod rollout;
+mod scale;
 mod templates;
 pub mod traffic;
 

@@ -466,6 +466,7 @@ impl<'a> Walk<'a> {
                     "name": deployment_name,
                     "revision": revision,
                     "replicas": deployment.replicas(),
+                    "autoscale": deployment.autoscale().is_some(),
                     "gpus": deployment.gpus(),
                     "image": deployment.image.as_ref().map_or(self.renderer.cairn_image.as_str(), |i| i.get_ref().as_str()),
                     "reference_server": deployment.image.is_none() && deployment.command.is_none(),
@@ -496,10 +497,27 @@ impl<'a> Walk<'a> {
                 "deployment.yaml.j2",
                 address,
                 ctx,
-                labels,
+                labels.clone(),
                 BTreeMap::from([(ANNOTATION_MODEL.to_string(), model_reference)]),
                 vars,
             )?;
+            if let Some(autoscale) = deployment.autoscale() {
+                let vars = json!({
+                    "name": object_name,
+                    "namespace": namespace,
+                    "compute": compute_vars,
+                    "endpoint": endpoint_vars,
+                    "autoscale": autoscale_vars(autoscale),
+                });
+                self.emit(
+                    "horizontalpodautoscaler.yaml.j2",
+                    address,
+                    ctx,
+                    labels,
+                    BTreeMap::new(),
+                    vars,
+                )?;
+            }
             backends.insert(deployment_name.clone(), (object_name, selector));
         }
 
@@ -715,3 +733,26 @@ fn dns_safe(text: &str) -> String {
         .collect();
     mapped.trim_matches('-').to_string()
 }
+
+/// An autoscaled deployment's bounds and target, as its HorizontalPodAutoscaler's
+/// template reads them (a request rate as a Kubernetes quantity: `50`, `2500m`).
+fn autoscale_vars(autoscale: &crate::manifest::Autoscale) -> Value {
+    let window = autoscale
+        .scale_down_window
+        .map_or(DEFAULT_SCALE_DOWN_WINDOW_SECONDS, |d| d.as_std().as_secs());
+    json!({
+        "min": autoscale.min,
+        "max": autoscale.max,
+        "target_rps": autoscale.target_rps,
+        "target_rps_quantity": autoscale.target_rps.map(|rps| {
+            let milli = (rps * 1000.0).round() as u64;
+            if milli % 1000 == 0 { (milli / 1000).to_string() } else { format!("{milli}m") }
+        }),
+        "target_cpu": autoscale.target_cpu,
+        "scale_down_window_seconds": window,
+    })
+}
+
+/// How long the load must stay low before an autoscaler removes replicas, unless
+/// declared: the HorizontalPodAutoscaler's own default.
+pub const DEFAULT_SCALE_DOWN_WINDOW_SECONDS: u64 = 300;

@@ -122,7 +122,7 @@ pub(super) struct KubeRollout {
     /// Live weights now, and the declared ones.
     from: Weights,
     to: Weights,
-    /// The revisions (Deployments and Services) this change creates, deleted again if
+    /// The revisions (Deployments, autoscalers and Services) this change creates, deleted again if
     /// the rollout fails.
     started: Vec<(ObjectKey, String)>,
 }
@@ -259,12 +259,15 @@ pub(super) async fn kube_route(
     if positive(&from).is_empty() || positive(&to).is_empty() || positive(&from) == positive(&to) {
         return Ok(None);
     }
-    // The revisions this change creates (Deployments and their Services).
+    // The revisions this change creates (Deployments, their autoscalers and Services).
     let started = change
         .objects
         .iter()
         .filter(|o| o.action == Action::Create)
-        .filter(|o| o.kind == "Deployment" || (o.kind == "Service" && is_revision(o)))
+        .filter(|o| {
+            matches!(o.kind.as_str(), "Deployment" | "HorizontalPodAutoscaler")
+                || (o.kind == "Service" && is_revision(o))
+        })
         .map(|o| (o.key(), o.api_version.clone()))
         .collect();
     Ok(Some(KubeRollout {

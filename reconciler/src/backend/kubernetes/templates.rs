@@ -26,7 +26,7 @@ pub const DEFAULT_CAIRN_IMAGE: &str =
 pub const OVERRIDE_DIR: &str = "templates/kubernetes";
 
 /// The shipped templates, in the apply order of the objects they produce.
-pub const TEMPLATES: [(&str, &str); 10] = [
+pub const TEMPLATES: [(&str, &str); 11] = [
     (
         "namespace.yaml.j2",
         include_str!("../../../../templates/kubernetes/namespace.yaml.j2"),
@@ -60,6 +60,10 @@ pub const TEMPLATES: [(&str, &str); 10] = [
         include_str!("../../../../templates/kubernetes/deployment.yaml.j2"),
     ),
     (
+        "horizontalpodautoscaler.yaml.j2",
+        include_str!("../../../../templates/kubernetes/horizontalpodautoscaler.yaml.j2"),
+    ),
+    (
         "service.yaml.j2",
         include_str!("../../../../templates/kubernetes/service.yaml.j2"),
     ),
@@ -72,7 +76,7 @@ pub const TEMPLATES: [(&str, &str); 10] = [
 /// The kinds the shipped templates produce, in apply order (the order of [`TEMPLATES`],
 /// each named after its kind, with the kinds a template renders besides its own).
 /// Other kinds an override adds are applied with their template's.
-const KIND_ORDER: [&str; 11] = [
+const KIND_ORDER: [&str; 12] = [
     "Namespace",
     "ResourceQuota",
     "LimitRange",
@@ -82,6 +86,7 @@ const KIND_ORDER: [&str; 11] = [
     "PersistentVolumeClaim",
     "Job",
     "Deployment",
+    "HorizontalPodAutoscaler",
     "Service",
     "HTTPRoute",
 ];

@@ -25,7 +25,7 @@ use super::child_env::ChildEnv;
 use super::router::Mirror;
 use super::supervisor::{
     DeploymentSpec, ReplicaState, ReplicaStatus, RouteBackend, RouteSpec, RouteStatus,
-    RouteTraffic, SupervisorClient, PORT_PLACEHOLDER,
+    RouteTraffic, ScaleSpec, SupervisorClient, PORT_PLACEHOLDER,
 };
 use crate::backend::server_command;
 use crate::backend::store::Store;
@@ -387,6 +387,7 @@ impl Serving for LocalEndpoints {
                 }
             };
             spec.replicas = r.replicas;
+            spec.autoscale = r.autoscale.as_ref().and_then(scale_spec);
             spec.env = r.env.clone();
             spec.health_path = r.health.clone();
             spec.ready_timeout = READY_TIMEOUT;
@@ -494,3 +495,20 @@ impl Serving for LocalEndpoints {
         Ok(())
     }
 }
+
+/// A deployment's autoscaling as the supervisor runs it (`None` for a CPU target, which
+/// validation refuses on the local target).
+fn scale_spec(autoscale: &crate::manifest::Autoscale) -> Option<ScaleSpec> {
+    Some(ScaleSpec {
+        min: autoscale.min,
+        max: autoscale.max,
+        target_rps: autoscale.target_rps?,
+        scale_down_window: autoscale
+            .scale_down_window
+            .map_or(DEFAULT_SCALE_DOWN_WINDOW, |d| d.as_std()),
+    })
+}
+
+/// How long the load must stay low before the supervisor removes replicas, unless the
+/// deployment says: a HorizontalPodAutoscaler's default.
+const DEFAULT_SCALE_DOWN_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);

@@ -150,12 +150,12 @@ impl Ctx<'_> {
             let steady: u128 = spec
                 .deployments
                 .values()
-                .map(|d| u128::from(d.get_ref().replicas()) * u128::from(d.get_ref().gpus()))
+                .map(|d| u128::from(d.get_ref().most_replicas()) * u128::from(d.get_ref().gpus()))
                 .sum();
             let surge: u128 = spec
                 .deployments
                 .values()
-                .map(|d| u128::from(d.get_ref().replicas()) * u128::from(d.get_ref().gpus()))
+                .map(|d| u128::from(d.get_ref().most_replicas()) * u128::from(d.get_ref().gpus()))
                 .max()
                 .unwrap_or(0);
             let entry = per_compute.entry(address).or_default();

@@ -75,14 +75,21 @@ impl Ctx<'_> {
                     compute,
                     &compute_name,
                     d.gpus.as_ref(),
-                    d.replicas(),
+                    d.most_replicas(),
                     "replica",
                     type_gpus,
                     out,
                 );
             }
             self.server_process(r, compute.map(|c| *c.target.get_ref()), d, out);
-            if d.replicas() == 0 && spec.weight_of(name.get_ref()) > 0 {
+            if let Some(replicas) = &d.replicas {
+                if let Some(autoscale) = replicas.get_ref().autoscale() {
+                    let target = compute.map(|c| *c.target.get_ref());
+                    self.autoscale(r, autoscale, replicas.span(), target, out);
+                }
+            }
+            // (An autoscaling `min` of 0 has its own finding.)
+            if d.replicas() == 0 && d.autoscale().is_none() && spec.weight_of(name.get_ref()) > 0 {
                 out.error(
                     Diagnostic::error(
                         "no-replicas",

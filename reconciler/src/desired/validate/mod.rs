@@ -11,8 +11,10 @@
 //! far ([`View`]), locations ([`Ctx`]) and each resource's findings ([`Out`]). The rules
 //! are grouped by what they check: `workspace.rs`, `refs.rs` (references), `compute.rs`,
 //! `capacity.rs` (GPUs), `sources.rs` (data paths), `job.rs`, `model.rs`,
-//! `endpoint.rs` and `rollout_metrics.rs` (where Kubernetes gates read).
+//! `endpoint.rs`, `autoscale.rs` (a deployment's autoscaling) and
+//! `rollout_metrics.rs` (where Kubernetes gates read).
 
+mod autoscale;
 mod capacity;
 mod compute;
 mod endpoint;

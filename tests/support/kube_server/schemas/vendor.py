@@ -44,6 +44,7 @@ KINDS = [
     ("networking.k8s.io", "v1", "NetworkPolicy"),
     ("apps", "v1", "Deployment"),
     ("batch", "v1", "Job"),
+    ("autoscaling", "v2", "HorizontalPodAutoscaler"),
 ]
 
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"

@@ -62,6 +62,7 @@ mod keys;
 mod logs;
 mod observe;
 mod prune;
+mod replicas;
 mod scheduling;
 mod scrape;
 mod wait;
@@ -88,7 +89,7 @@ pub use wait::JobWait;
 
 /// The kinds Cairn's templates render, in apply order (`apiVersion`, kind). Objects of
 /// other kinds are applied after Services and before HTTPRoutes.
-pub const SHIPPED_KINDS: [(&str, &str); 11] = [
+pub const SHIPPED_KINDS: [(&str, &str); 12] = [
     ("v1", "Namespace"),
     ("v1", "ResourceQuota"),
     ("v1", "LimitRange"),
@@ -98,6 +99,7 @@ pub const SHIPPED_KINDS: [(&str, &str); 11] = [
     ("v1", "PersistentVolumeClaim"),
     ("batch/v1", "Job"),
     ("apps/v1", "Deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("v1", "Service"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 ];
@@ -266,6 +268,7 @@ mod tests {
             "PersistentVolumeClaim",
             "Job",
             "Deployment",
+            "HorizontalPodAutoscaler",
             "Service",
             "ConfigMap",
             "HTTPRoute",
@@ -273,6 +276,6 @@ mod tests {
         .iter()
         .map(|k| wave(k))
         .collect();
-        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 }

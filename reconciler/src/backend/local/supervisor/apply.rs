@@ -18,17 +18,28 @@ use super::{
     StartFailure,
 };
 
+/// Whose replica count an apply follows for an autoscaled revision already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scale {
+    /// A client's apply: the count the autoscaler reached is kept (within the spec's
+    /// bounds), so an apply never undoes a scale-up.
+    Keep,
+    /// The autoscaler's own change: the spec's count.
+    Set,
+}
+
 /// Starts every replica the specs lack and waits until all are ready, then stops
 /// surplus replicas; on any failure, stops all it started (see
 /// [`SupervisorClient::apply`](super::SupervisorClient::apply)).
 pub(super) async fn apply(
     shared: &Arc<Shared>,
-    specs: Vec<DeploymentSpec>,
+    mut requested: Vec<DeploymentSpec>,
+    scale: Scale,
 ) -> std::result::Result<Vec<ReplicaStatus>, WireError> {
     let _serial = shared.serial.lock().await;
     shared.refuse_if_closing()?;
     let mut keys = BTreeSet::new();
-    for spec in &specs {
+    for spec in &requested {
         spec.validate()?;
         if !keys.insert(spec.key()) {
             return Err(WireError::Invalid {
@@ -37,12 +48,30 @@ pub(super) async fn apply(
             });
         }
     }
-    let specs: Vec<Arc<DeploymentSpec>> = specs.into_iter().map(Arc::new).collect();
     let mut created = Vec::new();
     let mut started = Vec::new();
     let mut surplus = Vec::new();
+    let specs: Vec<Arc<DeploymentSpec>>;
     {
         let mut registry = shared.registry();
+        if scale == Scale::Set {
+            // Only what runs is scaled: a revision stopped meanwhile is not started again.
+            requested.retain(|spec| {
+                registry
+                    .deployments
+                    .get(&spec.key())
+                    .is_some_and(|d| d.confirmed && !d.stopping)
+            });
+        }
+        if scale == Scale::Keep {
+            for spec in &mut requested {
+                let running = registry.deployments.get(&spec.key());
+                if let (Some(bounds), Some(running)) = (&spec.autoscale, running) {
+                    spec.replicas = running.spec.replicas.clamp(bounds.min, bounds.max);
+                }
+            }
+        }
+        specs = requested.into_iter().map(Arc::new).collect();
         // Every check before anything starts.
         for spec in &specs {
             if let Some(running) = registry.deployments.get(&spec.key()) {
@@ -63,6 +92,7 @@ pub(super) async fn apply(
                     confirmed: false,
                     stopping: false,
                     replicas: BTreeMap::new(),
+                    scaled: Vec::new(),
                 }
             });
             let missing: Vec<u32> = (0..spec.replicas)

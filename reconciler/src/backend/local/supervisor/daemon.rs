@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use super::apply::{apply, shutdown, stop};
+use super::apply::{apply, shutdown, stop, Scale};
 use super::lock::take_lock;
 use super::protocol::{Request, Response, WireError, MAX_MESSAGE_BYTES};
 use super::recover::recover;
@@ -120,7 +120,8 @@ pub async fn run_daemon(
     });
     recover(&shared, state).await;
     shared.forget_unclaimed();
-    let chores = routing::spawn_chores(&shared);
+    let mut chores = routing::spawn_chores(&shared);
+    chores.push(super::autoscale::spawn_autoscaler(&shared));
     shared.event(Event::Listening {
         socket: socket.clone(),
         pid: std::process::id(),
@@ -314,7 +315,9 @@ async fn handle_connection(shared: Arc<Shared>, stream: UnixStream) {
                 replicas: registry.statuses(&shared.dir, |_| true),
             }
         }
-        Ok(Request::Apply { deployments }) => answer(apply(&shared, deployments).await),
+        Ok(Request::Apply { deployments }) => {
+            answer(apply(&shared, deployments, Scale::Keep).await)
+        }
         Ok(Request::Stop {
             endpoint,
             deployment,

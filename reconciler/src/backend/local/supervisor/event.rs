@@ -113,6 +113,20 @@ pub enum Event {
         deployment: DeploymentKey,
         reason: String,
     },
+    /// The autoscaler changed how many replicas a revision runs (`why`: the measured rate
+    /// against the target).
+    Scaled {
+        deployment: DeploymentKey,
+        from: u32,
+        to: u32,
+        why: String,
+    },
+    /// The autoscaler could not start the replicas it wanted; it tries again later.
+    ScaleFailed {
+        deployment: DeploymentKey,
+        to: u32,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -197,6 +211,20 @@ impl fmt::Display for Event {
             Event::RetireCancelled { deployment, reason } => {
                 write!(f, "{deployment}: scheduled stop cancelled: {reason}")
             }
+            Event::Scaled {
+                deployment,
+                from,
+                to,
+                why,
+            } => write!(f, "{deployment}: scaled {from} → {to} replicas ({why})"),
+            Event::ScaleFailed {
+                deployment,
+                to,
+                reason,
+            } => write!(
+                f,
+                "{deployment}: could not scale to {to} replicas: {reason}; trying again"
+            ),
         }
     }
 }

@@ -124,7 +124,8 @@
 //!
 //! Where things are: what is asked and reported in `spec.rs` and `event.rs`, [`Error`] in
 //! `error.rs`; the client in `client.rs`; the daemon in `daemon.rs` (its loop and shared
-//! state), `registry.rs` (what it runs), `apply.rs` (apply, stop, shutdown), `recover.rs`
+//! state), `registry.rs` (what it runs), `apply.rs` (apply, stop, shutdown), `autoscale.rs` (the
+//! autoscaler), `recover.rs`
 //! (taking over from a previous daemon), `state.rs` (the state folder and `state.json`) and
 //! `lock.rs`; one replica's life in `replica.rs`, its readiness checks in `health.rs`, its
 //! process, `/proc` and signals in `process.rs`, its log in `logs.rs`; stopping with no
@@ -132,6 +133,7 @@
 //! systemd unit in `systemd.rs`.
 
 mod apply;
+mod autoscale;
 mod client;
 mod daemon;
 mod error;
@@ -161,7 +163,8 @@ pub use event::Event;
 pub use offline::{stop_without_daemon, OfflineStop};
 pub use routing::{BackendStatus, RouteBackend, RouteSpec, RouteStatus, RouteTraffic};
 pub use spec::{
-    DaemonInfo, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, StartFailure,
+    DaemonInfo, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, ScaleRecord,
+    ScaleSpec, StartFailure,
 };
 pub use state::recorded;
 pub use systemd::systemd_unit;

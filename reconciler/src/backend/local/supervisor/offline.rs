@@ -93,6 +93,7 @@ pub async fn stop_without_daemon(state_dir: &Path, grace: Duration) -> Result<Of
                 confirmed: record.confirmed,
                 stopping: true,
                 replicas,
+                scaled: record.scaled,
             },
         );
     }

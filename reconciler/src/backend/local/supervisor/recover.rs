@@ -32,6 +32,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, state: StateFile) {
         let mut registry = shared.registry();
         for record in deployments {
             let key = record.spec.key();
+            let scaled = record.scaled;
             let spec = Arc::new(record.spec);
             let keep = record.confirmed && spec.validate().is_ok();
             let mut seen = BTreeSet::new();
@@ -59,6 +60,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, state: StateFile) {
                         confirmed: true,
                         stopping: false,
                         replicas: BTreeMap::new(),
+                        scaled,
                     },
                 );
             }

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 
 use super::logs::replica_log;
 use super::routing::Hosted;
-use super::{loopback, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus};
+use super::{
+    loopback, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, ScaleRecord,
+};
 
 /// What the daemon runs and routes.
 #[derive(Default)]
@@ -34,7 +36,12 @@ pub(super) struct Deployment {
     /// Taken off its routes and being stopped: no route may name it any more.
     pub(super) stopping: bool,
     pub(super) replicas: BTreeMap<u32, Replica>,
+    /// What the autoscaler did to it, oldest first (the last [`SCALE_HISTORY`]).
+    pub(super) scaled: Vec<ScaleRecord>,
 }
+
+/// How many scale changes a revision remembers.
+pub(super) const SCALE_HISTORY: usize = 20;
 
 /// One replica of a deployment revision.
 pub(super) struct Replica {

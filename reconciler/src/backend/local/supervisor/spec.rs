@@ -19,7 +19,7 @@ use super::{
 pub(super) const NAME_MAX: usize = 128;
 
 /// One revision of an endpoint's deployment, to run as `replicas` processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     pub endpoint: String,
     pub deployment: String,
@@ -30,8 +30,13 @@ pub struct DeploymentSpec {
     /// [`ADDR_PLACEHOLDER`], so the replica listens where the supervisor expects it.
     /// `cairn` as the program means the supervisor's own binary.
     pub command: Vec<String>,
+    /// How many replicas run; with `autoscale`, how many to start with (an apply of a
+    /// revision already running keeps the count the autoscaler reached).
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// Scale between bounds by the router's measured request rate ([`ScaleSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScaleSpec>,
     /// Added to the daemon's allow-listed base environment
     /// ([`DaemonOptions::child_env`](super::DaemonOptions::child_env)), with
     /// `CAIRN_ENDPOINT`, `CAIRN_DEPLOYMENT`, `CAIRN_REVISION`, `CAIRN_REPLICA` and
@@ -55,6 +60,44 @@ pub struct DeploymentSpec {
 
 fn default_replicas() -> u32 {
     1
+}
+
+/// A deployment revision's autoscaling: the daemon keeps its replicas between `min` and
+/// `max`, at `ceil(rate / target_rps)` for the rate its router measures over the last
+/// 10 s; more at once, fewer only when no recommendation over the last
+/// `scale_down_window` asked for more (as a HorizontalPodAutoscaler does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleSpec {
+    pub min: u32,
+    pub max: u32,
+    /// Requests per second one replica is to take.
+    pub target_rps: f64,
+    #[serde(rename = "scale_down_window_ms", with = "millis")]
+    pub scale_down_window: Duration,
+}
+
+/// One change the autoscaler made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    pub from: u32,
+    pub to: u32,
+    /// The rate that asked for it.
+    pub requests_per_s: f64,
+}
+
+impl ScaleSpec {
+    /// The replicas for this rate, within the bounds.
+    pub fn recommend(&self, requests_per_s: f64) -> u32 {
+        let wanted = (requests_per_s / self.target_rps).ceil();
+        let wanted = if wanted.is_finite() && wanted > 0.0 {
+            wanted.min(f64::from(u32::MAX)) as u32
+        } else {
+            0
+        };
+        wanted.clamp(self.min, self.max.max(self.min))
+    }
 }
 
 fn default_health_path() -> String {
@@ -93,6 +136,7 @@ impl DeploymentSpec {
             revision: revision.into(),
             command,
             replicas: 1,
+            autoscale: None,
             env: BTreeMap::new(),
             workdir: None,
             health_path: default_health_path(),
@@ -175,6 +219,26 @@ impl DeploymentSpec {
                 self.replicas
             ));
         }
+        if let Some(scale) = &self.autoscale {
+            if scale.min == 0 || scale.min > scale.max || scale.max > MAX_REPLICAS {
+                return Err(format!(
+                    "autoscaling between {} and {} replicas: the bounds must satisfy 1 ≤ min ≤ max ≤ {MAX_REPLICAS}",
+                    scale.min, scale.max
+                ));
+            }
+            if !(scale.target_rps.is_finite() && scale.target_rps > 0.0) {
+                return Err(format!(
+                    "the autoscaling target of {} requests per second per replica is not a positive number",
+                    scale.target_rps
+                ));
+            }
+            if !(scale.min..=scale.max).contains(&self.replicas) {
+                return Err(format!(
+                    "{} replicas asked for, outside the autoscaling bounds {}–{}",
+                    self.replicas, scale.min, scale.max
+                ));
+            }
+        }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(format!(
@@ -206,10 +270,12 @@ impl DeploymentSpec {
         Ok(())
     }
 
-    /// Whether `other` asks for the same processes, apart from how many.
+    /// Whether `other` asks for the same processes, apart from how many (a count, or
+    /// autoscaling bounds).
     pub(super) fn same_apart_from_replicas(&self, other: &DeploymentSpec) -> bool {
         DeploymentSpec {
             replicas: other.replicas,
+            autoscale: other.autoscale.clone(),
             ..self.clone()
         } == *other
     }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::{Observed, Registry};
 use super::routing::RetirementRecord;
-use super::{DeploymentKey, DeploymentSpec, Error, Result, RouteSpec, SOCKET_FILE, STATE_FILE};
+use super::{
+    DeploymentKey, DeploymentSpec, Error, Result, RouteSpec, ScaleRecord, SOCKET_FILE, STATE_FILE,
+};
 
 /// Version 2 added routes and scheduled stops; version 1 files still load.
 const STATE_FORMAT_VERSION: u32 = 2;
@@ -59,6 +61,9 @@ pub(super) struct DeploymentRecord {
     pub(super) spec: DeploymentSpec,
     pub(super) confirmed: bool,
     pub(super) replicas: Vec<ReplicaRecord>,
+    /// The autoscaler's changes (absent before autoscaling existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) scaled: Vec<ScaleRecord>,
 }
 
 /// One replica in `state.json`.
@@ -100,6 +105,7 @@ impl Registry {
                             observed: r.observed.clone(),
                         })
                         .collect(),
+                    scaled: d.scaled.clone(),
                 })
                 .collect(),
             routes: self.routes.values().map(|h| h.spec.clone()).collect(),
@@ -194,6 +200,7 @@ mod tests {
                 spec: Arc::new(spec()),
                 confirmed: true,
                 stopping: false,
+                scaled: Vec::new(),
                 replicas: BTreeMap::from([(
                     0,
                     Replica {

@@ -212,6 +212,8 @@ impl Hosted {
                     requests: stats.requests,
                     errors: stats.errors,
                     requests_per_s,
+                    autoscale: deployment.and_then(|d| d.spec.autoscale.clone()),
+                    scaled: deployment.map(|d| d.scaled.clone()).unwrap_or_default(),
                 };
                 (name.clone(), status)
             })

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::error::names_or_none;
 use super::super::spec::{check_name, NAME_MAX};
-use super::super::{DeploymentKey, Error, Result};
+use super::super::{DeploymentKey, Error, Result, ScaleRecord, ScaleSpec};
 use crate::backend::local::router::{self, Mirror};
 use crate::rollout::Weights;
 
@@ -150,6 +150,12 @@ pub struct BackendStatus {
     pub errors: u64,
     /// Requests per second over about the last 10 s.
     pub requests_per_s: f64,
+    /// The revision's autoscaling, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScaleSpec>,
+    /// What the autoscaler did to it, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaled: Vec<ScaleRecord>,
 }
 
 /// One endpoint's router, as the daemon sees it.

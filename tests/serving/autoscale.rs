@@ -3,7 +3,8 @@
 //! supervisor scales it up to what the router's measured rate asks for (capped at `max`)
 //! without a failed request, `cairn status` shows the change, a plan doesn't count the
 //! autoscaler's count as drift, a retrain's new revision starts as scaled as the one it
-//! replaces, and once the load stops the replicas go back to `min` after the window.
+//! replaces (and that apply's journal record has the autoscaler's changes since the one
+//! before), and once the load stops the replicas go back to `min` after the window.
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,29 @@ fn a_deployment_scales_with_its_load_between_its_bounds() {
     let apply = repo.apply();
     apply.ok();
     assert!(apply.stderr.contains("×3"), "{}", apply.both());
+    // That apply's journal record has what the autoscaler did since the one before.
+    let history = repo.cairn(&["history", ".", "--format", "json"]);
+    history.ok();
+    let records: Value = serde_json::from_str(&history.stdout).unwrap();
+    let last = records.as_array().unwrap().last().unwrap();
+    let endpoint = last["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["address"] == ENDPOINT)
+        .unwrap();
+    let autoscaled: Vec<&Value> = endpoint["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "autoscaled")
+        .collect();
+    assert!(
+        autoscaled
+            .iter()
+            .any(|e| e["deployment"] == "blue" && e["from"] == 1 && e["to"] == 3),
+        "{endpoint}"
+    );
     let report = load.finish();
     let stopped = Instant::now();
     assert!(report.requests > 100, "{report:?}");

@@ -442,6 +442,7 @@ fn assumed_live(value: &EndpointValue) -> LiveEndpoint {
                         revision: d.revision.clone(),
                         replicas: d.replicas,
                         ready_replicas: d.replicas,
+                        scaled: Vec::new(),
                     },
                 )
             })

@@ -489,6 +489,7 @@ mod tests {
                             revision: d.revision.clone(),
                             replicas: d.replicas,
                             ready_replicas: d.replicas,
+                            scaled: Vec::new(),
                         },
                     )
                 })
@@ -571,6 +572,7 @@ mod tests {
             revision: revision.into(),
             replicas: 1,
             ready_replicas: 1,
+            scaled: Vec::new(),
         }
     }
 

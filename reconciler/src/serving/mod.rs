@@ -45,12 +45,55 @@ pub use crate::plan::endpoint::{
 };
 
 /// One router backend as observed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveBackend {
     pub deployment: String,
     pub revision: String,
     pub replicas: u32,
     pub ready_replicas: u32,
+    /// What the target's autoscaler did to it, oldest first, where the target keeps
+    /// that (the local supervisor does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaled: Vec<ScaleChange>,
+}
+
+/// The autoscaler's changes to an endpoint's revisions made after `since` (seconds since
+/// the Unix epoch), as journal events (`{"event": "autoscaled", …}`), oldest first: an
+/// apply of the endpoint records what the autoscaler did since the one before.
+pub fn scale_events(live: &LiveEndpoint, since: u64) -> Vec<serde_json::Value> {
+    let mut changes: Vec<(&LiveBackend, &ScaleChange)> = live
+        .backends
+        .values()
+        .flat_map(|b| b.scaled.iter().map(move |c| (b, c)))
+        .filter(|(_, c)| c.at > since)
+        .collect();
+    changes.sort_by_key(|(_, c)| c.at);
+    changes
+        .into_iter()
+        .map(|(b, c)| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at);
+            serde_json::json!({
+                "event": "autoscaled",
+                "deployment": b.deployment,
+                "revision": b.revision,
+                "at": humantime::format_rfc3339_seconds(at).to_string(),
+                "from": c.from,
+                "to": c.to,
+                "requests_per_s": (c.requests_per_s * 10.0).round() / 10.0,
+            })
+        })
+        .collect()
+}
+
+/// One change an autoscaler made to a revision's replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleChange {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    pub from: u32,
+    pub to: u32,
+    /// The request rate that asked for it.
+    pub requests_per_s: f64,
 }
 
 /// What serves an endpoint now.

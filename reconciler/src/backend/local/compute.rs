@@ -91,11 +91,18 @@ impl LocalCompute {
             ChangeError::Plan(format!("the plan's endpoint value is malformed: {e}"))
         })?;
         let address = change.address.as_str();
+        // What the autoscaler did since this endpoint's last apply goes to the journal
+        // with this one.
+        let autoscaled = match serving.observe(&id).await {
+            Ok(Some(live)) => serving::scale_events(&live, last_applied(cx, address).await),
+            _ => Vec::new(),
+        };
         let log = RolloutLog::new(cx.events, address);
         let on_event = |event: RolloutEvent| log.record(event);
         let note = |message: &str| cx.events.note(address, message);
         let result = serving::apply(serving, &id, &value, &on_event, &note).await;
-        let events = log.into_events();
+        let mut events = autoscaled;
+        events.extend(log.into_events());
         match result {
             Ok(summary) => Ok(Applied {
                 value: Some(after),
@@ -239,4 +246,19 @@ impl ComputeTarget for LocalCompute {
             .into()),
         }
     }
+}
+
+/// When the state last recorded an apply of `address`, in seconds since the Unix epoch
+/// (0 when it never did, or can't be read: every recorded change is then new).
+async fn last_applied(cx: &ApplyContext<'_>, address: &str) -> u64 {
+    let Ok(state) = cx.store.state().await else {
+        return 0;
+    };
+    state
+        .state
+        .resources
+        .get(address)
+        .and_then(|entry| humantime::parse_rfc3339_weak(&entry.applied_at).ok())
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
 }

@@ -32,7 +32,8 @@ use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
 use crate::rollout::{Traffic, TrafficError};
 use crate::serving::{
-    EndpointId, Error, LiveBackend, LiveEndpoint, Result, RevisionSpec, RouteTable, Serving,
+    EndpointId, Error, LiveBackend, LiveEndpoint, Result, RevisionSpec, RouteTable, ScaleChange,
+    Serving,
 };
 
 /// The folder of serving state under a manifests root's `.cairn`.
@@ -295,6 +296,7 @@ fn recorded_live(
                         revision: b.revision.clone(),
                         replicas: 0,
                         ready_replicas: 0,
+                        scaled: Vec::new(),
                     },
                 )
             })
@@ -331,6 +333,16 @@ fn live(route: &RouteStatus, replicas: &[ReplicaStatus]) -> LiveEndpoint {
                         revision: b.revision.clone(),
                         replicas: b.replicas,
                         ready_replicas: b.ready_replicas,
+                        scaled: b
+                            .scaled
+                            .iter()
+                            .map(|r| ScaleChange {
+                                at: r.at,
+                                from: r.from,
+                                to: r.to,
+                                requests_per_s: r.requests_per_s,
+                            })
+                            .collect(),
                     },
                 )
             })

@@ -10,7 +10,9 @@
 //! - unfinished rollouts (the supervisor or the apply killed mid-steps, the apply killed
 //!   before its promotion): planned and walked again from where traffic is, under the gates;
 //! - retrains in a row whose scheduled retirements come due during later rollouts;
-//! - `custom`: the same flows with a deployment serving its own process (`command`).
+//! - `custom`: the same flows with a deployment serving its own process (`command`);
+//! - `edge`: the example's `radiology-edge` workspace (an ONNX model over the Open
+//!   Inference Protocol) as the quick start applies it.
 //!
 //! Every test stops its supervisor (and so every process it started) when it ends.
 
@@ -19,6 +21,7 @@ mod support;
 
 mod autoscale;
 mod custom;
+mod edge;
 mod onnx;
 
 use std::net::{SocketAddr, TcpListener};

@@ -36,7 +36,7 @@ fn the_example_repository_is_the_default_root() {
     run.expect_exit(0, "cairn validate");
     assert!(
         run.stdout
-            .starts_with("✓ manifests is valid: 2 workspaces, "),
+            .starts_with("✓ manifests is valid: 3 workspaces, "),
         "{}",
         run.stdout
     );
@@ -56,7 +56,7 @@ fn the_example_repository_as_json() {
     assert_eq!(
         report["summary"],
         json!({
-            "resources": 11,
+            "resources": 14,
             "workspaces": [
                 {
                     "name": "credit-risk",
@@ -65,6 +65,10 @@ fn the_example_repository_as_json() {
                 {
                     "name": "imaging",
                     "counts": { "compute": 2, "dataset": 1, "job": 1, "model": 1, "endpoint": 1 }
+                },
+                {
+                    "name": "radiology-edge",
+                    "counts": { "compute": 1, "model": 1, "endpoint": 1 }
                 }
             ]
         }),

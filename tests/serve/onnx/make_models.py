@@ -14,6 +14,8 @@ each model has a dynamic batch dimension `N`. Regenerate (from the repository ro
   MaxPool(2×2) → Flatten → Gemm(3) → Softmax → `probabilities` FP32 [N, 3], and
   ArgMax → `label` INT64 [N].
 - `mlp-retrained/`: the same MLP with other weights (a second version to roll out to).
+  The same model is written to `manifests/radiology-edge/models/pneumonia-detector/`,
+  the example's edge copy of the imaging triage endpoint.
 - `mixed/`: FP64 and INT64 in and out, `x` FP64 [N, 2] and `counts` INT64 [N, 2] →
   `y` = x × 2.5 + counts (FP64 [N, 2]) and `total` = ReduceSum(counts, axis 1) (INT64 [N, 1]).
 """
@@ -26,13 +28,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPSET = [helper.make_opsetid("", 17)]
+# The model folder of the example's `radiology-edge` workspace.
+EDGE_MODEL = os.path.join(
+    HERE, "..", "..", "..", "manifests", "radiology-edge", "models", "pneumonia-detector"
+)
 
 
-def save(name, graph):
+def save(name, graph, folder=None):
     model = helper.make_model(graph, opset_imports=OPSET, producer_name="cairn-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
-    folder = os.path.join(HERE, name)
+    folder = folder or os.path.join(HERE, name)
     os.makedirs(folder, exist_ok=True)
     onnx.save(model, os.path.join(folder, "model.onnx"))
 
@@ -87,6 +93,8 @@ def cnn(rng):
         ],
     )
     save("cnn", graph)
+    # The example's edge workspace serves the same CNN as its pneumonia detector.
+    save("cnn", graph, EDGE_MODEL)
 
 
 def mixed():

@@ -21,6 +21,7 @@ mod distributed;
 mod failures;
 mod flow;
 mod locking;
+mod runs;
 mod s3;
 mod secrets;
 mod store_damage;

@@ -116,4 +116,12 @@ fn the_examples_edge_workspace_serves_its_onnx_model() {
         "{}",
         status.both()
     );
+    // Which model version serves (an imported model has no run, so no metrics).
+    assert!(
+        status
+            .stdout
+            .contains("serving blue 100%: model.pneumonia-detector@"),
+        "{}",
+        status.both()
+    );
 }

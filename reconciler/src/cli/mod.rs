@@ -31,6 +31,7 @@ mod plan;
 mod policy;
 mod progress;
 mod render;
+mod runs;
 mod serve;
 mod status;
 #[cfg(target_os = "linux")]
@@ -108,6 +109,8 @@ enum Command {
     Policy(policy::Args),
     /// List past applies from the journal.
     History(history::Args),
+    /// List recorded job runs, newest first, with their status, outputs and metrics.
+    Runs(runs::Args),
     /// Release a store lock left behind by an apply that died (`--force`: whatever lock
     /// is there, a damaged one included).
     Unlock(lock::Args),
@@ -398,6 +401,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args, output),
         Command::Policy(args) => policy::run(args, output),
         Command::History(args) => history::run(args, output),
+        Command::Runs(args) => runs::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),

@@ -7,6 +7,7 @@ use cairn::backend::local::supervisor::RouteStatus;
 use cairn::backend::store::Error as StoreError;
 use cairn::diagnostics::error_chain;
 use cairn::serving::EndpointId;
+use cairn::Kind;
 use serde_json::{json, Value};
 
 use super::context;
@@ -67,18 +68,45 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
             .map_err(|e| CommandError::store(&e))?;
         super::history::warn_damaged(&journal.damaged, output);
         let journal = journal.records;
+        // A model version's metrics (its run's `metrics.json`), read once each.
+        let mut metrics_of = std::collections::BTreeMap::new();
+        let mut metrics = |model: &str, version: &str| -> Value {
+            metrics_of
+                .entry((model.to_string(), version.to_string()))
+                .or_insert_with(|| {
+                    rt.block_on(store.model_version(model, version))
+                        .ok()
+                        .flatten()
+                        .and_then(|record| record.metrics)
+                        .unwrap_or(Value::Null)
+                })
+                .clone()
+        };
         let resources: Vec<Value> = state
             .state
             .resources
             .iter()
             .map(|(address, entry)| {
-                json!({
+                let name = address.rsplit_once('.').map_or("", |(_, n)| n);
+                let mut resource = json!({
                     "address": address,
                     "kind": entry.kind,
                     "version": version_of(&entry.value),
                     "applied_at": entry.applied_at,
                     "revision": entry.revision,
-                })
+                });
+                match entry.kind {
+                    Kind::Model => {
+                        if let Some(version) = version_of(&entry.value) {
+                            resource["metrics"] = metrics(name, version);
+                        }
+                    }
+                    Kind::Endpoint => {
+                        resource["serving"] = serving_models(&entry.value, &mut metrics);
+                    }
+                    _ => {}
+                }
+                resource
             })
             .collect();
         report.push(json!({
@@ -160,12 +188,63 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
                 r["version"].as_str().unwrap_or("-"),
                 r["applied_at"].as_str().unwrap_or("?")
             );
+            if let Some(m) = describe_metrics(&r["metrics"]) {
+                println!("  {:width$}  {m}", "");
+            }
+            for d in r["serving"].as_array().map_or(&[][..], |v| v.as_slice()) {
+                println!(
+                    "  {:width$}  serving {} {}%: model.{}@{}{}",
+                    "",
+                    d["deployment"].as_str().unwrap_or(""),
+                    d["weight"].as_u64().unwrap_or(0),
+                    d["model"].as_str().unwrap_or(""),
+                    d["version"].as_str().unwrap_or(""),
+                    describe_metrics(&d["metrics"])
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default(),
+                );
+            }
         }
         for e in ws["endpoints"].as_array().map_or(&[][..], |v| v.as_slice()) {
             print_endpoint(e);
         }
     }
     Ok(Outcome::Success)
+}
+
+/// The model versions an endpoint's state says serve (the deployments with traffic),
+/// with their metrics.
+fn serving_models(value: &Value, metrics: &mut impl FnMut(&str, &str) -> Value) -> Value {
+    let traffic = &value["traffic"];
+    let serving: Vec<Value> = value["deployments"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, d)| {
+            let weight = traffic[name].as_u64().unwrap_or(0);
+            let (model, version) = (d["model"].as_str()?, d["version"].as_str()?);
+            (weight > 0).then(|| {
+                json!({
+                    "deployment": name,
+                    "weight": weight,
+                    "model": model,
+                    "version": version,
+                    "metrics": metrics(model, version),
+                })
+            })
+        })
+        .collect();
+    Value::Array(serving)
+}
+
+/// `auc 0.812, loss 0.41` for a flat name → number map; `None` without one.
+pub fn describe_metrics(metrics: &Value) -> Option<String> {
+    let shown: Vec<String> = metrics
+        .as_object()?
+        .iter()
+        .filter_map(|(name, value)| Some(format!("{name} {}", value.as_f64()?)))
+        .collect();
+    (!shown.is_empty()).then(|| shown.join(", "))
 }
 
 /// The routers of one workspace's endpoints, as JSON.

@@ -33,6 +33,7 @@
 
 mod file;
 mod object;
+mod runs;
 mod s3;
 pub mod verify;
 
@@ -683,8 +684,7 @@ impl Store {
         .map(|_| ())
     }
 
-    // ---- runs -----------------------------------------------------------------------
-
+    // ---- runs (and `runs.rs`: listing them) ---------------------------------------
     fn run_marker(job: &str, run_id: &str) -> String {
         format!("runs/{job}/{run_id}/_run.json")
     }

@@ -58,6 +58,28 @@ fn runs_are_listed_newest_first_with_their_metrics() {
         .unwrap_or_else(|| panic!("{}", status.stdout));
     let next = status.stdout.lines().nth(model_line + 1).unwrap_or("");
     assert!(next.trim() == "auc 0.75, rows 4", "{}", status.stdout);
+    // The journal has each run's metrics; `history` shows them under the apply.
+    let history = root.cairn(&["history", "ROOT", "--format", "json"]);
+    history.ok();
+    let records: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let metrics: Vec<serde_json::Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["outcomes"].as_array().unwrap())
+        .flat_map(|o| o["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event"] == "metrics")
+        .collect();
+    assert_eq!(metrics.len(), 2, "{}", history.stdout);
+    assert_eq!(metrics[1]["run_id"], newest, "{}", history.stdout);
+    assert_eq!(metrics[1]["metrics"]["auc"], 0.75);
+    let text = root.cairn(&["history", "ROOT"]);
+    assert!(
+        text.stdout
+            .contains(&format!("risk/job.train run {newest}: auc 0.75, rows 4")),
+        "{}",
+        text.stdout
+    );
     // Another job's runs: none.
     let other = root.cairn(&["runs", "ROOT", "--job", "other"]);
     other.ok();

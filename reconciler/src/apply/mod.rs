@@ -209,18 +209,24 @@ impl Applier<'_> {
         let plan_hash = plan.hash();
         for ws in &touched {
             let store = &self.stores[*ws];
-            let mine: Vec<JournalOutcome> = outcomes
+            let mut mine = Vec::new();
+            for o in outcomes
                 .iter()
                 .filter(|o| o.address.split('/').next() == Some(*ws))
-                .map(|o| JournalOutcome {
+            {
+                let mut events = o.events.clone();
+                if let Some(metrics) = run_metrics(plan, store, o).await {
+                    events.push(metrics);
+                }
+                mine.push(JournalOutcome {
                     address: o.address.clone(),
                     action: o.action.as_str().to_string(),
                     status: o.status.as_str().to_string(),
                     duration_ms: o.duration_ms,
                     message: o.message.clone(),
-                    events: o.events.clone(),
-                })
-                .collect();
+                    events,
+                });
+            }
             let record = JournalRecord {
                 id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
                 workspace: ws.to_string(),
@@ -514,4 +520,23 @@ impl Applier<'_> {
                 .map_err(Failure::from),
         }
     }
+}
+
+/// A succeeded run's metrics (its `metrics.json`, recorded with the run), as a journal
+/// event of its job's outcome: `{"event": "metrics", "run_id", "metrics"}`.
+async fn run_metrics(plan: &Plan, store: &Store, outcome: &Outcome) -> Option<Value> {
+    if outcome.action != Action::Run || outcome.status != Status::Succeeded {
+        return None;
+    }
+    let change = plan
+        .resource_changes
+        .iter()
+        .find(|c| c.address == outcome.address)?;
+    let run_id = change.after.as_ref()?.get("run_id")?.as_str()?;
+    let run = store.run(&change.name, run_id).await.ok()??;
+    Some(serde_json::json!({
+        "event": "metrics",
+        "run_id": run_id,
+        "metrics": run.metrics?,
+    }))
 }

@@ -62,6 +62,18 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
             r.user,
             r.plan_hash
         );
+        // The metrics of the runs it made.
+        for o in &r.outcomes {
+            for e in o.events.iter().filter(|e| e["event"] == "metrics") {
+                if let Some(metrics) = super::status::describe_metrics(&e["metrics"]) {
+                    println!(
+                        "    {} run {}: {metrics}",
+                        o.address,
+                        e["run_id"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
     }
     Ok(Outcome::Success)
 }

@@ -42,6 +42,7 @@ pub mod manifest;
 pub mod plan;
 pub mod planner;
 pub mod policy;
+pub mod promotion;
 pub mod rollout;
 pub mod rollout_metrics;
 pub mod serving;

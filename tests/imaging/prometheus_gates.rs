@@ -64,6 +64,16 @@ fn the_example_rolls_out_and_back_on_gates_read_from_prometheus() {
     let world = World::new();
     let prometheus = Prometheus::start();
     quick_rollout(&world, true, Gates::Prometheus(&prometheus.url()));
+    // Prometheus answers with what it scraped last (every second here, once it has
+    // discovered a new pod): steps of several scrape intervals, as the README advises,
+    // so that a loaded machine still gets the evidence to the gates in time.
+    let serve = world.root.join("imaging/serve.toml");
+    let text = std::fs::read_to_string(&serve).unwrap();
+    std::fs::write(
+        &serve,
+        text.replace("step_wait = \"5s\"", "step_wait = \"10s\""),
+    )
+    .unwrap();
     let stop = AtomicBool::new(false);
     with_kubelet(&world, |kubelet| {
         std::thread::scope(|s| {

@@ -23,6 +23,7 @@ mod autoscale;
 mod custom;
 mod edge;
 mod onnx;
+mod promotion;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

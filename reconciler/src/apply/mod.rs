@@ -21,6 +21,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::address::Kind;
 use crate::backend::store::{
     self, now_rfc3339, JournalOutcome, JournalRecord, LockGuard, StateEntry, Store, VersionedState,
 };
@@ -28,8 +29,10 @@ use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure, Target
 use crate::content::HashCache;
 use crate::events::Events;
 use crate::manifest::Snapshot;
+use crate::plan::endpoint::EndpointValue;
 use crate::plan::{Action, Plan, ResourceChange};
 
+mod promote;
 mod sources;
 
 /// Errors that stop an apply before (or instead of) running changes.
@@ -500,6 +503,9 @@ impl Applier<'_> {
     /// store (dataset and model versions, workspaces).
     async fn execute(&self, plan: &Plan, change: &ResourceChange) -> Result<Applied, Failure> {
         let store = &self.stores[&change.workspace];
+        if change.kind == Kind::Endpoint {
+            self.quality_gates(store, change).await?;
+        }
         match change.target.as_deref() {
             Some(name) => {
                 let target = self.targets.get(name).ok_or_else(|| {
@@ -518,6 +524,33 @@ impl Applier<'_> {
                 .store_change(plan, change, store)
                 .await
                 .map_err(Failure::from),
+        }
+    }
+}
+
+impl Applier<'_> {
+    /// An endpoint's `promote_if`, checked before its target moves any traffic: a new
+    /// model version that fails a condition fails the change, serving untouched.
+    async fn quality_gates(&self, store: &Store, change: &ResourceChange) -> Result<(), Failure> {
+        let value = |v: &Option<Value>| {
+            v.as_ref()
+                .and_then(|v| serde_json::from_value::<EndpointValue>(v.clone()).ok())
+        };
+        let Some(after) = value(&change.after) else {
+            return Ok(());
+        };
+        match promote::check(store, value(&change.before).as_ref(), &after).await {
+            Ok(held) => {
+                for line in held {
+                    self.events
+                        .note(&change.address, &format!("promote_if: {line}"));
+                }
+                Ok(())
+            }
+            Err(why) => Err(Failure {
+                error: ChangeError::Failed(why),
+                events: Vec::new(),
+            }),
         }
     }
 }

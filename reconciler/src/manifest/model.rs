@@ -346,6 +346,10 @@ pub struct EndpointSpec {
     pub mirror: Option<Spanned<SpannedMap<u32>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Spanned<RolloutSpec>>,
+    /// Quality gates a new model version's metrics must pass before it is rolled out
+    /// (`"auc >= 0.80"`, `"auc >= serving.auc - 0.005"`; [`crate::promotion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_if: Option<Spanned<Vec<SpannedStr>>>,
 }
 
 impl EndpointSpec {

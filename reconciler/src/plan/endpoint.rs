@@ -33,6 +33,9 @@ pub struct EndpointValue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorValue>,
     pub rollout: RolloutValue,
+    /// Conditions on a new model version's metrics before it is rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promote_if: Vec<String>,
 }
 
 /// One deployment of an endpoint, resolved.

@@ -144,6 +144,11 @@ impl Planner<'_> {
             }),
             deployments,
             rollout,
+            promote_if: spec
+                .promote_if
+                .as_ref()
+                .map(|c| c.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default(),
         };
         let before_value: Option<EndpointValue> = before
             .as_ref()

@@ -102,6 +102,12 @@ pub fn decide(
             .map(|s| rollout::interpolate(&layout.base, &layout.to, s))
             .collect();
         let mut summary = rollout.describe();
+        if !after.promote_if.is_empty() {
+            summary.push_str(&format!(
+                "; promoted only if {}",
+                after.promote_if.join(", ")
+            ));
+        }
         if let Some(p) = layout.resume_at {
             summary = format!("resumed at {p}%: {summary}");
         }
@@ -470,6 +476,7 @@ mod tests {
                 scale_down_delay: "5m".into(),
                 metrics: None,
             },
+            promote_if: Vec::new(),
         }
     }
 

@@ -1,0 +1,85 @@
+//! Quality gates before a rollout (`promote_if` on an endpoint): a retrained version
+//! whose metrics fail a condition is registered but not rolled out, the apply says which
+//! condition failed with which values and exits 1, and the serving version keeps all
+//! traffic; conditions on the serving version are skipped when nothing serves yet.
+
+use super::Repo;
+
+/// Puts `promote_if = [...]` on the example's endpoint.
+fn gate(repo: &Repo, conditions: &[&str]) {
+    let path = repo.root.join("credit-risk/serve.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = match text.find("promote_if = ") {
+        Some(at) => {
+            let end = at + text[at..].find('\n').unwrap();
+            format!("{}{}", &text[..at], &text[end + 1..])
+        }
+        None => text,
+    };
+    let listed: Vec<String> = conditions.iter().map(|c| format!("{c:?}")).collect();
+    let at = text
+        .find("\n\n[endpoint.risk-api.deployments.blue]")
+        .unwrap();
+    let text = format!(
+        "{}\npromote_if = [{}]{}",
+        &text[..at],
+        listed.join(", "),
+        &text[at..]
+    );
+    std::fs::write(&path, text).unwrap();
+}
+
+#[test]
+fn a_version_failing_its_quality_gate_is_registered_but_not_rolled_out() {
+    let repo = Repo::example("steps = [100]\nstep_wait = \"5s\"\n");
+    gate(&repo, &["auc >= 0.5", "auc >= serving.auc - 0.2"]);
+    let first = repo.apply();
+    first.ok();
+    assert!(
+        first
+            .stderr
+            .contains("promote_if: blue: `auc >= 0.5` holds (auc = 0."),
+        "{}",
+        first.both()
+    );
+    assert!(
+        first
+            .stderr
+            .contains("`auc >= serving.auc - 0.2` skipped (nothing serves to compare with)"),
+        "{}",
+        first.both()
+    );
+    let v1 = repo.model_version();
+
+    // A retrain that must reach an AUC it can't: planned with its gate, then refused.
+    gate(&repo, &["auc >= 0.99", "loss <= serving.loss + 1"]);
+    repo.add_rows(5);
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("promoted only if auc >= 0.99, loss <= serving.loss + 1"),
+        "{}",
+        plan.both()
+    );
+    let apply = repo.apply();
+    assert_eq!(apply.code, 1, "{}", apply.both());
+    assert!(
+        apply.stdout.contains("the new model version is registered but not promoted: blue: `auc >= 0.99` fails (auc = 0.")
+            || apply.stderr.contains("the new model version is registered but not promoted: blue: `auc >= 0.99` fails (auc = 0."),
+        "{}",
+        apply.both()
+    );
+    assert!(
+        !apply.both().contains("`loss <= serving.loss + 1` fails"),
+        "{}",
+        apply.both()
+    );
+    // Registered, lineage kept; the old version serves everything.
+    let v2 = repo.model_version();
+    assert_ne!(v2, v1);
+    let serving = repo.deployments();
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    assert_eq!(serving[0].2, 100);
+    assert!(serving[0].1.starts_with(&v1), "{serving:?} {v1}");
+}

@@ -141,6 +141,14 @@ impl Condition {
         })
     }
 
+    /// The metric names it reads: its own, and the serving version's it compares with.
+    pub fn metrics(&self) -> Vec<&str> {
+        match &self.rhs {
+            Rhs::Number(_) => vec![self.metric.as_str()],
+            Rhs::Serving { metric, .. } => vec![self.metric.as_str(), metric.as_str()],
+        }
+    }
+
     /// Whether the candidate's metrics pass, with the values compared; `None` when it
     /// compares with a serving version there is none of (a first rollout).
     pub fn check(

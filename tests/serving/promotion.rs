@@ -1,7 +1,9 @@
 //! Quality gates before a rollout (`promote_if` on an endpoint): a retrained version
 //! whose metrics fail a condition is registered but not rolled out, the apply says which
 //! condition failed with which values and exits 1, and the serving version keeps all
-//! traffic; conditions on the serving version are skipped when nothing serves yet.
+//! traffic; conditions on the serving version are skipped when nothing serves yet, and
+//! once a version with metrics serves, a condition naming a metric it lacks is refused at
+//! plan time.
 
 use super::Repo;
 
@@ -50,6 +52,23 @@ fn a_version_failing_its_quality_gate_is_registered_but_not_rolled_out() {
         first.both()
     );
     let v1 = repo.model_version();
+
+    // Now that a version with metrics serves, a condition naming a metric it does not
+    // record is refused at plan time, at the condition.
+    gate(&repo, &["aucc >= 0.5"]);
+    let plan = repo.cairn(&["plan", "."]);
+    assert_eq!(plan.code, 1, "{}", plan.both());
+    assert!(plan.stderr.contains("unknown-metric"), "{}", plan.both());
+    assert!(
+        plan.stderr.contains("credit-risk/serve.toml:"),
+        "{}",
+        plan.both()
+    );
+    assert!(
+        plan.stderr.contains("did you mean `auc`?"),
+        "{}",
+        plan.both()
+    );
 
     // A retrain that must reach an AUC it can't: planned with its gate, then refused.
     gate(&repo, &["auc >= 0.99", "loss <= serving.loss + 1"]);

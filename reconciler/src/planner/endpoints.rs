@@ -153,6 +153,8 @@ impl Planner<'_> {
         let before_value: Option<EndpointValue> = before
             .as_ref()
             .and_then(|b| serde_json::from_value(b.clone()).ok());
+        self.known_metrics(resource, spec, store, before_value.as_ref(), diagnostics)
+            .await;
         let address = resource.address.to_string();
         let observed;
         let live = match target.live_endpoint(&address) {
@@ -188,5 +190,65 @@ impl Planner<'_> {
         c.rollout = rollout_plan;
         c.target = Some(target.name().to_string());
         Ok(Some(c))
+    }
+
+    /// `promote_if` conditions naming a metric the serving model version does not
+    /// record, caught now that a version with metrics exists.
+    async fn known_metrics(
+        &self,
+        resource: &Resource,
+        spec: &crate::manifest::EndpointSpec,
+        store: &Store,
+        before: Option<&EndpointValue>,
+        diagnostics: &mut Diagnostics,
+    ) {
+        let Some(conditions) = &spec.promote_if else {
+            return;
+        };
+        let Some(before) = before else { return };
+        let Some((_, serving)) = before
+            .deployments
+            .iter()
+            .find(|(name, _)| before.traffic.get(*name).copied().unwrap_or(0) > 0)
+        else {
+            return;
+        };
+        let Ok(Some(record)) = store.model_version(&serving.model, &serving.version).await else {
+            return;
+        };
+        let Some(Value::Object(metrics)) = record.metrics else {
+            return;
+        };
+        let known: Vec<&str> = metrics
+            .iter()
+            .filter(|(_, v)| v.is_number())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        for text in conditions.get_ref() {
+            let Ok(condition) = crate::promotion::Condition::parse(text.get_ref()) else {
+                continue;
+            };
+            let mut names = condition.metrics();
+            names.dedup();
+            for name in names {
+                if known.contains(&name) {
+                    continue;
+                }
+                diagnostics.push(
+                    Diagnostic::error(
+                        "unknown-metric",
+                        format!(
+                            "promote_if `{condition}` names `{name}`, which model.{}@{} (serving now) does not record",
+                            serving.model, serving.version
+                        ),
+                    )
+                    .at(self.loc(resource, text.span()))
+                    .help(match crate::diagnostics::did_you_mean(name, known.iter().copied()) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => format!("its metrics: {}", known.join(", ")),
+                    }),
+                );
+            }
+        }
     }
 }

@@ -32,8 +32,7 @@ use crate::backend::store::Store;
 use crate::diagnostics::error_chain;
 use crate::rollout::{Traffic, TrafficError};
 use crate::serving::{
-    EndpointId, Error, LiveBackend, LiveEndpoint, Result, RevisionSpec, RouteTable, ScaleChange,
-    Serving,
+    EndpointId, Error, LiveBackend, LiveEndpoint, Result, RevisionSpec, RouteTable, Serving,
 };
 
 /// The folder of serving state under a manifests root's `.cairn`.
@@ -333,16 +332,7 @@ fn live(route: &RouteStatus, replicas: &[ReplicaStatus]) -> LiveEndpoint {
                         revision: b.revision.clone(),
                         replicas: b.replicas,
                         ready_replicas: b.ready_replicas,
-                        scaled: b
-                            .scaled
-                            .iter()
-                            .map(|r| ScaleChange {
-                                at: r.at,
-                                from: r.from,
-                                to: r.to,
-                                requests_per_s: r.requests_per_s,
-                            })
-                            .collect(),
+                        scaled: b.scaled.clone(),
                     },
                 )
             })

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use super::apply::{apply, Scale};
 use super::daemon::Shared;
 use super::registry::SCALE_HISTORY;
-use super::{routing, DeploymentKey, DeploymentSpec, Event, ScaleRecord};
+use super::{routing, DeploymentKey, DeploymentSpec, Event};
+use crate::serving::ScaleChange;
 
 /// How often recommendations are made.
 const EVERY: Duration = Duration::from_secs(1);
@@ -133,7 +134,7 @@ async fn scale(shared: &Arc<Shared>, spec: DeploymentSpec, from: u32, rate: f64)
             let at = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            deployment.scaled.push(ScaleRecord {
+            deployment.scaled.push(ScaleChange {
                 at,
                 from,
                 to,

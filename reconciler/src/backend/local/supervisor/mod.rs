@@ -163,8 +163,8 @@ pub use event::Event;
 pub use offline::{stop_without_daemon, OfflineStop};
 pub use routing::{BackendStatus, RouteBackend, RouteSpec, RouteStatus, RouteTraffic};
 pub use spec::{
-    DaemonInfo, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, ScaleRecord,
-    ScaleSpec, StartFailure,
+    DaemonInfo, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, ScaleSpec,
+    StartFailure,
 };
 pub use state::recorded;
 pub use systemd::systemd_unit;

@@ -13,9 +13,8 @@ use tokio::sync::watch;
 
 use super::logs::replica_log;
 use super::routing::Hosted;
-use super::{
-    loopback, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus, ScaleRecord,
-};
+use super::{loopback, DeploymentKey, DeploymentSpec, ReplicaId, ReplicaState, ReplicaStatus};
+use crate::serving::ScaleChange;
 
 /// What the daemon runs and routes.
 #[derive(Default)]
@@ -37,7 +36,7 @@ pub(super) struct Deployment {
     pub(super) stopping: bool,
     pub(super) replicas: BTreeMap<u32, Replica>,
     /// What the autoscaler did to it, oldest first (the last [`SCALE_HISTORY`]).
-    pub(super) scaled: Vec<ScaleRecord>,
+    pub(super) scaled: Vec<ScaleChange>,
 }
 
 /// How many scale changes a revision remembers.

@@ -76,17 +76,6 @@ pub struct ScaleSpec {
     pub scale_down_window: Duration,
 }
 
-/// One change the autoscaler made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScaleRecord {
-    /// When, in seconds since the Unix epoch.
-    pub at: u64,
-    pub from: u32,
-    pub to: u32,
-    /// The rate that asked for it.
-    pub requests_per_s: f64,
-}
-
 impl ScaleSpec {
     /// The replicas for this rate, within the bounds.
     pub fn recommend(&self, requests_per_s: f64) -> u32 {

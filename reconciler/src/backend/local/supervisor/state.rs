@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::{Observed, Registry};
 use super::routing::RetirementRecord;
-use super::{
-    DeploymentKey, DeploymentSpec, Error, Result, RouteSpec, ScaleRecord, SOCKET_FILE, STATE_FILE,
-};
+use super::{DeploymentKey, DeploymentSpec, Error, Result, RouteSpec, SOCKET_FILE, STATE_FILE};
+use crate::serving::ScaleChange;
 
 /// Version 2 added routes and scheduled stops; version 1 files still load.
 const STATE_FORMAT_VERSION: u32 = 2;
@@ -63,7 +62,7 @@ pub(super) struct DeploymentRecord {
     pub(super) replicas: Vec<ReplicaRecord>,
     /// The autoscaler's changes (absent before autoscaling existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(super) scaled: Vec<ScaleRecord>,
+    pub(super) scaled: Vec<ScaleChange>,
 }
 
 /// One replica in `state.json`.

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::super::error::names_or_none;
 use super::super::spec::{check_name, NAME_MAX};
-use super::super::{DeploymentKey, Error, Result, ScaleRecord, ScaleSpec};
+use super::super::{DeploymentKey, Error, Result, ScaleSpec};
 use crate::backend::local::router::{self, Mirror};
 use crate::rollout::Weights;
+use crate::serving::ScaleChange;
 
 /// The deployment revision serving one backend of a route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +156,7 @@ pub struct BackendStatus {
     pub autoscale: Option<ScaleSpec>,
     /// What the autoscaler did to it, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scaled: Vec<ScaleRecord>,
+    pub scaled: Vec<ScaleChange>,
 }
 
 /// One endpoint's router, as the daemon sees it.

@@ -1,6 +1,6 @@
 //! Moving versions between a workspace's store and a folder: fetching a dataset or model
 //! version (every file checked against the SHA-256 its version recorded), and storing a
-//! folder a job wrote as a model version with its lineage.
+//! folder a job wrote as a model or dataset version with its lineage.
 //!
 //! The local target's applier uses these for job inputs and outputs; on Kubernetes the
 //! pods do the same through `cairn fetch` and `cairn upload`, so a version moved by a pod
@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::store::{self, now_rfc3339, FileEntry, ModelRecord, Store};
+use crate::backend::store::{
+    self, now_rfc3339, DatasetVersion, FileEntry, ModelRecord, ProducedBy, Store,
+};
 use crate::content;
 use crate::manifest::source::join_inside;
 
@@ -34,8 +36,9 @@ pub enum Error {
         actual: String,
         expected: String,
     },
-    #[error("the job wrote nothing into {} for model.{model}", .folder.display())]
-    EmptyOutput { model: String, folder: PathBuf },
+    /// `output` is `model.<name>` or `dataset.<name>`.
+    #[error("the job wrote nothing into {} for {output}", .folder.display())]
+    EmptyOutput { output: String, folder: PathBuf },
     #[error("cannot read or write {}", .path.display())]
     Io {
         path: PathBuf,
@@ -222,35 +225,14 @@ pub async fn store_model(
     let content = content::hash_folder(folder)?;
     if content.files.is_empty() {
         return Err(Error::EmptyOutput {
-            model: model.to_string(),
+            output: format!("model.{model}"),
             folder: folder.to_path_buf(),
         });
     }
-    // Collected first: a lazy iterator of futures borrowing `f` makes the whole future
-    // not `Send` (rustc's higher-ranked closure lifetimes), which targets need.
-    #[allow(clippy::needless_collect)]
-    let uploads: Vec<_> = content
-        .files
-        .iter()
-        .map(|f| async move {
-            let key = Store::model_file_key(model, version, &f.path);
-            // Stored only with the bytes just hashed: the record names that hash.
-            store
-                .objects()
-                .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
-                .await?;
-            Ok::<_, Error>(FileEntry {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: f.sha256.clone(),
-                key,
-            })
-        })
-        .collect();
-    let files: Vec<FileEntry> = futures::stream::iter(uploads)
-        .buffered(MODEL_UPLOADS)
-        .try_collect()
-        .await?;
+    let files = upload(store, folder, &content.files, &BTreeMap::new(), |path| {
+        Store::model_file_key(model, version, path)
+    })
+    .await?;
     let record = ModelRecord {
         model: model.to_string(),
         version: version.to_string(),
@@ -265,6 +247,126 @@ pub async fn store_model(
     };
     store.commit_model_version(&record).await?;
     Ok(record)
+}
+
+/// Stores `folder` as `dataset.<dataset>@<version>`, the output of a run: a file any
+/// committed version of the dataset already holds (same SHA-256) is referenced, not
+/// stored again; the others are uploaded ([`MODEL_UPLOADS`] at a time, each checked
+/// against the hash just computed), then the `_version.json` marker last. A version
+/// already committed is left as it is.
+pub async fn store_dataset(
+    store: &Store,
+    dataset: &str,
+    version: &str,
+    folder: &Path,
+    lineage: Lineage,
+) -> Result<DatasetVersion> {
+    if let Some(existing) = store.dataset_version(dataset, version).await? {
+        return Ok(existing);
+    }
+    let content = content::hash_folder(folder)?;
+    if content.files.is_empty() {
+        return Err(Error::EmptyOutput {
+            output: format!("dataset.{dataset}"),
+            folder: folder.to_path_buf(),
+        });
+    }
+    let known: BTreeMap<String, String> = store
+        .dataset_versions(dataset)
+        .await?
+        .into_iter()
+        .flat_map(|v| v.files)
+        .map(|f| (f.sha256, f.key))
+        .collect();
+    let files = upload(store, folder, &content.files, &known, |path| {
+        Store::dataset_file_key(dataset, version, path)
+    })
+    .await?;
+    let record = DatasetVersion {
+        dataset: dataset.to_string(),
+        version: version.to_string(),
+        total_bytes: content.total_bytes,
+        files,
+        created_at: now_rfc3339(),
+        commit: lineage.commit,
+        produced_by: Some(ProducedBy {
+            job: lineage.job.unwrap_or_default(),
+            run_id: lineage.run_id.unwrap_or_else(|| version.to_string()),
+            inputs: lineage.inputs,
+        }),
+    };
+    store.commit_dataset_version(&record).await?;
+    Ok(record)
+}
+
+/// Stores one output folder of a run: `reference` is `model.<name>@<run id>` or
+/// `dataset.<name>@<run id>`; `format` is a model's (`custom` when unknown). Returns
+/// how many files the version holds.
+pub async fn store_output(
+    store: &Store,
+    reference: &str,
+    format: &str,
+    folder: &Path,
+    lineage: Lineage,
+) -> Result<usize> {
+    let parsed = VersionRef::parse(reference)?;
+    match parsed.kind {
+        VersionKind::Model => store_model(
+            store,
+            &parsed.name,
+            &parsed.version,
+            format,
+            folder,
+            lineage,
+        )
+        .await
+        .map(|r| r.files.len()),
+        VersionKind::Dataset => {
+            store_dataset(store, &parsed.name, &parsed.version, folder, lineage)
+                .await
+                .map(|r| r.files.len())
+        }
+    }
+}
+
+/// Uploads the files of `folder` just hashed ([`MODEL_UPLOADS`] at a time), each to
+/// `key_of(path)` and stored only with the bytes that were hashed; a file whose SHA-256
+/// is in `known` is not uploaded but referenced at the key given there.
+async fn upload(
+    store: &Store,
+    folder: &Path,
+    hashed: &[content::HashedFile],
+    known: &BTreeMap<String, String>,
+    key_of: impl Fn(&str) -> String,
+) -> Result<Vec<FileEntry>> {
+    // Collected first: a lazy iterator of futures borrowing `f` makes the whole future
+    // not `Send` (rustc's higher-ranked closure lifetimes), which targets need.
+    #[allow(clippy::needless_collect)]
+    let uploads: Vec<_> = hashed
+        .iter()
+        .map(|f| {
+            let stored = known.get(&f.sha256).cloned();
+            let key = stored.clone().unwrap_or_else(|| key_of(&f.path));
+            async move {
+                if stored.is_none() {
+                    store
+                        .objects()
+                        .put_file_checked(&key, &folder.join(&f.path), &f.sha256)
+                        .await?;
+                }
+                Ok::<_, Error>(FileEntry {
+                    path: f.path.clone(),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                    key,
+                })
+            }
+        })
+        .collect();
+    futures::stream::iter(uploads)
+        .buffered(MODEL_UPLOADS)
+        .try_collect()
+        .await
 }
 
 /// Reads `metrics.json` from the first output folder that has one.

@@ -186,7 +186,7 @@ pub fn touched(
                 .insert(r.file.clone());
         }
         let source = match &r.spec {
-            Spec::Dataset(d) => Some(d.source.get_ref().as_str()),
+            Spec::Dataset(d) => d.source.as_ref().map(|s| s.get_ref().as_str()),
             Spec::Model(m) if m.from_job.is_none() => {
                 m.source.as_ref().map(|s| s.get_ref().as_str())
             }

@@ -5,6 +5,7 @@
 //! - `failures`: failing, retried and timed-out jobs.
 //! - `distributed`: jobs with `instances = N`: N ranks that meet, fail and retry together.
 //! - `locking`: concurrent applies, `unlock`, `history`.
+//! - `pipeline`: a job writing a dataset another job trains on.
 //! - `crash`: `kill -9` during a run or an upload, then convergence.
 //! - `s3`: the same flow on an S3 store (a real S3 server on loopback).
 //!
@@ -21,6 +22,7 @@ mod distributed;
 mod failures;
 mod flow;
 mod locking;
+mod pipeline;
 mod runs;
 mod s3;
 mod secrets;

@@ -102,3 +102,43 @@ fn a_version_failing_its_quality_gate_is_registered_but_not_rolled_out() {
     assert_eq!(serving[0].2, 100);
     assert!(serving[0].1.starts_with(&v1), "{serving:?} {v1}");
 }
+
+/// `promote_if` on the model gates every endpoint that follows it (an unpinned
+/// deployment): a retrain failing it is registered, the plan shows the gate beside the
+/// rollout, and the apply refuses to move traffic.
+#[test]
+fn a_models_own_quality_gate_holds_back_the_endpoints_that_follow_it() {
+    let repo = Repo::example("steps = [100]\nstep_wait = \"5s\"\n");
+    repo.apply().ok();
+    let v1 = repo.model_version();
+
+    let path = repo.root.join("credit-risk/train.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "format = \"safetensors\"",
+        "format = \"safetensors\"\npromote_if = [\"auc >= 0.999\"]",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    repo.add_rows(5);
+    let plan = repo.cairn(&["plan", "."]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains("promoted only if auc >= 0.999"),
+        "{}",
+        plan.both()
+    );
+    let apply = repo.apply();
+    assert_eq!(apply.code, 1, "{}", apply.both());
+    assert!(
+        apply.both().contains(
+            "the new model version is registered but not promoted: blue: `auc >= 0.999` fails (auc = 0."
+        ),
+        "{}",
+        apply.both()
+    );
+    assert_ne!(repo.model_version(), v1);
+    let serving = repo.deployments();
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    assert!(serving[0].1.starts_with(&v1), "{serving:?} {v1}");
+}

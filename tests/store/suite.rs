@@ -159,6 +159,7 @@ fn dataset_version(
         files,
         created_at: created_at.to_string(),
         commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        produced_by: None,
     }
 }
 

@@ -8,22 +8,15 @@ use crate::backend::store::Store;
 use crate::plan::endpoint::EndpointValue;
 use crate::promotion::Condition;
 
-/// Checks an endpoint change's `promote_if` for every deployment whose model version
-/// changes: `Ok(lines)` saying what held, or `Err(why)` naming the failed conditions
+/// Checks the quality gates (the endpoint's `promote_if` and its model's) for every
+/// deployment whose model version changes: `Ok(lines)` saying what held, or `Err(why)` naming the failed conditions
 /// and their values.
 pub(super) async fn check(
     store: &Store,
     before: Option<&EndpointValue>,
     after: &EndpointValue,
 ) -> Result<Vec<String>, String> {
-    if after.promote_if.is_empty() {
-        return Ok(Vec::new());
-    }
-    let conditions: Vec<Condition> = after
-        .promote_if
-        .iter()
-        .map(|c| Condition::parse(c).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let parse = |text: &String| Condition::parse(text).map_err(|e| e.to_string());
     let metrics_of = |model: String, version: String| async move {
         store
             .model_version(&model, &version)
@@ -36,6 +29,14 @@ pub(super) async fn check(
     for (name, d) in &after.deployments {
         let previous = before.and_then(|b| b.deployments.get(name));
         if previous.is_some_and(|p| p.version == d.version) {
+            continue;
+        }
+        let conditions: Vec<Condition> = after
+            .gates_of(name)
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?;
+        if conditions.is_empty() {
             continue;
         }
         let candidate = metrics_of(d.model.clone(), d.version.clone()).await?;

@@ -1,7 +1,7 @@
 //! What an apply carries out in the store alone: dataset versions and imported model
 //! versions uploaded from the manifests' source folders (only the files no earlier
-//! version holds, resuming what an interrupted apply stored), models produced by a run
-//! checked for, and resources whose applied value is only recorded (workspaces).
+//! version holds, resuming what an interrupted apply stored), models and datasets
+//! produced by a run checked for, and resources whose applied value is only recorded (workspaces).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,25 +50,30 @@ impl Applier<'_> {
                 None,
                 Some("removed from the state; stored versions are kept".into()),
             ),
-            (Kind::Dataset, Action::Create | Action::Update) => {
-                let after = after.ok_or_else(|| plan_error("dataset"))?;
-                self.upload_source(plan, change, store, &after, SourceKind::Dataset)
-                    .await
-                    .map_err(ChangeError::Failed)?;
-                done(Some(after), None)
-            }
-            (Kind::Model, Action::Create | Action::Update) => {
-                let after = after.ok_or_else(|| plan_error("model"))?;
+            (kind @ (Kind::Dataset | Kind::Model), Action::Create | Action::Update) => {
+                let after = after.ok_or_else(|| plan_error(kind.as_str()))?;
+                let source = match kind {
+                    Kind::Dataset => SourceKind::Dataset,
+                    _ => SourceKind::Model,
+                };
                 if after.get("from_job").is_some_and(|j| !j.is_null()) {
+                    // Written by a run of its job, which stored it: only checked for.
                     let version = str_field(&after, "version").map_err(ChangeError::Plan)?;
-                    let present = store.has_model_version(&change.name, &version).await?;
+                    let present = match source {
+                        SourceKind::Dataset => {
+                            store.has_dataset_version(&change.name, &version).await?
+                        }
+                        SourceKind::Model => {
+                            store.has_model_version(&change.name, &version).await?
+                        }
+                    };
                     if !present {
                         return Err(ChangeError::Failed(format!(
-                            "model version {version} is not in the store: the job that produces it did not record it"
+                            "{kind} version {version} is not in the store: the job that produces it did not record it"
                         )));
                     }
                 } else {
-                    self.upload_source(plan, change, store, &after, SourceKind::Model)
+                    self.upload_source(plan, change, store, &after, source)
                         .await
                         .map_err(ChangeError::Failed)?;
                 }
@@ -230,6 +235,7 @@ impl Applier<'_> {
                     total_bytes,
                     created_at: now_rfc3339(),
                     commit: plan.revision.clone(),
+                    produced_by: None,
                 })
                 .await
                 .map_err(|e| error_chain(&e)),

@@ -19,7 +19,7 @@ pub struct PlannedJob {
     pub run_id: String,
     /// Input name → the version reference the run reads.
     pub inputs: BTreeMap<String, String>,
-    /// Output name → `model.<name>@<run id>`.
+    /// Output name → `model.<name>@<run id>` or `dataset.<name>@<run id>`.
     pub outputs: BTreeMap<String, String>,
     pub retries: u32,
     /// Each attempt's running time.

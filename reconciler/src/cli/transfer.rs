@@ -1,7 +1,7 @@
 //! `cairn fetch` and `cairn upload`: what a training pod on Kubernetes runs around the
 //! job's own container. `fetch` downloads an input version into a folder; `upload`
-//! stores the job's output folders as model versions named after the run, with their
-//! lineage. The store comes from `CAIRN_STORE*` (the Job template sets them), its
+//! stores the job's output folders as model or dataset versions named after the run,
+//! with their lineage. The store comes from `CAIRN_STORE*` (the Job template sets them), its
 //! credentials from the usual AWS chain (`aws.rs`).
 
 use std::collections::BTreeMap;
@@ -62,8 +62,9 @@ pub struct FetchArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
-    /// What to store: `model.<name>@<version>=<folder>`, once per output.
-    #[arg(value_name = "MODEL@VERSION=DIR", required = true)]
+    /// What to store: `model.<name>@<version>=<folder>` or
+    /// `dataset.<name>@<version>=<folder>`, once per output.
+    #[arg(value_name = "OUTPUT@VERSION=DIR", required = true)]
     outputs: Vec<String>,
 
     /// The job that produced the outputs (`workspace/job.name`), for the lineage.
@@ -126,14 +127,11 @@ pub fn fetch(args: FetchArgs, _output: Output) -> Result<Outcome, CommandError> 
 pub fn upload(args: UploadArgs, _output: Output) -> Result<Outcome, CommandError> {
     let mut outputs = Vec::new();
     for text in &args.outputs {
-        let hint = "outputs look like `model.<name>@<version>=<folder>`";
+        let hint = "outputs look like `model.<name>@<version>=<folder>` or `dataset.<name>@<version>=<folder>`";
         let (reference, folder) = text
             .split_once('=')
             .ok_or_else(|| bad("output", text, hint))?;
         let parsed = VersionRef::parse(reference).map_err(|_| bad("output", text, hint))?;
-        if parsed.kind != VersionKind::Model {
-            return Err(bad("output", text, "only model versions can be uploaded"));
-        }
         outputs.push((parsed, PathBuf::from(folder)));
     }
     let mut inputs = BTreeMap::new();
@@ -168,23 +166,24 @@ pub fn upload(args: UploadArgs, _output: Output) -> Result<Outcome, CommandError
             commit: args.commit.clone(),
             metrics: metrics.clone(),
         };
-        let format = formats
-            .get(&reference.name)
-            .map_or("custom", String::as_str);
-        let record = runtime
-            .block_on(artifacts::store_model(
+        let format = match reference.kind {
+            VersionKind::Model => formats
+                .get(&reference.name)
+                .map_or("custom", String::as_str),
+            VersionKind::Dataset => "custom",
+        };
+        let files = runtime
+            .block_on(artifacts::store_output(
                 &store,
-                &reference.name,
-                &reference.version,
+                &reference.to_string(),
                 format,
                 folder,
                 lineage,
             ))
             .map_err(|e| artifact_error(&e))?;
         eprintln!(
-            "stored {reference} ({} file{})",
-            record.files.len(),
-            if record.files.len() == 1 { "" } else { "s" }
+            "stored {reference} ({files} file{})",
+            if files == 1 { "" } else { "s" }
         );
     }
     Ok(Outcome::Success)

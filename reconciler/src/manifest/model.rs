@@ -187,12 +187,17 @@ pub enum TaintEffect {
     NoExecute,
 }
 
-/// `[dataset.<name>]`: versioned data.
+/// `[dataset.<name>]`: versioned data, read from a folder or produced by a job.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
     /// A folder relative to the workspace folder, or an object-store URL (`s3://…`).
-    pub source: SpannedStr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SpannedStr>,
+    /// Or: `job.<name>` that writes it (a preparation or scoring step); each of its runs
+    /// is a version, named after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_job: Option<SpannedStr>,
     pub format: Spanned<DataFormat>,
     /// Pin: the content must hash to this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,7 +242,8 @@ pub struct JobSpec {
     /// Input name → `dataset.<name>` or `model.<name>`, optionally pinned.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: SpannedMap<String>,
-    /// Output name → `model.<name>`.
+    /// Output name → `model.<name>` or `dataset.<name>` (which names the job in its
+    /// `from_job`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: SpannedMap<String>,
     /// GPUs per instance.
@@ -314,6 +320,11 @@ pub struct ModelSpec {
     pub format: Spanned<ModelFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Quality gates every new version must pass before an endpoint that follows the
+    /// model (an unpinned deployment) rolls it out; a version that fails stays
+    /// registered. A pin is an explicit choice and is not gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_if: Option<Spanned<Vec<SpannedStr>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

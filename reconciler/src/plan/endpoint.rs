@@ -38,6 +38,40 @@ pub struct EndpointValue {
     pub promote_if: Vec<String>,
 }
 
+impl EndpointValue {
+    /// The quality gates a new model version of `deployment` must pass: the endpoint's
+    /// `promote_if`, then its model's own.
+    pub fn gates_of(&self, deployment: &str) -> Vec<String> {
+        let mut gates = self.promote_if.clone();
+        for c in self
+            .deployments
+            .get(deployment)
+            .iter()
+            .flat_map(|d| &d.promote_if)
+        {
+            if !gates.contains(c) {
+                gates.push(c.clone());
+            }
+        }
+        gates
+    }
+
+    /// The quality gates of every deployment that `to` gives traffic (keyed by
+    /// deployment or by `deployment@revision`).
+    pub fn gates(&self, to: &Weights) -> Vec<String> {
+        let mut gates = self.promote_if.clone();
+        for (key, _) in to.iter().filter(|(_, w)| **w > 0) {
+            let name = key.split('@').next().unwrap_or(key);
+            for c in self.gates_of(name) {
+                if !gates.contains(&c) {
+                    gates.push(c);
+                }
+            }
+        }
+        gates
+    }
+}
+
 /// One deployment of an endpoint, resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentValue {
@@ -63,6 +97,10 @@ pub struct DeploymentValue {
     /// The readiness path, when declared (`/healthz` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The model's own `promote_if`, when the deployment follows the model's newest
+    /// version (a pin is not gated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promote_if: Vec<String>,
 }
 
 impl DeploymentValue {

@@ -1,5 +1,5 @@
 //! Datasets and models: a dataset's new content version (and what changed in it), a
-//! model version produced by a run or imported from a folder.
+//! model or dataset version produced by a run, a model imported from a folder.
 
 use std::collections::BTreeSet;
 
@@ -25,7 +25,7 @@ impl Planner<'_> {
             unreachable!()
         };
         let after = json!({
-            "source": spec.source.get_ref(),
+            "source": spec.source.as_ref().map(|s| s.get_ref()),
             "format": spec.format.get_ref(),
             "version": content.version,
             "files": content.files.len(),
@@ -96,7 +96,9 @@ impl Planner<'_> {
         Ok(change)
     }
 
-    pub(super) async fn trained_model(
+    /// A model trained by a job, or a dataset a job writes: each of the job's runs is a
+    /// version, named after the run.
+    pub(super) async fn produced(
         &self,
         resource: &Resource,
         store: &Store,
@@ -104,12 +106,17 @@ impl Planner<'_> {
         versions: &Versions,
         running: &BTreeSet<Address>,
     ) -> Result<ResourceChange> {
-        let Spec::Model(spec) = &resource.spec else {
-            unreachable!()
+        let (from_job, format, tags) = match &resource.spec {
+            Spec::Model(m) => (&m.from_job, serde_json::to_value(m.format.get_ref()), None),
+            Spec::Dataset(d) => (
+                &d.from_job,
+                serde_json::to_value(d.format.get_ref()),
+                Some(&d.tags),
+            ),
+            _ => unreachable!("only models and datasets come from jobs"),
         };
         let ws = resource.address.workspace.as_str();
-        let job = spec
-            .from_job
+        let job = from_job
             .as_ref()
             .and_then(|j| Reference::parse(j.get_ref()).ok())
             .map(|j| Address::new(ws, Kind::Job, j.name));
@@ -118,11 +125,14 @@ impl Planner<'_> {
             .and_then(|j| versions.get(j))
             .cloned()
             .unwrap_or_else(|| "unknown".into());
-        let after = json!({
+        let mut after = json!({
             "version": version,
-            "from_job": spec.from_job.as_ref().map(|j| j.get_ref()),
-            "format": spec.format.get_ref(),
+            "from_job": from_job.as_ref().map(|j| j.get_ref()),
+            "format": format.expect("formats serialize"),
         });
+        if let Some(tags) = tags {
+            after["tags"] = json!(tags);
+        }
         let old = before
             .as_ref()
             .and_then(|b| b.get("version"))
@@ -139,13 +149,15 @@ impl Planner<'_> {
         let reason = if job.as_ref().is_some_and(|j| running.contains(j)) {
             format!("new version {version}, produced by run {version} of {job_local}")
         } else {
-            let stored = store
-                .has_model_version(&resource.address.name, &version)
-                .await
-                .map_err(|source| Error::Store {
-                    workspace: ws.to_string(),
-                    source,
-                })?;
+            let name = &resource.address.name;
+            let stored = match resource.address.kind {
+                Kind::Dataset => store.has_dataset_version(name, &version).await,
+                _ => store.has_model_version(name, &version).await,
+            }
+            .map_err(|source| Error::Store {
+                workspace: ws.to_string(),
+                source,
+            })?;
             if stored {
                 format!("version {version} (already produced by {job_local}) becomes current")
             } else {

@@ -92,6 +92,11 @@ impl Planner<'_> {
                     env: d.env.clone(),
                     command: d.command(),
                     health: d.health.as_ref().map(|h| h.get_ref().clone()),
+                    promote_if: if pinned {
+                        Vec::new()
+                    } else {
+                        self.model_gates(&model)
+                    },
                 },
             );
         }
@@ -190,6 +195,19 @@ impl Planner<'_> {
         c.rollout = rollout_plan;
         c.target = Some(target.name().to_string());
         Ok(Some(c))
+    }
+
+    /// A model's own `promote_if` conditions, as written.
+    fn model_gates(&self, model: &Address) -> Vec<String> {
+        match self.desired.get(model).map(|r| &r.spec) {
+            Some(Spec::Model(m)) => m
+                .promote_if
+                .iter()
+                .flat_map(|c| c.get_ref())
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// `promote_if` conditions naming a metric the serving model version does not

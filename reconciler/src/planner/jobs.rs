@@ -78,7 +78,10 @@ impl Planner<'_> {
             .iter()
             .filter_map(|(name, value)| {
                 let r = Reference::parse(value.get_ref()).ok()?;
-                Some((name.get_ref().clone(), format!("model.{}@{run_id}", r.name)))
+                Some((
+                    name.get_ref().clone(),
+                    format!("{}.{}@{run_id}", r.kind, r.name),
+                ))
             })
             .collect();
         let after = json!({

@@ -156,6 +156,13 @@ impl Planner<'_> {
                         Some(change)
                     }
                 },
+                Spec::Dataset(spec) if spec.from_job.is_some() => {
+                    let change = self.produced(resource, store, before, &versions, &running).await?;
+                    if let Some(v) = change.after.as_ref().and_then(|a| a.get("version")).and_then(Value::as_str) {
+                        versions.insert(resource.address.clone(), v.to_string());
+                    }
+                    Some(change)
+                }
                 Spec::Dataset(_) => match contents.get(&resource.address) {
                     Some(content) => {
                         versions.insert(resource.address.clone(), content.version.clone());
@@ -177,7 +184,7 @@ impl Planner<'_> {
                 }
                 Spec::Model(spec) => {
                     if spec.from_job.is_some() {
-                        let change = self.trained_model(resource, store, before, &versions, &running).await?;
+                        let change = self.produced(resource, store, before, &versions, &running).await?;
                         if let Some(v) = change.after.as_ref().and_then(|a| a.get("version")).and_then(Value::as_str) {
                             versions.insert(resource.address.clone(), v.to_string());
                         }

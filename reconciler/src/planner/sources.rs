@@ -26,7 +26,7 @@ impl Planner<'_> {
             .iter()
             .filter(|r| selected.contains(r.address.workspace.as_str()))
             .filter_map(|r| match &r.spec {
-                Spec::Dataset(d) => Some((r, &d.source)),
+                Spec::Dataset(d) => d.source.as_ref().map(|s| (r, s)),
                 Spec::Model(m) if m.from_job.is_none() => m.source.as_ref().map(|s| (r, s)),
                 _ => None,
             })

@@ -102,11 +102,9 @@ pub fn decide(
             .map(|s| rollout::interpolate(&layout.base, &layout.to, s))
             .collect();
         let mut summary = rollout.describe();
-        if !after.promote_if.is_empty() {
-            summary.push_str(&format!(
-                "; promoted only if {}",
-                after.promote_if.join(", ")
-            ));
+        let gates = after.gates(&layout.to);
+        if !gates.is_empty() {
+            summary.push_str(&format!("; promoted only if {}", gates.join(", ")));
         }
         if let Some(p) = layout.resume_at {
             summary = format!("resumed at {p}%: {summary}");
@@ -454,6 +452,7 @@ mod tests {
                     env: BTreeMap::new(),
                     command: None,
                     health: None,
+                    promote_if: Vec::new(),
                 },
             );
         }

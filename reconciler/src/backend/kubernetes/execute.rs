@@ -16,6 +16,7 @@ use super::plan::ObjectChangeExt as _;
 use super::rollout::{failed, kube_route};
 use super::{ClusterApi, ClusterError, KubeObject, ObjectKey};
 use crate::address::Kind;
+use crate::artifacts::{VersionKind, VersionRef};
 use crate::backend::job::{PlannedJob, DEFAULT_SCHEDULE_TIMEOUT};
 use crate::backend::store::{now_rfc3339, RunRecord, RunStatus};
 use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure};
@@ -380,19 +381,35 @@ impl KubeCompute {
         let mut metrics = None;
         if error.is_none() {
             for (name, reference) in &outputs {
-                let model = reference
-                    .split('@')
-                    .next()
-                    .unwrap_or(reference)
-                    .trim_start_matches("model.");
-                match store.model_version(model, &run_id).await {
-                    Ok(Some(record)) => {
-                        metrics = metrics.or(record.metrics);
+                let stored = match VersionRef::parse(reference) {
+                    Ok(VersionRef {
+                        kind: VersionKind::Model,
+                        name: model,
+                        ..
+                    }) => match store.model_version(&model, &run_id).await {
+                        Ok(Some(record)) => {
+                            metrics = metrics.or(record.metrics);
+                            Ok(Some(()))
+                        }
+                        other => other.map(|_| None),
+                    },
+                    Ok(VersionRef { name: dataset, .. }) => store
+                        .has_dataset_version(&dataset, &run_id)
+                        .await
+                        .map(|present| present.then_some(())),
+                    Err(e) => {
+                        error = Some(error_chain(&e));
+                        break;
+                    }
+                };
+                match stored {
+                    Ok(Some(())) => {
                         produced.insert(name.clone(), reference.clone());
                     }
                     Ok(None) => {
+                        let what = reference.split('@').next().unwrap_or(reference);
                         error = Some(format!(
-                            "{} succeeded but model.{model}@{run_id} is not in the store: `cairn upload` did not store it",
+                            "{} succeeded but {what}@{run_id} is not in the store: `cairn upload` did not store it",
                             upload.unwrap_or(job).describe()
                         ));
                         break;

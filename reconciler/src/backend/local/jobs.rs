@@ -1,7 +1,7 @@
 //! Running a job on this machine: its inputs fetched from the store into a run folder,
 //! its command run with retries and a timeout as a process group
-//! ([`super::LocalMachine`]), its outputs stored as model versions with lineage, and the
-//! run recorded with its logs and metrics.
+//! ([`super::LocalMachine`]), its outputs stored as model or dataset versions with
+//! lineage, and the run recorded with its logs and metrics.
 //!
 //! A job with `instances = N` runs its command N times at once, as ranks 0 to N−1 of the
 //! distributed-training contract ([`Distribution`]): `MASTER_ADDR=127.0.0.1`, a
@@ -33,7 +33,7 @@ use crate::plan::{Plan, ResourceChange};
 
 impl LocalCompute {
     /// Runs a job on the local target with retries; on success stores its outputs as
-    /// model versions with lineage, and the run record.
+    /// model or dataset versions with lineage, and the run record.
     pub(super) async fn run_job(
         &self,
         cx: &ApplyContext<'_>,
@@ -213,18 +213,12 @@ impl LocalCompute {
         let mut produced = BTreeMap::new();
         if succeeded {
             for (name, reference) in &outputs {
-                let model = reference
-                    .split('@')
-                    .next()
-                    .unwrap_or(reference)
-                    .trim_start_matches("model.")
-                    .to_string();
                 let dir = work.join("outputs").join(name);
                 match self
                     .store_output(
                         plan,
                         store,
-                        &model,
+                        reference,
                         &run_id,
                         &job,
                         &dir,
@@ -316,22 +310,28 @@ impl LocalCompute {
             .map_err(|e| format!("input {}", error_chain(&e)))
     }
 
+    /// Stores one output folder as `reference` (`model.<name>@<run id>` or
+    /// `dataset.<name>@<run id>`), with the run's lineage.
     #[allow(clippy::too_many_arguments)]
     async fn store_output(
         &self,
         plan: &Plan,
         store: &Store,
-        model: &str,
+        reference: &str,
         run_id: &str,
         job: &str,
         dir: &Path,
         inputs: &BTreeMap<String, String>,
         metrics: Option<Value>,
     ) -> Result<(), String> {
+        let model = reference
+            .split('@')
+            .next()
+            .and_then(|r| r.strip_prefix("model."));
         let format = plan
             .resource_changes
             .iter()
-            .find(|c| c.kind == Kind::Model && c.name == model)
+            .find(|c| c.kind == Kind::Model && Some(c.name.as_str()) == model)
             .and_then(|c| c.after.as_ref())
             .and_then(|a| a.get("format"))
             .and_then(Value::as_str)
@@ -344,7 +344,7 @@ impl LocalCompute {
             commit: plan.revision.clone(),
             metrics,
         };
-        artifacts::store_model(store, model, run_id, &format, dir, lineage)
+        artifacts::store_output(store, reference, &format, dir, lineage)
             .await
             .map(|_| ())
             .map_err(|e| error_chain(&e))

@@ -33,6 +33,7 @@
 
 mod file;
 mod object;
+mod records;
 mod runs;
 mod s3;
 pub mod verify;
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
+pub use records::{DatasetVersion, FileEntry, ModelRecord, ProducedBy, RunRecord, RunStatus};
 pub use s3::{AwsChain, S3Store, FALLBACK_REGION, PARTS_IN_FLIGHT, PART_SIZE};
 pub use verify::VerifyReport;
 
@@ -224,83 +226,6 @@ pub const MAX_LOCK_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 fn lease_expiry(lease: Duration) -> u64 {
     let lease = lease.clamp(Duration::from_secs(1), MAX_LOCK_LEASE);
     unix_now().saturating_add(lease.as_secs())
-}
-
-/// One file of a dataset or model version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Path inside the version, `/`-separated.
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-    /// The store key holding the bytes (possibly in an earlier version).
-    pub key: String,
-}
-
-/// `_version.json`: a committed dataset version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetVersion {
-    pub dataset: String,
-    pub version: String,
-    pub files: Vec<FileEntry>,
-    pub total_bytes: u64,
-    pub created_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Succeeded,
-    Failed,
-}
-
-/// `_run.json`: the outcome of a job run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub job: String,
-    pub run_id: String,
-    pub status: RunStatus,
-    pub attempts: u32,
-    pub started_at: String,
-    pub finished_at: String,
-    pub duration_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// Input name → `dataset.<name>@<version>` or `model.<name>@<version>`.
-    pub inputs: BTreeMap<String, String>,
-    /// Output name → `model.<name>@<version>`.
-    pub outputs: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
-    /// Store keys of the attempts' logs.
-    pub logs: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-}
-
-/// `_model.json`: a model version and its lineage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRecord {
-    pub model: String,
-    pub version: String,
-    pub format: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
-    /// Input name → `dataset.<name>@<version>` (or model) the run read.
-    #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
-    pub files: Vec<FileEntry>,
-    pub created_at: String,
 }
 
 /// `.cairn/lock`: who holds the store, and until when.

@@ -105,15 +105,7 @@ impl Ctx<'_> {
         }
         self.traffic(r, spec, out);
         self.mirror(r, spec, out);
-        for condition in spec.promote_if.iter().flat_map(|c| c.get_ref()) {
-            if let Err(e) = crate::promotion::Condition::parse(condition.get_ref()) {
-                out.error(
-                    Diagnostic::error("invalid-condition", format!("promote_if: {e}"))
-                        .at(self.loc(&r.file, condition.span()))
-                        .help("a condition on the new model version's metrics, e.g. `\"auc >= 0.80\"` or `\"auc >= serving.auc - 0.005\"` (`serving.` is the version serving now)"),
-                );
-            }
-        }
+        self.conditions(r, spec.promote_if.as_ref(), out);
         if let Some(compute) = compute {
             if *compute.target.get_ref() == Target::Kubernetes && compute.gateway.is_none() {
                 self.without_gateway(r, spec, &compute_name, out);

@@ -10,7 +10,7 @@ use super::{invalid_name, Ctx, Out, View};
 use crate::address::{is_dns1123_label, Kind, Reference};
 use crate::desired::Resource;
 use crate::diagnostics::{did_you_mean, Diagnostic};
-use crate::manifest::{JobSpec, Role, Spec, Target};
+use crate::manifest::{JobSpec, Role, Target};
 
 impl Ctx<'_> {
     pub(super) fn job<'v>(&self, view: &View<'v>, r: &Resource, spec: &JobSpec, out: &mut Out) {
@@ -193,49 +193,7 @@ impl Ctx<'_> {
         }
         for (name, value) in &spec.outputs {
             self.io_name(r, name, out);
-            let Some((model, _)) =
-                self.reference(view, r, "outputs", value, &[Kind::Model], false, out)
-            else {
-                continue;
-            };
-            let Spec::Model(m) = &model.spec else {
-                continue;
-            };
-            // The model depends on the job, not the other way round: drop the edge the
-            // output reference just added (an input of the same model keeps its own).
-            out.deps.pop();
-            let produced_by_this_job = m
-                .from_job
-                .as_ref()
-                .and_then(|j| Reference::parse(j.get_ref()).ok())
-                .is_some_and(|j| j.kind == Kind::Job && j.name == r.address.name);
-            if !produced_by_this_job {
-                let why = match (&m.from_job, &m.source) {
-                    (Some(other), _) => format!("it says `from_job = \"{}\"`", other.get_ref()),
-                    (None, Some(_)) => "it is imported from a `source`".to_string(),
-                    (None, None) => "it names no `from_job`".to_string(),
-                };
-                out.error(
-                    Diagnostic::error(
-                        "lineage",
-                        format!(
-                            "{} outputs {}, but {why}",
-                            r.address.local(),
-                            model.address.local()
-                        ),
-                    )
-                    .at(self.loc(&r.file, value.span()))
-                    .related(
-                        self.loc(&model.file, model.name_span.clone()),
-                        "model declared here",
-                    )
-                    .help(format!(
-                        "set `from_job = \"{}\"` on {}",
-                        r.address.local(),
-                        model.address.local()
-                    )),
-                );
-            }
+            self.output(view, r, value, out);
         }
     }
 

@@ -19,7 +19,9 @@ mod capacity;
 mod compute;
 mod endpoint;
 mod job;
+mod lineage;
 mod model;
+mod promote_if;
 mod refs;
 mod rollout_metrics;
 mod sources;
@@ -98,7 +100,7 @@ pub(super) fn check(
         match &r.spec {
             Spec::Workspace(spec) => ctx.workspace(r, spec, &mut out),
             Spec::Compute(spec) => ctx.compute(r, spec, &mut out),
-            Spec::Dataset(spec) => ctx.dataset(r, spec, &mut out),
+            Spec::Dataset(spec) => ctx.dataset(&view, r, spec, &mut out),
             Spec::Job(spec) => {
                 ctx.job(&view, r, spec, &mut out);
                 out.diags.extend(limits::job(&ctx.place(r), spec));

@@ -2,10 +2,9 @@
 //! it in its outputs.
 
 use super::{Ctx, Out, View};
-use crate::address::{Kind, Reference};
 use crate::desired::Resource;
 use crate::diagnostics::Diagnostic;
-use crate::manifest::{ModelSpec, Spec};
+use crate::manifest::ModelSpec;
 
 impl Ctx<'_> {
     pub(super) fn model<'v>(&self, view: &View<'v>, r: &Resource, spec: &ModelSpec, out: &mut Out) {
@@ -23,39 +22,9 @@ impl Ctx<'_> {
             (None, Some(source)) => self.data_path(r, source, "model", out),
             (Some(_), None) => {}
         }
+        self.conditions(r, spec.promote_if.as_ref(), out);
         if let Some(job_ref) = &spec.from_job {
-            let Some((job, _)) =
-                self.reference(view, r, "from_job", job_ref, &[Kind::Job], false, out)
-            else {
-                return;
-            };
-            let Spec::Job(j) = &job.spec else { return };
-            let listed = j.outputs.values().any(|v| {
-                Reference::parse(v.get_ref())
-                    .is_ok_and(|m| m.kind == Kind::Model && m.name == r.address.name)
-            });
-            if !listed {
-                out.error(
-                    Diagnostic::error(
-                        "lineage",
-                        format!(
-                            "{} does not list {} in its outputs",
-                            job.address.local(),
-                            r.address.local()
-                        ),
-                    )
-                    .at(self.loc(&r.file, job_ref.span()))
-                    .related(
-                        self.loc(&job.file, job.name_span.clone()),
-                        "job declared here",
-                    )
-                    .help(format!(
-                        "add `outputs = {{ model = \"{}\" }}` to {}",
-                        r.address.local(),
-                        job.address.local()
-                    )),
-                );
-            }
+            self.from_job(view, r, job_ref, out);
         }
     }
 }

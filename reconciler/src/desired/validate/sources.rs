@@ -4,7 +4,7 @@
 
 use toml::Spanned;
 
-use super::{Ctx, Out};
+use super::{Ctx, Out, View};
 use crate::desired::Resource;
 use crate::diagnostics::{Diagnostic, Location};
 use crate::manifest::source::join_inside;
@@ -15,8 +15,36 @@ const RESERVED_FOLDERS: [&str; 2] = [".git", ".cairn"];
 
 impl Ctx<'_> {
     /// Checks a dataset: its `source`, and that a pinned `version` is not empty.
-    pub(super) fn dataset(&self, r: &Resource, spec: &DatasetSpec, out: &mut Out) {
-        self.data_path(r, &spec.source, "dataset", out);
+    pub(super) fn dataset<'v>(
+        &self,
+        view: &View<'v>,
+        r: &Resource,
+        spec: &DatasetSpec,
+        out: &mut Out,
+    ) {
+        match (&spec.source, &spec.from_job) {
+            (Some(source), None) => self.data_path(r, source, "dataset", out),
+            (Some(source), Some(_)) => out.error(
+                Diagnostic::error("dataset-origin", "a dataset is read from a source or written by a job, not both")
+                    .at(self.loc(&r.file, source.span()))
+                    .help("remove `source` to have the job write it, or `from_job` to read it from the folder"),
+            ),
+            (None, None) => out.error(
+                Diagnostic::error("dataset-origin", "a dataset needs `source` or `from_job`")
+                    .at(self.loc(&r.file, r.name_span.clone()))
+                    .help("add `source = \"<folder or s3://…>\"` (read from data) or `from_job = \"job.<name>\"` (written by a job)"),
+            ),
+            (None, Some(job_ref)) => {
+                self.from_job(view, r, job_ref, out);
+                if let Some(v) = &spec.version {
+                    out.error(
+                        Diagnostic::error("invalid-version", "a dataset written by a job can't pin a `version`")
+                            .at(self.loc(&r.file, v.span()))
+                            .help("its versions are the job's runs: pin the run where it is read instead (`inputs = { x = \"dataset.<name>@<run id>\" }`)"),
+                    );
+                }
+            }
+        }
         if let Some(v) = &spec.version {
             if v.get_ref().trim().is_empty() {
                 out.error(

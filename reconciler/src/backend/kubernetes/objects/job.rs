@@ -94,10 +94,12 @@ impl Walk<'_> {
             };
             outputs.push(json!({
                 "name": name,
-                "model": reference.name,
+                "kind": reference.kind,
+                "model": (reference.kind == Kind::Model).then_some(&reference.name),
+                "resource": reference.name,
                 "format": format,
                 "version": run_id,
-                "reference": format!("model.{}@{run_id}", reference.name),
+                "reference": format!("{}.{}@{run_id}", reference.kind, reference.name),
                 "path": path,
             }));
         }

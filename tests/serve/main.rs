@@ -9,6 +9,7 @@
 //!   (`tritonclient[http]`), ONNX outputs checked against `onnxruntime`.
 //! - `prometheus_gates`: the Kubernetes rollout gates' Prometheus reading against a real
 //!   Prometheus scraping real `cairn serve` processes.
+//! - `score`: `cairn score`, batch scoring of CSV folders (reference model and ONNX).
 //! - `exposition`: a small checker of the Prometheus text format, used on `/metrics`.
 //!
 //! Every test trains its own small model with the library (`cairn::workload::train`) on a
@@ -21,6 +22,7 @@ mod process;
 #[path = "../support/prometheus.rs"]
 mod prometheus;
 mod prometheus_gates;
+mod score;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

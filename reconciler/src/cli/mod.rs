@@ -32,6 +32,7 @@ mod policy;
 mod progress;
 mod render;
 mod runs;
+mod score;
 mod serve;
 mod status;
 #[cfg(target_os = "linux")]
@@ -120,6 +121,10 @@ enum Command {
     /// The reference trainer: fit a logistic regression on CSV data and write
     /// `model.safetensors` and `metrics.json` (what the example's job runs).
     Train(train::Args),
+    /// Batch scoring: run a model folder (the reference model or ONNX) over a folder of
+    /// CSV files and write the scores, one file per input; with `--label`, also the
+    /// scores' AUC, accuracy and log loss (`metrics.json`).
+    Score(score::Args),
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
@@ -405,6 +410,7 @@ pub fn main() -> ExitCode {
         Command::Unlock(args) => lock::run(args, output),
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),
+        Command::Score(args) => score::run(args, output),
         Command::Serve(args) => serve::run(args, output),
         Command::AuthProxy(args) => auth_proxy::run(args, output),
         Command::Fetch(args) => transfer::fetch(args, output),

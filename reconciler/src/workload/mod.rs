@@ -38,6 +38,7 @@ mod model;
 pub mod model_server;
 pub mod oip;
 pub mod onnx;
+mod score;
 pub mod served;
 mod train;
 
@@ -46,6 +47,7 @@ use std::path::PathBuf;
 pub use allreduce::GroupOptions;
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
 pub use model_server::{bind, serve, ServeOptions, Server};
+pub use score::{score, ScoreOptions, ScoreReport, BATCH_ROWS};
 pub use train::{train, Device, Metrics, TrainOptions, TrainReport, METRICS_FILE};
 
 /// Errors from reading training data, training, and reading or using a model.
@@ -196,6 +198,35 @@ pub enum Error {
     MissingFeature {
         feature: String,
         expected: Vec<String>,
+    },
+    #[error("no model in `{}`: expected `model.safetensors` (Cairn's reference model) or `model.onnx`", path.display())]
+    NoModel { path: PathBuf },
+    #[error("the model in `{}` can't score CSV rows: {reason}", path.display())]
+    Unscorable { path: PathBuf, reason: String },
+    #[error(
+        "column `{column}` not found in `{}`; the columns are: {}{}",
+        path.display(),
+        columns.join(", "),
+        suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    )]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        columns: Vec<String>,
+        suggestion: Option<String>,
+    },
+    #[error("{}:{line}: `{column}` is `{value}`; expected a number (0 or 1 for a label)", path.display())]
+    BadCell {
+        path: PathBuf,
+        line: u64,
+        column: String,
+        value: String,
+    },
+    #[error("{}:{line}: scoring the rows from this line failed: {reason}", path.display())]
+    Infer {
+        path: PathBuf,
+        line: u64,
+        reason: String,
     },
 }
 

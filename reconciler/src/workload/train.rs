@@ -471,7 +471,7 @@ fn accuracy(logits: &[f64], labels: &[f64]) -> f64 {
 
 /// Returns the ROC AUC of `scores` (the Mann–Whitney U statistic with average ranks for
 /// ties), or NaN when `labels` holds only one class.
-fn roc_auc(scores: &[f64], labels: &[f64]) -> f64 {
+pub(crate) fn roc_auc(scores: &[f64], labels: &[f64]) -> f64 {
     let positives = labels.iter().filter(|&&y| y == 1.0).count() as f64;
     let negatives = labels.len() as f64 - positives;
     if positives == 0.0 || negatives == 0.0 {

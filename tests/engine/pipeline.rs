@@ -55,7 +55,7 @@ fn write_pipeline(root: &Root, marker: &str) {
 fn actions(plan: &str) -> Vec<String> {
     plan.lines()
         .filter_map(|l| l.trim().split_once(" risk/"))
-        .filter(|(symbol, _)| symbol.chars().count() == 1)
+        .filter(|(symbol, _)| ["+", "~", "-", "▶", "»"].contains(symbol))
         .map(|(_, address)| format!("risk/{address}"))
         .collect()
 }

@@ -56,11 +56,11 @@ fn the_example_repository_as_json() {
     assert_eq!(
         report["summary"],
         json!({
-            "resources": 14,
+            "resources": 22,
             "workspaces": [
                 {
                     "name": "credit-risk",
-                    "counts": { "compute": 1, "dataset": 1, "job": 1, "model": 1, "endpoint": 1 }
+                    "counts": { "compute": 1, "dataset": 6, "job": 4, "model": 1, "endpoint": 1 }
                 },
                 {
                     "name": "imaging",

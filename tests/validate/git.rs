@@ -161,7 +161,7 @@ fn a_good_commit_is_valid_whatever_the_working_tree_says() {
     run.expect_exit(0, "--rev <commit 1>");
     assert!(
         run.stdout.starts_with(&format!(
-            "✓ manifests at {} is valid: 3 workspaces, 14 resources",
+            "✓ manifests at {} is valid: 3 workspaces, 22 resources",
             short(h.first)
         )),
         "{}",
@@ -172,7 +172,7 @@ fn a_good_commit_is_valid_whatever_the_working_tree_says() {
     let report = h.validate_json(&["--rev", &sha]);
     assert_eq!(report["valid"], true, "{report:#}");
     assert_eq!(report["commit"], sha);
-    assert_eq!(report["summary"]["resources"], 14);
+    assert_eq!(report["summary"]["resources"], 22);
 }
 
 #[test]

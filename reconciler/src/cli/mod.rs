@@ -34,6 +34,7 @@ mod render;
 mod runs;
 mod score;
 mod serve;
+mod split;
 mod status;
 #[cfg(target_os = "linux")]
 mod supervise;
@@ -125,6 +126,9 @@ enum Command {
     /// CSV files and write the scores, one file per input; with `--label`, also the
     /// scores' AUC, accuracy and log loss (`metrics.json`).
     Score(score::Args),
+    /// A preparation step: split a folder of CSV files into training and holdout rows by
+    /// a seeded hash of a key column, so a row keeps its side when others change.
+    Split(split::Args),
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
@@ -411,6 +415,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),
         Command::Score(args) => score::run(args, output),
+        Command::Split(args) => split::run(args, output),
         Command::Serve(args) => serve::run(args, output),
         Command::AuthProxy(args) => auth_proxy::run(args, output),
         Command::Fetch(args) => transfer::fetch(args, output),

@@ -40,6 +40,7 @@ pub mod oip;
 pub mod onnx;
 mod score;
 pub mod served;
+mod split;
 mod train;
 
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use allreduce::GroupOptions;
 pub use model::{load_model, Model, FORMAT, MODEL_FILE};
 pub use model_server::{bind, serve, ServeOptions, Server};
 pub use score::{score, ScoreOptions, ScoreReport, BATCH_ROWS};
+pub use split::{split, SplitOptions, SplitReport};
 pub use train::{train, Device, Metrics, TrainOptions, TrainReport, METRICS_FILE};
 
 /// Errors from reading training data, training, and reading or using a model.

@@ -523,12 +523,12 @@ fn is_test(seed: u64, row: usize, holdout: f64) -> bool {
 }
 
 /// Returns the top 53 bits of a hash as a uniform number in [0, 1).
-fn unit(hash: u64) -> f64 {
+pub(crate) fn unit(hash: u64) -> f64 {
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The splitmix64 finalizer (Steele, Lea, Flood 2014).
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

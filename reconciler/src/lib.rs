@@ -39,6 +39,7 @@ pub mod drift;
 pub mod events;
 pub mod github;
 pub mod manifest;
+pub mod metric_delta;
 pub mod plan;
 pub mod planner;
 pub mod policy;

@@ -137,8 +137,31 @@ fn a_models_own_quality_gate_holds_back_the_endpoints_that_follow_it() {
         "{}",
         apply.both()
     );
-    assert_ne!(repo.model_version(), v1);
+    let v2 = repo.model_version();
+    assert_ne!(v2, v1);
     let serving = repo.deployments();
     assert_eq!(serving.len(), 1, "{serving:?}");
     assert!(serving[0].1.starts_with(&v1), "{serving:?} {v1}");
+
+    // The held-back version is in the store with its metrics: the next plan (and the PR
+    // comment, in markdown) says how they compare with the serving version's.
+    let metrics = |version: &str| -> serde_json::Value {
+        let path = repo.root.join(format!(
+            ".cairn/store/models/risk-scorer/{version}/_model.json"
+        ));
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        record["metrics"].clone()
+    };
+    let expected = cairn::metric_delta::describe(&metrics(&v2), &metrics(&v1), &["auc"]).unwrap();
+    assert!(expected.starts_with("auc 0."), "{expected}");
+    for format in ["text", "markdown"] {
+        let plan = repo.cairn(&["plan", ".", "--format", format]);
+        plan.ok();
+        assert!(
+            plan.stdout.contains(&expected),
+            "{format}: {expected}\n{}",
+            plan.stdout
+        );
+    }
 }

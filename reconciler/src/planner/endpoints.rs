@@ -177,6 +177,10 @@ impl Planner<'_> {
             Decision::Create(reason) => (Action::Create, reason),
             Decision::Update(reason) => (Action::Update, reason),
             Decision::Rollout(reason, mut plan) => {
+                let reason = match metric_change(store, before_value.as_ref(), &after).await {
+                    Some(delta) => format!("{reason}; {delta}"),
+                    None => reason,
+                };
                 target.shape_rollout(
                     &EndpointRollout {
                         address: &resource.address,
@@ -268,5 +272,59 @@ impl Planner<'_> {
                 );
             }
         }
+    }
+}
+
+/// How the metrics of each deployment's new model version compare with the version it
+/// replaces (`auc 0.812 → 0.846`), when both are in the store with metrics: a version
+/// trained earlier (on the pull request's branch, or pinned), not one this plan trains.
+async fn metric_change(
+    store: &Store,
+    before: Option<&EndpointValue>,
+    after: &EndpointValue,
+) -> Option<String> {
+    let before = before?;
+    let metrics = |model: String, version: String| async move {
+        store
+            .model_version(&model, &version)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.metrics)
+    };
+    let mut lines = Vec::new();
+    for (name, d) in &after.deployments {
+        let Some(previous) = before.deployments.get(name) else {
+            continue;
+        };
+        if previous.version == d.version {
+            continue;
+        }
+        let Some(candidate) = metrics(d.model.clone(), d.version.clone()).await else {
+            continue;
+        };
+        let Some(serving) = metrics(previous.model.clone(), previous.version.clone()).await else {
+            continue;
+        };
+        let gates: Vec<crate::promotion::Condition> = after
+            .gates_of(name)
+            .iter()
+            .filter_map(|c| crate::promotion::Condition::parse(c).ok())
+            .collect();
+        let gated: Vec<&str> = gates.iter().flat_map(|c| c.metrics()).collect();
+        if let Some(delta) = crate::metric_delta::describe(&candidate, &serving, &gated) {
+            lines.push((name.clone(), delta));
+        }
+    }
+    match lines.as_slice() {
+        [] => None,
+        [(_, delta)] => Some(delta.clone()),
+        _ => Some(
+            lines
+                .iter()
+                .map(|(name, delta)| format!("{name}: {delta}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     }
 }

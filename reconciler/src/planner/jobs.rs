@@ -135,8 +135,24 @@ impl Planner<'_> {
                 workspace: ws.to_string(),
                 source,
             })?;
-        if existing.is_some_and(|r| r.status == store::RunStatus::Succeeded) {
-            let reason = format!("run {run_id} already succeeded; recording it as the current run");
+        if let Some(done) = existing.filter(|r| r.status == store::RunStatus::Succeeded) {
+            let mut reason =
+                format!("run {run_id} already succeeded; recording it as the current run");
+            // Its metrics against the current run's: what merging it would change.
+            if let (Some(metrics), Some(old)) = (&done.metrics, old_run) {
+                let current = store
+                    .run(&resource.address.name, old)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.metrics);
+                if let Some(delta) = current
+                    .as_ref()
+                    .and_then(|c| crate::metric_delta::describe(metrics, c, &[]))
+                {
+                    reason.push_str(&format!(" ({delta} against run {old})"));
+                }
+            }
             return Ok(change(
                 resource,
                 Action::Update,

@@ -38,6 +38,7 @@ pub mod diagnostics;
 pub mod drift;
 pub mod events;
 pub mod github;
+pub mod input_drift;
 pub mod manifest;
 pub mod metric_delta;
 pub mod plan;

@@ -124,6 +124,7 @@ fn a_port_in_use_is_a_clear_error() {
         mirror: None,
         key_sha256: None,
         health: Default::default(),
+        capture: None,
     };
     let error = runtime
         .block_on(router::bind(RouterOptions::new(addr, routes.clone())))

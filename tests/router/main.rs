@@ -6,10 +6,12 @@
 //!
 //! - `split`: weights, replicas, the pin header, the mirror, what passes through.
 //! - `shift`: weights changed (and a whole rollout run by the engine) under load.
+//! - `capture`: request bodies captured for input-drift monitoring, never the key.
 //! - `failures`: dead replicas, readiness, bind errors, limits.
 //! - `load`: requests/s and p99 through the router and direct, with `wrk` (ignored: run
 //!   by hand).
 
+mod capture;
 mod failures;
 mod load;
 mod shift;
@@ -134,6 +136,7 @@ impl Rig {
             mirror: None,
             key_sha256: None,
             health: BTreeMap::new(),
+            capture: None,
         }
     }
 

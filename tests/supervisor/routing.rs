@@ -42,6 +42,7 @@ pub fn route(
         weights: weights(split),
         mirror: None,
         key_sha256: None,
+        capture: None,
     }
 }
 

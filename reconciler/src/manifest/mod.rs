@@ -6,6 +6,7 @@
 
 pub mod locate;
 pub mod model;
+pub mod monitor;
 pub mod parse;
 pub mod replicas;
 pub mod source;

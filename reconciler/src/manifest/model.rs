@@ -361,6 +361,9 @@ pub struct EndpointSpec {
     /// (`"auc >= 0.80"`, `"auc >= serving.auc - 0.005"`; [`crate::promotion`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_if: Option<Spanned<Vec<SpannedStr>>>,
+    /// Input-drift monitoring: a share of the requests captured for `cairn drift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Spanned<super::monitor::MonitorSpec>>,
 }
 
 impl EndpointSpec {

@@ -36,6 +36,26 @@ pub struct EndpointValue {
     /// Conditions on a new model version's metrics before it is rolled out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub promote_if: Vec<String>,
+    /// Input-drift monitoring, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorValue>,
+}
+
+/// `[endpoint.<name>.monitor]`, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorValue {
+    /// The share of requests captured.
+    pub sample: f64,
+    pub max_psi: f64,
+    /// The most the capture keeps, in bytes.
+    pub max_capture: u64,
+}
+
+impl MonitorValue {
+    /// One in how many requests is captured.
+    pub fn every(&self) -> u32 {
+        (1.0 / self.sample.clamp(1e-6, 1.0)).round() as u32
+    }
 }
 
 impl EndpointValue {

@@ -154,6 +154,14 @@ impl Planner<'_> {
                 .as_ref()
                 .map(|c| c.get_ref().iter().map(|s| s.get_ref().clone()).collect())
                 .unwrap_or_default(),
+            monitor: spec.monitor.as_ref().map(|m| {
+                let m = m.get_ref();
+                crate::plan::endpoint::MonitorValue {
+                    sample: *m.sample.get_ref(),
+                    max_psi: m.max_psi(),
+                    max_capture: m.max_capture_bytes(),
+                }
+            }),
         };
         let before_value: Option<EndpointValue> = before
             .as_ref()

@@ -476,6 +476,7 @@ mod tests {
                 metrics: None,
             },
             promote_if: Vec::new(),
+            monitor: None,
         }
     }
 

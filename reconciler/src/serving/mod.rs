@@ -179,6 +179,9 @@ pub struct RouteTable {
     pub mirror: Option<(String, u32)>,
     /// Requests need the endpoint's key.
     pub auth: bool,
+    /// Input-drift monitoring: capture one in this many requests, keeping at most this
+    /// many bytes.
+    pub capture: Option<(u32, u64)>,
 }
 
 /// Errors of serving targets and of applying endpoints.

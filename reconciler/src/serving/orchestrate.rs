@@ -108,6 +108,7 @@ pub async fn apply(
                     weights: to.clone(),
                     mirror: mirror_of(targets),
                     auth,
+                    capture: after.monitor.as_ref().map(|m| (m.every(), m.max_capture)),
                 },
             )
             .await;
@@ -171,6 +172,7 @@ pub async fn apply(
                 weights: joined.clone(),
                 mirror: mirror_of(targets),
                 auth,
+                capture: after.monitor.as_ref().map(|m| (m.every(), m.max_capture)),
             },
         )
         .await?;
@@ -263,6 +265,7 @@ pub async fn apply(
                     .as_ref()
                     .map(|m| (m.deployment.clone(), m.percent)),
                 auth,
+                capture: after.monitor.as_ref().map(|m| (m.every(), m.max_capture)),
             },
         )
         .await?;
@@ -333,6 +336,7 @@ async fn restore(
                 weights,
                 mirror,
                 auth,
+                capture: after.monitor.as_ref().map(|m| (m.every(), m.max_capture)),
             },
         )
         .await?;

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use sha2::{Digest as _, Sha256};
 
 use super::child_env::ChildEnv;
-use super::router::Mirror;
+use super::router::{Capture, Mirror};
 use super::supervisor::{
     DeploymentSpec, ReplicaState, ReplicaStatus, RouteBackend, RouteSpec, RouteStatus,
     RouteTraffic, ScaleSpec, SupervisorClient, PORT_PLACEHOLDER,
@@ -78,6 +78,13 @@ impl LocalEndpoints {
     /// The supervisor's name for an endpoint.
     pub fn supervisor_name(endpoint: &EndpointId) -> String {
         format!("{}.{}", endpoint.workspace, endpoint.name)
+    }
+
+    /// Where the router writes the requests it captures for input-drift monitoring.
+    pub fn capture_dir(&self, endpoint: &EndpointId) -> PathBuf {
+        self.dir
+            .join("capture")
+            .join(Self::supervisor_name(endpoint))
     }
 
     /// Where an endpoint's key is kept.
@@ -434,6 +441,11 @@ impl Serving for LocalEndpoints {
             } else {
                 None
             },
+            capture: table.capture.map(|(every, max_bytes)| Capture {
+                every,
+                dir: self.capture_dir(endpoint),
+                max_bytes,
+            }),
         };
         self.client().await?.route(&spec).await.map_err(target)?;
         Ok(())

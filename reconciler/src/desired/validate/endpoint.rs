@@ -111,6 +111,9 @@ impl Ctx<'_> {
                 self.without_gateway(r, spec, &compute_name, out);
             }
         }
+        if let Some(monitor) = &spec.monitor {
+            self.monitor(r, monitor, compute.map(|c| *c.target.get_ref()), out);
+        }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);
             let target = compute.map(|c| *c.target.get_ref());

@@ -21,6 +21,7 @@ mod endpoint;
 mod job;
 mod lineage;
 mod model;
+mod monitor;
 mod promote_if;
 mod refs;
 mod rollout_metrics;

@@ -55,6 +55,7 @@
 //! `x-forwarded-for` gets the client's address; other headers pass unchanged.
 
 mod auth;
+mod capture;
 mod counters;
 mod handle;
 mod proxy;
@@ -65,6 +66,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 
+pub use capture::Capture;
 pub use handle::Handle;
 pub use routes::{Mirror, RouterOptions, Routes};
 pub use server::{bind, bind_listener, Router};

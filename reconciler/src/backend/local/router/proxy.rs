@@ -154,6 +154,9 @@ pub(super) async fn proxy(
     };
 
     if weighted {
+        if let Some(capture) = &table.capture {
+            capture.offer(&deployment.name, &outgoing.body);
+        }
         if let Some(mirror) = table.pick_mirror() {
             if mirror.name != deployment.name {
                 mirror_copy(&shared, mirror.clone(), outgoing.clone());

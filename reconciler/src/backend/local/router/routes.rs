@@ -30,6 +30,9 @@ pub struct Routes {
     /// Deployment name → the path its replicas answer 200 on once ready, for those not
     /// on [`DEFAULT_HEALTH_PATH`] (a deployment's own serving process may use another).
     pub health: BTreeMap<String, String>,
+    /// A share of the weighted requests' bodies written to files, for input-drift
+    /// monitoring.
+    pub capture: Option<super::Capture>,
 }
 
 impl Routes {
@@ -145,6 +148,7 @@ pub(super) mod tests {
             mirror: None,
             key_sha256: None,
             health: BTreeMap::new(),
+            capture: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::auth::parse_digest;
+use super::capture::Capturer;
 use super::counters::Counters;
 use super::{Error, Result, Routes};
 use crate::rollout::Weights;
@@ -24,6 +25,8 @@ pub(super) struct Table {
     pub(super) next: AtomicUsize,
     pub(super) mirror: Option<(Arc<Deployment>, u32)>,
     pub(super) mirror_next: AtomicUsize,
+    /// Kept across route changes while its settings stay the same.
+    pub(super) capture: Option<Arc<Capturer>>,
 }
 
 impl Table {
@@ -72,9 +75,16 @@ impl Table {
             .as_ref()
             .filter(|m| m.percent > 0)
             .and_then(|m| Some((deployments.get(&m.deployment)?.clone(), m.percent)));
+        let capture = routes.capture.as_ref().map(|config| {
+            previous
+                .and_then(|t| t.capture.clone())
+                .filter(|c| &c.config == config)
+                .unwrap_or_else(|| Arc::new(Capturer::start(config.clone())))
+        });
         Ok(Table {
             routes,
             key_sha256,
+            capture,
             deployments,
             schedule,
             next: AtomicUsize::new(0),

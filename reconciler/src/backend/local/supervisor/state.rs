@@ -261,6 +261,7 @@ mod tests {
             weights: [("blue".to_string(), 100)].into(),
             mirror: None,
             key_sha256: Some("ab".repeat(32)),
+            capture: None,
         };
         registry
             .routes

@@ -381,6 +381,7 @@ mod tests {
             mirror: None,
             key_sha256: None,
             health: BTreeMap::new(),
+            capture: None,
         };
         let after = router::Routes {
             deployments: [("blue".to_string(), vec![a, b])].into(),
@@ -388,6 +389,7 @@ mod tests {
             mirror: None,
             key_sha256: Some("ab".repeat(32)),
             health: BTreeMap::new(),
+            capture: None,
         };
         let text = describe_change(&before, &after);
         assert_eq!(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::super::error::names_or_none;
 use super::super::spec::{check_name, NAME_MAX};
 use super::super::{DeploymentKey, Error, Result, ScaleSpec};
-use crate::backend::local::router::{self, Mirror};
+use crate::backend::local::router::{self, Capture, Mirror};
 use crate::rollout::Weights;
 use crate::serving::ScaleChange;
 
@@ -58,6 +58,10 @@ pub struct RouteSpec {
     /// (lowercase hex) is this; else 401. Only the digest is sent and stored.
     #[serde(default)]
     pub key_sha256: Option<String>,
+    /// Bodies of a share of the weighted requests written to files (input-drift
+    /// monitoring).
+    #[serde(default)]
+    pub capture: Option<Capture>,
 }
 
 impl RouteSpec {
@@ -110,6 +114,7 @@ impl RouteSpec {
             mirror: self.mirror.clone(),
             key_sha256: self.key_sha256.clone(),
             health,
+            capture: self.capture.clone(),
         }
     }
 
@@ -193,6 +198,7 @@ pub(super) mod tests {
             weights: [("blue".to_string(), 90), ("green@v2".to_string(), 10)].into(),
             mirror: None,
             key_sha256: None,
+            capture: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Drift: live state that no longer matches the default branch. A drift check is a plan
 //! of the default branch's manifests against what is live; every change it would make
-//! is drift, reported per resource and per field.
+//! is drift, reported per resource and per field. Beside it, input drift: the features
+//! of monitored endpoints' captured requests that moved away from their training data
+//! ([`crate::monitoring`]).
 //!
 //! This module turns a [`Plan`] into a [`DriftReport`] and renders it as text (for logs),
 //! JSON, and markdown (the drift issue, from `templates/drift.md.j2`). It makes no plan
@@ -9,6 +11,7 @@
 use minijinja::Environment;
 use serde::Serialize;
 
+use crate::monitoring::EndpointInputs;
 use crate::plan::{Action, FieldChange, Plan, PlanSummary};
 
 /// The markdown template of the drift issue.
@@ -43,6 +46,9 @@ pub struct DriftReport {
     pub resources: Vec<Drifted>,
     pub summary: PlanSummary,
     pub notes: Vec<String>,
+    /// Monitored endpoints' input drift (checked or not, drifted or not).
+    #[serde(default)]
+    pub inputs: Vec<EndpointInputs>,
 }
 
 impl DriftReport {
@@ -64,11 +70,18 @@ impl DriftReport {
                 .collect(),
             summary: plan.summary.clone(),
             notes: plan.notes.clone(),
+            inputs: Vec::new(),
         }
     }
 
+    /// Live resources differ, or a monitored endpoint's inputs drifted.
     pub fn drifted(&self) -> bool {
-        !self.resources.is_empty()
+        !self.resources.is_empty() || self.inputs_drifted().next().is_some()
+    }
+
+    /// The endpoints whose inputs drifted.
+    pub fn inputs_drifted(&self) -> impl Iterator<Item = &EndpointInputs> {
+        self.inputs.iter().filter(|i| i.drifted())
     }
 
     /// `main (3f9a2c1)`, or `the working tree`.
@@ -85,15 +98,32 @@ impl DriftReport {
         }
     }
 
-    /// The issue title: `Drift: 2 resources differ from main`.
+    /// The issue title: `Drift: 2 resources differ from main`, `Drift: the inputs of
+    /// credit-risk/endpoint.risk-api moved (income, age)`.
     pub fn title(&self) -> String {
         let n = self.resources.len();
-        format!(
-            "Drift: {n} resource{} differ{} from {}",
-            if n == 1 { "" } else { "s" },
-            if n == 1 { "s" } else { "" },
-            self.rev.as_deref().unwrap_or("the manifests")
-        )
+        let mut parts = Vec::new();
+        if n > 0 {
+            parts.push(format!(
+                "{n} resource{} differ{} from {}",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "s" } else { "" },
+                self.rev.as_deref().unwrap_or("the manifests")
+            ));
+        }
+        for inputs in self.inputs_drifted() {
+            let names: Vec<&str> = inputs
+                .drifted_features()
+                .iter()
+                .map(|f| f.feature.as_str())
+                .collect();
+            parts.push(format!(
+                "the inputs of {} moved ({})",
+                inputs.endpoint,
+                names.join(", ")
+            ));
+        }
+        format!("Drift: {}", parts.join("; "))
     }
 
     /// The report for a terminal or a log.
@@ -104,6 +134,12 @@ impl DriftReport {
             let _ = writeln!(
                 out,
                 "No drift. What is live matches the manifests at {}.",
+                self.source()
+            );
+        } else if self.resources.is_empty() {
+            let _ = writeln!(
+                out,
+                "What is live matches the manifests at {}, but what monitored endpoints receive drifted from their training data.\n",
                 self.source()
             );
         } else {
@@ -132,6 +168,33 @@ impl DriftReport {
                 }
                 out.push('\n');
             }
+        }
+        for inputs in &self.inputs {
+            let drifted = inputs.drifted_features();
+            let _ = writeln!(
+                out,
+                "{} {}: {} of {} features of {} captured rows drifted from {} (PSI > {}; serving {}).",
+                if drifted.is_empty() { "  ✓" } else { "  !" },
+                inputs.endpoint,
+                drifted.len(),
+                inputs.features.len(),
+                inputs.rows,
+                inputs.training_data,
+                inputs.max_psi,
+                inputs.model,
+            );
+            for f in &inputs.features {
+                let ks = f.ks.map(|k| format!(", KS {k:.3}")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "      {} {}: PSI {:.3}{ks} ({})",
+                    if f.drifted { "!" } else { " " },
+                    f.feature,
+                    f.psi,
+                    f.kind
+                );
+            }
+            out.push('\n');
         }
         for note in &self.notes {
             let _ = writeln!(out, "Note: {note}");
@@ -180,6 +243,31 @@ impl DriftReport {
                 })
             })
             .collect();
+        let drifted_inputs: Vec<serde_json::Value> = self
+            .inputs_drifted()
+            .map(|i| {
+                let features: Vec<serde_json::Value> = i
+                    .features
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "feature": f.feature,
+                            "psi": format!("{:.3}", f.psi),
+                            "ks": f.ks.map_or("—".to_string(), |k| format!("{k:.3}")),
+                            "drifted": f.drifted,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "endpoint": i.endpoint,
+                    "model": i.model,
+                    "training_data": i.training_data,
+                    "rows": i.rows,
+                    "max_psi": i.max_psi,
+                    "features": features,
+                })
+            })
+            .collect();
         let text = env
             .get_template("drift.md")
             .and_then(|t| {
@@ -187,6 +275,7 @@ impl DriftReport {
                     report => self,
                     source => self.source(),
                     resources => resources,
+                    drifted_inputs => drifted_inputs,
                 })
             })
             .map_err(Error::Template)?;
@@ -195,5 +284,52 @@ impl DriftReport {
         } else {
             text
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input_drift::FeatureDrift;
+
+    fn feature(name: &str, psi: f64, drifted: bool) -> FeatureDrift {
+        FeatureDrift {
+            feature: name.into(),
+            kind: "numeric",
+            psi,
+            ks: Some(0.4),
+            reference_rows: 100,
+            current_rows: 50,
+            drifted,
+        }
+    }
+
+    #[test]
+    fn input_drift_alone_is_drift_and_the_title_and_issue_name_the_features() {
+        let report = DriftReport {
+            revision: Some("3f9a2c1aaaa".into()),
+            rev: Some("main".into()),
+            workspaces: vec!["credit-risk".into()],
+            resources: Vec::new(),
+            summary: PlanSummary::default(),
+            notes: Vec::new(),
+            inputs: vec![EndpointInputs {
+                endpoint: "credit-risk/endpoint.risk-api".into(),
+                model: "model.risk-scorer@6aaa0fd4e4a1".into(),
+                training_data: "dataset.loans-train@3964324fa973".into(),
+                requests: 10,
+                rows: 50,
+                max_psi: 0.2,
+                features: vec![feature("income", 0.89, true), feature("age", 0.01, false)],
+            }],
+        };
+        assert!(report.drifted());
+        assert_eq!(
+            report.title(),
+            "Drift: the inputs of credit-risk/endpoint.risk-api moved (income)"
+        );
+        let body = report.markdown(DRIFT_MARKDOWN_TEMPLATE, 60_000).unwrap();
+        assert!(body.contains("| `income` | 0.890 | 0.400 | drifted |"), "{body}");
+        assert!(!body.contains("| resource | why |"), "{body}");
     }
 }

@@ -41,6 +41,7 @@ pub mod github;
 pub mod input_drift;
 pub mod manifest;
 pub mod metric_delta;
+pub mod monitoring;
 pub mod plan;
 pub mod planner;
 pub mod policy;

@@ -11,6 +11,7 @@
 //!   before its promotion): planned and walked again from where traffic is, under the gates;
 //! - retrains in a row whose scheduled retirements come due during later rollouts;
 //! - `custom`: the same flows with a deployment serving its own process (`command`);
+//! - `monitor`: input-drift monitoring: captured requests against the training data.
 //! - `pipeline`: the example's prep → train → evaluate and batch scoring → rollout chain.
 //! - `edge`: the example's `radiology-edge` workspace (an ONNX model over the Open
 //!   Inference Protocol) as the quick start applies it.
@@ -23,6 +24,7 @@ mod support;
 mod autoscale;
 mod custom;
 mod edge;
+mod monitor;
 mod onnx;
 mod pipeline;
 mod promotion;

@@ -170,6 +170,13 @@ pub trait ComputeTarget: Send + Sync {
         Observed::Unknown
     }
 
+    /// The request bodies the endpoint at `address` captured for input-drift monitoring
+    /// (`[endpoint.<name>.monitor]`), oldest first, at most the newest `limit`. A target
+    /// that captures nothing returns none.
+    fn captured_requests(&self, _address: &str, _limit: usize) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+
     /// Fits a planned rollout to how this target moves traffic (names its backends as
     /// the target does, folds steps it can't take). The default keeps it.
     fn shape_rollout(&self, _endpoint: &EndpointRollout<'_>, _rollout: &mut RolloutPlan) {}

@@ -1,6 +1,8 @@
 //! `cairn drift`: plan the default branch's manifests against what is live; anything the
-//! plan would change is drift. Exit 0 when nothing drifted, 2 when something did, 1 on
-//! errors. `--github-issue` keeps one issue labelled `drift` open while drift lasts.
+//! plan would change is drift. Monitored endpoints' captured requests are compared with
+//! their serving model's training data (input drift). Exit 0 when nothing drifted, 2
+//! when something did, 1 on errors. `--github-issue` keeps one issue labelled `drift`
+//! open while drift lasts.
 
 use cairn::drift::{DriftReport, DRIFT_MARKDOWN_TEMPLATE};
 use cairn::github::comment::{key_for, GITHUB_COMMENT_LIMIT};
@@ -75,7 +77,8 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
         destroy: false,
     };
     let plan = make_plan(&rt, &loaded, &selection, &targets, &request, output)?;
-    let report = DriftReport::from_plan(&plan);
+    let mut report = DriftReport::from_plan(&plan);
+    input_drift(&rt, &plan, &selection, &targets, &mut report);
 
     match args.format {
         PlanFormat::Text => print!("{}", report.text()),
@@ -132,4 +135,65 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     } else {
         Outcome::Success
     })
+}
+
+/// The most captured requests of one endpoint a check reads (the newest).
+const CAPTURED_REQUESTS: usize = 20_000;
+
+/// Adds each monitored endpoint's input drift to `report`; an endpoint that can't be
+/// checked is a note, not an error.
+fn input_drift(
+    rt: &tokio::runtime::Runtime,
+    plan: &cairn::plan::Plan,
+    selection: &context::Selection,
+    targets: &cairn::backend::target::Targets,
+    report: &mut DriftReport,
+) {
+    use cairn::address::Kind;
+    use cairn::plan::endpoint::EndpointValue;
+    for change in plan
+        .resource_changes
+        .iter()
+        .filter(|c| c.kind == Kind::Endpoint)
+    {
+        // What serves: the applied value (the state's).
+        let Some(serving) = change
+            .before
+            .as_ref()
+            .and_then(|b| serde_json::from_value::<EndpointValue>(b.clone()).ok())
+        else {
+            continue;
+        };
+        if serving.monitor.is_none() {
+            continue;
+        }
+        let (Some(store), Some(target)) = (
+            selection.stores.get(&change.workspace),
+            change.target.as_deref().and_then(|t| targets.get(t)),
+        ) else {
+            continue;
+        };
+        let bodies = target.captured_requests(&change.address, CAPTURED_REQUESTS);
+        if bodies.is_empty() {
+            report.notes.push(format!(
+                "{}: no requests captured yet, so its inputs were not checked",
+                change.address
+            ));
+            continue;
+        }
+        match rt.block_on(cairn::monitoring::check(
+            store,
+            &change.address,
+            &serving,
+            &bodies,
+        )) {
+            Ok(Some(inputs)) => report.inputs.push(inputs),
+            Ok(None) => {}
+            Err(e) => report.notes.push(format!(
+                "{}: its inputs were not checked: {}",
+                change.address,
+                cairn::diagnostics::error_chain(&e)
+            )),
+        }
+    }
 }

@@ -123,6 +123,25 @@ impl ComputeTarget for LocalCompute {
         TARGET
     }
 
+    fn captured_requests(&self, address: &str, limit: usize) -> Vec<serde_json::Value> {
+        let Some(serving) = &self.endpoints else {
+            return Vec::new();
+        };
+        let Some((workspace, name)) = address
+            .split_once('/')
+            .and_then(|(ws, local)| Some((ws, local.strip_prefix("endpoint.")?)))
+        else {
+            return Vec::new();
+        };
+        serving.captured(
+            &EndpointId {
+                workspace: workspace.to_string(),
+                name: name.to_string(),
+            },
+            limit,
+        )
+    }
+
     /// Asks a running supervisor what serves the workspaces' local endpoints (starts
     /// none).
     async fn observe(

@@ -87,6 +87,45 @@ impl LocalEndpoints {
             .join(Self::supervisor_name(endpoint))
     }
 
+    /// The request bodies the endpoint's router captured, oldest first, at most the
+    /// newest `limit` (lines that are not capture records are skipped).
+    pub fn captured(&self, endpoint: &EndpointId, limit: usize) -> Vec<serde_json::Value> {
+        let dir = self.capture_dir(endpoint);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(u128, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let stamp = name
+                    .strip_prefix("capture-")?
+                    .strip_suffix(".jsonl")?
+                    .parse()
+                    .ok()?;
+                Some((stamp, e.path()))
+            })
+            .collect();
+        files.sort();
+        let mut bodies = std::collections::VecDeque::new();
+        for (_, path) in files {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(line) {
+                    if let Some(body) = record.get_mut("body") {
+                        bodies.push_back(body.take());
+                        if bodies.len() > limit {
+                            bodies.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+        bodies.into()
+    }
+
     /// Where an endpoint's key is kept.
     pub fn key_path(&self, endpoint: &EndpointId) -> PathBuf {
         self.dir

@@ -244,6 +244,7 @@ pub async fn store_model(
         metrics: lineage.metrics,
         files,
         created_at: now_rfc3339(),
+        trials: Vec::new(),
     };
     store.commit_model_version(&record).await?;
     Ok(record)

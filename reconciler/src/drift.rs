@@ -329,7 +329,10 @@ mod tests {
             "Drift: the inputs of credit-risk/endpoint.risk-api moved (income)"
         );
         let body = report.markdown(DRIFT_MARKDOWN_TEMPLATE, 60_000).unwrap();
-        assert!(body.contains("| `income` | 0.890 | 0.400 | drifted |"), "{body}");
+        assert!(
+            body.contains("| `income` | 0.890 | 0.400 | drifted |"),
+            "{body}"
+        );
         assert!(!body.contains("| resource | why |"), "{body}");
     }
 }

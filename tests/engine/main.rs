@@ -6,6 +6,7 @@
 //! - `distributed`: jobs with `instances = N`: N ranks that meet, fail and retry together.
 //! - `locking`: concurrent applies, `unlock`, `history`.
 //! - `pipeline`: a job writing a dataset another job trains on.
+//! - `sweep`: hyperparameter sweeps: trials, the pick, the lineage.
 //! - `crash`: `kill -9` during a run or an upload, then convergence.
 //! - `s3`: the same flow on an S3 store (a real S3 server on loopback).
 //!
@@ -27,3 +28,4 @@ mod runs;
 mod s3;
 mod secrets;
 mod store_damage;
+mod sweep;

@@ -699,6 +699,7 @@ pub async fn run_records(store: Store) {
         ],
         error: Some("exited with code 3 (attempt 3 of 3)".into()),
         commit: None,
+        trials: Vec::new(),
     };
     assert_eq!(record.logs[1], "runs/train-risk/be28c2442beb/attempt-2.log");
     store.put_run(&record).await.unwrap();
@@ -771,6 +772,7 @@ pub async fn model_records(store: Store) {
         metrics: Some(serde_json::json!({"auc": 0.91})),
         files: vec![file_entry(&key, "model.safetensors", b"weights")],
         created_at: "2025-01-01T00:00:00Z".into(),
+        trials: Vec::new(),
     };
     store.commit_model_version(&record).await.unwrap();
     assert!(store

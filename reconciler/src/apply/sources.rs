@@ -255,6 +255,7 @@ impl Applier<'_> {
                     metrics: None,
                     files: entries,
                     created_at: now_rfc3339(),
+                    trials: Vec::new(),
                 })
                 .await
                 .map_err(|e| error_chain(&e)),

@@ -10,6 +10,7 @@ pub mod monitor;
 pub mod parse;
 pub mod replicas;
 pub mod source;
+pub mod sweep;
 pub mod units;
 
 pub use model::*;

@@ -285,6 +285,9 @@ pub struct JobSpec {
     /// absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs_size: Option<Spanned<Quantity>>,
+    /// A hyperparameter search: trials of the job, the best one's outputs kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Spanned<super::sweep::SweepSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }

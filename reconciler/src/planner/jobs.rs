@@ -72,6 +72,18 @@ impl Planner<'_> {
             "instances": spec.instances(),
             "inputs": inputs,
         });
+        let sweep = spec.sweep.as_ref().map(|s| {
+            let s = s.get_ref();
+            json!({
+                "trials": s.trials(),
+                "pick": s.pick.get_ref(),
+                "parallel": s.parallel(),
+            })
+        });
+        let mut identity = identity;
+        if let Some(sweep) = &sweep {
+            identity["sweep"] = sweep.clone();
+        }
         let run_id = content::short_hash(identity.to_string().as_bytes());
         let outputs: BTreeMap<String, String> = spec
             .outputs
@@ -119,6 +131,9 @@ impl Planner<'_> {
             if let Some(value) = value {
                 after[key] = Value::String(value);
             }
+        }
+        if let Some(sweep) = sweep {
+            after["sweep"] = sweep;
         }
 
         let old_run = before
@@ -195,6 +210,15 @@ impl Planner<'_> {
                     format!("inputs or spec changed: {}", why.join("; "))
                 }
             }
+        };
+        let reason = match spec.sweep.as_ref().map(|s| s.get_ref()) {
+            Some(s) => format!(
+                "{reason}; a sweep of {} trials ({} at a time), the best by {} kept",
+                s.trial_count(),
+                s.parallel(),
+                s.pick.get_ref()
+            ),
+            None => reason,
         };
         Ok(change(resource, Action::Run, reason, before, Some(after)))
     }

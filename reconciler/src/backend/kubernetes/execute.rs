@@ -440,6 +440,7 @@ impl KubeCompute {
             logs: Vec::new(),
             error: error.clone(),
             commit: cx.plan.revision.clone(),
+            trials: Vec::new(),
         };
         store.put_run(&record).await.map_err(|e| error_chain(&e))?;
         match error {

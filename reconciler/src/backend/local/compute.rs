@@ -242,7 +242,10 @@ impl ComputeTarget for LocalCompute {
                 let after = change.after.clone().ok_or_else(|| {
                     ChangeError::Plan("the plan has no value for this job".into())
                 })?;
-                let message = self.run_job(cx, change, &after).await?;
+                let message = match after.get("sweep").filter(|s| !s.is_null()) {
+                    Some(sweep) => self.run_sweep(cx, change, &after, sweep).await?,
+                    None => self.run_job(cx, change, &after).await?,
+                };
                 Ok(Applied {
                     value: Some(after),
                     message: Some(message),

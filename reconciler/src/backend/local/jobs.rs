@@ -60,7 +60,10 @@ impl LocalCompute {
                 &format!("stopped process group {pgid}, left running here by an earlier apply"),
             );
         }
-        remove_leftover_runs(&work).await;
+        // A sweep's trials run side by side: none removes another's folder.
+        if after.get("sweep_of").is_none() {
+            remove_leftover_runs(&work).await;
+        }
         let command: Vec<String> =
             serde_json::from_value(after.get("command").cloned().unwrap_or_default())
                 .map_err(|_| ChangeError::Plan("the job has no command".into()))?;
@@ -290,6 +293,7 @@ impl LocalCompute {
             logs,
             error: error.clone(),
             commit: plan.revision.clone(),
+            trials: Vec::new(),
         };
         // Its outputs and logs are stored: the run's folder (a copy of every input) goes.
         remove_run_folder(&work).await;

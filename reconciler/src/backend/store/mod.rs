@@ -49,7 +49,9 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
-pub use records::{DatasetVersion, FileEntry, ModelRecord, ProducedBy, RunRecord, RunStatus};
+pub use records::{
+    DatasetVersion, FileEntry, ModelRecord, ProducedBy, RunRecord, RunStatus, Trial,
+};
 pub use s3::{AwsChain, S3Store, FALLBACK_REGION, PARTS_IN_FLIGHT, PART_SIZE};
 pub use verify::VerifyReport;
 

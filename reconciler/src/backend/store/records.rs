@@ -75,6 +75,23 @@ pub struct RunRecord {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// A sweep's trials, in order (none for a plain run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<Trial>,
+}
+
+/// One trial of a sweep: its parameters, how it ended, its metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The trial's own run (`<run id>-t<n>`).
+    pub run_id: String,
+    pub params: BTreeMap<String, String>,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    /// Whether its outputs were kept (the pick).
+    #[serde(default)]
+    pub picked: bool,
 }
 
 /// `_model.json`: a model version and its lineage.
@@ -96,4 +113,7 @@ pub struct ModelRecord {
     pub metrics: Option<serde_json::Value>,
     pub files: Vec<FileEntry>,
     pub created_at: String,
+    /// The sweep this version was picked from: every trial with its metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<Trial>,
 }

@@ -179,6 +179,7 @@ impl Ctx<'_> {
                 }
             }
         }
+        self.sweep(r, spec, compute, out);
         for (name, value) in &spec.inputs {
             self.io_name(r, name, out);
             self.reference(
@@ -215,7 +216,10 @@ impl Ctx<'_> {
 
 /// Returns the names used as `{{ <field>.<name> }}` in a command, with the span of the
 /// argument that holds each.
-fn placeholders(command: &[Spanned<String>], field: &str) -> Vec<(String, Range<usize>)> {
+pub(super) fn placeholders(
+    command: &[Spanned<String>],
+    field: &str,
+) -> Vec<(String, Range<usize>)> {
     let mut names = Vec::new();
     for arg in command {
         let mut rest = arg.get_ref().as_str();

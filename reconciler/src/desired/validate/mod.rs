@@ -26,6 +26,7 @@ mod promote_if;
 mod refs;
 mod rollout_metrics;
 mod sources;
+mod sweep;
 mod workspace;
 
 use std::cell::RefCell;

@@ -240,6 +240,32 @@ impl Repo {
         self.write("train.toml", &toml);
     }
 
+    /// Puts a preparation job before the training job: `job.prep` copies the loans into
+    /// `dataset.features`, which `job.train` then reads instead of the loans.
+    pub fn set_pipeline(&self) {
+        let prep = format!(
+            "[job.prep]\n\
+             compute = \"compute.here\"\n\
+             command = [\"sh\", \"-c\", {}, \"prep\", \"{{{{ inputs.loans }}}}\", \"{{{{ outputs.features }}}}\"]\n\
+             inputs = {{ loans = \"dataset.loans\" }}\n\
+             outputs = {{ features = \"dataset.features\" }}\n\
+             gpus = 0\n\
+             {}\n\
+             [dataset.features]\n\
+             from_job = \"job.prep\"\n\
+             format = \"csv\"\n",
+            toml_string(r#"cp "$1"/*.csv "$2"/"#),
+            self.target.job,
+        );
+        self.write("prep.toml", &prep);
+        let path = self.root.join(WS).join("train.toml");
+        let train = std::fs::read_to_string(&path).unwrap().replace(
+            "inputs = { loans = \"dataset.loans\" }",
+            "inputs = { loans = \"dataset.features\" }",
+        );
+        std::fs::write(path, train).unwrap();
+    }
+
     /// Declares the endpoint (or removes `serve.toml`): one deployment following the
     /// newest model version, rolled out in two short steps under an error-rate gate.
     pub fn set_endpoint(&self, on: bool) {
@@ -364,7 +390,12 @@ impl Repo {
 
     /// The job's run records in the store.
     pub fn runs(&self) -> Vec<Value> {
-        let dir = self.store.join("runs/train");
+        self.runs_of("train")
+    }
+
+    /// The runs of one job, oldest first.
+    pub fn runs_of(&self, job: &str) -> Vec<Value> {
+        let dir = self.store.join("runs").join(job);
         let mut out: Vec<Value> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()

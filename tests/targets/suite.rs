@@ -114,6 +114,41 @@ pub fn a_job_run_succeeds<F: TargetFixture>() {
     assert_eq!(model["status"], "succeeded", "{model}");
 }
 
+/// 1b. A job whose output is a dataset: each of its runs is a version of the dataset,
+///     named after the run, which the next job reads; applied again, nothing runs.
+pub fn a_dataset_a_job_writes_feeds_the_next_job<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    repo.set_pipeline();
+    let apply = repo.apply();
+    apply.ok();
+    let prep = repo.runs_of("prep");
+    assert_eq!(prep.len(), 1, "{prep:?}");
+    let prep_run = prep[0]["run_id"].as_str().unwrap();
+    assert_eq!(prep[0]["status"], "succeeded", "{}", prep[0]);
+    assert_eq!(
+        prep[0]["outputs"]["features"],
+        format!("dataset.features@{prep_run}")
+    );
+    assert_eq!(repo.versions("datasets", "features"), [prep_run]);
+    let train = repo.runs();
+    assert_eq!(train.len(), 1, "{train:?}");
+    assert_eq!(
+        train[0]["inputs"]["loans"],
+        format!("dataset.features@{prep_run}"),
+        "the training run read the prepared version: {}",
+        train[0]
+    );
+    assert_eq!(
+        repo.state()["contract/dataset.features"]["value"]["version"],
+        prep_run
+    );
+
+    let again = repo.apply();
+    again.ok();
+    assert!(again.stdout.contains("No changes"), "{}", again.both());
+}
+
 /// 2a. A job whose command exits non-zero: a failed change, its model skipped.
 pub fn a_failed_job_skips_its_dependents<F: TargetFixture>() {
     let world = F::start(false);

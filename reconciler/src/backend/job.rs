@@ -78,6 +78,16 @@ pub fn env_name(name: &str) -> String {
 
 /// Replaces `{{ inputs.x }}`, `{{ outputs.y }}` and `{{ run_id }}` in one argument.
 pub fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> String {
+    substitute(arg, |inner| match paths.get(inner) {
+        Some(path) => Some(path.display().to_string()),
+        None if inner == "run_id" => Some(run_id.to_string()),
+        None => None,
+    })
+}
+
+/// Replaces each `{{ name }}` of `arg` for which `value(name)` has a value; leaves the
+/// others as written.
+pub fn substitute(arg: &str, value: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(start) = rest.find("{{") {
@@ -86,9 +96,8 @@ pub fn expand(arg: &str, paths: &BTreeMap<String, PathBuf>, run_id: &str) -> Str
         };
         let inner = rest[start + 2..start + end].trim();
         out.push_str(&rest[..start]);
-        match paths.get(inner) {
-            Some(path) => out.push_str(&path.display().to_string()),
-            None if inner == "run_id" => out.push_str(run_id),
+        match value(inner) {
+            Some(v) => out.push_str(&v),
             None => out.push_str(&rest[start..start + end + 2]),
         }
         rest = &rest[start + end + 2..];

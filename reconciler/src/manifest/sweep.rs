@@ -123,29 +123,6 @@ impl fmt::Display for Pick {
     }
 }
 
-/// `{{ params.<name> }}` in `arg` replaced by the trial's values.
-pub fn expand_params(arg: &str, params: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(arg.len());
-    let mut rest = arg;
-    while let Some(start) = rest.find("{{") {
-        let Some(end) = rest[start..].find("}}") else {
-            break;
-        };
-        let inner = rest[start + 2..start + end].trim();
-        out.push_str(&rest[..start]);
-        match inner
-            .strip_prefix("params.")
-            .and_then(|n| params.get(n.trim()))
-        {
-            Some(value) => out.push_str(value),
-            None => out.push_str(&rest[start..start + end + 2]),
-        }
-        rest = &rest[start + end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,10 +150,5 @@ mod tests {
         );
         assert_eq!(Pick::parse("best(auc)"), None);
         assert_eq!(Pick::parse("max()"), None);
-        let params = BTreeMap::from([("lr".to_string(), "0.1".to_string())]);
-        assert_eq!(
-            expand_params("--lr={{ params.lr }} {{ params.x }}", &params),
-            "--lr=0.1 {{ params.x }}"
-        );
     }
 }

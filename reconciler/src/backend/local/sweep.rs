@@ -13,11 +13,11 @@ use serde_json::Value;
 
 use super::compute::LocalCompute;
 use crate::artifacts::{VersionKind, VersionRef};
-use crate::backend::job::{env_name, str_field};
+use crate::backend::job::{env_name, str_field, substitute};
 use crate::backend::store::{now_rfc3339, ProducedBy, RunRecord, RunStatus, Trial};
 use crate::backend::target::{ApplyContext, ChangeError};
 use crate::diagnostics::error_chain;
-use crate::manifest::sweep::{expand_params, Pick};
+use crate::manifest::sweep::Pick;
 use crate::plan::ResourceChange;
 
 impl LocalCompute {
@@ -235,7 +235,10 @@ fn trial_value(
     if let Some(args) = value.get_mut("command").and_then(Value::as_array_mut) {
         for arg in args.iter_mut() {
             if let Some(text) = arg.as_str() {
-                *arg = Value::String(expand_params(text, params));
+                *arg = Value::String(substitute(text, |inner| {
+                    let name = inner.strip_prefix("params.")?;
+                    params.get(name.trim()).cloned()
+                }));
             }
         }
     }

@@ -13,6 +13,7 @@
 //! - `custom`: the same flows with a deployment serving its own process (`command`);
 //! - `monitor`: input-drift monitoring: captured requests against the training data.
 //! - `pipeline`: the example's prep → train → evaluate and batch scoring → rollout chain.
+//! - `sweep`: a six-trial sweep of the example's trainer, the best version served.
 //! - `edge`: the example's `radiology-edge` workspace (an ONNX model over the Open
 //!   Inference Protocol) as the quick start applies it.
 //!
@@ -28,6 +29,7 @@ mod monitor;
 mod onnx;
 mod pipeline;
 mod promotion;
+mod sweep;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -165,3 +165,58 @@ fn a_models_own_quality_gate_holds_back_the_endpoints_that_follow_it() {
         );
     }
 }
+
+/// The acceptance: a deliberately worse model (the loans' labels shuffled) is
+/// trained and registered but refused by `promote_if`, the apply names the condition
+/// with both values, and the old version keeps serving every request, under load.
+#[test]
+fn a_model_trained_on_shuffled_labels_is_refused_without_a_failed_request() {
+    let repo = Repo::example("steps = [50, 100]\nstep_wait = \"5s\"\n");
+    gate(&repo, &["auc >= serving.auc - 0.05"]);
+    repo.apply().ok();
+    let v1 = repo.model_version();
+
+    // Every label moved to another row: the features no longer say anything.
+    let path = repo.root.join("credit-risk/data/loans/loans.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let labels: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .collect();
+    let n = labels.len();
+    for (i, line) in lines[1..].iter_mut().enumerate() {
+        let at = line.rfind(',').unwrap();
+        line.truncate(at + 1);
+        line.push_str(&labels[(i * 7 + 3) % n]);
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+    let load = super::Load::start(repo.addr(), repo.key());
+    let apply = repo.apply();
+    let report = load.finish();
+    assert_eq!(apply.code, 1, "{}", apply.both());
+    let both = apply.both();
+    assert!(
+        both.contains(
+            "registered but not promoted: blue: `auc >= serving.auc - 0.05` fails (auc = 0."
+        ) && both.contains(", serving.auc = 0."),
+        "{both}"
+    );
+    assert!(report.requests > 0);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(
+        report.versions.iter().all(|v| v == &v1),
+        "only the old version answered"
+    );
+    let v2 = repo.model_version();
+    assert_ne!(v2, v1, "the worse version is registered");
+    let serving = repo.deployments();
+    assert!(
+        serving
+            .iter()
+            .filter(|d| d.2 > 0)
+            .all(|d| d.1.starts_with(&v1)),
+        "{serving:?}"
+    );
+}

@@ -10,11 +10,13 @@
 //! - `prometheus_gates`: the Kubernetes rollout gates' Prometheus reading against a real
 //!   Prometheus scraping real `cairn serve` processes.
 //! - `score`: `cairn score`, batch scoring of CSV folders (reference model and ONNX).
+//! - `drift_stats`: PSI and KS of input drift against NumPy and SciPy on the same samples.
 //! - `exposition`: a small checker of the Prometheus text format, used on `/metrics`.
 //!
 //! Every test trains its own small model with the library (`cairn::workload::train`) on a
 //! generated CSV in a temporary folder.
 
+mod drift_stats;
 mod exposition;
 mod library;
 mod oip;

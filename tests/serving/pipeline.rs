@@ -80,7 +80,18 @@ fn one_edited_row_plans_prep_train_evaluate_score_and_rollout_and_a_step_change_
         "{}",
         plan.stdout
     );
-    repo.apply().ok();
+    let apply = repo.apply();
+    apply.ok();
+    // The retrain's metrics against the run it replaces, in the apply's output and the
+    // journal.
+    assert!(
+        apply
+            .both()
+            .contains(&format!("against run {first_model})"))
+            && apply.both().contains("auc "),
+        "{}",
+        apply.both()
+    );
     assert_ne!(repo.model_version(), first_model);
     let serving = repo.deployments();
     assert!(

@@ -32,6 +32,12 @@ pub enum Error {
     Missing { reference: String },
     #[error("`{key}` is not readable CSV: {reason}")]
     Csv { key: String, reason: String },
+    #[error("cannot create the scratch folder {}", .path.display())]
+    Scratch {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One endpoint's input drift.
@@ -63,12 +69,14 @@ impl EndpointInputs {
 }
 
 /// Compares `bodies` (captured requests) with the training data of the version `serving`
-/// serves most; `None` when it declares no monitoring or serves nothing.
+/// serves most; `None` when it declares no monitoring or serves nothing. `scratch` is a
+/// folder for a copy of one training file at a time.
 pub async fn check(
     store: &Store,
     endpoint: &str,
     serving: &EndpointValue,
     bodies: &[Value],
+    scratch: &std::path::Path,
 ) -> Result<Option<EndpointInputs>, Error> {
     let Some(monitor) = &serving.monitor else {
         return Ok(None);
@@ -95,7 +103,7 @@ pub async fn check(
         .ok_or_else(|| Error::NoTrainingData {
             model: model.clone(),
         })?;
-    let reference = reference_columns(store, &training).await?;
+    let reference = reference_columns(store, &training, scratch).await?;
     let (current, rows) = captured_columns(bodies, &reference);
     Ok(Some(EndpointInputs {
         endpoint: endpoint.to_string(),
@@ -112,6 +120,7 @@ pub async fn check(
 async fn reference_columns(
     store: &Store,
     training: &VersionRef,
+    scratch: &std::path::Path,
 ) -> Result<BTreeMap<String, Values>, Error> {
     let version = store
         .dataset_version(&training.name, &training.version)
@@ -119,21 +128,35 @@ async fn reference_columns(
         .ok_or_else(|| Error::Missing {
             reference: training.to_string(),
         })?;
+    // Each file goes through a copy in `scratch` and is read row by row: a training set
+    // may be far larger than the rows kept.
+    std::fs::create_dir_all(scratch).map_err(|source| Error::Scratch {
+        path: scratch.to_path_buf(),
+        source,
+    })?;
+    let copy = scratch.join(format!("{}-{}.csv", training.name, training.version));
+    let result = read_csv_files(store, &version.files, &copy).await;
+    let _ = std::fs::remove_file(&copy);
+    result
+}
+
+async fn read_csv_files(
+    store: &Store,
+    files: &[store::FileEntry],
+    copy: &std::path::Path,
+) -> Result<BTreeMap<String, Values>, Error> {
     let mut columns: BTreeMap<String, Values> = BTreeMap::new();
     let mut rows = 0;
-    for file in version.files.iter().filter(|f| f.path.ends_with(".csv")) {
-        let Some((bytes, _)) = store.objects().get(&file.key).await? else {
-            return Err(Error::Missing {
-                reference: format!("{training}: {}", file.path),
-            });
-        };
+    for file in files.iter().filter(|f| f.path.ends_with(".csv")) {
+        store.objects().get_file(&file.key, copy).await?;
         let csv_error = |e: csv::Error| Error::Csv {
             key: file.key.clone(),
             reason: e.to_string(),
         };
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
-            .from_reader(bytes.as_ref());
+            .from_path(copy)
+            .map_err(csv_error)?;
         let header: Vec<String> = reader
             .headers()
             .map_err(csv_error)?

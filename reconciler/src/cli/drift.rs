@@ -78,7 +78,8 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
     };
     let plan = make_plan(&rt, &loaded, &selection, &targets, &request, output)?;
     let mut report = DriftReport::from_plan(&plan);
-    input_drift(&rt, &plan, &selection, &targets, &mut report);
+    let scratch = context::local_dir(&loaded.root).join("cache").join("drift");
+    input_drift(&rt, &plan, &selection, &targets, &scratch, &mut report);
 
     match args.format {
         PlanFormat::Text => print!("{}", report.text()),
@@ -147,6 +148,7 @@ fn input_drift(
     plan: &cairn::plan::Plan,
     selection: &context::Selection,
     targets: &cairn::backend::target::Targets,
+    scratch: &std::path::Path,
     report: &mut DriftReport,
 ) {
     use cairn::address::Kind;
@@ -186,6 +188,7 @@ fn input_drift(
             &change.address,
             &serving,
             &bodies,
+            scratch,
         )) {
             Ok(Some(inputs)) => report.inputs.push(inputs),
             Ok(None) => {}

@@ -109,11 +109,14 @@ impl LocalEndpoints {
         files.sort();
         let mut bodies = std::collections::VecDeque::new();
         for (_, path) in files {
-            let Ok(text) = std::fs::read_to_string(&path) else {
+            use std::io::BufRead as _;
+            let Ok(file) = std::fs::File::open(&path) else {
                 continue;
             };
-            for line in text.lines() {
-                if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(line) {
+            // Line by line: a capture file may be large, and only `limit` bodies stay.
+            for line in std::io::BufReader::new(file).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&line) {
                     if let Some(body) = record.get_mut("body") {
                         bodies.push_back(body.take());
                         if bodies.len() > limit {

@@ -12,7 +12,7 @@ use crate::manifest::Target;
 
 /// The least and the most a capture may keep on disk.
 const MIN_CAPTURE: u64 = 1 << 20;
-const MAX_CAPTURE: u64 = 64 << 30;
+const MAX_CAPTURE: u64 = 4 << 30;
 
 impl Ctx<'_> {
     pub(super) fn monitor(
@@ -64,7 +64,7 @@ impl Ctx<'_> {
                         format!("`max_capture` is {}", q.get_ref()),
                     )
                     .at(self.loc(&r.file, q.span()))
-                    .help("between 1Mi and 64Gi of captured requests on disk, e.g. `max_capture = \"64Mi\"` (the default)"),
+                    .help("between 1Mi and 4Gi of captured requests on disk, e.g. `max_capture = \"64Mi\"` (the default)"),
                 );
             }
         }

@@ -119,7 +119,9 @@ impl Ctx<'_> {
             let quota = compute
                 .and_then(|c| c.max_gpus.as_ref())
                 .map(|g| *g.get_ref());
-            let wanted = u64::from(p) * u64::from(spec.gpus()) * u64::from(spec.instances());
+            // As many trials at once as there are, at most.
+            let at_once = u64::from(p).min(trials as u64);
+            let wanted = at_once * u64::from(spec.gpus()) * u64::from(spec.instances());
             if p == 0 {
                 out.error(
                     Diagnostic::error("invalid-value", "`parallel` is 0: no trial would run")

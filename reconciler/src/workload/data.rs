@@ -206,6 +206,20 @@ fn check_header(file: &Path, names: Vec<String>, label: &str) -> Result<Header> 
     })
 }
 
+/// Where column `name` is in a file's header; a missing one is named with the columns
+/// there are and the nearest.
+pub(crate) fn column_index(file: &Path, header: &[String], name: &str) -> Result<usize> {
+    header
+        .iter()
+        .position(|c| c == name)
+        .ok_or_else(|| Error::MissingColumn {
+            path: file.to_path_buf(),
+            column: name.to_string(),
+            columns: header.to_vec(),
+            suggestion: did_you_mean(name, header.iter().map(String::as_str)).map(str::to_string),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

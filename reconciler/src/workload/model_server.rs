@@ -60,7 +60,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::model::{self, Model, MODEL_FILE};
-use super::onnx::{OnnxModel, ONNX_FILE};
 use super::served::{self, Served};
 
 mod inference;
@@ -359,17 +358,7 @@ async fn load_into(shared: Arc<Shared>) {
 /// Loads the model a folder holds: `model.safetensors` (the reference model) or
 /// `model.onnx`.
 fn load(dir: &Path, version: Option<String>) -> super::Result<Loaded> {
-    let file = served::model_file(dir).unwrap_or(MODEL_FILE);
-    let path = dir.join(file);
-    let bytes = std::fs::read(&path).map_err(|source| super::Error::ReadModel {
-        path: path.clone(),
-        source,
-    })?;
-    let served = if file == ONNX_FILE {
-        Served::Onnx(OnnxModel::load(&path).map_err(super::Error::Onnx)?)
-    } else {
-        Served::Reference(Model::from_safetensors(&bytes, &path)?)
-    };
+    let (served, bytes) = served::load(dir, served::model_file(dir).unwrap_or(MODEL_FILE))?;
     let version = version
         .or_else(|| version_from_dir(dir))
         .unwrap_or_else(|| crate::content::short_hash(&bytes));

@@ -18,13 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::data::csv_files;
-use super::model::{Model, MODEL_FILE};
+use super::data::{column_index, csv_files};
 use super::oip::{Data, Datatype, Tensor};
-use super::onnx::{OnnxModel, ONNX_FILE};
 use super::served::{self, Served};
 use super::{Error, Result};
-use crate::diagnostics::did_you_mean;
 
 /// Rows scored per model call.
 pub const BATCH_ROWS: usize = 4096;
@@ -362,35 +359,10 @@ impl Scorer {
 }
 
 fn load(dir: &Path) -> Result<Served> {
-    let Some(file) = served::model_file(dir) else {
-        return Err(Error::NoModel {
-            path: dir.to_path_buf(),
-        });
-    };
-    let path = dir.join(file);
-    if file == ONNX_FILE {
-        return OnnxModel::load(&path)
-            .map(Served::Onnx)
-            .map_err(Error::Onnx);
-    }
-    debug_assert_eq!(file, MODEL_FILE);
-    let bytes = fs::read(&path).map_err(|source| Error::ReadModel {
-        path: path.clone(),
-        source,
+    let file = served::model_file(dir).ok_or_else(|| Error::NoModel {
+        path: dir.to_path_buf(),
     })?;
-    Model::from_safetensors(&bytes, &path).map(Served::Reference)
-}
-
-fn column_index(file: &Path, header: &[String], name: &str) -> Result<usize> {
-    header
-        .iter()
-        .position(|c| c == name)
-        .ok_or_else(|| Error::MissingColumn {
-            path: file.to_path_buf(),
-            column: name.to_string(),
-            columns: header.to_vec(),
-            suggestion: did_you_mean(name, header.iter().map(String::as_str)).map(str::to_string),
-        })
+    served::load(dir, file).map(|(model, _)| model)
 }
 
 fn as_f64(data: &Data) -> Vec<f64> {

@@ -42,6 +42,22 @@ pub enum InferError {
     NonFinite { row: usize },
 }
 
+/// Loads `dir/file` (`model.safetensors` or `model.onnx`); returns the model and the
+/// file's bytes (what a version hash is taken of).
+pub(crate) fn load(dir: &Path, file: &str) -> super::Result<(Served, Vec<u8>)> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).map_err(|source| super::Error::ReadModel {
+        path: path.clone(),
+        source,
+    })?;
+    let served = if file == ONNX_FILE {
+        Served::Onnx(OnnxModel::load(&path).map_err(super::Error::Onnx)?)
+    } else {
+        Served::Reference(Model::from_safetensors(&bytes, &path)?)
+    };
+    Ok((served, bytes))
+}
+
 /// The model file a folder holds, by the format it names.
 pub fn model_file(dir: &Path) -> Option<&'static str> {
     [MODEL_FILE, ONNX_FILE]

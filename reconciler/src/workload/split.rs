@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::data::csv_files;
+use super::data::{column_index, csv_files};
 use super::train::{splitmix64, unit};
 use super::{Error, Result};
 
@@ -67,25 +67,13 @@ pub fn split(options: &SplitOptions) -> Result<SplitReport> {
             .from_path(file)
             .map_err(csv_error)?;
         let header = reader.headers().map_err(csv_error)?.clone();
-        let key =
-            match &options.key {
-                Some(name) => Some(header.iter().position(|c| c.trim() == name).ok_or_else(
-                    || {
-                        let columns: Vec<String> = header.iter().map(str::to_string).collect();
-                        Error::MissingColumn {
-                            path: file.clone(),
-                            column: name.clone(),
-                            suggestion: crate::diagnostics::did_you_mean(
-                                name,
-                                columns.iter().map(String::as_str),
-                            )
-                            .map(str::to_string),
-                            columns,
-                        }
-                    },
-                )?),
-                None => None,
-            };
+        let key = match &options.key {
+            Some(name) => {
+                let columns: Vec<String> = header.iter().map(|c| c.trim().to_string()).collect();
+                Some(column_index(file, &columns, name)?)
+            }
+            None => None,
+        };
         let name = file.file_name().map_or("data.csv".into(), |n| n.to_owned());
         let mut writers = Vec::new();
         for dir in [&options.train, &options.holdout] {

@@ -266,6 +266,37 @@ impl Repo {
         std::fs::write(path, train).unwrap();
     }
 
+    /// Sweeps the training job over `quality = [0.2, 0.9, 0.5]`, two trials at a time,
+    /// keeping `max(auc)`: each trial trains, then writes its `quality` (given as
+    /// `{{ params.quality }}`, checked against `CAIRN_PARAM_QUALITY`) as its AUC.
+    /// Each trial appends `start <quality>` and `end <quality>` to `scratch/trials`,
+    /// a second apart.
+    pub fn set_sweep(&self) {
+        let log = self.scratch().join("trials");
+        let script = format!(
+            "[ \"$3\" = \"$CAIRN_PARAM_QUALITY\" ] || {{ echo \"param $3 vs env $CAIRN_PARAM_QUALITY\" >&2; exit 1; }}\n\
+             echo \"start $3\" >> {log}\n\
+             sleep 1\n\
+             \"$CAIRN\" train --data \"$1\" --out \"$2\" --label defaulted --device cpu --epochs 5 || exit 1\n\
+             printf '{{\"auc\": %s}}' \"$3\" > \"$2/metrics.json\"\n\
+             echo \"end $3\" >> {log}",
+            log = log.display(),
+        );
+        self.set_job(&Job::script(script));
+        let path = self.root.join(WS).join("train.toml");
+        let toml = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                "\"{{ outputs.model }}\"]",
+                "\"{{ outputs.model }}\", \"{{ params.quality }}\"]",
+            )
+            .replace(
+                "\n[model.scorer]",
+                "\n[job.train.sweep]\nparams = { quality = [0.2, 0.9, 0.5] }\npick = \"max(auc)\"\nparallel = 2\n\n[model.scorer]",
+            );
+        std::fs::write(path, toml).unwrap();
+    }
+
     /// Declares the endpoint (or removes `serve.toml`): one deployment following the
     /// newest model version, rolled out in two short steps under an error-rate gate.
     pub fn set_endpoint(&self, on: bool) {
@@ -405,6 +436,18 @@ impl Repo {
             .collect();
         out.sort_by_key(|r: &Value| r["started_at"].as_str().unwrap_or("").to_string());
         out
+    }
+
+    /// The record of version `version` of `model.scorer` (its `_model.json`).
+    pub fn model_record(&self, version: &str) -> Value {
+        let path = self
+            .store
+            .join("models/scorer")
+            .join(version)
+            .join("_model.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
     }
 
     /// The committed versions of `datasets/<name>` or `models/<name>` in the store.

@@ -1,7 +1,8 @@
 //! The node of the Kubernetes target's test world: nothing in the test API server runs
 //! pods, so this thread plays the kubelet and the job and deployment controllers.
 //!
-//! - A new Job's pod runs here, step by step as the cluster would run it: each init
+//! - A new Job's pod runs here (each Job's on a thread of its own, side by side), step
+//!   by step as the cluster would run it: each init
 //!   container, then the main container, each as a real process with its command and
 //!   environment (paths in its volumes mapped to folders here: [`Mounts`]). Cairn's own steps
 //!   (`cairn fetch`, `cairn upload`) run the real binary against the S3 store; the
@@ -140,8 +141,11 @@ impl Node {
         self.log.lock().unwrap().push(line);
     }
 
-    fn run(&self, stop: &AtomicBool) {
+    /// Each Job's pod runs on a thread of its own, as a node runs pods side by side;
+    /// they are waited for once stopped.
+    fn run(self: &Arc<Self>, stop: &AtomicBool) {
         let mut started_jobs: BTreeSet<String> = BTreeSet::new();
+        let mut pods = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             for object in self.server.objects() {
                 let kind = object["kind"].as_str().unwrap_or("");
@@ -155,7 +159,10 @@ impl Node {
                             && object["spec"]["suspend"] != true
                             && started_jobs.insert(uid) =>
                     {
-                        self.run_job(ns, name, &object);
+                        let (node, ns, name) = (self.clone(), ns.to_string(), name.to_string());
+                        pods.push(std::thread::spawn(move || {
+                            node.run_job(&ns, &name, &object)
+                        }));
                     }
                     "Deployment"
                         if object["status"]["observedGeneration"]
@@ -169,6 +176,9 @@ impl Node {
                 }
             }
             std::thread::sleep(Duration::from_millis(25));
+        }
+        for pod in pods {
+            let _ = pod.join();
         }
     }
 

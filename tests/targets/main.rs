@@ -49,6 +49,7 @@ macro_rules! target_suite {
             tests: [
                 a_job_run_succeeds,
                 a_dataset_a_job_writes_feeds_the_next_job,
+                a_sweep_keeps_its_best_trial,
                 a_failed_job_skips_its_dependents,
                 a_timed_out_job_skips_its_dependents,
                 a_failed_attempt_is_retried,

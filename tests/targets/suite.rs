@@ -149,6 +149,85 @@ pub fn a_dataset_a_job_writes_feeds_the_next_job<F: TargetFixture>() {
     assert!(again.stdout.contains("No changes"), "{}", again.both());
 }
 
+/// 1c. A job's sweep: every trial runs (two at a time) with its parameters in its
+///     command and environment, the best by the pick becomes the run and the model
+///     version, with every trial in the lineage; applied again, nothing runs.
+pub fn a_sweep_keeps_its_best_trial<F: TargetFixture>() {
+    let world = F::start(false);
+    let repo = world.repo();
+    repo.set_sweep();
+    let plan = repo.cairn(&["plan", "ROOT"]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("a sweep of 3 trials (2 at a time), the best by max(auc) kept"),
+        "{}",
+        plan.both()
+    );
+    let apply = repo.apply();
+    apply.ok();
+    assert!(
+        apply
+            .stderr
+            .contains("kept trial 2 (quality=0.9) with auc = 0.9"),
+        "{}",
+        apply.both()
+    );
+    // Two at a time: the first two overlapped, and never more than two ran.
+    let log = std::fs::read_to_string(repo.scratch().join("trials")).unwrap_or_default();
+    let (mut running, mut most) = (0, 0);
+    for line in log.lines() {
+        running += if line.starts_with("start") { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(log.lines().count(), 6, "{log}");
+    assert_eq!(
+        most, 2,
+        "at most `parallel` trials at once, and that many: {log}"
+    );
+    let runs = repo.runs();
+    let sweep: Vec<&Value> = runs
+        .iter()
+        .filter(|r| r["trials"].as_array().is_some_and(|t| !t.is_empty()))
+        .collect();
+    assert_eq!(sweep.len(), 1, "one sweep run: {runs:?}");
+    let sweep = sweep[0];
+    let run_id = sweep["run_id"].as_str().unwrap();
+    assert_eq!(runs.len(), 4, "the sweep's run and its 3 trials: {runs:?}");
+    let trials = sweep["trials"].as_array().unwrap();
+    let seen: Vec<(String, String, bool)> = trials
+        .iter()
+        .map(|t| {
+            (
+                t["run_id"].as_str().unwrap().to_string(),
+                t["params"]["quality"].as_str().unwrap().to_string(),
+                t["picked"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (format!("{run_id}-t0"), "0.2".to_string(), false),
+            (format!("{run_id}-t1"), "0.9".to_string(), true),
+            (format!("{run_id}-t2"), "0.5".to_string(), false),
+        ]
+    );
+    assert!(
+        trials.iter().all(|t| t["status"] == "succeeded"),
+        "{trials:?}"
+    );
+    assert_eq!(sweep["outputs"]["model"], format!("model.scorer@{run_id}"));
+    assert_eq!(repo.model_version(), run_id);
+    let model = repo.model_record(run_id);
+    assert_eq!(model["metrics"]["auc"], 0.9, "{model}");
+    assert_eq!(model["trials"].as_array().map(Vec::len), Some(3), "{model}");
+
+    let again = repo.apply();
+    again.ok();
+    assert!(again.stdout.contains("No changes"), "{}", again.both());
+}
+
 /// 2a. A job whose command exits non-zero: a failed change, its model skipped.
 pub fn a_failed_job_skips_its_dependents<F: TargetFixture>() {
     let world = F::start(false);

@@ -17,4 +17,5 @@ pub mod local;
 pub mod rollout_log;
 pub mod server_command;
 pub mod store;
+pub mod sweep;
 pub mod target;

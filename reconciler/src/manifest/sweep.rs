@@ -80,6 +80,16 @@ impl SweepSpec {
     }
 }
 
+/// The run id of trial `i` (from 0) of sweep run `run_id`.
+pub fn trial_id(run_id: &str, i: usize) -> String {
+    format!("{run_id}-t{i}")
+}
+
+/// The characters a trial's id adds to its sweep's run id when the sweep has `trials`.
+pub fn trial_suffix_len(trials: usize) -> usize {
+    trial_id("", trials.saturating_sub(1)).len()
+}
+
 /// `max(auc)` or `min(loss)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pick {
@@ -149,6 +159,9 @@ mod tests {
             })
         );
         assert_eq!(Pick::parse("best(auc)"), None);
+        assert_eq!(trial_id("r", 3), "r-t3");
+        assert_eq!(trial_suffix_len(10), "-t9".len());
+        assert_eq!(trial_suffix_len(11), "-t10".len());
         assert_eq!(Pick::parse("max()"), None);
     }
 }

@@ -19,6 +19,7 @@ use crate::address::Kind;
 use crate::artifacts::{VersionKind, VersionRef};
 use crate::backend::job::{PlannedJob, DEFAULT_SCHEDULE_TIMEOUT};
 use crate::backend::store::{now_rfc3339, RunRecord, RunStatus};
+use crate::backend::sweep::PlannedSweep;
 use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure};
 use crate::diagnostics::error_chain;
 use crate::plan::{plural, Action, ObjectChange, ResourceChange};
@@ -42,7 +43,7 @@ fn generates_key(object: &ObjectChange) -> bool {
 
 /// Whether this is the Job that uploads a run's outputs (its pods are the `upload`
 /// component).
-fn is_upload_job(object: &ObjectChange) -> bool {
+pub(super) fn is_upload_job(object: &ObjectChange) -> bool {
     object.kind == "Job"
         && object
             .object
@@ -123,10 +124,28 @@ impl KubeCompute {
                     }
                 }
             }
-            applied += self
-                .apply_batch(cx, change, kube, &workloads)
-                .await
-                .map_err(ChangeError::Failed)?;
+            let sweep = match (change.kind, change.action(), &change.after) {
+                (Kind::Job, Action::Run, Some(after)) => {
+                    PlannedSweep::parse(after).map_err(ChangeError::Plan)?
+                }
+                _ => None,
+            };
+            match sweep {
+                // Its trials' Jobs start `parallel` at a time, each waited for.
+                Some(sweep) => {
+                    summary = Some(self.sweep(cx, change, kube, &sweep).await?);
+                    applied += workloads
+                        .iter()
+                        .filter(|o| o.action != Action::NoOp)
+                        .count();
+                }
+                None => {
+                    applied += self
+                        .apply_batch(cx, change, kube, &workloads)
+                        .await
+                        .map_err(ChangeError::Failed)?
+                }
+            }
             // A new autoscaled revision starts as scaled as the one it replaces.
             for scale in super::scale::initial_scales(change, kube).await {
                 cx.events.note(
@@ -236,26 +255,7 @@ impl KubeCompute {
         kube: &dyn ClusterApi,
         batch: &[&ObjectChange],
     ) -> Result<usize, String> {
-        let replace: BTreeSet<ObjectKey> = batch
-            .iter()
-            .filter(|o| o.action == Action::Replace)
-            .map(|o| o.key())
-            .collect();
-        // Objects the plan showed drifting are taken back from whoever changed them
-        // (the plan was approved); others are applied without force, so an edit made
-        // since the plan is a conflict, not silently overwritten.
-        for force in [false, true] {
-            let objects: Vec<KubeObject> = batch
-                .iter()
-                .filter(|o| (o.action == Action::Update) == force)
-                .filter_map(|o| o.desired())
-                .collect();
-            if !objects.is_empty() {
-                kube.apply(&objects, force, &replace)
-                    .await
-                    .map_err(|e| failed("applying objects", e))?;
-            }
-        }
+        apply_objects(kube, batch).await?;
         // An endpoint's Deployments come up together; the first that fails says why.
         let deployments: Vec<_> = batch
             .iter()
@@ -274,8 +274,18 @@ impl KubeCompute {
             .collect();
         futures::future::try_join_all(deployments).await?;
         if change.action() == Action::Run {
+            let after = change
+                .after
+                .as_ref()
+                .ok_or("the plan has no value for this job")?;
             for o in batch.iter().filter(|o| o.kind == "Job") {
-                self.wait_job(cx, change, kube, o).await?;
+                let run = RunObjects {
+                    after,
+                    job: o,
+                    upload: change.objects.iter().find(|o| is_upload_job(o)),
+                    claims: change.objects.iter().filter(|o| is_claim(o)).collect(),
+                };
+                self.wait_job(cx, change, kube, &run).await?;
             }
         }
         Ok(batch.iter().filter(|o| o.action != Action::NoOp).count())
@@ -283,18 +293,20 @@ impl KubeCompute {
 
     /// Waits for a run's Job, then checks the pod stored its outputs and records the
     /// run in the store.
-    async fn wait_job(
+    pub(super) async fn wait_job(
         &self,
         cx: &ApplyContext<'_>,
         change: &ResourceChange,
         kube: &dyn ClusterApi,
-        job: &ObjectChange,
+        run: &RunObjects<'_>,
     ) -> Result<(), String> {
         let store = cx.store;
-        let after = change
-            .after
-            .as_ref()
-            .ok_or("the plan has no value for this job")?;
+        let RunObjects {
+            after,
+            job,
+            upload,
+            claims,
+        } = run;
         let PlannedJob {
             run_id,
             inputs,
@@ -352,17 +364,14 @@ impl KubeCompute {
         let mut error = waited.err().map(|e| error_chain(&e));
         // The training pods have ended (their GPUs are free): the outputs they left on
         // the run's volume are uploaded by a pod of their own, then the volume goes.
-        let upload = change.objects.iter().find(|o| is_upload_job(o));
         if let (None, Some(upload)) = (&error, upload) {
             error = self
                 .upload(cx, change, kube, upload, &mut on_log)
                 .await
                 .err();
         }
-        let claims: Vec<(ObjectKey, String)> = change
-            .objects
+        let claims: Vec<(ObjectKey, String)> = claims
             .iter()
-            .filter(|o| o.kind == "PersistentVolumeClaim" && o.action != Action::Delete)
             .map(|o| (o.key(), o.api_version.clone()))
             .collect();
         if !claims.is_empty() {
@@ -476,4 +485,47 @@ impl KubeCompute {
         .await
         .map_err(|e| failed(&upload.describe(), e))
     }
+}
+
+/// One run's objects in a change: its Job, the Job uploading its outputs and its
+/// outputs volumes, with the run's planned value (a sweep's trial has its own).
+pub(super) struct RunObjects<'a> {
+    pub after: &'a Value,
+    pub job: &'a ObjectChange,
+    pub upload: Option<&'a ObjectChange>,
+    pub claims: Vec<&'a ObjectChange>,
+}
+
+/// Whether this is a run's outputs volume that stays (not one the change deletes).
+pub(super) fn is_claim(object: &ObjectChange) -> bool {
+    object.kind == "PersistentVolumeClaim" && object.action != Action::Delete
+}
+
+/// Applies `batch` as the plan says: replaced objects deleted and created again, drifted
+/// ones taken back.
+pub(super) async fn apply_objects(
+    kube: &dyn ClusterApi,
+    batch: &[&ObjectChange],
+) -> Result<(), String> {
+    let replace: BTreeSet<ObjectKey> = batch
+        .iter()
+        .filter(|o| o.action == Action::Replace)
+        .map(|o| o.key())
+        .collect();
+    // Objects the plan showed drifting are taken back from whoever changed them
+    // (the plan was approved); others are applied without force, so an edit made
+    // since the plan is a conflict, not silently overwritten.
+    for force in [false, true] {
+        let objects: Vec<KubeObject> = batch
+            .iter()
+            .filter(|o| (o.action == Action::Update) == force)
+            .filter_map(|o| o.desired())
+            .collect();
+        if !objects.is_empty() {
+            kube.apply(&objects, force, &replace)
+                .await
+                .map_err(|e| failed("applying objects", e))?;
+        }
+    }
+    Ok(())
 }

@@ -76,6 +76,7 @@ pub mod prometheus;
 mod rendered;
 mod rollout;
 mod scale;
+mod sweep;
 mod templates;
 pub mod traffic;
 

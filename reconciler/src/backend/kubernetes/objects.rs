@@ -32,7 +32,9 @@ pub(super) const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// The component of the pod that uploads a run's outputs.
 pub const COMPONENT_UPLOAD: &str = "upload";
 const LABEL_JOB: &str = "cairn.dev/job";
-const LABEL_RUN: &str = "cairn.dev/run";
+pub(super) const LABEL_RUN: &str = "cairn.dev/run";
+/// On a sweep's trial objects: the sweep's run.
+const LABEL_SWEEP: &str = "cairn.dev/sweep";
 pub const LABEL_ENDPOINT: &str = "cairn.dev/endpoint";
 pub const LABEL_DEPLOYMENT: &str = crate::plan::objects::DEPLOYMENT_LABEL;
 pub const LABEL_DEPLOYMENT_REVISION: &str = "cairn.dev/deployment-revision";

@@ -13,6 +13,7 @@ use super::endpoints::LocalEndpoints;
 use super::{ChildEnv, JobRunner as _, LocalMachine};
 use crate::address::{Address, Kind};
 use crate::backend::rollout_log::RolloutLog;
+use crate::backend::sweep::{self, PlannedSweep};
 use crate::backend::target::{
     Applied, ApplyContext, ChangeError, ComputeTarget, Failure, ObserveError, Observed, PlanScope,
 };
@@ -242,8 +243,17 @@ impl ComputeTarget for LocalCompute {
                 let after = change.after.clone().ok_or_else(|| {
                     ChangeError::Plan("the plan has no value for this job".into())
                 })?;
-                let message = match after.get("sweep").filter(|s| !s.is_null()) {
-                    Some(sweep) => self.run_sweep(cx, change, &after, sweep).await?,
+                let message = match PlannedSweep::parse(&after).map_err(ChangeError::Plan)? {
+                    // Each trial is a run of the job here, as any other.
+                    Some(sweep) => {
+                        sweep::run(cx, change, &after, &sweep, |_, trial| async move {
+                            self.run_job(cx, change, &trial)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        })
+                        .await?
+                    }
                     None => self.run_job(cx, change, &after).await?,
                 };
                 Ok(Applied {

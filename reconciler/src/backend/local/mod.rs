@@ -24,7 +24,6 @@ pub mod job_group;
 mod jobs;
 pub mod router;
 pub mod supervisor;
-mod sweep;
 
 pub use child_env::ChildEnv;
 pub use compute::LocalCompute;

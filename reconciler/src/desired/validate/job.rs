@@ -10,6 +10,7 @@ use super::{invalid_name, Ctx, Out, View};
 use crate::address::{is_dns1123_label, Kind, Reference};
 use crate::desired::Resource;
 use crate::diagnostics::{did_you_mean, Diagnostic};
+use crate::manifest::sweep::{trial_suffix_len, MAX_TRIALS};
 use crate::manifest::{JobSpec, Role, Target};
 
 impl Ctx<'_> {
@@ -48,26 +49,43 @@ impl Ctx<'_> {
             // `<job>-<run id>-<index>` (their hostname, a DNS label); the Job that uploads
             // a run's outputs `<job>-<run id>-upload` (a Job's name goes into a label
             // value): at most 63 characters either way.
+            // A sweep's trials are runs `<run id>-t<n>`.
+            let trials = spec.sweep.as_ref().map(|s| s.get_ref().trial_count());
+            let (trial, trial_len) = match trials {
+                Some(n) => ("-t<n>", trial_suffix_len(n.min(MAX_TRIALS))),
+                None => ("", 0),
+            };
             let suffix = if spec.instances() > 1 {
-                Some(("<index>", 3))
+                Some(("<index>", 1 + 3))
             } else if !spec.outputs.is_empty() {
-                Some(("upload", "upload".len()))
+                Some(("upload", 1 + "upload".len()))
+            } else if trials.is_some() {
+                // The Job's own name, which goes into its pods' `job-name` label.
+                Some(("", 0))
             } else {
                 None
             };
             if let Some((what, len)) = suffix {
-                let longest = r.address.name.len() + 1 + crate::content::VERSION_LEN + 1 + len;
+                let longest =
+                    r.address.name.len() + 1 + crate::content::VERSION_LEN + trial_len + len;
+                let what = if what.is_empty() {
+                    trial.to_string()
+                } else {
+                    format!("{trial}-{what}")
+                };
                 if *compute.target.get_ref() == Target::Kubernetes && longest > 63 {
                     let objects = if spec.instances() > 1 {
                         "its pods' hostnames"
-                    } else {
+                    } else if !spec.outputs.is_empty() {
                         "the Job that uploads its outputs"
+                    } else {
+                        "its trials' Jobs"
                     };
                     out.error(
                         Diagnostic::error(
                             "invalid-name",
                             format!(
-                                "the job name `{}` is too long for Kubernetes: {objects} (`<job>-<run id>-{what}`) would have {longest} characters, over the 63 a DNS label allows",
+                                "the job name `{}` is too long for Kubernetes: {objects} (`<job>-<run id>{what}`) would have {longest} characters, over the 63 a DNS label allows",
                                 r.address.name
                             ),
                         )

@@ -7,7 +7,7 @@ use super::{Ctx, Out};
 use crate::desired::Resource;
 use crate::diagnostics::{did_you_mean, Diagnostic};
 use crate::manifest::sweep::{Pick, MAX_TRIALS};
-use crate::manifest::{ComputeSpec, JobSpec, Target};
+use crate::manifest::{ComputeSpec, JobSpec};
 
 impl Ctx<'_> {
     pub(super) fn sweep(
@@ -53,16 +53,6 @@ impl Ctx<'_> {
             }
         }
         let Some(sweep) = &spec.sweep else { return };
-        if compute.is_some_and(|c| *c.target.get_ref() == Target::Kubernetes) {
-            out.error(
-                Diagnostic::error(
-                    "target-field",
-                    "`sweep` applies only to jobs on `target = \"local\"` for now",
-                )
-                .at(self.loc(&r.file, sweep.span()))
-                .help("run the trials as separate jobs on Kubernetes, or the sweep on a local compute"),
-            );
-        }
         let s = sweep.get_ref();
         for (name, values) in s.params.get_ref() {
             let n = name.get_ref();

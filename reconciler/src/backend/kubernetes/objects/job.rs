@@ -12,19 +12,20 @@ use super::super::outputs_volume;
 use super::super::{Error, Result};
 use super::{
     compute_vars, service_account, Walk, COMPONENT_UPLOAD, LABEL_COMPONENT, LABEL_JOB, LABEL_NAME,
-    LABEL_RUN, LABEL_WORKSPACE, WORK_DIR,
+    LABEL_RUN, LABEL_SWEEP, LABEL_WORKSPACE, WORK_DIR,
 };
 use crate::address::{Address, Kind, Reference};
 use crate::backend::distribution::{Distribution, DEFAULT_MASTER_PORT};
 use crate::backend::job::DEFAULT_SCHEDULE_TIMEOUT;
+use crate::backend::sweep;
 use crate::desired::Resource;
 use crate::manifest::{JobSpec, Spec};
 
 impl Walk<'_> {
     pub(super) fn job(&mut self, resource: &Resource, spec: &JobSpec) -> Result<()> {
-        let Some((compute_name, compute)) = self.compute_of(spec.compute.get_ref()) else {
+        if self.compute_of(spec.compute.get_ref()).is_none() {
             return Ok(());
-        };
+        }
         let address = &resource.address;
         self.reachable_store(address)?;
         let run_id = self
@@ -35,6 +36,35 @@ impl Walk<'_> {
                 what: address.to_string(),
                 needed: format!("the run id of {}", address.local()),
             })?;
+        match &spec.sweep {
+            None => self.run(resource, spec, &run_id, None),
+            // One Job (and outputs volume, upload Job) per trial, all of them planned:
+            // the apply starts them `parallel` at a time.
+            Some(sweep) => {
+                for (i, params) in sweep.get_ref().trials().iter().enumerate() {
+                    let trial = crate::manifest::sweep::trial_id(&run_id, i);
+                    self.run(resource, spec, &trial, Some((&run_id, params)))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The objects of one run of a job: run `run_id`, or a trial of sweep run `sweep.0`
+    /// with the parameters `sweep.1`.
+    fn run(
+        &mut self,
+        resource: &Resource,
+        spec: &JobSpec,
+        run_id: &str,
+        sweep: Option<(&str, &BTreeMap<String, String>)>,
+    ) -> Result<()> {
+        let Some((compute_name, compute)) = self.compute_of(spec.compute.get_ref()) else {
+            return Ok(());
+        };
+        let address = &resource.address;
+        let run_id = run_id.to_string();
+        let params = sweep.map(|(_, p)| p.clone()).unwrap_or_default();
         let Some(image) = &spec.image else {
             return Err(Error::Unsupported {
                 what: address.to_string(),
@@ -108,6 +138,7 @@ impl Walk<'_> {
         for (k, v) in &spec.env {
             env.insert(k, v.clone());
         }
+        cairn_env.extend(sweep::param_env(&params));
         // As on the local target, Cairn's variables win over the job's.
         for (k, v) in &cairn_env {
             env.insert(k, v.clone());
@@ -115,7 +146,10 @@ impl Walk<'_> {
         let command = spec.command.as_ref().map(|c| {
             c.get_ref()
                 .iter()
-                .map(|arg| crate::backend::job::expand(arg.get_ref(), &paths, &run_id))
+                .map(|arg| {
+                    let arg = sweep::with_params(arg.get_ref(), &params);
+                    crate::backend::job::expand(&arg, &paths, &run_id)
+                })
                 .collect::<Vec<_>>()
         });
         let instance = self.instance_type(
@@ -143,6 +177,9 @@ impl Walk<'_> {
         let mut labels = self.labels(name, "training");
         labels.insert(LABEL_JOB.into(), name.clone());
         labels.insert(LABEL_RUN.into(), run_id.clone());
+        if let Some((sweep_run, _)) = sweep {
+            labels.insert(LABEL_SWEEP.into(), sweep_run.to_string());
+        }
         if let Some(queue) = &spec.queue {
             // Kueue's queue for a batch Job: it admits the suspended Job whole.
             labels.insert("kueue.x-k8s.io/queue-name".into(), queue.get_ref().clone());
@@ -188,6 +225,7 @@ impl Walk<'_> {
                 "resources": resources(instance.map(|(_, it)| it), spec.cpu.as_ref(), spec.memory.as_ref(), spec.gpus()),
                 "description": spec.description,
             },
+            "sweep": sweep.map(|(sweep_run, params)| json!({"run_id": sweep_run, "params": params})),
             "inputs": inputs,
             "outputs": outputs,
             "instance_type": instance.map(|(n, it)| instance_vars(n, it)),

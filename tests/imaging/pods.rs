@@ -5,10 +5,11 @@
 //! `onnx_server_request_duration_seconds`), named as a ReplicaSet names pods, creates its
 //! Pod object (labels from the pod template, phase `Running`) and tells the API server
 //! where the pod's port answers, for the pod proxy Cairn's gates read `/metrics`
-//! through. A pod whose template has Cairn's `auth` container gets its auth proxy too
-//! (the library code `cairn auth-proxy` runs, reading the key from the endpoint's
-//! Secret as the mounted volume would): the pod's address is then the proxy's, and the
-//! pod proxy reaches `/metrics` through it too. A gateway thread plays the Gateway API implementation (or kube-proxy): it
+//! through. A pod whose template has Cairn's `proxy` container gets its pod proxy too
+//! (the library code `cairn pod-proxy` runs, reading the key from the endpoint's Secret
+//! as the mounted volume would, and uploading captured requests to the store its
+//! variables name): the pod's address is then the proxy's, and the pod proxy reaches
+//! `/metrics` through it too. A gateway thread plays the Gateway API implementation (or kube-proxy): it
 //! reads the live HTTPRoute's weights (or the endpoint Service's selector) and sends
 //! prediction requests to the pods accordingly, over real HTTP.
 
@@ -43,9 +44,14 @@ pub struct Pods {
     pods: Mutex<Vec<Pod>>,
     /// Pods started while this is set answer every prediction with a 500.
     pub broken: AtomicBool,
-    /// The Secret volumes the pods mounted (the key files of their auth proxies).
+    /// The Secret volumes the pods mounted (the key files of their pod proxies).
     volumes: tempfile::TempDir,
+    /// The store's access key and secret, for pod proxies that upload captures.
+    pub store_credentials: Mutex<Option<(String, String)>>,
 }
+
+/// How often a pod proxy started here uploads what it captured.
+pub const CAPTURE_FLUSH: Duration = Duration::from_millis(200);
 
 /// An endpoint's key as a client gets it: `data.key` of its Secret `<endpoint>-key`.
 pub fn endpoint_key(server: &KubeServer, namespace: &str, endpoint: &str) -> Option<String> {
@@ -69,6 +75,7 @@ impl Pods {
             pods: Mutex::new(Vec::new()),
             broken: AtomicBool::new(false),
             volumes: tempfile::tempdir().unwrap(),
+            store_credentials: Mutex::new(None),
         }
     }
 
@@ -103,10 +110,16 @@ impl Pods {
             let server_address = self.serve(broken);
             // With an `auth` container the pod's `http` port is Cairn's auth proxy, in
             // front of the server (the gates read the server's port directly).
-            let address = match auth_container(template) {
-                Some(auth) => {
-                    self.auth_proxy(server, ns, &pod_name, template, auth, port, &server_address)
-                }
+            let address = match proxy_container(template) {
+                Some(proxy) => self.pod_proxy(
+                    server,
+                    ns,
+                    &pod_name,
+                    template,
+                    proxy,
+                    port,
+                    &server_address,
+                ),
                 None => server_address.clone(),
             };
             server.create(
@@ -126,8 +139,8 @@ impl Pods {
             );
             server.pod_address(ns, &pod_name, port, &server_address);
             // The gates read `/metrics` through the auth proxy's port when there is one.
-            if let Some(auth) = auth_container(template) {
-                let proxy_port = auth["ports"][0]["containerPort"].as_u64().unwrap() as u16;
+            if let Some(proxy) = proxy_container(template) {
+                let proxy_port = proxy["ports"][0]["containerPort"].as_u64().unwrap() as u16;
                 server.pod_address(ns, &pod_name, proxy_port, &address);
             }
             self.pods.lock().unwrap().push(Pod {
@@ -139,67 +152,117 @@ impl Pods {
         }
     }
 
-    /// Starts the pod's `cairn auth-proxy` as its container says (its `--upstream` must be
-    /// the server's port, its `--key-file` the mounted key Secret), with the library
-    /// code the binary runs, on this machine's loopback; returns its address.
+    /// Starts the pod's `cairn pod-proxy` as its container says (its `--upstream` must be
+    /// the server's port; with `--key-file`, the mounted key Secret; with
+    /// `--capture-every`, the store in its `CAIRN_STORE*` variables, reached with
+    /// [`Pods::store_credentials`]), with the library code the binary runs, on this
+    /// machine's loopback; returns its address. Its captures are uploaded every
+    /// [`CAPTURE_FLUSH`] (the binary's default is longer).
     #[allow(clippy::too_many_arguments)]
-    fn auth_proxy(
+    fn pod_proxy(
         &self,
         server: &KubeServer,
         namespace: &str,
         pod: &str,
         template: &Value,
-        auth: &Value,
+        proxy: &Value,
         server_port: u16,
         server_address: &str,
     ) -> String {
-        use cairn::workload::auth_proxy::{AuthProxy, AuthProxyOptions};
-        let command: Vec<&str> = auth["command"]
+        use cairn::workload::pod_proxy::{PodProxy, PodProxyOptions, ProxyCapture};
+        let command: Vec<&str> = proxy["command"]
             .as_array()
             .unwrap()
             .iter()
             .map(|a| a.as_str().unwrap())
             .collect();
-        assert_eq!(&command[..2], ["cairn", "auth-proxy"], "{auth}");
+        assert_eq!(&command[..2], ["cairn", "pod-proxy"], "{proxy}");
         let arg = |name: &str| {
-            let at = command
-                .iter()
-                .position(|a| *a == name)
-                .unwrap_or_else(|| panic!("{name} in {command:?}"));
-            command[at + 1].to_string()
+            let at = command.iter().position(|a| *a == name)?;
+            Some(command[at + 1].to_string())
         };
         assert_eq!(
             arg("--upstream"),
-            format!("127.0.0.1:{server_port}"),
+            Some(format!("127.0.0.1:{server_port}")),
             "the proxy passes requests to the server"
         );
-        let key_file = arg("--key-file");
-        let mount = auth["volumeMounts"][0]["mountPath"].as_str().unwrap();
-        let volume = auth["volumeMounts"][0]["name"].as_str().unwrap();
-        assert_eq!(key_file, format!("{mount}/key"));
-        let secret = template["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == volume)
-            .unwrap()["secret"]["secretName"]
-            .as_str()
-            .unwrap();
-        let endpoint = secret.strip_suffix("-key").unwrap();
-        // The kubelet mounts the Secret: without its key the container can't start.
-        let key = endpoint_key(server, namespace, endpoint)
-            .unwrap_or_else(|| panic!("pod {pod}: the Secret {namespace}/{secret} has no key"));
-        let file = self.volumes.path().join(format!("{namespace}-{pod}.key"));
-        std::fs::write(&file, key).unwrap();
-        let options = AuthProxyOptions {
+        let key_file = arg("--key-file").map(|key_file| {
+            let mount = proxy["volumeMounts"][0]["mountPath"].as_str().unwrap();
+            let volume = proxy["volumeMounts"][0]["name"].as_str().unwrap();
+            assert_eq!(key_file, format!("{mount}/key"));
+            let secret = template["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == volume)
+                .unwrap()["secret"]["secretName"]
+                .as_str()
+                .unwrap();
+            let endpoint = secret.strip_suffix("-key").unwrap();
+            // The kubelet mounts the Secret: without its key the container can't start.
+            let key = endpoint_key(server, namespace, endpoint)
+                .unwrap_or_else(|| panic!("pod {pod}: the Secret {namespace}/{secret} has no key"));
+            let file = self.volumes.path().join(format!("{namespace}-{pod}.key"));
+            std::fs::write(&file, key).unwrap();
+            file
+        });
+        let capture = arg("--capture-every").map(|every| {
+            let endpoint = arg("--capture-endpoint").expect("--capture-endpoint");
+            let env = |name: &str| {
+                proxy["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["name"] == name)
+                    .and_then(|e| e["value"].as_str())
+                    .map(str::to_string)
+            };
+            let url = env("CAIRN_STORE").expect("the proxy is given the store");
+            let options = cairn::backend::store::StoreOptions {
+                endpoint: env("CAIRN_STORE_ENDPOINT"),
+                region: env("CAIRN_STORE_REGION"),
+                path_style: env("CAIRN_STORE_PATH_STYLE").map(|p| p == "true"),
+                ..Default::default()
+            };
+            let (access, secret) = self
+                .store_credentials
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("the test world gives the pods the store's credentials");
+            let objects = cairn::backend::store::S3Store::new(&url, &options)
+                .unwrap()
+                .with_credentials(&access, &secret, None);
+            let store = cairn::backend::store::Store::new(Arc::new(objects));
+            let upload = cairn::backend::store::CaptureUpload {
+                endpoint,
+                source: pod.to_string(),
+                max_bytes: arg("--capture-max-bytes").unwrap().parse().unwrap(),
+                flush: CAPTURE_FLUSH,
+            };
+            let (queue, received) = tokio::sync::mpsc::channel(1024);
+            self.runtime.spawn(cairn::backend::store::upload_captures(
+                store,
+                upload,
+                received,
+                |e| panic!("uploading captures: {}", cairn::diagnostics::error_chain(e)),
+            ));
+            ProxyCapture {
+                every: every.parse().unwrap(),
+                deployment: arg("--capture-deployment").expect("--capture-deployment"),
+                queue,
+            }
+        });
+        let options = PodProxyOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: server_address
                 .trim_start_matches("http://")
                 .parse()
                 .unwrap(),
-            key_file: file,
+            key_file,
+            capture,
         };
-        let proxy = self.runtime.block_on(AuthProxy::bind(&options)).unwrap();
+        let proxy = self.runtime.block_on(PodProxy::bind(&options)).unwrap();
         let address = format!("http://{}", proxy.local_addr());
         self.runtime.spawn(proxy.run(std::future::pending()));
         address
@@ -269,12 +332,13 @@ impl Pods {
     }
 }
 
-/// The pod's `auth` container (`cairn auth-proxy`), when its endpoint authenticates.
-fn auth_container(template: &Value) -> Option<&Value> {
+/// The pod's `proxy` container (`cairn pod-proxy`), when its endpoint authenticates or
+/// captures requests.
+fn proxy_container(template: &Value) -> Option<&Value> {
     template["spec"]["containers"]
         .as_array()?
         .iter()
-        .find(|c| c["name"] == "auth")
+        .find(|c| c["name"] == "proxy")
 }
 
 /// What the gateway saw: each distinct split it sent traffic by, in order, and the

@@ -327,7 +327,7 @@ fn a_deployments_own_command_and_probes_are_rendered() {
     // The proxy in front is unchanged: it forwards to the server's port and answers
     // its own readiness.
     let auth = &pod["containers"][1];
-    assert_eq!(auth["name"], "auth");
+    assert_eq!(auth["name"], "proxy");
     assert_eq!(
         auth["readinessProbe"]["httpGet"],
         json!({"path": "/healthz", "port": "http"})

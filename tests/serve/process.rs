@@ -32,7 +32,7 @@ impl Serving {
         Serving::spawn_cairn(&args)
     }
 
-    /// Any `cairn` command that reports `listening on http://ADDR` (`auth-proxy`).
+    /// Any `cairn` command that reports `listening on http://ADDR` (`pod-proxy`).
     fn spawn_cairn(args: &[&str]) -> Serving {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(args)
@@ -274,11 +274,13 @@ fn a_corrupt_model_exits_1() {
     );
 }
 
-/// `cairn auth-proxy` in front of `cairn serve`, as an authenticated endpoint's pod runs
+/// `cairn pod-proxy` in front of `cairn serve`, as an authenticated endpoint's pod runs
 /// them on Kubernetes: 401 without the key or with another, the server's answer with
-/// it; `/healthz` open for probes; a missing key file is a clear error.
+/// it; `/healthz` open for probes; a missing key file is a clear error. With a capture,
+/// the requests let through (bodies only: never the key) are in the store once it
+/// stops.
 #[test]
-fn the_auth_proxy_lets_only_requests_with_the_key_through() {
+fn the_pod_proxy_lets_only_requests_with_the_key_through_and_captures_them() {
     let trained = trained();
     let server = Serving::spawn(&trained.dir, &["--listen", "127.0.0.1:0"]);
     let upstream = server.addr();
@@ -287,14 +289,26 @@ fn the_auth_proxy_lets_only_requests_with_the_key_through() {
     let key_file = tmp.path().join("key");
     // As the mounted Secret gives it, with a trailing newline.
     std::fs::write(&key_file, "8c1f0e4b9a7d2c6e5f3a1b0d9e8c7f6a\n").unwrap();
-    let proxy = Serving::spawn_cairn(&[
-        "auth-proxy",
+    let store = tmp.path().join("store");
+    let store_url = format!("file://{}", store.display());
+    let mut proxy = Serving::spawn_cairn(&[
+        "pod-proxy",
         "--listen",
         "127.0.0.1:0",
         "--upstream",
         &upstream.to_string(),
         "--key-file",
         key_file.to_str().unwrap(),
+        "--capture-every",
+        "1",
+        "--capture-endpoint",
+        "risk-api",
+        "--capture-deployment",
+        "blue",
+        "--capture-source",
+        "risk-api-blue-0",
+        "--store",
+        &store_url,
     ]);
     let addr = proxy.addr();
     let agent = agent();
@@ -330,7 +344,28 @@ fn the_auth_proxy_lets_only_requests_with_the_key_through() {
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_scores(&trained.model, &answer["scores"], &maps);
 
-    // No key file: exit 1, naming it.
+    // Stopped, it uploads what it captured: the one request let through, no key.
+    proxy.signal(libc::SIGTERM);
+    let (code, stderr) = proxy.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("uploaded 1 captured requests in 1 files"),
+        "{stderr}"
+    );
+    let dir = store.join("captures/risk-api/risk-api-blue-0");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(!text.contains("8c1f0e4b9a7d2c6e5f3a1b0d9e8c7f6"), "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["deployment"], "blue");
+    assert_eq!(lines[0]["body"], json!({"rows": json_rows}));
+
+    // No key file: exit 1, naming it (under the command's former name, still accepted).
     let mut missing = Serving::spawn_cairn(&[
         "auth-proxy",
         "--listen",

@@ -324,23 +324,7 @@ impl Root {
 
     /// Makes the root a Git repository with everything committed; returns HEAD.
     pub fn git_commit_all(&self, message: &str) -> String {
-        let repo = match git2::Repository::open(&self.root) {
-            Ok(r) => r,
-            Err(_) => git2::Repository::init(&self.root).unwrap(),
-        };
-        self.write(".gitignore", ".cairn/\n");
-        let mut index = repo.index().unwrap();
-        index
-            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        index.write().unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("Tester", "tester@example.com").unwrap();
-        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
-            .unwrap()
-            .to_string()
+        git_commit_all(&self.root, message)
     }
 }
 
@@ -453,4 +437,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Makes `root` a Git repository (if it is not one) with everything but Cairn's own
+/// `.cairn/` committed on its branch; returns HEAD.
+pub fn git_commit_all(root: &Path, message: &str) -> String {
+    let repo = match git2::Repository::open(root) {
+        Ok(r) => r,
+        Err(_) => git2::Repository::init(root).unwrap(),
+    };
+    std::fs::write(root.join(".gitignore"), ".cairn/\n").unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("Tester", "tester@example.com").unwrap();
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+        .unwrap()
+        .to_string()
 }

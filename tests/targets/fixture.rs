@@ -85,6 +85,10 @@ pub trait TargetFixture: Sized {
     /// One prediction through the endpoint's front door (the router, a pod's `http`
     /// port), with `Authorization: Bearer <key>` when given; the answer's status.
     fn predict_status(&self, key: Option<&str>) -> u16;
+
+    /// One prediction of `body` (no key) through the endpoint's front door; the answer's
+    /// status.
+    fn predict_body(&self, body: &str) -> u16;
 }
 
 /// How the requests sent during an apply were answered.
@@ -295,6 +299,37 @@ impl Repo {
                 "\n[job.train.sweep]\nparams = { quality = [0.2, 0.9, 0.5] }\npick = \"max(auc)\"\nparallel = 2\n\n[model.scorer]",
             );
         std::fs::write(path, toml).unwrap();
+    }
+
+    /// Adds `[endpoint.api.monitor]`: every request captured, `max_psi = 0.2`.
+    pub fn set_monitor(&self) {
+        let path = self.root.join(WS).join("serve.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            path,
+            format!("{text}\n[endpoint.api.monitor]\nsample = 1.0\nmax_psi = 0.2\n"),
+        )
+        .unwrap();
+    }
+
+    /// Commits the manifests (not Cairn's own `.cairn/`) on `main`, for the commands
+    /// that read a revision (`cairn drift --rev HEAD`).
+    pub fn commit(&self) {
+        crate::support::git_commit_all(&self.root, "manifests");
+    }
+
+    /// The training rows (without the label) as one prediction request's body, every
+    /// income times `scale`.
+    pub fn loans_request(scale: f64) -> String {
+        let rows: Vec<Value> = LOANS_CSV
+            .lines()
+            .skip(1)
+            .map(|line| {
+                let cells: Vec<f64> = line.split(',').map(|c| c.parse().unwrap()).collect();
+                serde_json::json!({"age": cells[0], "income": cells[1] * scale})
+            })
+            .collect();
+        serde_json::json!({ "rows": rows }).to_string()
     }
 
     /// Declares the endpoint (or removes `serve.toml`): one deployment following the

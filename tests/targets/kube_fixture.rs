@@ -17,7 +17,7 @@ use crate::fixture::{Repo, Requests, TargetFixture, TargetManifests, WS};
 use crate::kube_server::KubeServer;
 use crate::kubelet::Kubelet;
 use crate::pods::{gateway, Seen};
-use crate::s3_server::{aws_credentials, S3Server, BUCKET, SECRET_KEY};
+use crate::s3_server::{aws_credentials, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use crate::support::Run;
 
 /// The namespace of the compute.
@@ -118,8 +118,11 @@ impl TargetFixture for KubeFixture {
             cmd.env("KUBECONFIG", &kubeconfig);
             aws_credentials(cmd, SECRET_KEY);
         });
+        let kubelet = Kubelet::start(server.clone(), work);
+        *kubelet.node().pods.store_credentials.lock().unwrap() =
+            Some((ACCESS_KEY.to_string(), SECRET_KEY.to_string()));
         let mut fixture = KubeFixture {
-            kubelet: Kubelet::start(server.clone(), work),
+            kubelet,
             repo,
             server,
             _s3: s3,
@@ -289,6 +292,16 @@ impl TargetFixture for KubeFixture {
 
     /// To a pod of the endpoint, at its `http` port (where its Service sends traffic).
     fn predict_status(&self, key: Option<&str>) -> u16 {
+        self.predict(key, crate::fixture::ROWS)
+    }
+
+    fn predict_body(&self, body: &str) -> u16 {
+        self.predict(None, body)
+    }
+}
+
+impl KubeFixture {
+    fn predict(&self, key: Option<&str>, body: &str) -> u16 {
         let pods = self.kubelet.node().pods.all();
         let pod = pods
             .iter()
@@ -304,7 +317,8 @@ impl TargetFixture for KubeFixture {
             request = request.header("Authorization", &format!("Bearer {key}"));
         }
         request
-            .send(crate::fixture::ROWS)
+            .header("content-type", "application/json")
+            .send(body)
             .map(|r| r.status().as_u16())
             .unwrap_or(599)
     }

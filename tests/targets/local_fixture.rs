@@ -39,7 +39,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// POSTs [`ROWS`] to the endpoint with a bearer key; returns the status.
-fn predict_with(agent: &ureq::Agent, addr: SocketAddr, key: Option<&str>) -> u16 {
+fn predict_with(agent: &ureq::Agent, addr: SocketAddr, key: Option<&str>, body: &str) -> u16 {
     let mut request = agent
         .post(format!("http://{addr}/v1/predict"))
         .header("content-type", "application/json");
@@ -47,7 +47,7 @@ fn predict_with(agent: &ureq::Agent, addr: SocketAddr, key: Option<&str>) -> u16
         request = request.header("Authorization", &format!("Bearer {key}"));
     }
     request
-        .send(ROWS)
+        .send(body)
         .map(|r| r.status().as_u16())
         .unwrap_or(599)
 }
@@ -202,6 +202,10 @@ impl TargetFixture for LocalFixture {
 
     /// Through the router.
     fn predict_status(&self, key: Option<&str>) -> u16 {
-        predict_with(&agent(), self.addr(), key)
+        predict_with(&agent(), self.addr(), key, ROWS)
+    }
+
+    fn predict_body(&self, body: &str) -> u16 {
+        predict_with(&agent(), self.addr(), None, body)
     }
 }

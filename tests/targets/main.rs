@@ -55,6 +55,7 @@ macro_rules! target_suite {
                 a_failed_attempt_is_retried,
                 an_endpoint_with_a_key_refuses_requests_without_it,
                 an_endpoint_is_created,
+                an_endpoint_with_a_monitor_reports_input_drift,
                 a_rollout_is_promoted,
                 a_rollout_without_traffic_is_halted,
                 a_rollout_is_rolled_back_on_a_failed_gate,

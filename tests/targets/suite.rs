@@ -228,6 +228,72 @@ pub fn a_sweep_keeps_its_best_trial<F: TargetFixture>() {
     assert!(again.stdout.contains("No changes"), "{}", again.both());
 }
 
+/// `cairn drift --format json` once the endpoint's captured requests hold `rows` rows
+/// (captures are written on their own: a thread, an upload).
+fn drift_with_rows(repo: &crate::fixture::Repo, rows: u64) -> (crate::support::Run, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = repo.cairn(&["drift", "ROOT", "--rev", "HEAD", "--format", "json"]);
+        let report: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        let seen = report["inputs"][0]["rows"].as_u64().unwrap_or(0);
+        if seen >= rows || std::time::Instant::now() > deadline {
+            assert_eq!(seen, rows, "captured rows: {}", run.both());
+            return (run, report);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// 4d. An endpoint with a monitor: the requests it answers are captured (bodies only),
+///     and `cairn drift` compares them with the serving version's training data: rows
+///     like the training rows are no drift, the same rows with incomes tripled are
+///     (exit 2, `income` named).
+pub fn an_endpoint_with_a_monitor_reports_input_drift<F: TargetFixture>() {
+    let world = F::start(true);
+    let repo = world.repo();
+    repo.set_monitor();
+    repo.commit();
+    repo.apply().ok();
+
+    let quiet = repo.cairn(&["drift", "ROOT", "--rev", "HEAD"]);
+    quiet.ok();
+    assert!(
+        quiet.stdout.contains("no requests captured yet"),
+        "{}",
+        quiet.both()
+    );
+
+    let same = crate::fixture::Repo::loans_request(1.0);
+    for _ in 0..5 {
+        assert_eq!(world.predict_body(&same), 200);
+    }
+    let (run, report) = drift_with_rows(repo, 50);
+    run.ok();
+    let inputs = &report["inputs"][0];
+    assert_eq!(inputs["endpoint"], ENDPOINT, "{report:#}");
+    assert!(
+        inputs["training_data"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("dataset.loans@"),
+        "{report:#}"
+    );
+    let features = inputs["features"].as_array().unwrap();
+    assert_eq!(features.len(), 2, "age and income: {report:#}");
+    assert!(features.iter().all(|f| f["drifted"] == false), "{report:#}");
+
+    let moved = crate::fixture::Repo::loans_request(3.0);
+    for _ in 0..5 {
+        assert_eq!(world.predict_body(&moved), 200);
+    }
+    let (run, _) = drift_with_rows(repo, 100);
+    run.code(2);
+    let text = repo.cairn(&["drift", "ROOT", "--rev", "HEAD"]);
+    text.code(2);
+    assert!(text.stdout.contains("! income: PSI"), "{}", text.both());
+    assert!(!text.stdout.contains("! age:"), "{}", text.both());
+}
+
 /// 2a. A job whose command exits non-zero: a failed change, its model skipped.
 pub fn a_failed_job_skips_its_dependents<F: TargetFixture>() {
     let world = F::start(false);

@@ -192,12 +192,15 @@ where
     conclude(cx, change, sweep, finished).await
 }
 
+/// A trial that ran (or had run): its index, run id, outcome and run record.
+type Finished = (usize, String, Result<(), String>, Option<RunRecord>);
+
 /// Picks the best trial that succeeded and keeps its outputs as the sweep run's.
 async fn conclude(
     cx: &ApplyContext<'_>,
     change: &ResourceChange,
     sweep: &PlannedSweep,
-    finished: Vec<(usize, String, Result<(), String>, Option<RunRecord>)>,
+    finished: Vec<Finished>,
 ) -> Result<String, ChangeError> {
     let PlannedSweep {
         run_id,

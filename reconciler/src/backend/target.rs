@@ -171,10 +171,19 @@ pub trait ComputeTarget: Send + Sync {
     }
 
     /// The request bodies the endpoint at `address` captured for input-drift monitoring
-    /// (`[endpoint.<name>.monitor]`), oldest first, at most the newest `limit`. A target
-    /// that captures nothing returns none.
-    fn captured_requests(&self, _address: &str, _limit: usize) -> Vec<serde_json::Value> {
-        Vec::new()
+    /// (`[endpoint.<name>.monitor]`), oldest first, at most the newest `limit`. By
+    /// default, those its pods uploaded to the workspace store (`captures/<endpoint>/`);
+    /// a target that keeps them elsewhere says so.
+    async fn captured_requests(
+        &self,
+        store: &Store,
+        address: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, store::Error> {
+        let name = address
+            .split_once("/endpoint.")
+            .map_or(address, |(_, name)| name);
+        store.captured_requests(name, limit).await
     }
 
     /// Fits a planned rollout to how this target moves traffic (names its backends as

@@ -175,7 +175,21 @@ fn input_drift(
         ) else {
             continue;
         };
-        let bodies = target.captured_requests(&change.address, CAPTURED_REQUESTS);
+        let bodies = match rt.block_on(target.captured_requests(
+            store,
+            &change.address,
+            CAPTURED_REQUESTS,
+        )) {
+            Ok(bodies) => bodies,
+            Err(e) => {
+                report.notes.push(format!(
+                    "{}: its captured requests could not be read: {}",
+                    change.address,
+                    cairn::diagnostics::error_chain(&e)
+                ));
+                continue;
+            }
+        };
         if bodies.is_empty() {
             report.notes.push(format!(
                 "{}: no requests captured yet, so its inputs were not checked",

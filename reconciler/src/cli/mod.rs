@@ -19,7 +19,6 @@
 //! without any command changing.
 
 mod apply;
-mod auth_proxy;
 mod aws;
 mod context;
 mod destroy;
@@ -28,6 +27,7 @@ mod github;
 mod history;
 mod lock;
 mod plan;
+mod pod_proxy;
 mod policy;
 mod progress;
 mod render;
@@ -132,10 +132,12 @@ enum Command {
     /// The reference model server: load a model folder and answer `POST /v1/predict`,
     /// `GET /healthz` and `GET /metrics` until SIGTERM.
     Serve(serve::Args),
-    /// The key check in front of an endpoint's server in a Kubernetes pod: answers 401
-    /// without `Authorization: Bearer <key>`, passes the rest on (what a pod of an
-    /// endpoint with `auth = "key"` or `"token"` runs beside its server).
-    AuthProxy(auth_proxy::Args),
+    /// The front door of an endpoint's server in a Kubernetes pod: with a key, answers
+    /// 401 without `Authorization: Bearer <key>`; with a capture, keeps a sample of the
+    /// requests in the workspace store for `cairn drift`; passes the rest on (what a pod
+    /// of an endpoint with `auth` or `monitor` runs beside its server).
+    #[command(alias = "auth-proxy")]
+    PodProxy(pod_proxy::Args),
     /// Download a dataset or model version from a workspace store into a folder, each
     /// file checked against its SHA-256 (what a Kubernetes training pod runs first).
     Fetch(transfer::FetchArgs),
@@ -417,7 +419,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args, output),
         Command::Split(args) => split::run(args, output),
         Command::Serve(args) => serve::run(args, output),
-        Command::AuthProxy(args) => auth_proxy::run(args, output),
+        Command::PodProxy(args) => pod_proxy::run(args, output),
         Command::Fetch(args) => transfer::fetch(args, output),
         Command::Upload(args) => transfer::upload(args, output),
         #[cfg(target_os = "linux")]

@@ -17,7 +17,7 @@ use super::{CommandError, ErrorKind, Outcome, Output};
 pub struct StoreArgs {
     /// The workspace store URL (`s3://bucket/prefix` or `file:///path`).
     #[arg(long, env = "CAIRN_STORE", value_name = "URL")]
-    store: String,
+    store: Option<String>,
 
     /// An S3-compatible server's URL.
     #[arg(long, env = "CAIRN_STORE_ENDPOINT", value_name = "URL")]
@@ -33,7 +33,13 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> Result<Store, CommandError> {
+    pub(super) fn open(&self) -> Result<Store, CommandError> {
+        let Some(url) = &self.store else {
+            return Err(CommandError::user("no workspace store was given").hint_opt(Some(
+                "pass `--store s3://bucket/prefix` or set CAIRN_STORE (the pod templates set it)"
+                    .into(),
+            )));
+        };
         let options = StoreOptions {
             endpoint: self.store_endpoint.clone(),
             region: self.store_region.clone(),
@@ -42,7 +48,7 @@ impl StoreArgs {
         };
         let base = std::env::current_dir()
             .map_err(|e| CommandError::internal(format!("cannot read the current folder: {e}")))?;
-        Store::open_with(&self.store, &base, &options).map_err(|e| CommandError::store(&e))
+        Store::open_with(url, &base, &options).map_err(|e| CommandError::store(&e))
     }
 }
 

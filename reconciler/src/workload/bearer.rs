@@ -1,5 +1,5 @@
 //! Bearer-key checks, shared by everything that authenticates an endpoint's requests
-//! (the local router, `cairn auth-proxy` in a Kubernetes pod): requests carry
+//! (the local router, `cairn pod-proxy` in a Kubernetes pod): requests carry
 //! `Authorization: Bearer KEY`, and the SHA-256 of KEY must match the expected digest,
 //! compared in constant time. Only digests are kept; the key itself is never stored.
 

@@ -1,7 +1,8 @@
 //! The reference workloads: the trainer `cairn train` runs, and the model server `cairn
 //! serve` runs ([`model_server`], which has its own module doc and error type), and the
-//! front door `cairn auth-proxy` puts before a server that authenticates nothing
-//! ([`auth_proxy`], with [`bearer`]'s key check).
+//! front door `cairn pod-proxy` puts before a server in a pod, to check keys and capture
+//! requests for whatever serves ([`pod_proxy`], with [`bearer`]'s key check and
+//! [`capture`]'s lines).
 //!
 //! Training is one straight line, one file per stage:
 //!
@@ -31,13 +32,14 @@
 //! column with a single non-numeric or empty cell is skipped as a feature, not imputed.
 
 pub mod allreduce;
-pub mod auth_proxy;
 pub mod bearer;
+pub mod capture;
 mod data;
 mod model;
 pub mod model_server;
 pub mod oip;
 pub mod onnx;
+pub mod pod_proxy;
 mod score;
 pub mod served;
 mod split;

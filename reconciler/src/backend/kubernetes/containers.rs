@@ -5,7 +5,7 @@
 //!   training without protecting anyone), and GPUs requested and limited alike, as
 //!   Kubernetes requires for extended resources;
 //! - a job's environment, with the distributed-training contract;
-//! - the port of an authenticated endpoint's `cairn auth-proxy`;
+//! - the port of an authenticated endpoint's `cairn pod-proxy`;
 //! - the instance type as templates see it.
 
 use std::collections::BTreeMap;
@@ -81,15 +81,15 @@ pub(super) fn resources(
     Value::Object(out)
 }
 
-/// Where `cairn auth-proxy` listens in an authenticated endpoint's pods: beside the
-/// server, which keeps the endpoint's port.
-pub const AUTH_PROXY_PORT: u16 = 8440;
+/// Where `cairn pod-proxy` listens in the pods of an endpoint that authenticates or
+/// captures requests: beside the server, which keeps the endpoint's port.
+pub const POD_PROXY_PORT: u16 = 8440;
 
-pub(super) fn auth_proxy_port(endpoint_port: u16) -> u16 {
-    if endpoint_port == AUTH_PROXY_PORT {
-        AUTH_PROXY_PORT + 1
+pub(super) fn pod_proxy_port(endpoint_port: u16) -> u16 {
+    if endpoint_port == POD_PROXY_PORT {
+        POD_PROXY_PORT + 1
     } else {
-        AUTH_PROXY_PORT
+        POD_PROXY_PORT
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::containers::{auth_proxy_port, env_list, instance_vars, resources};
+use super::containers::{env_list, instance_vars, pod_proxy_port, resources};
 use super::templates::Owned;
 use super::{
     Error, KubeObject, ObjectKey, Renderer, Result, VersionLookup, LABEL_MANAGED_BY,
@@ -19,6 +19,9 @@ use crate::address::{Address, Kind, Reference};
 use crate::backend::server_command;
 use crate::desired::{DesiredState, Resource};
 use crate::manifest::{Auth, ComputeSpec, EndpointSpec, InstanceType, Spec, Target, WorkspaceSpec};
+
+/// The least share of an endpoint's `max_capture` one pod keeps.
+const MIN_CAPTURE_PER_POD: u64 = 1 << 20;
 
 /// The port an endpoint serves on when it names none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -363,16 +366,33 @@ impl<'a> Walk<'a> {
             compute,
             &namespace,
         );
-        // Every pod checks the key itself (`cairn auth-proxy`), whatever serves behind it
-        // and whatever gateway is in front.
+        // Every pod checks the key itself and captures its own sample of requests (`cairn
+        // pod-proxy`), whatever serves behind it and whatever gateway is in front.
         let authenticated = spec.auth != Auth::None;
         let key_secret = format!("{endpoint_name}-key");
+        let monitor = spec.monitor.as_ref().map(|m| {
+            let m = m.get_ref();
+            // Each pod keeps its share of `max_capture`, counting every pod the
+            // deployments may run.
+            let pods: u64 = spec
+                .deployments
+                .values()
+                .map(|d| u64::from(d.get_ref().most_replicas()))
+                .sum();
+            json!({
+                "every": (1.0 / m.sample.get_ref().clamp(1e-6, 1.0)).round() as u32,
+                "max_bytes_per_pod": (m.max_capture_bytes() / pods.max(1)).max(MIN_CAPTURE_PER_POD),
+            })
+        });
+        let proxied = authenticated || monitor.is_some();
         let endpoint_vars = json!({
             "name": endpoint_name,
             "address": address.to_string(),
             "port": port,
             "auth": spec.auth,
-            "auth_port": authenticated.then(|| auth_proxy_port(port)),
+            "auth_port": authenticated.then(|| pod_proxy_port(port)),
+            "proxy_port": proxied.then(|| pod_proxy_port(port)),
+            "monitor": monitor,
             "key_secret": authenticated.then_some(&key_secret),
             "description": spec.description,
         });
@@ -473,7 +493,7 @@ impl<'a> Walk<'a> {
                     "image": deployment.image.as_ref().map_or(self.renderer.cairn_image.as_str(), |i| i.get_ref().as_str()),
                     "reference_server": deployment.image.is_none() && deployment.command.is_none(),
                     // Its own serving process, with the pod's model folder and the
-                    // endpoint's port (the auth proxy, when there is one, listens on
+                    // endpoint's port (the pod proxy, when there is one, listens on
                     // another and forwards to this one).
                     "command": deployment.command().map(|c| {
                         server_command::expand_all(&c, Path::new(MODEL_DIR), &port.to_string())

@@ -192,7 +192,7 @@ pub(super) async fn kube_route(
         .and_then(|v| v["auth"].as_str())
         .is_some_and(|a| a != "none");
     let metrics_port = if authenticated {
-        super::containers::auth_proxy_port(port)
+        super::containers::pod_proxy_port(port)
     } else {
         port
     };

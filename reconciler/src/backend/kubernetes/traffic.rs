@@ -51,7 +51,7 @@ pub struct KubeRoute {
     /// The port the endpoint's Services and route send traffic to.
     pub port: u16,
     /// The pods' port the gates read `/metrics` from: the server's, or with `auth` the
-    /// pod's `cairn auth-proxy` (the only port its NetworkPolicy admits).
+    /// pod's `cairn pod-proxy` (the only port its NetworkPolicy admits).
     pub metrics_port: u16,
     /// The endpoint's name (what gate queries know as `endpoint`).
     pub endpoint: String,

@@ -13,6 +13,7 @@ use super::endpoints::LocalEndpoints;
 use super::{ChildEnv, JobRunner as _, LocalMachine};
 use crate::address::{Address, Kind};
 use crate::backend::rollout_log::RolloutLog;
+use crate::backend::store::{self, Store};
 use crate::backend::sweep::{self, PlannedSweep};
 use crate::backend::target::{
     Applied, ApplyContext, ChangeError, ComputeTarget, Failure, ObserveError, Observed, PlanScope,
@@ -124,23 +125,29 @@ impl ComputeTarget for LocalCompute {
         TARGET
     }
 
-    fn captured_requests(&self, address: &str, limit: usize) -> Vec<serde_json::Value> {
+    /// Those its router wrote on this machine.
+    async fn captured_requests(
+        &self,
+        _store: &Store,
+        address: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, store::Error> {
         let Some(serving) = &self.endpoints else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let Some((workspace, name)) = address
             .split_once('/')
             .and_then(|(ws, local)| Some((ws, local.strip_prefix("endpoint.")?)))
         else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        serving.captured(
+        Ok(serving.captured(
             &EndpointId {
                 workspace: workspace.to_string(),
                 name: name.to_string(),
             },
             limit,
-        )
+        ))
     }
 
     /// Asks a running supervisor what serves the workspaces' local endpoints (starts

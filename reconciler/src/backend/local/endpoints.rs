@@ -116,12 +116,10 @@ impl LocalEndpoints {
             // Line by line: a capture file may be large, and only `limit` bodies stay.
             for line in std::io::BufReader::new(file).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(body) = record.get_mut("body") {
-                        bodies.push_back(body.take());
-                        if bodies.len() > limit {
-                            bodies.pop_front();
-                        }
+                if let Some(body) = crate::workload::capture::body_of(&line) {
+                    bodies.push_back(body);
+                    if bodies.len() > limit {
+                        bodies.pop_front();
                     }
                 }
             }

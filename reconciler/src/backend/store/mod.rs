@@ -31,6 +31,7 @@
 //! Caveats: the compare-and-swap is as atomic as the backend's conditional writes (see
 //! [`FileStore`] and [`S3Store`] for how each gets there and where it can't).
 
+mod captures;
 mod file;
 mod object;
 mod records;
@@ -47,6 +48,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use captures::{upload_captures, CaptureUpload, UploadStats};
 pub use file::FileStore;
 pub use object::{check_key, Condition, ObjectMeta, ObjectStore};
 pub use records::{

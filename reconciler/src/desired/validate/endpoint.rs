@@ -112,7 +112,7 @@ impl Ctx<'_> {
             }
         }
         if let Some(monitor) = &spec.monitor {
-            self.monitor(r, monitor, compute.map(|c| *c.target.get_ref()), out);
+            self.monitor(r, monitor, out);
         }
         if let Some(rollout) = &spec.rollout {
             self.rollout(r, rollout, out);

@@ -1,6 +1,6 @@
-//! `[endpoint.<name>.monitor]`: only on the local target (its router captures the
-//! requests), a sample share in (0, 1], a positive `max_psi` and a bounded
-//! `max_capture`.
+//! `[endpoint.<name>.monitor]`: a sample share in (0, 1], a positive `max_psi` and a
+//! bounded `max_capture`, on every target (the local router or each pod's `cairn
+//! pod-proxy` captures the requests).
 
 use toml::Spanned;
 
@@ -8,31 +8,13 @@ use super::{Ctx, Out};
 use crate::desired::Resource;
 use crate::diagnostics::Diagnostic;
 use crate::manifest::monitor::MonitorSpec;
-use crate::manifest::Target;
 
 /// The least and the most a capture may keep on disk.
 const MIN_CAPTURE: u64 = 1 << 20;
 const MAX_CAPTURE: u64 = 4 << 30;
 
 impl Ctx<'_> {
-    pub(super) fn monitor(
-        &self,
-        r: &Resource,
-        monitor: &Spanned<MonitorSpec>,
-        target: Option<Target>,
-        out: &mut Out,
-    ) {
-        if target == Some(Target::Kubernetes) {
-            out.error(
-                Diagnostic::error(
-                    "target-field",
-                    "`monitor` applies only to endpoints on `target = \"local\"` for now",
-                )
-                .at(self.loc(&r.file, monitor.span()))
-                .help("the local router captures the requests; on Kubernetes, capture them in your gateway or mesh and remove `monitor`"),
-            );
-            return;
-        }
+    pub(super) fn monitor(&self, r: &Resource, monitor: &Spanned<MonitorSpec>, out: &mut Out) {
         let spec = monitor.get_ref();
         let sample = *spec.sample.get_ref();
         if !(sample > 0.0 && sample <= 1.0) {

@@ -1,6 +1,6 @@
 //! The router's key check: requests carry `Authorization: Bearer KEY`, and the SHA-256
 //! of KEY must match the digest in [`Routes::key_sha256`](super::Routes::key_sha256)
-//! (the check is [`crate::workload::bearer`]'s, shared with `cairn auth-proxy`).
+//! (the check is [`crate::workload::bearer`]'s, shared with `cairn pod-proxy`).
 
 use super::{Error, Result};
 

@@ -1,7 +1,7 @@
 //! Request capture for input-drift monitoring: one in every [`Capture::every`] weighted
 //! request's body is handed (without blocking the request: a full queue drops the copy)
-//! to a writer thread that appends it, as one JSON line `{"t": <unix ms>, "deployment":
-//! …, "body": …}`, to `capture-<unix ms>.jsonl` files in [`Capture::dir`]. Files rotate
+//! to a writer thread that appends it, as one capture line ([`crate::workload::capture`]),
+//! to `capture-<unix ms>.jsonl` files in [`Capture::dir`]. Files rotate
 //! at an eighth of [`Capture::max_bytes`] and the oldest are removed while the folder
 //! holds more, so a capture never fills the disk. Only bodies are kept, never headers:
 //! the `Authorization` key is not captured. A body that is not JSON is skipped.
@@ -9,12 +9,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::workload::capture::{self, unix_ms, Sampler};
 
 /// Captured bodies waiting for the writer; past this, copies are dropped.
 const QUEUE: usize = 256;
@@ -35,7 +35,7 @@ pub struct Capture {
 #[derive(Debug)]
 pub(super) struct Capturer {
     pub(super) config: Capture,
-    seen: AtomicU64,
+    sampler: Sampler,
     queue: SyncSender<(String, Bytes)>,
 }
 
@@ -48,25 +48,18 @@ impl Capturer {
             .name("cairn-capture".into())
             .spawn(move || write_all(&writer, &received));
         Capturer {
+            sampler: Sampler::new(config.every),
             config,
-            seen: AtomicU64::new(0),
             queue,
         }
     }
 
     /// Offers a request's body; kept when it is the one in `every`.
     pub(super) fn offer(&self, deployment: &str, body: &Bytes) {
-        let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        if n % u64::from(self.config.every.max(1)) == 0 {
+        if self.sampler.take() {
             let _ = self.queue.try_send((deployment.to_string(), body.clone()));
         }
     }
-}
-
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 fn write_all(config: &Capture, received: &Receiver<(String, Bytes)>) {
@@ -76,16 +69,9 @@ fn write_all(config: &Capture, received: &Receiver<(String, Bytes)>) {
     let rotate_at = (config.max_bytes / 8).max(MIN_FILE_BYTES);
     let mut current: Option<(File, u64)> = None;
     while let Ok((deployment, body)) = received.recv() {
-        let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        let Some(line) = capture::line(&deployment, &body) else {
             continue;
         };
-        let mut line = serde_json::json!({
-            "t": unix_ms() as u64,
-            "deployment": deployment,
-            "body": parsed,
-        })
-        .to_string();
-        line.push('\n');
         if current
             .as_ref()
             .is_none_or(|(_, written)| *written + line.len() as u64 > rotate_at)
@@ -124,7 +110,7 @@ fn prune(dir: &Path, keep: u64) {
     files.sort_by_key(|(name, _)| {
         name.trim_start_matches("capture-")
             .trim_end_matches(".jsonl")
-            .parse::<u128>()
+            .parse::<u64>()
             .unwrap_or(0)
     });
     let mut total: u64 = files.iter().map(|(_, size)| size).sum();
@@ -154,7 +140,7 @@ mod tests {
         let body = Bytes::from(format!(r#"{{"rows": [{{"x": "{}"}}]}}"#, "7".repeat(400)));
         for _ in 0..4000 {
             capturer.offer("blue", &body);
-            if capturer.seen.load(Ordering::Relaxed) % 64 == 0 {
+            if capturer.sampler.seen().is_multiple_of(64) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }

@@ -76,6 +76,26 @@ fn a_six_trial_sweep_runs_two_at_a_time_and_serves_the_best() {
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert_eq!(counts.iter().max(), Some(&2), "{counts:?}");
 
+    // `cairn runs` lists the sweep once, its trials under it, the kept one marked.
+    let runs = repo.cairn(&["runs", ".", "--job", "train-risk"]);
+    runs.ok();
+    let listed: Vec<&str> = runs
+        .stdout
+        .lines()
+        .filter(|l| l.contains("credit-risk/job.train-risk"))
+        .collect();
+    assert_eq!(listed.len(), 1, "{}", runs.stdout);
+    assert!(listed[0].contains(&version), "{}", runs.stdout);
+    let trial_lines: Vec<&str> = runs
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" trial "))
+        .collect();
+    assert_eq!(trial_lines.len(), 6, "{}", runs.stdout);
+    let kept: Vec<&&str> = trial_lines.iter().filter(|l| l.contains('✓')).collect();
+    assert_eq!(kept.len(), 1, "{}", runs.stdout);
+    assert!(kept[0].contains(&format!("auc {best}")), "{}", runs.stdout);
+
     // The endpoint serves the picked trial's model.
     let serving = repo.deployments();
     assert!(

@@ -1,5 +1,7 @@
 //! `cairn runs [PATH] [--job JOB]`: the recorded job runs, newest first, with their status, inputs,
-//! outputs and metrics (the flat name → number `metrics.json` a run wrote).
+//! outputs and metrics (the flat name → number `metrics.json` a run wrote); a sweep's
+//! trials under their sweep (✓ the one kept), not as runs of their own. `--format json`
+//! lists every run record, trials included.
 
 use cairn::backend::store::RunRecord;
 
@@ -55,7 +57,15 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
         println!("No runs recorded yet.");
         return Ok(Outcome::Success);
     }
+    // A sweep's trials are listed under it, not as runs of their own.
+    let trials: std::collections::BTreeSet<(&str, &str)> = runs
+        .iter()
+        .flat_map(|(_, r)| r.trials.iter().map(|t| (r.job.as_str(), t.run_id.as_str())))
+        .collect();
     for (workspace, r) in &runs {
+        if trials.contains(&(r.job.as_str(), r.run_id.as_str())) {
+            continue;
+        }
         println!(
             "{}  {workspace}/job.{}  {}  {}  {:>6.1}s  {}",
             r.finished_at,
@@ -70,6 +80,20 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
         );
         for (name, output) in &r.outputs {
             println!("    → {name}: {output}");
+        }
+        for t in &r.trials {
+            let params: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "    {} trial {}  {}  {}  {}",
+                if t.picked { "✓" } else { " " },
+                t.run_id,
+                params.join(", "),
+                serde_json::to_value(&t.status)
+                    .ok()
+                    .and_then(|s| s.as_str().map(String::from))
+                    .unwrap_or_default(),
+                describe_metrics(t.metrics.as_ref()),
+            );
         }
     }
     Ok(Outcome::Success)

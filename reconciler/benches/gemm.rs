@@ -21,6 +21,9 @@
 //! Run: `cargo bench --bench gemm`. Not yet run on a GPU machine: the session that wrote
 //! it had none.
 
+#[macro_use]
+mod support;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,39 +38,35 @@ fn main() {
     // Every other cudarc call panics when its library is missing: probe both first.
     // SAFETY: each only tries to load the shared library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        println!("gemm bench: no CUDA driver library (libcuda.so); nothing measured");
+        figure!("gemm bench: no CUDA driver library (libcuda.so); nothing measured");
         return;
     }
     // SAFETY: as above.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        println!("gemm bench: no cuBLAS library (libcublas.so); nothing measured");
+        figure!("gemm bench: no cuBLAS library (libcublas.so); nothing measured");
         return;
     }
     let context = match CudaContext::new(0) {
         Ok(context) => context,
         Err(e) => {
-            println!("gemm bench: cannot open GPU 0 ({e}); nothing measured");
+            figure!("gemm bench: cannot open GPU 0 ({e}); nothing measured");
             return;
         }
     };
     let stream = context.default_stream();
     let blas = CudaBlas::new(stream.clone()).expect("cuBLAS starts");
     let gpu = Gpu::describe(&context);
-    println!("{}", gpu.line());
+    figure!("{}", gpu.line());
 
     trainer_gemv(&stream, &blas, &gpu);
     large_dgemm(&stream, &blas, &gpu);
     end_to_end();
+    support::finish();
 }
 
+/// A size knob: `default` for a real run, a 64th of it (at least 64) for a smoke run.
 fn var(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
+    support::knob(name, default, (default / 64).max(64))
 }
 
 /// What the driver says about GPU 0, and the peaks derived from it.
@@ -192,7 +191,7 @@ fn trainer_gemv(stream: &Arc<CudaStream>, blas: &CudaBlas, gpu: &Gpu) {
     let seconds = started.elapsed().as_secs_f64();
     let flops = 4.0 * (n * d) as f64 * epochs as f64;
     let bytes = 2.0 * 8.0 * (n * d) as f64 * epochs as f64;
-    println!(
+    figure!(
         "trainer matrix work (dgemv X·w + Xᵀ·e), {n} × {d}: {:.3} ms per epoch, {:.1} GFLOP/s, \
          {:.0} GB/s = {:.0} % of peak bandwidth{}",
         seconds * 1000.0 / epochs as f64,
@@ -235,7 +234,7 @@ fn large_dgemm(stream: &Arc<CudaStream>, blas: &CudaBlas, gpu: &Gpu) {
     stream.synchronize().unwrap();
     let seconds = started.elapsed().as_secs_f64() / repeats as f64;
     let flops = 2.0 * (n as f64).powi(3) / seconds;
-    println!(
+    figure!(
         "dgemm {n} × {n} × {n}: {:.1} ms, {:.0} GFLOP/s{}",
         seconds * 1000.0,
         flops / 1e9,
@@ -287,7 +286,7 @@ fn end_to_end() {
         .zip(gpu.model.weights())
         .map(|(a, b)| (a - b).abs())
         .fold((cpu.model.bias() - gpu.model.bias()).abs(), f64::max);
-    println!(
+    figure!(
         "train end to end, {} train rows × {features} features, {} epochs (reading the CSV \
          included): cpu {:.2} s ({:.2} GFLOP/s), {} {:.2} s ({:.2} GFLOP/s); largest weight \
          difference {weight_diff:.2e}, loss difference {:.2e}, AUC difference {:.2e}",

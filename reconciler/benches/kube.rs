@@ -17,6 +17,9 @@
 //! largest N's times to the smallest's, which should be about the ratio of the Ns
 //! (linear).
 
+#[macro_use]
+mod support;
+
 #[path = "../../tests/support/kube_server/mod.rs"]
 #[allow(unused_imports)]
 mod kube_server;
@@ -245,19 +248,32 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(3);
+        .unwrap_or(if support::smoke() { 1 } else { 3 });
     let sizes: Vec<usize> = std::env::var("CAIRN_BENCH_ENDPOINTS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![250, 1000]);
+        .unwrap_or_else(|| {
+            if support::smoke() {
+                vec![3, 6]
+            } else {
+                vec![250, 1000]
+            }
+        });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    println!(
+    figure!(
         "{:>9} {:>7}  {:<22} {:>9} {:>10} {:>9} {:>7} {:>10}",
-        "endpoints", "objects", "phase", "time", "objects/s", "requests", "writes", "in flight"
+        "endpoints",
+        "objects",
+        "phase",
+        "time",
+        "objects/s",
+        "requests",
+        "writes",
+        "in flight"
     );
     let mut medians = Vec::new();
     for &n in &sizes {
@@ -273,7 +289,7 @@ fn main() {
             ("plan, nothing changed", plan),
             ("apply, nothing changed", reapply),
         ] {
-            println!(
+            figure!(
                 "{:>9} {:>7}  {:<22} {:>8.3}s {:>10.0} {:>9} {:>7} {:>10}",
                 n,
                 objects,
@@ -287,7 +303,7 @@ fn main() {
         }
         let mut diffs: Vec<Duration> = runs.iter().map(|r| r.diff).collect();
         diffs.sort();
-        println!(
+        figure!(
             "{:>9} {:>7}  {:<22} {:>8.3}s {:>10.0}",
             n,
             objects,
@@ -297,11 +313,11 @@ fn main() {
         );
         medians.push((n, [create.time, plan.time, reapply.time]));
     }
-    println!("(median of {repeat} runs each)");
+    figure!("(median of {repeat} runs each)");
     if let (Some((small_n, small)), Some((large_n, large))) = (medians.first(), medians.last()) {
         if large_n > small_n {
             let ratio = |i: usize| large[i].as_secs_f64() / small[i].as_secs_f64();
-            println!(
+            figure!(
                 "time ratio {large_n}/{small_n} endpoints (linear = {:.1}): create {:.2}, plan {:.2}, re-apply {:.2}",
                 *large_n as f64 / *small_n as f64,
                 ratio(0),
@@ -310,4 +326,5 @@ fn main() {
             );
         }
     }
+    support::finish();
 }

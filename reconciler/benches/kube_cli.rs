@@ -18,6 +18,9 @@
 //! the ratio of the largest N's times to the smallest's (linear growth: about the ratio
 //! of the Ns).
 
+#[macro_use]
+mod support;
+
 #[path = "../../tests/support/kube_server/mod.rs"]
 #[allow(unused_imports, dead_code)]
 mod kube_server;
@@ -43,7 +46,13 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![250, 1000])
+        .unwrap_or_else(|| {
+            if support::smoke() {
+                vec![3, 6]
+            } else {
+                vec![250, 1000]
+            }
+        })
 }
 
 /// Writes the workspace: one model, `n` endpoints.
@@ -219,13 +228,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
-    println!(
+    figure!(
         "cairn plan/apply of N endpoints on Kubernetes (test API server, s3s-fs store), apply --parallelism {parallelism}:"
     );
     let mut all = Vec::new();
     for n in sizes() {
         let f = measure(n, parallelism);
-        println!(
+        figure!(
             "  {:>5} endpoints ({:>5} objects): plan {:>6.2} s | apply {:>6.2} s ({:>6.0} objects/s, {} requests, at most {} in flight) | no-op plan {:>5.2} s ({} requests)",
             f.n,
             f.objects,
@@ -237,7 +246,7 @@ fn main() {
             f.again.as_secs_f64(),
             f.again_requests,
         );
-        println!(
+        figure!(
             "        cairn's CPU time: plan {:.2} s, apply {:.2} s, no-op plan {:.2} s",
             f.cpu[0].as_secs_f64(),
             f.cpu[1].as_secs_f64(),
@@ -248,7 +257,7 @@ fn main() {
     if let (Some(small), Some(large)) = (all.first(), all.last()) {
         if large.n > small.n {
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-            println!(
+            figure!(
                 "  {}/{} endpoints: ×{:.1} the endpoints; plan ×{:.2}, apply ×{:.2}, no-op plan ×{:.2}",
                 large.n,
                 small.n,
@@ -257,7 +266,7 @@ fn main() {
                 ratio(large.apply, small.apply),
                 ratio(large.again, small.again),
             );
-            println!(
+            figure!(
                 "  CPU time ×: plan ×{:.2}, apply ×{:.2}, no-op plan ×{:.2}",
                 ratio(large.cpu[0], small.cpu[0]),
                 ratio(large.cpu[1], small.cpu[1]),
@@ -265,4 +274,5 @@ fn main() {
             );
         }
     }
+    support::finish();
 }

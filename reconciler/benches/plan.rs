@@ -9,6 +9,9 @@
 //! Sizes: `CAIRN_BENCH_SMALL` (5000), `CAIRN_BENCH_LARGE` (50000), `CAIRN_BENCH_DATA_MB`
 //! (1024). `CAIRN_BENCH_SKIP` takes a comma list of `terraform,large,data` to skip.
 
+#[macro_use]
+mod support;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,15 +19,9 @@ use std::time::{Duration, Instant};
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn skipped(what: &str) -> bool {
     std::env::var("CAIRN_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s.trim() == what))
+        || (what == "terraform" && support::skip_peer("terraform"))
 }
 
 /// Writes a manifests root with `n` resources in one workspace: datasets (each a folder
@@ -137,7 +134,7 @@ fn apply(root: &Path) {
         "apply failed:\n{}",
         &text[text.len().saturating_sub(4000)..]
     );
-    println!("  (initial apply took {})", secs(t.elapsed()));
+    figure!("  (initial apply took {})", secs(t.elapsed()));
 }
 
 fn bench_vs_terraform(n: usize) {
@@ -147,14 +144,14 @@ fn bench_vs_terraform(n: usize) {
     apply(&root);
     let r = root.to_str().unwrap().to_string();
     let (best, median) = time(5, || cairn(&["plan", &r, "--detailed-exitcode"]));
-    println!(
+    figure!(
         "no-op cairn plan, {n} resources: best {}, median {}",
         secs(best),
         secs(median)
     );
 
     if skipped("terraform") || Command::new("terraform").arg("version").output().is_err() {
-        println!("terraform: skipped");
+        figure!("terraform: skipped");
         return;
     }
     let tf = dir.path().join("terraform");
@@ -189,16 +186,16 @@ fn bench_vs_terraform(n: usize) {
         "terraform apply failed:\n{}",
         &text[text.len().saturating_sub(3000)..]
     );
-    println!("  (terraform apply of {n} took {})", secs(t.elapsed()));
+    figure!("  (terraform apply of {n} took {})", secs(t.elapsed()));
     let (tf_best, tf_median) = time(3, || {
         terraform(&["plan", "-input=false", "-detailed-exitcode"])
     });
-    println!(
+    figure!(
         "no-op terraform plan, {n} terraform_data: best {}, median {}",
         secs(tf_best),
         secs(tf_median)
     );
-    println!(
+    figure!(
         "cairn is {:.0}x faster (median), {:.0}x (best)",
         tf_median.as_secs_f64() / median.as_secs_f64(),
         tf_best.as_secs_f64() / best.as_secs_f64()
@@ -212,7 +209,7 @@ fn bench_large(n: usize) {
     let r = root.to_str().unwrap().to_string();
     let (best, median) = time(3, || cairn(&["plan", &r]));
     let mem = peak_mib(&["plan", &r]).map_or("n/a".into(), |m| format!("{m:.0} MiB"));
-    println!(
+    figure!(
         "first cairn plan, {n} resources: best {}, median {}, peak RSS {mem}",
         secs(best),
         secs(median)
@@ -220,7 +217,7 @@ fn bench_large(n: usize) {
     apply(&root);
     let (best, median) = time(3, || cairn(&["plan", &r, "--detailed-exitcode"]));
     let mem = peak_mib(&["plan", &r]).map_or("n/a".into(), |m| format!("{m:.0} MiB"));
-    println!(
+    figure!(
         "no-op cairn plan, {n} resources: best {}, median {}, peak RSS {mem}",
         secs(best),
         secs(median)
@@ -259,13 +256,13 @@ fn bench_dataset(mb: usize) {
     let t = Instant::now();
     let (ok, text) = run(&mut cairn(&["plan", &r]));
     assert!(ok, "{text}");
-    println!(
+    figure!(
         "first plan of a {mb} MiB / {files}-file dataset (hashes everything): {}",
         secs(t.elapsed())
     );
     apply(&root);
     let (best, median) = time(5, || cairn(&["plan", &r, "--detailed-exitcode"]));
-    println!(
+    figure!(
         "re-plan of the unchanged {mb} MiB / {files}-file dataset: best {}, median {}",
         secs(best),
         secs(median)
@@ -274,12 +271,13 @@ fn bench_dataset(mb: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    println!("cairn plan benchmarks ({CAIRN})");
-    bench_vs_terraform(env_usize("CAIRN_BENCH_SMALL", 5000));
+    figure!("cairn plan benchmarks ({CAIRN})");
+    bench_vs_terraform(support::knob("CAIRN_BENCH_SMALL", 5000, 50));
     if !skipped("large") {
-        bench_large(env_usize("CAIRN_BENCH_LARGE", 50_000));
+        bench_large(support::knob("CAIRN_BENCH_LARGE", 50_000, 200));
     }
     if !skipped("data") {
-        bench_dataset(env_usize("CAIRN_BENCH_DATA_MB", 1024));
+        bench_dataset(support::knob("CAIRN_BENCH_DATA_MB", 1024, 2));
     }
+    support::finish();
 }

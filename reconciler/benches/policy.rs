@@ -20,6 +20,9 @@
 //! (A plain `main`, like the other benches: a handful of runs of a sub-second operation
 //! needs no statistics framework.)
 
+#[macro_use]
+mod support;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,17 +32,11 @@ use cairn::policy::{Input, Policies};
 const DEFAULT_RESOURCES: usize = 5_000;
 const PER_WORKSPACE: usize = 500;
 const RUNS: usize = 5;
+/// Resources in a smoke run.
+const SMOKE_RESOURCES: usize = 500;
 
 fn main() {
-    let resources = std::env::var("CAIRN_BENCH_RESOURCES")
-        .ok()
-        .map(|v| {
-            v.trim()
-                .replace('_', "")
-                .parse::<usize>()
-                .expect("CAIRN_BENCH_RESOURCES is a number")
-        })
-        .unwrap_or(DEFAULT_RESOURCES);
+    let resources = support::knob("CAIRN_BENCH_RESOURCES", DEFAULT_RESOURCES, SMOKE_RESOURCES);
     let dir = tempfile::tempdir().expect("a temporary folder");
     let root = dir.path().join("manifests");
     generate(&root, resources);
@@ -74,24 +71,24 @@ fn main() {
     }
     times.sort();
     let report = report.expect("at least one run");
-    println!(
+    figure!(
         "policy evaluation, {declared} resources ({} policy files):",
         report.policies.len()
     );
-    println!("  load + compile policies  {}", ms(load));
-    println!("  build the input          {}", ms(build));
-    println!(
+    figure!("  load + compile policies  {}", ms(load));
+    figure!("  build the input          {}", ms(build));
+    figure!(
         "  evaluate deny + warn     best {}, median {} ({RUNS} runs)",
         ms(times[0]),
         ms(times[RUNS / 2])
     );
-    println!(
+    figure!(
         "  findings                 {} deny, {} warn",
         report.deny.len(),
         report.warn.len()
     );
     let total = build + times[RUNS / 2];
-    println!(
+    figure!(
         "  input + evaluation       {} ({} the 1 s goal)",
         ms(total),
         if total < Duration::from_secs(1) {
@@ -110,6 +107,7 @@ fn main() {
         "unexpected denies: {:#?}",
         &report.deny[..report.deny.len().min(5)]
     );
+    support::finish();
 }
 
 fn ms(d: Duration) -> String {

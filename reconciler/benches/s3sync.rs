@@ -18,6 +18,9 @@
 //! thousands of deletions (this bench's own clean-up, a test suite's) 2,000 creations
 //! take seconds whatever the client, which measures the disk, not the tools.
 
+#[macro_use]
+mod support;
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,13 +30,6 @@ use std::time::{Duration, Instant};
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 const ACCESS_KEY: &str = "AKBENCHCAIRN";
 const SECRET_KEY: &str = "SKBENCHCAIRNSECRET";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Server {
     child: Child,
@@ -212,6 +208,8 @@ fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
         with_env(&mut c, port);
         c
     };
+    // The peer, left out of a smoke run (its figures read 0).
+    let with_aws = !support::smoke();
     let aws = || {
         let mut c = Command::new("aws");
         c.args(["s3", "sync"])
@@ -233,7 +231,11 @@ fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
     settle();
     let r0 = requests_since(&log, m);
     let m = mark();
-    let (aws_first, aws_peak, _) = measure(aws());
+    let (aws_first, aws_peak, _) = if with_aws {
+        measure(aws())
+    } else {
+        (Duration::ZERO, None, String::new())
+    };
     let r1 = requests_since(&log, m);
     settle();
     // Re-sync: the plan finds the dataset unchanged (an apply would also take and release
@@ -243,7 +245,11 @@ fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
     let r2 = requests_since(&log, m);
     assert!(out.contains("No changes"), "{out}");
     let m = mark();
-    let (aws_again, _, _) = measure(aws());
+    let (aws_again, _, _) = if with_aws {
+        measure(aws())
+    } else {
+        (Duration::ZERO, None, String::new())
+    };
     let r3 = requests_since(&log, m);
     drop(server);
     drop(storage);
@@ -259,8 +265,8 @@ fn pass(tmp: &Path, root: &Path, data: &Path, logging: bool) -> Figures {
 }
 
 fn main() {
-    let files = env_usize("CAIRN_BENCH_FILES", 1000);
-    let mb = env_usize("CAIRN_BENCH_MB", 256);
+    let files = support::knob("CAIRN_BENCH_FILES", 1000, 16);
+    let mb = support::knob("CAIRN_BENCH_MB", 256, 1);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("repo");
 
@@ -289,12 +295,15 @@ fn main() {
         "[dataset.big]\nsource = \"data/big/\"\nformat = \"parquet\"\n",
     )
     .unwrap();
-    println!(
+    figure!(
         "s3sync: {files} files, {} MiB, against s3s-fs on loopback (objects under {})",
         size * files / (1024 * 1024),
         storage_parent(tmp.path()).display()
     );
 
+    if support::smoke() {
+        figure!("(smoke run: aws s3 sync not measured)");
+    }
     let load_before = load_average();
     let timed = pass(tmp.path(), &root, &data, false);
     let load_after = load_average();
@@ -302,40 +311,43 @@ fn main() {
 
     let mib = |p: Option<f64>| p.map_or("n/a".into(), |v| format!("{v:.0} MiB"));
     let [r0, r1, r2, r3] = counted.requests;
-    println!();
-    println!("                                   cairn            aws s3 sync");
-    println!(
+    figure!();
+    figure!("                                   cairn            aws s3 sync");
+    figure!(
         "first upload, wall                 {:>9.2} s      {:>9.2} s   ({:.1}x)",
         timed.cairn_first.as_secs_f64(),
         timed.aws_first.as_secs_f64(),
         timed.aws_first.as_secs_f64() / timed.cairn_first.as_secs_f64()
     );
-    println!(
+    figure!(
         "first upload, peak memory          {:>11}      {:>11}",
         mib(timed.cairn_peak),
         mib(timed.aws_peak)
     );
-    println!(
+    figure!(
         "first upload, S3 requests          {:>11}      {:>11}",
-        r0.0, r1.0
+        r0.0,
+        r1.0
     );
-    println!(
+    figure!(
         "unchanged re-sync, wall            {:>9.3} s      {:>9.3} s",
         timed.cairn_again.as_secs_f64(),
         timed.aws_again.as_secs_f64()
     );
-    println!(
+    figure!(
         "unchanged re-sync, S3 requests     {:>11}      {:>11}",
-        r2.0, r3.0
+        r2.0,
+        r3.0
     );
-    println!(
+    figure!(
         "unchanged re-sync, object reads    {:>11}      {:>11}",
-        r2.1, r3.1
+        r2.1,
+        r3.1
     );
-    println!(
+    figure!(
         "(requests counted in a second pass with the server logging each one; wall times from the first, without)"
     );
-    println!(
+    figure!(
         "(load average over 1 minute: {load_before} before the timed pass, {load_after} after)"
     );
     let _ = counted.cairn_first;
@@ -346,4 +358,5 @@ fn main() {
         counted.cairn_peak,
         counted.aws_peak,
     );
+    support::finish();
 }

@@ -40,6 +40,9 @@
 //! router's figures include competing with the client for CPU: compare the columns with
 //! each other, not with other machines.
 
+#[macro_use]
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -95,7 +98,7 @@ fn main() {
         let _ = router_stopped.await;
     }));
 
-    println!(
+    figure!(
         "serving bench: {} CPU(s); blue {} (cairn serve), router {} (in process, {} thread(s)), \
          client {} thread(s); {} s per measurement",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -129,7 +132,7 @@ fn main() {
         rows.push((pace, conns, pair));
     }
     print!("{}", table(&rows));
-    println!(
+    figure!(
         "(closed loop: each side runs at its own maximum, so latencies compare unlike loads; \
          the open loop compares them at the same rate)"
     );
@@ -139,7 +142,7 @@ fn main() {
     let _ = stop_router.send(());
     let _ = router_runtime.block_on(router_task);
     drop(blue);
-    println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+    figure!("total bench time {:.1} s", started.elapsed().as_secs_f64());
 
     let failed: u64 = rows
         .iter()
@@ -149,6 +152,7 @@ fn main() {
     assert_eq!(failed, 0, "requests failed (see above)");
     let stats = handle.stats("blue").expect("blue's counters");
     assert_eq!(stats.errors, 0, "the router counted errors on blue");
+    support::finish();
 }
 
 /// The knobs, from the environment.
@@ -164,22 +168,15 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-            match std::env::var(name) {
-                Ok(value) => value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name}={value} is not a valid number")),
-                Err(_) => default,
-            }
-        }
+        use support::knob as var;
         Config {
-            secs: Duration::from_secs_f64(var("CAIRN_BENCH_SECS", 4.0)),
-            conns: var("CAIRN_BENCH_CONNS", 16usize).max(1),
-            rate: var("CAIRN_BENCH_RATE", 2000.0),
-            open_conns: var("CAIRN_BENCH_OPEN_CONNS", 64usize).max(1),
-            switches: var("CAIRN_BENCH_SWITCHES", 5usize),
-            router_threads: var("CAIRN_BENCH_ROUTER_THREADS", 2usize).max(1),
-            client_threads: var("CAIRN_BENCH_CLIENT_THREADS", 2usize).max(1),
+            secs: Duration::from_secs_f64(var("CAIRN_BENCH_SECS", 4.0, 0.3)),
+            conns: var("CAIRN_BENCH_CONNS", 16usize, 4).max(1),
+            rate: var("CAIRN_BENCH_RATE", 2000.0, 200.0),
+            open_conns: var("CAIRN_BENCH_OPEN_CONNS", 64usize, 8).max(1),
+            switches: var("CAIRN_BENCH_SWITCHES", 5usize, 1),
+            router_threads: var("CAIRN_BENCH_ROUTER_THREADS", 2usize, 2).max(1),
+            client_threads: var("CAIRN_BENCH_CLIENT_THREADS", 2usize, 2).max(1),
         }
     }
 }
@@ -260,6 +257,7 @@ fn routes(blue: SocketAddr, green_port: u16) -> Routes {
         weights: weights(100, 0),
         mirror: None,
         key_sha256: None,
+        capture: None,
         health: BTreeMap::new(),
     }
 }
@@ -583,7 +581,7 @@ impl Run {
             max_ms: quantile(1.0),
         };
         if let Some(failure) = &summary.first_failure {
-            println!(
+            figure!(
                 "  {} request(s) failed; the first: {failure}",
                 summary.failures
             );
@@ -666,10 +664,11 @@ fn switches(
 ) -> Vec<Switch> {
     let bodies = Arc::new(bodies());
     let mut results = Vec::new();
-    println!(
+    figure!(
         "\nswitch blue → green under {:.0} req/s through the router (rollout engine, steps \
          [100], step_wait 0, readiness polled every 5 ms), {} time(s):",
-        config.rate, config.switches
+        config.rate,
+        config.switches
     );
     for round in 1..=config.switches {
         let port = free_port();
@@ -791,7 +790,7 @@ fn switches(
             requests: run.seen.events.len(),
             failures: run.seen.failures + others as u64,
         };
-        println!(
+        figure!(
             "  round {round}: green ready {:.0} ms after start; from ready: weights set {:+.1} ms, \
              first green answer {:+.1} ms, all new requests to green {:+.1} ms; {} requests, \
              {} failed",
@@ -803,7 +802,7 @@ fn switches(
             switch.failures
         );
         if let Some(failure) = &run.seen.first_failure {
-            println!("    first failure: {failure}");
+            figure!("    first failure: {failure}");
         }
         results.push(switch);
     }
@@ -815,9 +814,11 @@ fn switches(
         values.sort_by(f64::total_cmp);
         (values[values.len() / 2], values[values.len() - 1])
     };
-    println!(
+    figure!(
         "{:<44} {:>10} {:>10}",
-        "switch, from green's first ready answer", "median", "max"
+        "switch, from green's first ready answer",
+        "median",
+        "max"
     );
     for (label, f) in [
         (
@@ -829,9 +830,9 @@ fn switches(
         ("  (green start-up to ready, ms)", |s| s.startup_ms),
     ] {
         let (median, max) = stat(f);
-        println!("{label:<44} {median:>10.1} {max:>10.1}");
+        figure!("{label:<44} {median:>10.1} {max:>10.1}");
     }
-    println!(
+    figure!(
         "  failed requests during switches: {}",
         results.iter().map(|s| s.failures).sum::<u64>()
     );

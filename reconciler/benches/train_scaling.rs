@@ -12,6 +12,9 @@
 //!
 //! Run: `cargo bench --bench train_scaling`.
 
+#[macro_use]
+mod support;
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,11 +25,9 @@ use cairn::workload::{load_model, Model};
 
 const FEATURES: usize = 16;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A knob: `default` for a real run, `tiny` for a smoke run.
+fn knob(name: &str, default: usize, tiny: usize) -> usize {
+    support::knob(name, default, tiny)
 }
 
 /// A linearly separable-ish CSV from a fixed LCG, so every run trains on the same rows.
@@ -114,20 +115,24 @@ fn max_difference(a: &Model, b: &Model) -> f64 {
 }
 
 fn main() {
-    let rows = knob("CAIRN_SCALING_ROWS", 400_000);
-    let epochs = knob("CAIRN_SCALING_EPOCHS", 200);
-    let runs = knob("CAIRN_SCALING_RUNS", 3).max(1);
+    let rows = knob("CAIRN_SCALING_ROWS", 400_000, 2_000);
+    let epochs = knob("CAIRN_SCALING_EPOCHS", 200, 5);
+    let runs = knob("CAIRN_SCALING_RUNS", 3, 1).max(1);
     let dir: PathBuf = tempfile::tempdir().unwrap().keep();
     let data = dir.join("data.csv");
     write_csv(&data, rows);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
+    figure!(
         "cairn train scaling: {rows} rows × {FEATURES} features, {epochs} epochs, CPU, \
          {cores} cores, best of {runs}"
     );
-    println!(
+    figure!(
         "{:>9}  {:>9}  {:>8}  {:>10}  {:>22}",
-        "processes", "wall", "speedup", "efficiency", "max |Δw| vs 1 process"
+        "processes",
+        "wall",
+        "speedup",
+        "efficiency",
+        "max |Δw| vs 1 process"
     );
     let mut one: Option<(Duration, Model)> = None;
     for world in [1u32, 2, 4] {
@@ -144,7 +149,7 @@ fn main() {
             Some((t1, m1)) => (*t1, max_difference(&model, m1)),
         };
         let speedup = t1.as_secs_f64() / t.as_secs_f64();
-        println!(
+        figure!(
             "{world:>9}  {:>8.2}s  {speedup:>7.2}×  {:>9.0} %  {diff:>22.1e}",
             t.as_secs_f64(),
             100.0 * speedup / f64::from(world)
@@ -154,4 +159,5 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    support::finish();
 }

@@ -18,6 +18,9 @@
 //!
 //! `CAIRN_BIN` points at another `cairn` binary. Timings are with a warm page cache.
 
+#[macro_use]
+mod support;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,17 +32,11 @@ const DEFAULT_RESOURCES: usize = 50_000;
 const PER_WORKSPACE: usize = 1_000;
 const COMPUTES: usize = 4;
 const RUNS: usize = 5;
+/// Resources in a smoke run.
+const SMOKE_RESOURCES: usize = 60;
 
 fn main() {
-    let resources = std::env::var("CAIRN_BENCH_RESOURCES")
-        .ok()
-        .map(|v| {
-            v.trim()
-                .replace('_', "")
-                .parse::<usize>()
-                .expect("CAIRN_BENCH_RESOURCES is a number")
-        })
-        .unwrap_or(DEFAULT_RESOURCES);
+    let resources = support::knob("CAIRN_BENCH_RESOURCES", DEFAULT_RESOURCES, SMOKE_RESOURCES);
     assert!(
         resources >= COMPUTES + 6,
         "CAIRN_BENCH_RESOURCES must be at least {}",
@@ -50,7 +47,7 @@ fn main() {
         let out = PathBuf::from(out);
         let started = Instant::now();
         let stats = generate(&out, resources);
-        println!(
+        figure!(
             "wrote {} resources in {} workspaces ({} manifest files, {:.1} MiB of TOML, {} data folders) to {} in {:.2} s",
             resources,
             stats.workspaces,
@@ -60,7 +57,7 @@ fn main() {
             out.display(),
             started.elapsed().as_secs_f64()
         );
-        println!("validate it with: cairn validate {}", out.display());
+        figure!("validate it with: cairn validate {}", out.display());
         return;
     }
 
@@ -71,7 +68,7 @@ fn main() {
     let root = dir.path().join("manifests");
     let started = Instant::now();
     let stats = generate(&root, resources);
-    println!(
+    figure!(
         "generated {} resources: {} workspaces, {} manifest files ({:.1} MiB of TOML), {} data folders, in {:.2} s",
         resources,
         stats.workspaces,
@@ -127,14 +124,14 @@ fn main() {
     }
     let phases = phases(&root);
 
-    println!(
+    figure!(
         "library load_folder + resolve: median {} (best {}); load_folder median {}, resolve median {}",
         secs(median(&total)),
         secs(best(&total)),
         secs(median(&load)),
         secs(median(&resolve)),
     );
-    println!(
+    figure!(
         "  runs: {}",
         total
             .iter()
@@ -142,8 +139,8 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("  resolve by phase (one run): {phases}");
-    println!("  threads: {} (rayon)", rayon::current_num_threads());
+    figure!("  resolve by phase (one run): {phases}");
+    figure!("  threads: {} (rayon)", rayon::current_num_threads());
 
     // The binary.
     let binary = binary();
@@ -162,7 +159,7 @@ fn main() {
                 times.push(t.elapsed());
                 assert!(status.success(), "cairn validate failed: {status}");
             }
-            println!(
+            figure!(
                 "cairn validate end to end ({}): median {} (best {}); runs: {}",
                 bin.display(),
                 secs(median(&times)),
@@ -176,7 +173,7 @@ fn main() {
             Some(median(&times))
         }
         None => {
-            println!(
+            figure!(
                 "cairn validate end to end: skipped, no release binary at {}; build it with `cargo build --release` (or set CAIRN_BIN)",
                 default_binary().display()
             );
@@ -202,10 +199,10 @@ fn main() {
         }
         None => line.push_str(", peak RSS: not measured"),
     }
-    println!("{line}");
+    figure!("{line}");
     if let Some(t) = end_to_end {
         let goal = Duration::from_secs(1);
-        println!(
+        figure!(
             "goal < 1 s end to end for 50,000 resources: {}",
             if resources != DEFAULT_RESOURCES {
                 "n/a at this size".to_string()
@@ -216,6 +213,7 @@ fn main() {
             }
         );
     }
+    support::finish();
 }
 
 /// Times what `resolve` does, step by step, with the library's public pieces: parsing
@@ -244,7 +242,7 @@ fn phases(root: &Path) -> String {
     for file in &parsed {
         for r in &file.resources {
             let source = match &r.spec {
-                cairn::manifest::Spec::Dataset(d) => Some(d.source.get_ref()),
+                cairn::manifest::Spec::Dataset(d) => d.source.as_ref().map(|s| s.get_ref()),
                 cairn::manifest::Spec::Model(m) => m.source.as_ref().map(|s| s.get_ref()),
                 _ => None,
             };
@@ -295,7 +293,7 @@ fn binary() -> Option<PathBuf> {
 fn peak_rss(bin: &Path, root: &Path) -> Option<u64> {
     let time = Path::new("/usr/bin/time");
     if !time.is_file() {
-        println!("peak RSS: skipped, /usr/bin/time is not installed");
+        figure!("peak RSS: skipped, /usr/bin/time is not installed");
         return None;
     }
     let out = Command::new(time)
@@ -312,7 +310,7 @@ fn peak_rss(bin: &Path, root: &Path) -> Option<u64> {
         .rev()
         .find_map(|l| l.trim().parse::<u64>().ok());
     if kib.is_none() {
-        println!("peak RSS: skipped, could not read /usr/bin/time output: {stderr}");
+        figure!("peak RSS: skipped, could not read /usr/bin/time output: {stderr}");
     }
     kib
 }

@@ -130,3 +130,41 @@ fn a_message_of_the_wrong_shape_is_an_error() {
         plan.both()
     );
 }
+
+const CHANGES: &str = r#"package acme.changes
+
+# What a policy sees of the plan: the changes that do something, and a count of the rest.
+warn contains msg if {
+	listed := [c.address | some c in input.plan.resource_changes]
+	msg := sprintf("listed %v; %d unchanged", [listed, input.plan.summary.unchanged])
+}
+"#;
+
+#[test]
+fn the_plan_policies_see_lists_only_the_changes_that_do_something() {
+    let repo = Repo::empty();
+    repo.write(
+        "lab/workspace.toml",
+        "[workspace]\nenvironment = \"dev\"\nstore = \"file://.cairn/store\"\n",
+    );
+    repo.write(
+        "lab/data.toml",
+        "[dataset.a]\nsource = \"data/a/\"\nformat = \"csv\"\n",
+    );
+    repo.write("lab/data/a/part.csv", "x,y\n1,2\n");
+    repo.write("policies/changes.rego", CHANGES);
+    repo.cairn(&["apply", "ROOT", "--auto-approve"]).ok();
+
+    repo.write(
+        "lab/data.toml",
+        "[dataset.a]\nsource = \"data/a/\"\nformat = \"csv\"\n\n[dataset.b]\nsource = \"data/b/\"\nformat = \"csv\"\n",
+    );
+    repo.write("lab/data/b/part.csv", "x,y\n3,4\n");
+    let plan = repo.cairn(&["plan", "ROOT", "--format", "json"]);
+    plan.ok();
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["policy"]["warn"][0]["message"], "listed [\"lab/dataset.b\"]; 2 unchanged",
+        "{plan:#}"
+    );
+}

@@ -447,16 +447,18 @@ impl Store {
                 return Ok(hit);
             }
         }
-        Ok(match self.get_json::<State>(STATE_KEY).await? {
-            Some((state, etag)) => {
-                let versioned = VersionedState {
-                    state,
-                    etag: Some(etag),
-                };
-                self.remember_state(&versioned);
-                versioned
-            }
-            None => VersionedState::default(),
+        let Some((bytes, meta)) = self.objects.get(STATE_KEY).await? else {
+            return Ok(VersionedState::default());
+        };
+        let state = serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+            key: STATE_KEY.to_string(),
+            store: self.url(),
+            source,
+        })?;
+        self.remember_state(&meta.etag, &bytes);
+        Ok(VersionedState {
+            state,
+            etag: Some(meta.etag),
         })
     }
 
@@ -491,17 +493,22 @@ impl Store {
         }
     }
 
-    fn remember_state(&self, versioned: &VersionedState) {
-        let (Some(cache), Some(etag)) = (&self.state_cache, &versioned.etag) else {
+    /// Keeps `state` (the JSON the store now holds under `etag`) in the local cache.
+    fn remember_state(&self, etag: &str, state: &[u8]) {
+        let Some(cache) = &self.state_cache else {
             return;
         };
-        let record = CachedState {
-            etag: etag.clone(),
-            state: versioned.state.clone(),
-        };
-        let Ok(bytes) = serde_json::to_vec(&record) else {
+        // A `CachedState`, written around the bytes already made rather than from a
+        // second copy of the state.
+        let Ok(etag) = serde_json::to_string(etag) else {
             return;
         };
+        let mut bytes = Vec::with_capacity(state.len() + etag.len() + 20);
+        bytes.extend_from_slice(b"{\"etag\":");
+        bytes.extend_from_slice(etag.as_bytes());
+        bytes.extend_from_slice(b",\"state\":");
+        bytes.extend_from_slice(state);
+        bytes.push(b'}');
         if let Some(dir) = cache.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -513,18 +520,33 @@ impl Store {
 
     /// Writes the state back if nobody changed it since it was read; updates the etag.
     pub async fn save_state(&self, versioned: &mut VersionedState) -> Result<()> {
+        let bytes = Store::encode_state(versioned);
+        versioned.etag = Some(self.put_state(versioned.etag.as_deref(), bytes).await?);
+        Ok(())
+    }
+
+    /// The next version of `versioned` as the store keeps it (compact JSON), its serial
+    /// moved on: what [`Store::put_state`] writes. Made apart from the write so that a
+    /// caller holding the state under a lock serialises it there instead of copying it.
+    pub fn encode_state(versioned: &mut VersionedState) -> Bytes {
         versioned.state.format_version = 1;
         versioned.state.serial += 1;
-        let condition = match &versioned.etag {
-            Some(etag) => Condition::IfMatch(etag.clone()),
+        Bytes::from(serde_json::to_vec(&versioned.state).expect("the state serializes"))
+    }
+
+    /// Writes state bytes from [`Store::encode_state`] if the store's state still has
+    /// `etag` (none: if there is no state yet); returns the new etag.
+    pub async fn put_state(&self, etag: Option<&str>, bytes: Bytes) -> Result<String> {
+        let condition = match etag {
+            Some(etag) => Condition::IfMatch(etag.to_string()),
             None => Condition::IfAbsent,
         };
         let meta = self
-            .put_json(STATE_KEY, &versioned.state, condition)
+            .objects
+            .put(STATE_KEY, bytes.clone(), condition)
             .await?;
-        versioned.etag = Some(meta.etag);
-        self.remember_state(versioned);
-        Ok(())
+        self.remember_state(&meta.etag, &bytes);
+        Ok(meta.etag)
     }
 
     // ---- datasets -------------------------------------------------------------------

@@ -4,10 +4,13 @@
 //!    `terraform plan` on 5,000 `terraform_data` resources already in state.
 //! 2. `cairn plan` on 50,000 resources: first plan, then no-op plan after apply; wall time
 //!    and peak memory (through `/usr/bin/time`).
-//! 3. Re-planning an unchanged 1 GiB / 10,000-file dataset (hashes come from the cache).
+//! 3. A fresh `cairn apply` of 1,000, 5,000, 20,000 and 50,000 resources: wall time, CPU
+//!    time per resource (flat when the apply does no quadratic work) and peak memory.
+//! 4. Re-planning an unchanged 1 GiB / 10,000-file dataset (hashes come from the cache).
 //!
 //! Sizes: `CAIRN_BENCH_SMALL` (5000), `CAIRN_BENCH_LARGE` (50000), `CAIRN_BENCH_DATA_MB`
-//! (1024). `CAIRN_BENCH_SKIP` takes a comma list of `terraform,large,data` to skip.
+//! (1024), `CAIRN_BENCH_APPLY` (`1000,5000,20000,50000`). `CAIRN_BENCH_SKIP` takes a
+//! comma list of `terraform,large,apply,data` to skip.
 
 #[macro_use]
 mod support;
@@ -224,6 +227,49 @@ fn bench_large(n: usize) {
     );
 }
 
+/// A fresh apply of `n` resources for each size: wall time, CPU time (user + system,
+/// from `/usr/bin/time`) per resource, which stays flat when the apply does no
+/// quadratic work, and peak memory.
+fn bench_apply(sizes: &[usize]) {
+    if !Path::new("/usr/bin/time").exists() {
+        figure!("fresh apply: skipped (no /usr/bin/time)");
+        return;
+    }
+    for &n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        generate(&root, n);
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "TIME %e %U %S %M", CAIRN, "apply"])
+            .arg(&root)
+            .args(["--auto-approve", "--parallelism", "8"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("cairn apply runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "apply of {n} failed:\n{}",
+            &stderr[stderr.len().saturating_sub(4000)..]
+        );
+        let figures: Vec<f64> = stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("TIME "))
+            .expect("/usr/bin/time's line")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let (wall, cpu, kib) = (figures[0], figures[1] + figures[2], figures[3]);
+        figure!(
+            "fresh apply, {n} resources: {wall:.2} s wall, {cpu:.2} s CPU ({:.3} ms CPU per resource), peak RSS {:.0} MiB",
+            cpu * 1000.0 / n as f64,
+            kib / 1024.0
+        );
+    }
+}
+
 fn bench_dataset(mb: usize) {
     let dir = tempfile::tempdir().unwrap();
     let root: PathBuf = dir.path().join("manifests");
@@ -275,6 +321,19 @@ fn main() {
     bench_vs_terraform(support::knob("CAIRN_BENCH_SMALL", 5000, 50));
     if !skipped("large") {
         bench_large(support::knob("CAIRN_BENCH_LARGE", 50_000, 200));
+    }
+    if !skipped("apply") {
+        let sizes: Vec<usize> = std::env::var("CAIRN_BENCH_APPLY")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| {
+                if support::smoke() {
+                    vec![30, 90]
+                } else {
+                    vec![1000, 5000, 20_000, 50_000]
+                }
+            });
+        bench_apply(&sizes);
     }
     if !skipped("data") {
         bench_dataset(support::knob("CAIRN_BENCH_DATA_MB", 1024, 2));

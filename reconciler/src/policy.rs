@@ -29,7 +29,7 @@ use std::path::Path;
 use regorus::{Engine, Value};
 use serde::Serialize;
 
-use crate::desired::{DesiredState, Resource};
+use crate::desired::DesiredState;
 use crate::diagnostics::{error_chain, Diagnostic, Location};
 use crate::manifest::{EntryKind, Snapshot, Spec};
 use crate::plan::Plan;
@@ -515,8 +515,11 @@ impl Input {
     pub fn new(desired: &DesiredState, plan: Option<&Plan>) -> Input {
         let planned: Option<BTreeSet<&str>> =
             plan.map(|p| p.workspaces.iter().map(|w| w.name.as_str()).collect());
-        let mut resources = serde_json::Map::new();
-        let mut workspaces = serde_json::Map::new();
+        let mut view = InputView {
+            resources: BTreeMap::new(),
+            workspaces: BTreeMap::new(),
+            plan: plan.map(PolicyPlan::of),
+        };
         let mut files = HashMap::new();
         for r in &desired.resources {
             if planned
@@ -526,33 +529,29 @@ impl Input {
                 continue;
             }
             let address = r.address.to_string();
-            let spec = spec_json(r);
             if let Spec::Workspace(_) = r.spec {
-                workspaces.insert(r.address.workspace.clone(), spec.clone());
+                view.workspaces
+                    .insert(r.address.workspace.as_str(), SpecView(&r.spec));
             }
-            resources.insert(
+            files.insert(address.clone(), r.file.clone());
+            view.resources.insert(
                 address.clone(),
-                serde_json::json!({
-                    "address": address,
-                    "kind": r.kind(),
-                    "name": r.address.name,
-                    "workspace": r.address.workspace,
-                    "file": r.file,
-                    "spec": spec,
-                }),
+                ResourceView {
+                    address,
+                    kind: r.kind(),
+                    name: &r.address.name,
+                    workspace: &r.address.workspace,
+                    file: &r.file,
+                    spec: SpecView(&r.spec),
+                },
             );
-            files.insert(address, r.file.clone());
         }
-        let plan = plan.map_or(serde_json::Value::Null, |p| {
-            serde_json::to_value(PolicyPlan::of(p)).expect("plans serialize")
-        });
-        let json = serde_json::json!({
-            "resources": resources,
-            "workspaces": workspaces,
-            "plan": plan,
-        });
+        // Straight from the structures to JSON text to the engine's values (whose parser
+        // shares the object keys every resource repeats): no intermediate JSON tree.
+        let json = serde_json::to_string(&view).expect("the policy input serializes");
+        drop(view);
         Input {
-            value: Value::from(json),
+            value: Value::from_json_str(&json).expect("Cairn's own JSON parses"),
             files,
         }
     }
@@ -605,16 +604,42 @@ pub fn check(snapshot: &Snapshot, desired: &DesiredState, plan: &Plan) -> Result
     Policies::from_snapshot(snapshot)?.evaluate(&Input::new(desired, Some(plan)))
 }
 
-fn spec_json(r: &Resource) -> serde_json::Value {
-    let value = match &r.spec {
-        Spec::Workspace(s) => serde_json::to_value(s),
-        Spec::Compute(s) => serde_json::to_value(s),
-        Spec::Dataset(s) => serde_json::to_value(s),
-        Spec::Job(s) => serde_json::to_value(s),
-        Spec::Model(s) => serde_json::to_value(s),
-        Spec::Endpoint(s) => serde_json::to_value(s),
-    };
-    value.unwrap_or(serde_json::Value::Null)
+/// The policy input, as [`Input::new`] serialises it.
+#[derive(Serialize)]
+struct InputView<'a> {
+    resources: BTreeMap<String, ResourceView<'a>>,
+    workspaces: BTreeMap<&'a str, SpecView<'a>>,
+    plan: Option<PolicyPlan<'a>>,
+}
+
+/// `input.resources[address]`.
+#[derive(Serialize)]
+struct ResourceView<'a> {
+    address: String,
+    kind: crate::address::Kind,
+    name: &'a str,
+    workspace: &'a str,
+    file: &'a str,
+    spec: SpecView<'a>,
+}
+
+/// A resource's spec as written in its manifest, without the kind around it.
+struct SpecView<'a>(&'a Spec);
+
+impl Serialize for SpecView<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Spec::Workspace(s) => s.serialize(serializer),
+            Spec::Compute(s) => s.serialize(serializer),
+            Spec::Dataset(s) => s.serialize(serializer),
+            Spec::Job(s) => s.serialize(serializer),
+            Spec::Model(s) => s.serialize(serializer),
+            Spec::Endpoint(s) => s.serialize(serializer),
+        }
+    }
 }
 
 /// Turns a `deny` / `warn` set into messages.

@@ -280,6 +280,7 @@ pub async fn plan_with(
         source: PlanSource {
             root: root.display().to_string(),
             rev: None,
+            uncommitted: false,
         },
         targets: &targets,
         destroy: false,

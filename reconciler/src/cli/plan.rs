@@ -65,6 +65,7 @@ pub fn make_plan(
         source: PlanSource {
             root: plan.source.root().display().to_string(),
             rev: plan.source.rev.clone(),
+            uncommitted: loaded.snapshot.has_uncommitted_changes(),
         },
         targets,
         destroy: plan.destroy,

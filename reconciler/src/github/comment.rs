@@ -121,6 +121,7 @@ pub fn render(input: &CommentInput<'_>, template: &str) -> Result<String, Error>
             revision => revision,
             revision_short => plan.revision.as_deref().map(short),
             rev => plan.source.rev,
+            uncommitted => plan.source.uncommitted,
             summary => plan.summary,
             workspaces => workspace_rows(plan),
             policy => plan.policy.as_ref().map(|p| serde_json::json!({

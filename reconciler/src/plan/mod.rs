@@ -140,6 +140,9 @@ pub struct PlanSource {
     /// The Git revision as given (`--rev`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rev: Option<String>,
+    /// A working tree with changes not committed on top of [`Plan::revision`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncommitted: bool,
 }
 
 /// The state of a workspace's store the plan was made against.

@@ -252,6 +252,47 @@ impl Snapshot {
         }
     }
 
+    /// Whether a folder snapshot differs from the commit `HEAD` points at: a file under
+    /// the root modified, added or deleted and not ignored (Cairn's own `.cairn/` left
+    /// out). A revision, or a folder outside any Git repository, has none.
+    pub fn has_uncommitted_changes(&self) -> bool {
+        let Origin::Folder { root } = &self.origin else {
+            return false;
+        };
+        let Ok(repo) = git2::Repository::discover(root) else {
+            return false;
+        };
+        let (Some(workdir), Ok(root)) = (repo.workdir(), root.canonicalize()) else {
+            return false;
+        };
+        let Ok(workdir) = workdir.canonicalize() else {
+            return false;
+        };
+        let Ok(inside) = root.strip_prefix(&workdir) else {
+            return false;
+        };
+        let prefix = inside.to_string_lossy().replace('\\', "/");
+        let mut options = git2::StatusOptions::new();
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false);
+        if !prefix.is_empty() {
+            options.pathspec(&prefix);
+        }
+        let Ok(statuses) = repo.statuses(Some(&mut options)) else {
+            return false;
+        };
+        statuses.iter().any(|entry| {
+            let path = entry.path().unwrap_or("");
+            let local = path
+                .strip_prefix(&prefix)
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            !local.starts_with(".cairn/") && !entry.status().is_ignored()
+        })
+    }
+
     /// Returns the commit the snapshot stands for: the revision read, or for a folder the
     /// commit `HEAD` points at in the enclosing repository (the folder may hold
     /// uncommitted changes on top of it).

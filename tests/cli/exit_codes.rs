@@ -108,3 +108,34 @@ fn changes_exit_2_and_errors_exit_1() {
         unknown.both()
     );
 }
+
+#[test]
+fn a_folder_that_is_not_a_manifests_root_is_said_so_not_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    // Someone else's TOML: not manifests, and not to be reported as broken ones.
+    std::fs::create_dir_all(dir.path().join("tool")).unwrap();
+    std::fs::write(
+        dir.path().join("tool/Cargo.toml"),
+        "[workspace]\nmembers = []\n",
+    )
+    .unwrap();
+    for command in ["status", "plan", "validate"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg(command)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("is not a manifests root: it has no `manifests` folder"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("Cargo.toml"), "{command}: {stderr}");
+        assert!(
+            stderr.contains("hint: run Cairn where"),
+            "{command}: {stderr}"
+        );
+    }
+}

@@ -182,6 +182,27 @@ impl SourceArgs {
     /// Reads the manifests from the folder or the revision.
     pub fn load(&self) -> Result<cairn::manifest::Snapshot, CommandError> {
         let root = self.root();
+        // Defaulted to the current folder: it must look like a manifests root, or every
+        // TOML file below it (a Cargo.toml, a pyproject.toml) would be read as manifests.
+        if self.path.is_none() && self.rev.is_none() && root == std::path::Path::new(".") {
+            let holds_a_workspace = std::fs::read_dir(&root)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.path().join("workspace.toml").is_file())
+                })
+                .unwrap_or(false);
+            if !holds_a_workspace {
+                let here = std::env::current_dir()
+                    .map_or_else(|_| ".".to_string(), |d| d.display().to_string());
+                return Err(CommandError::user(format!(
+                    "{here} is not a manifests root: it has no `manifests` folder, and no folder in it has a workspace.toml"
+                ))
+                .hint_opt(Some(
+                    "run Cairn where your workspaces' folders are, or name the root: `cairn status path/to/manifests`".into(),
+                )));
+            }
+        }
         let snapshot = match &self.rev {
             Some(rev) => cairn::manifest::load_revision(&root, rev),
             None => cairn::manifest::load_folder(&root),

@@ -436,6 +436,43 @@ pub fn a_rollout_is_promoted<F: TargetFixture>() {
     assert!(requests.ok > 0, "{requests:?}");
     assert_eq!(requests.failed, 0, "{requests:?}");
     world.assert_serving(&v2);
+    // The text history shows the steps too, not only `--format json`.
+    let history = repo.cairn(&["history", "ROOT"]);
+    history.ok();
+    let lines: Vec<&str> = history
+        .stdout
+        .lines()
+        .skip_while(|l| !l.trim().starts_with(&format!("{ENDPOINT} rollout:")))
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .map(str::trim)
+        .collect();
+    let shape: Vec<String> = lines
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        lines.first().is_some_and(|l| l.ends_with(" ready")),
+        "{}",
+        history.stdout
+    );
+    assert_eq!(
+        shape[1..],
+        [
+            "step 50",
+            "step 50 passed",
+            "step 100",
+            "step 100 passed",
+            "promoted"
+        ],
+        "{}",
+        history.stdout
+    );
+    assert!(
+        lines[2].contains(" requests, error rate "),
+        "{}",
+        history.stdout
+    );
 }
 
 /// 5b. A rollout whose step sees no traffic (no client sends any) is halted, saying so,

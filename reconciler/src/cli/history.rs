@@ -1,4 +1,6 @@
-//! `cairn history`: the journal of applies, newest last.
+//! `cairn history`: the journal of applies, newest last, with the rollouts each walked
+//! (step by step: weights, the gates' readings, promotion or rollback) and the metrics of
+//! the runs it made.
 
 use cairn::backend::store::DamagedRecord;
 
@@ -62,6 +64,16 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
             r.user,
             r.plan_hash
         );
+        // The rollouts it walked, step by step.
+        for o in &r.outcomes {
+            let steps: Vec<String> = o.events.iter().filter_map(rollout_line).collect();
+            if !steps.is_empty() {
+                println!("    {} rollout:", o.address);
+                for line in steps {
+                    println!("      {line}");
+                }
+            }
+        }
         // The metrics of the runs it made.
         for o in &r.outcomes {
             for e in o.events.iter().filter(|e| e["event"] == "metrics") {
@@ -76,6 +88,49 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// One journaled rollout event as a line (`step 2: blue 50 %, green 50 %`), or `None` for
+/// an event of another kind.
+fn rollout_line(event: &serde_json::Value) -> Option<String> {
+    let weights = |value: &serde_json::Value| -> String {
+        value
+            .as_object()
+            .map(|w| {
+                w.iter()
+                    .map(|(name, percent)| format!("{name} {percent} %"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let step = &event["step"];
+    Some(match event["event"].as_str()? {
+        "ready" => format!("{} ready", event["deployment"].as_str()?),
+        "mirror" => format!(
+            "mirroring {} % of requests to {}",
+            event["percent"],
+            event["deployment"].as_str()?
+        ),
+        "step" => format!("step {step}: {}", weights(&event["weights"])),
+        "step-passed" => {
+            let p99 = event["p99_ms"]
+                .as_f64()
+                .map_or(String::new(), |p| format!(", p99 {p:.1} ms"));
+            format!(
+                "step {step} passed: {} requests, error rate {:.2} %{p99}",
+                event["requests"],
+                event["error_rate"].as_f64().unwrap_or(0.0) * 100.0
+            )
+        }
+        "gate-failed" => format!(
+            "step {step} failed its gate: {}",
+            event["reason"].as_str().unwrap_or("")
+        ),
+        "rolled-back" => format!("rolled back: {}", weights(&event["weights"])),
+        "promoted" => format!("promoted: {}", weights(&event["weights"])),
+        _ => return None,
+    })
 }
 
 /// Names each damaged journal record on stderr, with what to do; the others are shown.

@@ -273,6 +273,26 @@ fn counting_listener() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), count)
 }
 
+/// A metadata service that forbids every request, as IMDS does when it is disabled on
+/// the instance.
+fn forbidding_listener() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
 fn s3_plan_without_credentials(root: &Root, imds: &str, extra: &[(&str, &str)]) -> Run {
     let mut cmd = root.command(&["plan", "ROOT"]);
     cmd.env_remove("AWS_ACCESS_KEY_ID")
@@ -340,4 +360,28 @@ fn missing_s3_credentials_are_named_and_instance_metadata_is_not_probed() {
     let run = s3_plan_without_credentials(&root, &imds, &[("AWS_EC2_METADATA_DISABLED", "false")]);
     run.code(1);
     assert!(probes.load(Ordering::SeqCst) > 0, "{}", run.both());
+
+    // A metadata service that forbids the request is a failure to load credentials, not
+    // a refusal of them: nothing was sent to the store.
+    let forbidding = forbidding_listener();
+    let run = s3_plan_without_credentials(
+        &root,
+        &forbidding,
+        &[("AWS_EC2_METADATA_DISABLED", "false")],
+    );
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("could not load credentials for s3://cairn-test/risk")
+            && run.stderr.contains("was not contacted"),
+        "{}",
+        run.both()
+    );
+    assert!(!run.stderr.contains("refused"), "{}", run.both());
+    assert!(
+        run.stderr
+            .contains("hint: a credentials provider of the chain failed"),
+        "{}",
+        run.both()
+    );
 }

@@ -115,6 +115,12 @@ pub enum Error {
          credentials"
     )]
     NoCredentials { store: String, endpoint: String },
+    #[error("could not load credentials for {store} ({endpoint} was not contacted): {reason}")]
+    CredentialsUnavailable {
+        store: String,
+        endpoint: String,
+        reason: String,
+    },
     #[error(
         "the bucket `{bucket}` is in {}, not in {signed_for}; set `region` in the \
          workspace{}",
@@ -196,6 +202,13 @@ impl Error {
             )),
             Error::Corrupt { .. } => Some(
                 "a stored record is damaged; `cairn verify` checks every stored version".into(),
+            ),
+            Error::CredentialsUnavailable { .. } => Some(
+                "a credentials provider of the chain failed before any request was signed: \
+                 export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or set AWS_PROFILE; on \
+                 EC2, check the instance's role and its metadata service (a container may \
+                 need a hop limit of 2); elsewhere unset AWS_EC2_METADATA_DISABLED=false"
+                    .into(),
             ),
             Error::NoCredentials { .. } => Some(
                 "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set AWS_PROFILE to a \

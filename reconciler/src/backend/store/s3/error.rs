@@ -66,9 +66,12 @@ impl S3Store {
                         endpoint: self.endpoint_label(),
                     };
                 }
+                // Loading them failed (a provider erred or timed out): nothing was sent,
+                // so nothing was refused.
                 if let Some(reason) = credentials_problem(&err) {
-                    return Error::Credentials {
+                    return Error::CredentialsUnavailable {
                         store: self.url(),
+                        endpoint: self.endpoint_label(),
                         reason: self.scrub(reason),
                     };
                 }

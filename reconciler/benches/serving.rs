@@ -258,6 +258,7 @@ fn routes(blue: SocketAddr, green_port: u16) -> Routes {
         mirror: None,
         key_sha256: None,
         capture: None,
+        counter_keys: BTreeMap::new(),
         health: BTreeMap::new(),
     }
 }

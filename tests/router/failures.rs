@@ -125,6 +125,7 @@ fn a_port_in_use_is_a_clear_error() {
         key_sha256: None,
         health: Default::default(),
         capture: None,
+        counter_keys: Default::default(),
     };
     let error = runtime
         .block_on(router::bind(RouterOptions::new(addr, routes.clone())))

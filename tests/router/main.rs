@@ -137,6 +137,7 @@ impl Rig {
             key_sha256: None,
             health: BTreeMap::new(),
             capture: None,
+            counter_keys: BTreeMap::new(),
         }
     }
 

@@ -488,6 +488,33 @@ fn apply_serves_then_rolls_out_a_retrained_model_under_load() {
         "{deployments:?}"
     );
 
+    // `cairn status` gives each revision the requests it answered, as the client counted
+    // them (v1 also answered the one keyed prediction checked above; the 401s reached
+    // no revision), whatever names the revisions carry after the promotion.
+    let run = repo.cairn(&["status", ".", "--format", "json"]);
+    run.ok();
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    let endpoint = status["workspaces"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == ENDPOINT)
+        .unwrap()
+        .clone();
+    let served = |version: &str| -> u64 {
+        endpoint["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["revision"] == version)
+            .map(|d| d["requests"].as_u64().unwrap())
+            .sum()
+    };
+    let answered =
+        |version: &String| report.versions.iter().filter(|v| *v == version).count() as u64;
+    assert_eq!(served(&v2), answered(&v2), "{endpoint:#}");
+    assert_eq!(served(&v1), answered(&v1) + 1, "{endpoint:#}");
+
     // The journal records each step.
     let journal_dir = repo.root.join(".cairn/store/.cairn/journal");
     let mut records: Vec<PathBuf> = std::fs::read_dir(journal_dir)

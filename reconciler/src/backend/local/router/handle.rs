@@ -75,12 +75,18 @@ impl Handle {
     /// Returns the deployment's cumulative counters, also for a deployment that was
     /// removed from the routes since.
     pub fn stats(&self, deployment: &str) -> Result<Stats> {
+        let key = self
+            .shared
+            .table()
+            .routes
+            .counter_key(deployment)
+            .to_string();
         let counters = self
             .shared
             .counters
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match counters.get(deployment) {
+        match counters.get(&key) {
             Some(c) => Ok(c.snapshot()),
             None => Err(Error::UnknownDeployment {
                 name: deployment.to_string(),

@@ -33,9 +33,19 @@ pub struct Routes {
     /// A share of the weighted requests' bodies written to files, for input-drift
     /// monitoring.
     pub capture: Option<super::Capture>,
+    /// Deployment name → the key its counters are kept under, for a name that is not its
+    /// own key. The supervisor keys them by revision (`blue@3f9a…`), so that when a
+    /// promoted revision takes its deployment's name, the requests each revision answered
+    /// stay its own. Counters are cumulative per key, across route changes.
+    pub counter_keys: BTreeMap<String, String>,
 }
 
 impl Routes {
+    /// The key deployment `name`'s counters are kept under.
+    pub fn counter_key<'a>(&'a self, name: &'a str) -> &'a str {
+        self.counter_keys.get(name).map_or(name, String::as_str)
+    }
+
     /// The readiness path of a deployment's replicas.
     pub fn health_path(&self, deployment: &str) -> &str {
         self.health
@@ -149,6 +159,7 @@ pub(super) mod tests {
             key_sha256: None,
             health: BTreeMap::new(),
             capture: None,
+            counter_keys: BTreeMap::new(),
         }
     }
 

@@ -44,8 +44,13 @@ impl Table {
             .deployments
             .iter()
             .map(|(name, addrs)| {
+                let kept = counters
+                    .entry(routes.counter_key(name).to_string())
+                    .or_default()
+                    .clone();
                 let reused = previous
                     .and_then(|t| t.deployments.get(name))
+                    .filter(|d| Arc::ptr_eq(&d.counters, &kept))
                     .filter(|d| d.replicas.iter().map(|r| r.addr).eq(addrs.iter().copied()));
                 let deployment = match reused {
                     Some(d) => d.clone(),
@@ -59,7 +64,7 @@ impl Table {
                             })
                             .collect(),
                         next: AtomicUsize::new(0),
-                        counters: counters.entry(name.clone()).or_default().clone(),
+                        counters: kept,
                     }),
                 };
                 (name.clone(), deployment)

@@ -382,6 +382,7 @@ mod tests {
             key_sha256: None,
             health: BTreeMap::new(),
             capture: None,
+            counter_keys: BTreeMap::new(),
         };
         let after = router::Routes {
             deployments: [("blue".to_string(), vec![a, b])].into(),
@@ -390,6 +391,7 @@ mod tests {
             key_sha256: Some("ab".repeat(32)),
             health: BTreeMap::new(),
             capture: None,
+            counter_keys: BTreeMap::new(),
         };
         let text = describe_change(&before, &after);
         assert_eq!(

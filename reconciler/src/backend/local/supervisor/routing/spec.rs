@@ -115,6 +115,13 @@ impl RouteSpec {
             key_sha256: self.key_sha256.clone(),
             health,
             capture: self.capture.clone(),
+            // By revision: a promoted revision takes its deployment's name, not the
+            // requests the revision it replaces answered.
+            counter_keys: self
+                .backends
+                .iter()
+                .map(|(name, b)| (name.clone(), format!("{}@{}", b.deployment, b.revision)))
+                .collect(),
         }
     }
 

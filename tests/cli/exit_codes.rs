@@ -139,3 +139,53 @@ fn a_folder_that_is_not_a_manifests_root_is_said_so_not_validated() {
         );
     }
 }
+
+/// Runs `cairn <args>` with `answer` on standard input (a pipe, not a terminal).
+fn with_stdin(root: &Root, args: &[&str], answer: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = root
+        .command(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn apply_reads_yes_from_a_pipe_only_with_input() {
+    let root = manifests(&Job::default());
+    // A pipe is not a terminal: refused, whatever it says, and how to answer.
+    let (code, _, stderr) = with_stdin(&root, &["apply", "ROOT"], "yes\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("input is not a terminal"), "{stderr}");
+    assert!(stderr.contains("`--input`"), "{stderr}");
+    assert!(!root.store().join(".cairn/state.json").exists());
+
+    // With --input, anything but `yes` cancels.
+    let (code, stdout, stderr) = with_stdin(&root, &["apply", "ROOT", "--input"], "y\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.contains("Only 'yes' is accepted"), "{stdout}");
+    assert!(stderr.contains("apply cancelled"), "{stderr}");
+    assert!(!root.store().join(".cairn/state.json").exists());
+
+    let (code, stdout, stderr) = with_stdin(&root, &["apply", "ROOT", "--input"], "yes\n");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("Apply complete"), "{stdout}");
+
+    // Both flags at once is a usage error.
+    let (code, _, stderr) = with_stdin(&root, &["apply", "ROOT", "--input", "--auto-approve"], "");
+    assert_eq!(code, 64, "{stderr}");
+}

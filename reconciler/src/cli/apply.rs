@@ -32,6 +32,12 @@ pub struct Args {
     #[arg(long)]
     pub auto_approve: bool,
 
+    /// Read the confirmation from standard input even when it is not a terminal
+    /// (`echo yes | cairn apply --input`). Without it, an apply whose input is not a
+    /// terminal asks nothing and refuses, unless `--auto-approve`.
+    #[arg(long, conflicts_with = "auto_approve")]
+    pub input: bool,
+
     /// Changes carried out at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallelism: usize,
@@ -185,7 +191,7 @@ pub fn execute(request: Request, output: Output) -> Result<Outcome, CommandError
                 ));
             }
             if plan.has_changes() && !args.auto_approve {
-                if let Err(e) = confirm() {
+                if let Err(e) = confirm(args.input) {
                     rt.block_on(applier.unlock(locks));
                     return Err(e);
                 }
@@ -317,13 +323,14 @@ fn read_plan(path: &Path) -> Result<Plan, CommandError> {
     })
 }
 
-fn confirm() -> Result<(), CommandError> {
-    if !std::io::stdin().is_terminal() {
+/// Asks for `yes`: on a terminal, or with `--input` on whatever standard input is.
+fn confirm(input: bool) -> Result<(), CommandError> {
+    if !input && !std::io::stdin().is_terminal() {
         return Err(CommandError::user(
             "refusing to apply without confirmation: input is not a terminal",
         )
         .hint_opt(Some(
-            "review the plan above, then run again with `--auto-approve`".into(),
+            "review the plan above, then run again with `--auto-approve`, or answer on standard input with `--input` (`echo yes | cairn apply --input`)".into(),
         )));
     }
     print!("\nApply these changes? Only 'yes' is accepted: ");

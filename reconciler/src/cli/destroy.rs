@@ -24,6 +24,11 @@ pub struct Args {
     #[arg(long)]
     auto_approve: bool,
 
+    /// Read the confirmation from standard input even when it is not a terminal
+    /// (`echo yes | cairn destroy --input`).
+    #[arg(long, conflicts_with = "auto_approve")]
+    input: bool,
+
     /// Also delete the destroyed datasets' and models' versions and the jobs' runs from
     /// the stores (by default they are kept, so lineage stays readable).
     #[arg(long)]
@@ -50,6 +55,7 @@ pub fn run(args: Args, output: Output) -> Result<Outcome, CommandError> {
                 rev: None,
                 workspaces: args.workspaces,
                 auto_approve: args.auto_approve,
+                input: args.input,
                 parallelism: args.parallelism,
                 lock_timeout: args.lock_timeout,
                 lock_lease: args.lock_lease,

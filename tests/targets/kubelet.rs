@@ -231,7 +231,7 @@ impl Node {
                 self.server
                     .set_status("v1", "Pod", Some(ns), &pod_name, status);
             };
-            match self.run_pod(ns, &root, pod, &deadline, &on_step) {
+            match self.run_pod(ns, &pod_name, &root, pod, &deadline, &on_step) {
                 PodEnd::Succeeded => {
                     self.note(format!("Job {ns}/{name}: succeeded"));
                     self.server.job_succeeded(ns, name);
@@ -272,6 +272,7 @@ impl Node {
     fn run_pod(
         &self,
         ns: &str,
+        pod_name: &str,
         root: &Path,
         pod: &Value,
         past_deadline: &dyn Fn() -> bool,
@@ -374,6 +375,10 @@ impl Node {
                 output("log"),
                 output("err")
             ));
+            // What the container wrote is its log, read through `pods/log`.
+            for line in output("log").lines().chain(output("err").lines()) {
+                self.server.pod_log(ns, pod_name, step, line);
+            }
             if !status.success() {
                 return PodEnd::Failed {
                     step: step.to_string(),

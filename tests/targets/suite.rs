@@ -112,6 +112,41 @@ pub fn a_job_run_succeeds<F: TargetFixture>() {
     assert_eq!(repo.state()[JOB]["value"]["run_id"], run_id);
     let model = repo.last_outcome(MODEL);
     assert_eq!(model["status"], "succeeded", "{model}");
+
+    // Its logs are in the store: `cairn logs` prints them, the newest run or a named one.
+    let logs = repo.cairn(&["logs", "train", "ROOT"]);
+    logs.ok();
+    assert!(
+        logs.stdout.contains("model.safetensors and metrics.json"),
+        "{}",
+        logs.both()
+    );
+    let named = repo.cairn(&[
+        "logs",
+        &format!("job.train@{run_id}"),
+        "ROOT",
+        "--format",
+        "json",
+    ]);
+    named.ok();
+    let named: Value = serde_json::from_str(&named.stdout).unwrap();
+    assert_eq!(named["run_id"], run_id);
+    assert!(
+        named["logs"][0]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("runs/train/{run_id}/attempt-1")),
+        "{named}"
+    );
+    let unknown = repo.cairn(&["logs", "train@000000000000", "ROOT"]);
+    unknown.code(1);
+    assert!(
+        unknown
+            .stderr
+            .contains(&format!("its newest runs: {run_id}")),
+        "{}",
+        unknown.both()
+    );
 }
 
 /// 1b. A job whose output is a dataset: each of its runs is a version of the dataset,

@@ -26,6 +26,7 @@ mod drift;
 mod github;
 mod history;
 mod lock;
+mod logs;
 mod plan;
 mod pod_proxy;
 mod policy;
@@ -113,6 +114,8 @@ enum Command {
     History(history::Args),
     /// List recorded job runs, newest first, with their status, outputs and metrics.
     Runs(runs::Args),
+    /// Print the logs a job's run stored (the newest run, or `JOB@RUN`).
+    Logs(logs::Args),
     /// Release a store lock left behind by an apply that died (`--force`: whatever lock
     /// is there, a damaged one included).
     Unlock(lock::Args),
@@ -434,6 +437,7 @@ pub fn main() -> ExitCode {
         Command::Policy(args) => policy::run(args, output),
         Command::History(args) => history::run(args, output),
         Command::Runs(args) => runs::run(args, output),
+        Command::Logs(args) => logs::run(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),

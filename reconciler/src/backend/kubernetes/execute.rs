@@ -18,7 +18,7 @@ use super::{ClusterApi, ClusterError, KubeObject, ObjectKey};
 use crate::address::Kind;
 use crate::artifacts::{VersionKind, VersionRef};
 use crate::backend::job::{PlannedJob, DEFAULT_SCHEDULE_TIMEOUT};
-use crate::backend::store::{now_rfc3339, RunRecord, RunStatus};
+use crate::backend::store::{now_rfc3339, RunRecord, RunStatus, Store};
 use crate::backend::sweep::PlannedSweep;
 use crate::backend::target::{Applied, ApplyContext, ChangeError, Failure};
 use crate::diagnostics::error_chain;
@@ -333,12 +333,30 @@ impl KubeCompute {
         let t = Instant::now();
         let address = change.address.clone();
         let events = cx.events;
-        let mut on_log = move |line: &str| events.note(&address, &format!("│ {line}"));
+        // Shown as they come, and kept (bounded) for `cairn logs`.
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(KeptLog::default()));
+        let mut on_log = {
+            let kept = kept.clone();
+            move |line: &str| {
+                events.note(&address, &format!("│ {line}"));
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        };
+        let mut logs = Vec::new();
+        let mut keep = |key: String| {
+            let text = std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()));
+            logs.push(key.clone());
+            async move {
+                // A log that can't be stored costs the log, not the run.
+                let _ = store.put_log(&key, text.finish()).await;
+            }
+        };
         // One Job per attempt: a failed one is replaced by a new one, every instance
         // together, up to `retries` times.
         let mut attempts = 1;
         let waited = loop {
             let waited = kube.wait_job(&job.key(), &wait, &mut on_log).await;
+            keep(Store::run_log_key(&change.name, &run_id, attempts)).await;
             match waited {
                 Err(e @ (ClusterError::JobFailed { .. } | ClusterError::NotScheduled { .. }))
                     if attempts <= retries =>
@@ -369,6 +387,7 @@ impl KubeCompute {
                 .upload(cx, change, kube, upload, &mut on_log)
                 .await
                 .err();
+            keep(format!("runs/{}/{run_id}/upload.log", change.name)).await;
         }
         let claims: Vec<(ObjectKey, String)> = claims
             .iter()
@@ -446,7 +465,7 @@ impl KubeCompute {
             inputs,
             outputs: produced,
             metrics,
-            logs: Vec::new(),
+            logs,
             error: error.clone(),
             commit: cx.plan.revision.clone(),
             trials: Vec::new(),
@@ -528,4 +547,33 @@ pub(super) async fn apply_objects(
         }
     }
     Ok(())
+}
+
+/// The most of one attempt's log kept for `cairn logs` (its pods' lines as the apply
+/// read them); later lines are counted, not kept.
+const MAX_KEPT_LOG: usize = 8 << 20;
+
+#[derive(Default)]
+struct KeptLog {
+    text: String,
+    dropped: usize,
+}
+
+impl KeptLog {
+    fn push(&mut self, line: &str) {
+        if self.text.len() + line.len() < MAX_KEPT_LOG {
+            self.text.push_str(line);
+            self.text.push('\n');
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> String {
+        if self.dropped > 0 {
+            self.text
+                .push_str(&format!("[{} more lines not kept]\n", self.dropped));
+        }
+        self.text
+    }
 }

@@ -664,6 +664,14 @@ impl Store {
         format!("runs/{job}/{run_id}/attempt-{attempt}.log")
     }
 
+    /// Stores a log a target collected (not a file on this machine) under `key`.
+    pub async fn put_log(&self, key: &str, text: String) -> Result<()> {
+        self.objects
+            .put(key, Bytes::from(text), Condition::None)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn put_run(&self, record: &RunRecord) -> Result<()> {
         self.put_json(
             &Self::run_marker(&record.job, &record.run_id),

@@ -138,6 +138,39 @@ pub fn a_job_run_succeeds<F: TargetFixture>() {
             .starts_with(&format!("runs/train/{run_id}/attempt-1")),
         "{named}"
     );
+    // The versions it stored, with their lineage.
+    let models = repo.cairn(&["models", "ROOT"]);
+    models.ok();
+    assert!(models.stdout.contains(MODEL), "{}", models.both());
+    assert!(
+        models.stdout.contains(&format!("* {run_id}  ")),
+        "{}",
+        models.both()
+    );
+    assert!(
+        models
+            .stdout
+            .contains(&format!("run {run_id} of job.train ← dataset.loans@")),
+        "{}",
+        models.both()
+    );
+    let datasets = repo.cairn(&["datasets", "ROOT", "--name", "loans", "--format", "json"]);
+    datasets.ok();
+    let datasets: Value = serde_json::from_str(&datasets.stdout).unwrap();
+    assert_eq!(datasets[0]["address"], format!("{WS}/dataset.loans"));
+    assert_eq!(datasets[0]["versions"][0]["current"], true, "{datasets}");
+    assert_eq!(
+        datasets[0]["versions"][0]["version"],
+        run["inputs"]["loans"]
+            .as_str()
+            .unwrap()
+            .split('@')
+            .nth(1)
+            .unwrap(),
+        "{datasets}"
+    );
+    repo.cairn(&["models", "ROOT", "--name", "nope"]).code(1);
+
     let unknown = repo.cairn(&["logs", "train@000000000000", "ROOT"]);
     unknown.code(1);
     assert!(

@@ -43,6 +43,7 @@ mod train;
 mod transfer;
 mod validate;
 mod verify;
+mod versions;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -116,6 +117,12 @@ enum Command {
     Runs(runs::Args),
     /// Print the logs a job's run stored (the newest run, or `JOB@RUN`).
     Logs(logs::Args),
+    /// List the stored versions of the declared models, newest first, with lineage and
+    /// metrics.
+    Models(versions::Args),
+    /// List the stored versions of the declared datasets, newest first, with their size
+    /// and origin.
+    Datasets(versions::Args),
     /// Release a store lock left behind by an apply that died (`--force`: whatever lock
     /// is there, a damaged one included).
     Unlock(lock::Args),
@@ -438,6 +445,8 @@ pub fn main() -> ExitCode {
         Command::History(args) => history::run(args, output),
         Command::Runs(args) => runs::run(args, output),
         Command::Logs(args) => logs::run(args, output),
+        Command::Models(args) => versions::models(args, output),
+        Command::Datasets(args) => versions::datasets(args, output),
         Command::Unlock(args) => lock::run(args, output),
         Command::Verify(args) => verify::run(args, output),
         Command::Train(args) => train::run(args, output),

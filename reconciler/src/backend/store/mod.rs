@@ -695,6 +695,24 @@ impl Store {
             .map(|(v, _)| v))
     }
 
+    /// Returns every committed version of a model, oldest first.
+    pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelRecord>> {
+        let mut out = Vec::new();
+        for meta in self.objects.list(&format!("models/{name}/")).await? {
+            if meta.key.ends_with("/_model.json") {
+                if let Some((v, _)) = self.get_json::<ModelRecord>(&meta.key).await? {
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.version.cmp(&b.version))
+        });
+        Ok(out)
+    }
+
     pub async fn has_model_version(&self, name: &str, version: &str) -> Result<bool> {
         Ok(self
             .objects

@@ -89,6 +89,11 @@ pub trait TargetFixture: Sized {
     /// One prediction of `body` (no key) through the endpoint's front door; the answer's
     /// status.
     fn predict_body(&self, body: &str) -> u16;
+
+    /// What `cairn invoke` needs besides the endpoint on this target: nothing where the
+    /// machine knows the address and the key, else `--url` and `--key-file` (a user's
+    /// gateway address and the Secret's key, written to `key_file`).
+    fn invoke_args(&self, key_file: &Path) -> Vec<String>;
 }
 
 /// How the requests sent during an apply were answered.

@@ -298,6 +298,24 @@ impl TargetFixture for KubeFixture {
     fn predict_body(&self, body: &str) -> u16 {
         self.predict(None, body)
     }
+
+    /// A pod's `http` address stands in for the gateway's.
+    fn invoke_args(&self, key_file: &std::path::Path) -> Vec<String> {
+        let pods = self.kubelet.node().pods.all();
+        let pod = pods
+            .iter()
+            .find(|p| p.namespace == NAMESPACE && p.name.starts_with(&format!("{ENDPOINT}-")))
+            .unwrap_or_else(|| panic!("no pod of the endpoint{}", self.context()));
+        if let Some(key) = self.endpoint_key() {
+            std::fs::write(key_file, key).unwrap();
+        }
+        vec![
+            "--url".into(),
+            pod.address.clone(),
+            "--key-file".into(),
+            key_file.display().to_string(),
+        ]
+    }
 }
 
 impl KubeFixture {

@@ -208,4 +208,8 @@ impl TargetFixture for LocalFixture {
     fn predict_body(&self, body: &str) -> u16 {
         predict_with(&agent(), self.addr(), None, body)
     }
+
+    fn invoke_args(&self, _key_file: &std::path::Path) -> Vec<String> {
+        Vec::new()
+    }
 }

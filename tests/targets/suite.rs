@@ -439,6 +439,27 @@ pub fn an_endpoint_with_a_key_refuses_requests_without_it<F: TargetFixture>() {
     assert_eq!(world.predict_status(None), 401);
     assert_eq!(world.predict_status(Some("not-the-key")), 401);
     assert_eq!(world.predict_status(Some(&key)), 200);
+    // `cairn invoke` sends the request with the key, and shows the answer, not the key.
+    let rows = repo.scratch().join("rows.json");
+    std::fs::write(&rows, crate::fixture::ROWS).unwrap();
+    let mut args: Vec<String> = ["invoke", "api", "ROOT", "--data"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(rows.display().to_string());
+    args.extend(world.invoke_args(&repo.scratch().join("key")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let invoked = repo.cairn(&args);
+    invoked.ok();
+    let answer: Value =
+        serde_json::from_str(&invoked.stdout).unwrap_or_else(|e| panic!("{e}: {}", invoked.both()));
+    // The serving pods of the Kubernetes world answer `{"score": …}`; `cairn serve` one
+    // score per row.
+    assert!(
+        answer["scores"].as_array().map(Vec::len) == Some(2) || answer["score"].is_number(),
+        "{answer}"
+    );
+    assert!(!invoked.both().contains(&key), "the key is in the output");
     let plan = repo.cairn(&["plan", "ROOT", "--detailed-exitcode"]);
     plan.code(0);
     assert!(!plan.both().contains(&key));

@@ -25,6 +25,7 @@ mod destroy;
 mod drift;
 mod github;
 mod history;
+mod invoke;
 mod lock;
 mod logs;
 mod plan;
@@ -117,6 +118,8 @@ enum Command {
     Runs(runs::Args),
     /// Print the logs a job's run stored (the newest run, or `JOB@RUN`).
     Logs(logs::Args),
+    /// Send one request to an applied endpoint (with its key) and print the answer.
+    Invoke(invoke::Args),
     /// List the stored versions of the declared models, newest first, with lineage and
     /// metrics.
     Models(versions::Args),
@@ -445,6 +448,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => history::run(args, output),
         Command::Runs(args) => runs::run(args, output),
         Command::Logs(args) => logs::run(args, output),
+        Command::Invoke(args) => invoke::run(args, output),
         Command::Models(args) => versions::models(args, output),
         Command::Datasets(args) => versions::datasets(args, output),
         Command::Unlock(args) => lock::run(args, output),

@@ -93,23 +93,7 @@ impl Repo {
 
     /// Commits everything (`.cairn/` ignored); returns the commit.
     pub fn commit_all(&self, message: &str) -> String {
-        let repo = git2::Repository::open(&self.root)
-            .unwrap_or_else(|_| git2::Repository::init(&self.root).unwrap());
-        self.write(".gitignore", ".cairn/\n");
-        let mut index = repo.index().unwrap();
-        index
-            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        // Files removed from the working tree leave the index too.
-        index.update_all(["*"].iter(), None).unwrap();
-        index.write().unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("Tester", "tester@example.com").unwrap();
-        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
-            .unwrap()
-            .to_string()
+        support::git_commit_all(&self.root, message)
     }
 
     /// Insta filters: the root's path becomes `[ROOT]`.

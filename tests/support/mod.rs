@@ -440,7 +440,7 @@ pub fn sha256_file(path: &Path) -> String {
 }
 
 /// Makes `root` a Git repository (if it is not one) with everything but Cairn's own
-/// `.cairn/` committed on its branch; returns HEAD.
+/// `.cairn/` committed on its branch, removals included; returns HEAD.
 pub fn git_commit_all(root: &Path, message: &str) -> String {
     let repo = match git2::Repository::open(root) {
         Ok(r) => r,
@@ -451,6 +451,8 @@ pub fn git_commit_all(root: &Path, message: &str) -> String {
     index
         .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
         .unwrap();
+    // Files removed from the working tree leave the index too.
+    index.update_all(["*"].iter(), None).unwrap();
     index.write().unwrap();
     let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
     let sig = git2::Signature::now("Tester", "tester@example.com").unwrap();

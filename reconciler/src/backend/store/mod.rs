@@ -616,19 +616,27 @@ impl Store {
 
     /// Returns every committed version of a dataset, oldest first.
     pub async fn dataset_versions(&self, name: &str) -> Result<Vec<DatasetVersion>> {
-        let mut out = Vec::new();
-        for meta in self.objects.list(&format!("datasets/{name}/")).await? {
-            if meta.key.ends_with("/_version.json") {
-                if let Some((v, _)) = self.get_json::<DatasetVersion>(&meta.key).await? {
-                    out.push(v);
-                }
-            }
-        }
+        let mut out: Vec<DatasetVersion> = self
+            .markers(&format!("datasets/{name}/"), "/_version.json")
+            .await?;
         out.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
                 .then(a.version.cmp(&b.version))
         });
+        Ok(out)
+    }
+
+    /// Every record under `prefix` whose key ends with `marker`.
+    async fn markers<T: DeserializeOwned>(&self, prefix: &str, marker: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for meta in self.objects.list(prefix).await? {
+            if meta.key.ends_with(marker) {
+                if let Some((v, _)) = self.get_json::<T>(&meta.key).await? {
+                    out.push(v);
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -697,14 +705,9 @@ impl Store {
 
     /// Returns every committed version of a model, oldest first.
     pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelRecord>> {
-        let mut out = Vec::new();
-        for meta in self.objects.list(&format!("models/{name}/")).await? {
-            if meta.key.ends_with("/_model.json") {
-                if let Some((v, _)) = self.get_json::<ModelRecord>(&meta.key).await? {
-                    out.push(v);
-                }
-            }
-        }
+        let mut out: Vec<ModelRecord> = self
+            .markers(&format!("models/{name}/"), "/_model.json")
+            .await?;
         out.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)

@@ -11,14 +11,7 @@ impl Store {
             Some(job) => format!("runs/{job}/"),
             None => "runs/".to_string(),
         };
-        let mut out = Vec::new();
-        for meta in self.objects.list(&prefix).await? {
-            if meta.key.ends_with("/_run.json") {
-                if let Some((run, _)) = self.get_json::<RunRecord>(&meta.key).await? {
-                    out.push(run);
-                }
-            }
-        }
+        let mut out: Vec<RunRecord> = self.markers(&prefix, "/_run.json").await?;
         out.sort_by(|a, b| {
             b.finished_at
                 .cmp(&a.finished_at)

@@ -1,7 +1,9 @@
 //! Serving benchmark: predictions through the local router against the model server
-//! reached directly, and how fast a blue-green switch driven by the rollout engine moves
-//! traffic once the new deployment is ready. Prints figures; it has no pass/fail threshold
-//! besides "no request fails".
+//! reached directly and through nginx (the peer: Debian's package, as a reverse proxy with
+//! keep-alive upstream connections), with the CPU each part spends per request; and how
+//! fast a blue-green switch driven by the rollout engine moves traffic once the new
+//! deployment is ready. Prints figures; it has no pass/fail threshold besides "no request
+//! fails".
 //!
 //! Set-up, all on this machine: a model trained with the library on generated data; two
 //! real `cairn serve` processes (`--name blue`, `--name green`, on free loopback ports); the
@@ -17,8 +19,12 @@
 //!    counted from when the request was due, so a stalled server is not hidden by the
 //!    client waiting for it (no coordinated omission).
 //!
-//! Each runs against blue directly and through the router (all traffic to blue), after a
-//! short warm-up, and the two are printed side by side.
+//! Each runs against blue directly, through the router (all traffic to blue) and through
+//! nginx (upstream blue), after a short warm-up, and they are printed side by side with
+//! the CPU time (from `/proc/…/schedstat`) per request of the proxy (the router's worker
+//! threads, or nginx's processes), of blue and of the load generator, and the proxy's
+//! context switches per request. `CAIRN_BENCH_SKIP=nginx` leaves nginx out; smoke runs
+//! (`cargo test`) always do.
 //!
 //! 3. Switch: the router sends 100 % to blue under open-loop load; green is started; the
 //!    rollout engine (`cairn::rollout::run` with the router's `Handle` as `Traffic`, steps
@@ -33,7 +39,8 @@
 //!
 //! Knobs (environment): `CAIRN_BENCH_SECS` (default 4), `CAIRN_BENCH_CONNS` (16),
 //! `CAIRN_BENCH_RATE` (2000), `CAIRN_BENCH_OPEN_CONNS` (64), `CAIRN_BENCH_SWITCHES` (5),
-//! `CAIRN_BENCH_ROUTER_THREADS` (2), `CAIRN_BENCH_CLIENT_THREADS` (2). With the defaults
+//! `CAIRN_BENCH_ROUTER_THREADS` (2: the router's workers, and nginx's worker processes),
+//! `CAIRN_BENCH_CLIENT_THREADS` (2). With the defaults
 //! the whole run takes well under two minutes.
 //!
 //! Caveat: the client, the router and both servers share this machine's cores, so the
@@ -61,6 +68,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use support::cpu;
 use tokio::net::TcpStream;
 
 fn main() {
@@ -71,8 +79,8 @@ fn main() {
 
     let blue = Serving::start(&model, "blue", tmp.path());
     let router_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.router_threads)
-        .thread_name("router")
+        .worker_threads(1)
+        .thread_name("control")
         .enable_all()
         .build()
         .expect("the router's runtime");
@@ -88,6 +96,7 @@ fn main() {
     let routes = routes(blue.addr, free_port());
     let mut options = RouterOptions::new("127.0.0.1:0".parse().unwrap(), routes);
     options.probe_timeout = Duration::from_millis(300);
+    options.workers = config.router_threads;
     let bound = router_runtime
         .block_on(router::bind(options))
         .expect("the router binds");
@@ -109,33 +118,76 @@ fn main() {
         config.secs.as_secs_f64()
     );
 
+    let nginx = if skipped("nginx") {
+        None
+    } else {
+        Some(Nginx::start(blue.addr, config.router_threads, tmp.path()))
+    };
+    let mut targets = vec![
+        Target {
+            label: "direct (blue)",
+            addr: blue.addr,
+            proxy: None,
+        },
+        Target {
+            label: "router → blue",
+            addr: router_addr,
+            proxy: Some(cpu::Part::Threads("router-")),
+        },
+    ];
+    if let Some(nginx) = &nginx {
+        client.block_on(wait_ready(nginx.addr, Duration::from_secs(20)));
+        targets.push(Target {
+            label: "nginx → blue",
+            addr: nginx.addr,
+            proxy: Some(cpu::Part::Processes(vec![nginx.child.id()])),
+        });
+    }
+    let replica = cpu::Part::Processes(vec![blue.child.id()]);
+    let load_generator = cpu::Part::Threads("client");
+
     let bodies = Arc::new(bodies());
     let mut rows = Vec::new();
     for (pace, conns) in [
         (Pace::Closed, config.conns),
         (Pace::Open(config.rate), config.open_conns),
     ] {
-        let mut pair = Vec::new();
-        for target in [blue.addr, router_addr] {
-            // Warm-up: connections, caches, the router's pool to blue.
+        let mut measured = Vec::new();
+        for target in &targets {
+            // Warm-up: connections, caches, the proxy's pool to blue.
             client.block_on(load(
-                target,
+                target.addr,
                 conns,
                 pace,
                 Duration::from_millis(500),
                 &bodies,
                 None,
             ));
-            let run = client.block_on(load(target, conns, pace, config.secs, &bodies, None));
-            pair.push(run.summary());
+            let parts = |p: &Option<cpu::Part>| p.as_ref().map(cpu::Part::usage);
+            let before = (
+                parts(&target.proxy),
+                replica.usage(),
+                load_generator.usage(),
+            );
+            let run = client.block_on(load(target.addr, conns, pace, config.secs, &bodies, None));
+            let mut summary = run.summary();
+            summary.proxy = parts(&target.proxy).zip(before.0).map(|(a, b)| a.since(b));
+            summary.replica = Some(replica.usage().since(before.1));
+            summary.client = Some(load_generator.usage().since(before.2));
+            measured.push(summary);
         }
-        rows.push((pace, conns, pair));
+        rows.push((pace, conns, measured));
     }
-    print!("{}", table(&rows));
+    let labels: Vec<&str> = targets.iter().map(|t| t.label).collect();
+    print!("{}", table(&labels, &rows));
     figure!(
         "(closed loop: each side runs at its own maximum, so latencies compare unlike loads; \
-         the open loop compares them at the same rate)"
+         the open loop compares them at the same rate. CPU from /proc schedstat of the \
+         proxy's threads (router workers, or nginx's master and workers), of blue's process \
+         and of the load generator's threads; switches are voluntary + involuntary context \
+         switches of the proxy.)"
     );
+    drop(nginx);
 
     let switches = switches(&config, &client, &handle, &model, blue.addr, tmp.path());
 
@@ -146,7 +198,7 @@ fn main() {
 
     let failed: u64 = rows
         .iter()
-        .flat_map(|(_, _, pair)| pair.iter().map(|s| s.failures))
+        .flat_map(|(_, _, measured)| measured.iter().map(|s| s.failures))
         .chain(switches.iter().map(|s| s.failures))
         .sum();
     assert_eq!(failed, 0, "requests failed (see above)");
@@ -178,6 +230,103 @@ impl Config {
             router_threads: var("CAIRN_BENCH_ROUTER_THREADS", 2usize, 2).max(1),
             client_threads: var("CAIRN_BENCH_CLIENT_THREADS", 2usize, 2).max(1),
         }
+    }
+}
+
+/// What the load is sent to, and which threads are its proxy's.
+struct Target {
+    label: &'static str,
+    addr: SocketAddr,
+    proxy: Option<cpu::Part>,
+}
+
+/// Whether `CAIRN_BENCH_SKIP` (a comma-separated list) names `what`, or this is a smoke
+/// run and `what` is a peer.
+fn skipped(what: &str) -> bool {
+    std::env::var("CAIRN_BENCH_SKIP").is_ok_and(|v| v.split(',').any(|s| s.trim() == what))
+        || support::skip_peer(what)
+}
+
+/// Debian's nginx as the peer: a weighted reverse proxy with keep-alive connections to
+/// the same upstream (blue; nginx's weights start at 1, so the router's 100/0 split is
+/// an upstream of blue alone), as many worker processes as the router has workers, no
+/// access log (the router writes none). Stopped on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(blue: SocketAddr, workers: usize, tmp: &Path) -> Nginx {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect(
+                "nginx is the serving bench's peer: install it (apt-get install nginx), or \
+                 leave it out with CAIRN_BENCH_SKIP=nginx",
+            );
+        let dir = tmp.join("nginx");
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let d = dir.display();
+        let config = format!(
+            r#"{user}
+worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream blue_green {{
+        server {blue} weight=100;
+        keepalive 64;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://blue_green;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#,
+            user = if root { "user root;" } else { "" },
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        Nginx { child, addr }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: a plain kill(2) of our own child's pid; SIGQUIT is nginx's graceful stop.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
+        let _ = self.child.wait();
     }
 }
 
@@ -559,6 +708,10 @@ struct Summary {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// CPU of the proxy (router or nginx), of blue, of the load generator.
+    proxy: Option<cpu::Usage>,
+    replica: Option<cpu::Usage>,
+    client: Option<cpu::Usage>,
 }
 
 impl Run {
@@ -580,6 +733,9 @@ impl Run {
             p50_ms: quantile(0.50),
             p99_ms: quantile(0.99),
             max_ms: quantile(1.0),
+            proxy: None,
+            replica: None,
+            client: None,
         };
         if let Some(failure) = &summary.first_failure {
             figure!(
@@ -591,17 +747,16 @@ impl Run {
     }
 }
 
-/// The side-by-side table: direct, through the router, and the router's cost.
-fn table(rows: &[(Pace, usize, Vec<Summary>)]) -> String {
+/// The side-by-side table: direct, through the router, through nginx, with the CPU each
+/// part spent per request.
+fn table(labels: &[&str], rows: &[(Pace, usize, Vec<Summary>)]) -> String {
     let mut out = String::new();
-    writeln!(
-        out,
-        "\n{:<34} {:>14} {:>14} {:>16}",
-        "", "direct (blue)", "router → blue", "router overhead"
-    )
-    .unwrap();
-    for (pace, conns, pair) in rows {
-        let (direct, routed) = (&pair[0], &pair[1]);
+    write!(out, "\n{:<34}", "").unwrap();
+    for label in labels {
+        write!(out, " {label:>15}").unwrap();
+    }
+    writeln!(out).unwrap();
+    for (pace, conns, measured) in rows {
         let title = match pace {
             Pace::Closed => format!("closed loop, {conns} connections"),
             Pace::Open(rate) => format!("open loop at {rate:.0} req/s, {conns} connections"),
@@ -611,29 +766,35 @@ fn table(rows: &[(Pace, usize, Vec<Summary>)]) -> String {
             Pace::Closed => "  throughput (req/s)",
             Pace::Open(_) => "  achieved rate (req/s)",
         };
-        writeln!(
-            out,
-            "{rate_label:<34} {:>14.0} {:>14.0} {:>15.1}%",
-            direct.rate,
-            routed.rate,
-            (routed.rate / direct.rate - 1.0) * 100.0
-        )
-        .unwrap();
-        for (label, d, r) in [
-            ("  latency p50 (ms)", direct.p50_ms, routed.p50_ms),
-            ("  latency p99 (ms)", direct.p99_ms, routed.p99_ms),
-            ("  latency max (ms)", direct.max_ms, routed.max_ms),
-        ] {
-            writeln!(out, "{label:<34} {d:>14.3} {r:>14.3} {:>+13.3} ms", r - d).unwrap();
-        }
-        writeln!(
-            out,
-            "{:<34} {:>14} {:>14}",
-            "  requests ok / failed",
-            format!("{} / {}", direct.requests, direct.failures),
-            format!("{} / {}", routed.requests, routed.failures)
-        )
-        .unwrap();
+        let mut line = |label: &str, cell: &dyn Fn(&Summary) -> String| {
+            write!(out, "{label:<34}").unwrap();
+            for summary in measured {
+                write!(out, " {:>15}", cell(summary)).unwrap();
+            }
+            writeln!(out).unwrap();
+        };
+        let direct = measured[0].rate;
+        line(rate_label, &|s| format!("{:.0}", s.rate));
+        line("  vs direct", &|s| {
+            format!("{:+.1}%", (s.rate / direct - 1.0) * 100.0)
+        });
+        line("  latency p50 (ms)", &|s| format!("{:.3}", s.p50_ms));
+        line("  latency p99 (ms)", &|s| format!("{:.3}", s.p99_ms));
+        line("  latency max (ms)", &|s| format!("{:.3}", s.max_ms));
+        let per = |usage: Option<cpu::Usage>, s: &Summary| match usage {
+            Some(u) => format!("{:.1}", u.us_per(s.requests)),
+            None => "-".to_string(),
+        };
+        line("  proxy CPU (µs/request)", &|s| per(s.proxy, s));
+        line("  proxy switches / request", &|s| match s.proxy {
+            Some(u) => format!("{:.2}", u.switches_per(s.requests)),
+            None => "-".to_string(),
+        });
+        line("  replica CPU (µs/request)", &|s| per(s.replica, s));
+        line("  client CPU (µs/request)", &|s| per(s.client, s));
+        line("  requests ok / failed", &|s| {
+            format!("{} / {}", s.requests, s.failures)
+        });
     }
     out
 }

@@ -9,6 +9,8 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod cpu;
+
 static PRINTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether this is a smoke run: `cargo bench` passes `--bench`, `cargo test` does not.

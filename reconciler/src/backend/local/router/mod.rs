@@ -7,6 +7,11 @@
 //! [`Router::handle`] gives a cheap, cloneable [`Handle`] that changes the routes, probes
 //! readiness and reads counters while the router runs.
 //!
+//! Design: shared-nothing workers, as nginx's (`worker` module): [`RouterOptions::workers`]
+//! threads, each with a single-threaded runtime, accepting on its own copy of the
+//! listening socket and forwarding over its own keep-alive connections to the replicas
+//! (`pool` module), so a request never changes threads and takes no lock.
+//!
 //! For each request (any method and path, HTTP/1.1):
 //! 0. With [`Routes::key_sha256`] set, a request without `Authorization: Bearer KEY`, or
 //!    whose KEY does not hash to that digest (compared in constant time), is answered 401
@@ -46,8 +51,8 @@
 //!   [`Handle::set_routes`]) swaps an immutable table; requests in flight finish on the
 //!   table they started with, so a traffic shift never fails a request.
 //! - Graceful shutdown: when `shutdown` completes, the listener closes and requests in
-//!   flight run to completion before `run` returns. Mirror copies still running are left to
-//!   finish on their own.
+//!   flight run to completion before `run` returns. Mirror copies still running then are
+//!   dropped (their answers would be dropped anyway).
 //! - Bad input is an error response, never a panic; no terminal I/O.
 //!
 //! Caveats: HTTP/1.1 to the replicas, no TLS, no connection upgrades (WebSocket); bodies
@@ -58,11 +63,13 @@ mod auth;
 mod capture;
 mod counters;
 mod handle;
+mod pool;
 mod proxy;
 mod routes;
 mod server;
 mod table;
 mod upstream;
+mod worker;
 
 use std::net::SocketAddr;
 

@@ -2,23 +2,26 @@
 //! buffers the body, forwards, counts, and sends mirror copies.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::uri::PathAndQuery;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
 use serde_json::json;
 
 use super::auth::{authorize, refuse};
 use super::list;
 use super::table::{Deployment, Table};
-use super::upstream::{Outgoing, Shared};
+use super::upstream::Outgoing;
+use super::worker::Worker;
 use crate::workload::model_server::DEPLOYMENT_HEADER;
 
 /// Headers that belong to one connection, not to the message (RFC 9110, 7.6.1), and
@@ -60,17 +63,18 @@ fn error_response(status: StatusCode, message: String, table: &Table) -> Respons
 
 /// Answers every request: checks the key, picks the deployment, forwards, counts.
 pub(super) async fn proxy(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    worker: &Rc<Worker>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
 ) -> Response {
     let start = Instant::now();
-    let table = shared.table();
+    let shared = &worker.shared;
+    let table = worker.table();
     let (mut parts, body) = request.into_parts();
 
     if let Some(expected) = &table.key_sha256 {
         if let Err(message) = authorize(&parts.headers, expected) {
-            return refuse(body, message).await;
+            return refuse(Body::new(body), message).await;
         }
         // The key is the router's; the replicas never see it (nor log it).
         parts.headers.remove(header::AUTHORIZATION);
@@ -159,14 +163,14 @@ pub(super) async fn proxy(
         }
         if let Some(mirror) = table.pick_mirror() {
             if mirror.name != deployment.name {
-                mirror_copy(&shared, mirror.clone(), outgoing.clone());
+                mirror_copy(worker, mirror.clone(), outgoing.clone());
             }
         }
     }
     // The table is not needed any more; a route change may free it.
     drop(table);
 
-    match shared.forward(&deployment, &outgoing).await {
+    match shared.forward(&worker.pool, &deployment, &outgoing).await {
         Ok(response) => {
             let failed = response.status().is_server_error();
             deployment.counters.record(failed, start.elapsed());
@@ -181,18 +185,19 @@ pub(super) async fn proxy(
     }
 }
 
-/// Sends a copy of the request to the mirror deployment on its own task, unless too many
-/// copies are in flight.
-fn mirror_copy(shared: &Arc<Shared>, deployment: Arc<Deployment>, outgoing: Outgoing) {
-    let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned() else {
+/// Sends a copy of the request to the mirror deployment on a task of its own (on this
+/// worker's thread), unless too many copies are in flight.
+fn mirror_copy(worker: &Rc<Worker>, deployment: Arc<Deployment>, outgoing: Outgoing) {
+    let Ok(slot) = worker.shared.mirror_slots.clone().try_acquire_owned() else {
         return;
     };
-    let shared = shared.clone();
-    tokio::spawn(async move {
+    let worker = worker.clone();
+    tokio::task::spawn_local(async move {
         let _slot = slot;
         // Timed from its own start: the copy's latency is the mirror deployment's.
         let start = Instant::now();
-        match shared.forward(&deployment, &outgoing).await {
+        let shared = &worker.shared;
+        match shared.forward(&worker.pool, &deployment, &outgoing).await {
             Ok(response) => {
                 let failed = response.status().is_server_error();
                 deployment.counters.record(failed, start.elapsed());

@@ -119,6 +119,9 @@ pub struct RouterOptions {
     pub eject_for: Duration,
     /// Mirror copies in flight at most; more are skipped.
     pub max_mirror_in_flight: usize,
+    /// Worker threads, each accepting and serving its own connections (nginx's
+    /// `worker_processes`); by default one per core, at most 4.
+    pub workers: usize,
 }
 
 impl RouterOptions {
@@ -133,6 +136,7 @@ impl RouterOptions {
             probe_timeout: Duration::from_secs(1),
             eject_for: Duration::from_secs(2),
             max_mirror_in_flight: 64,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use super::handle::Handle;
-use super::proxy::proxy;
 use super::table::Table;
 use super::upstream::Shared;
+use super::worker;
 use super::{Error, Result, RouterOptions};
 
 /// Checks the routes and binds `options.listen`. Nothing is served until [`Router::run`].
@@ -59,6 +60,7 @@ fn serve_on(listener: TcpListener, options: RouterOptions) -> Result<Router> {
     let shared = Arc::new(Shared {
         local_addr,
         table: RwLock::new(Arc::new(table)),
+        generation: AtomicU64::new(0),
         counters: Mutex::new(counters),
         client,
         mirror_slots: Arc::new(Semaphore::new(
@@ -98,20 +100,48 @@ impl Router {
         self.listener.as_fd().try_clone_to_owned()
     }
 
-    /// Proxies requests until `shutdown` completes; the listener closes first and requests
-    /// in flight finish.
+    /// Proxies requests until `shutdown` completes, on [`RouterOptions::workers`]
+    /// threads of its own; then the listener closes and requests in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let Router { listener, handle } = self;
-        let addr = handle.shared.local_addr;
-        let app = axum::Router::new()
-            .fallback(proxy)
-            .with_state(handle.shared);
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Serve { addr, source })
+        let shared = handle.shared;
+        let addr = shared.local_addr;
+        let serve_error = |source| Error::Serve { addr, source };
+        let listener = listener.into_std().map_err(serve_error)?;
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = Vec::new();
+        for index in 0..shared.options.workers.max(1) {
+            let copy = listener.try_clone().map_err(serve_error)?;
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            let (done, finished) = oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("router-{index}"))
+                .spawn(move || {
+                    let _ = done.send(worker::run(copy, shared, stopped));
+                })
+                .map_err(serve_error)?;
+            workers.push(finished);
+        }
+        // The workers hold the copies that accept.
+        drop(listener);
+
+        let mut failed = None;
+        tokio::select! {
+            () = shutdown => {}
+            (result, _, _) = futures::future::select_all(workers.iter_mut()) => {
+                failed = Some(match result {
+                    Ok(Err(error)) => error,
+                    _ => std::io::Error::other("a router worker stopped"),
+                });
+            }
+        }
+        let _ = stop.send(true);
+        for finished in workers {
+            let _ = finished.await;
+        }
+        match failed {
+            Some(source) => Err(Error::Serve { addr, source }),
+            None => Ok(()),
+        }
     }
 }

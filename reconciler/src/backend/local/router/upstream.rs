@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::header::HeaderMap;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::uri::PathAndQuery;
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::counters::Counters;
+use super::pool::{Pool, SendError};
 use super::table::{Deployment, Replica, Table};
 use super::{Result, RouterOptions, Routes};
 use crate::diagnostics::error_chain;
@@ -32,8 +34,12 @@ pub(super) struct Shared {
     pub(super) local_addr: SocketAddr,
     /// The routes in force; requests take a reference and keep it to the end.
     pub(super) table: RwLock<Arc<Table>>,
+    /// Counts the tables put in force, so that workers see a change with one load.
+    pub(super) generation: AtomicU64,
     /// Every deployment's counters, by name, kept across route changes.
     pub(super) counters: Mutex<BTreeMap<String, Arc<Counters>>>,
+    /// For readiness probes, which run on the caller's runtime (requests go through each
+    /// worker's own [`Pool`]).
     pub(super) client: Client<HttpConnector, Full<Bytes>>,
     pub(super) mirror_slots: Arc<Semaphore>,
     /// The zero of [`Replica::ejected_until`](super::table::Replica::ejected_until).
@@ -56,6 +62,7 @@ impl Shared {
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let new = Table::build(routes, Some(&table), &mut counters)?;
         *table = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -63,10 +70,11 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Sends the request to one of the deployment's replicas, trying the next one when a
-    /// replica does not accept the connection.
+    /// Sends the request to one of the deployment's replicas over `pool`, trying the
+    /// next one when a replica does not accept the connection.
     pub(super) async fn forward(
         &self,
+        pool: &Rc<Pool>,
         deployment: &Deployment,
         outgoing: &Outgoing,
     ) -> Result<Response<hyper::body::Incoming>, Failure> {
@@ -88,7 +96,7 @@ impl Shared {
             let Some(request) = outgoing.to(replica.addr) else {
                 return Err(Failure::BadRequestTarget);
             };
-            let sent = self.client.request(request);
+            let sent = pool.send(replica.addr, request);
             let result = match self.options.request_timeout {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(result) => result,
@@ -107,7 +115,7 @@ impl Shared {
                     return Ok(response);
                 }
                 // The request never left: safe to send elsewhere.
-                Err(error) if error.is_connect() => {
+                Err(SendError::Connect(error)) => {
                     let until = self
                         .now_ms()
                         .saturating_add(duration_ms(self.options.eject_for));
@@ -115,7 +123,7 @@ impl Shared {
                     refused.push(replica.addr);
                     last_error = Some(error);
                 }
-                Err(error) => {
+                Err(SendError::Failed(error)) => {
                     return Err(Failure::Failed {
                         addr: replica.addr,
                         reason: error_chain(&error),
@@ -167,19 +175,19 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Returns the request for one replica, or `None` if no URI can be made for it.
+    /// Returns the request for one replica (origin-form, with a `host` header: the
+    /// client's, else the replica's address), or `None` if no URI can be made for it.
     fn to(&self, addr: SocketAddr) -> Option<axum::http::Request<Full<Bytes>>> {
-        let authority = Authority::try_from(addr.to_string()).ok()?;
-        let mut parts = axum::http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
-        parts.path_and_query = Some(self.path.clone());
-        let uri = Uri::from_parts(parts).ok()?;
+        let uri = Uri::from(self.path.clone());
         let mut request = axum::http::Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.headers.clone();
+        if !request.headers().contains_key(header::HOST) {
+            let host = HeaderValue::try_from(addr.to_string()).ok()?;
+            request.headers_mut().insert(header::HOST, host);
+        }
         Some(request)
     }
 }

@@ -43,7 +43,7 @@ pub(super) struct Worker {
 
 impl Worker {
     /// The routing table in force: this thread's copy, taken again when a route change
-    /// made a new one (one relaxed load per request otherwise).
+    /// made a new one (one atomic load per request otherwise).
     pub(super) fn table(&self) -> Arc<Table> {
         let generation = self.shared.generation.load(Ordering::Acquire);
         let mut cached = self.table.borrow_mut();

@@ -288,9 +288,14 @@ http {{
     upstream blue_green {{
         server {blue} weight=100;
         keepalive 64;
+        # nginx closes a kept-alive connection after 1,000 requests by default (both
+        # sides); the router never does, and the load generator counts a closed
+        # connection as a failed request.
+        keepalive_requests 100000000;
     }}
     server {{
         listen {addr};
+        keepalive_requests 100000000;
         location / {{
             proxy_pass http://blue_green;
             proxy_http_version 1.1;
